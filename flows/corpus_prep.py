@@ -1,0 +1,112 @@
+"""Corpus-prep flow: source -> clean, de-duplicated, split documents -> T5 SentencePiece tokenizer ->
+packed token rows (Arrow) -> MLflow run with stats, tokenizer and dataset card.
+
+    python -m flows.corpus_prep --preset tiny [--set vocab_size=4000 --set source=files --set 'paths=["data/*.txt"]']
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from pydantic import Field, model_validator
+from prefect import flow, get_run_logger
+
+from flows._cli import FlowConfig, build_config, run_cli
+from tasks.corpus import build_corpus, fingerprint_source, is_complete, log_corpus
+
+
+class CorpusPrepConfig(FlowConfig):
+    name: str = Field("corpus", description="name of the corpus (output folder and MLflow run name)")
+    source: Literal["packaged", "files", "hf"] = Field("packaged", description="where documents come from")
+    packaged: list[str] = Field(["wiki", "news", "parl", "bbc", "dialog"], description="packaged sources to mix")
+    paths: list[str] = Field([], description="globs of local .txt/.jsonl/.parquet files (source=files)")
+    txt_unit: Literal["file", "paragraph", "line"] = Field("file", description="what one document is in a .txt file")
+    on_decode_error: Literal["skip", "fail"] = Field("skip", description="undecodable/binary files: count+skip or refuse")
+    hf_name: Optional[str] = Field(None, description="Hugging Face dataset name or local folder (source=hf)")
+    hf_config: Optional[str] = None
+    hf_split: str = "train"
+    hf_revision: Optional[str] = None
+    text_field: str = Field("text", description="field/column with the text (jsonl, parquet, hf)")
+    max_documents: Optional[int] = Field(None, ge=1, description="stop after this many kept documents")
+    unicode_form: Literal["NFKC", "NFC", "NFKD", "NFD", "none"] = "NFKC"
+    min_chars: int = Field(20, ge=1, description="drop documents shorter than this after cleaning")
+    hold_out_downstream: bool = Field(True, description="exclude documents reserved for downstream tasks")
+    validation_fraction: float = Field(0.02, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.02, ge=0.0, lt=1.0)
+    vocab_size: int = Field(8000, ge=200, le=1_000_000, description="SentencePiece pieces (+100 sentinels)")
+    character_coverage: float = Field(0.9999, gt=0.0, le=1.0)
+    tokenizer_sample_sentences: int = Field(1_000_000, ge=1000, description="sentences sampled to train the tokenizer")
+    pack_length: int = Field(568, ge=8, description="tokens per packed row (span corruption's tokens_length)")
+    num_proc: int = Field(2, ge=1, description="processes for tokenization")
+    output_root: Optional[str] = Field(None, description="where corpora are written (default <state>/corpus)")
+
+    @model_validator(mode="after")
+    def _check_source(self):
+        if self.source == "files" and not self.paths:
+            raise ValueError("source=files needs paths (a list of globs)")
+        if self.source == "hf" and not self.hf_name:
+            raise ValueError("source=hf needs hf_name")
+        if self.validation_fraction + self.test_fraction >= 0.9:
+            raise ValueError("validation_fraction + test_fraction must leave a train split (< 0.9)")
+        return self
+
+
+def tiny() -> CorpusPrepConfig:
+    """A few thousand documents, 2k-piece vocabulary: seconds on a laptop."""
+    return CorpusPrepConfig(name="tiny", max_documents=3000, vocab_size=2000, pack_length=142,
+                            validation_fraction=0.05, test_fraction=0.05, character_coverage=1.0)
+
+
+def small() -> CorpusPrepConfig:
+    """The whole packaged English mix, 8k vocabulary, rows for inputs_length 256."""
+    return CorpusPrepConfig(name="small", vocab_size=8000, pack_length=284)
+
+
+def base() -> CorpusPrepConfig:
+    """The whole packaged mix, 32k vocabulary (T5's size), rows for inputs_length 512."""
+    return CorpusPrepConfig(name="base", vocab_size=32000, pack_length=568)
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base}
+
+
+@dataclass
+class CorpusPrepResult:
+    run_id: str
+    corpus_dir: str
+    cached: bool
+
+    @property
+    def tokenizer_dir(self) -> str:
+        return f"{self.corpus_dir}/tokenizer"
+
+    def summary(self) -> str:
+        from tasks.tracking import artifact_local_path
+
+        state = "reused the cached corpus" if self.cached else "built the corpus"
+        return (f"corpus-prep: {state} at {self.corpus_dir}\n"
+                f"MLflow run id: {self.run_id}\nartifacts: {artifact_local_path(self.run_id)}")
+
+
+@flow(name="corpus-prep")
+def corpus_prep(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+                config: Optional[CorpusPrepConfig] = None, parent_run_id: Optional[str] = None) -> CorpusPrepResult:
+    """Prepare a pretraining corpus (see module docstring)."""
+    cfg = config or build_config(CorpusPrepConfig, PRESETS, preset, overrides)
+    logger = get_run_logger()
+    c = cfg.model_dump()
+    fingerprint = fingerprint_source(c)
+    state = build_corpus(c, fingerprint, return_state=True)
+    corpus_dir, cached = state.result(), state.name == "Cached"
+    if not is_complete(corpus_dir):  # the cached result points at a folder that was deleted since
+        corpus_dir, cached = build_corpus.with_options(refresh_cache=True)(c, fingerprint), False
+    if cached:
+        logger.info("reusing cached corpus %s (same config and source fingerprint)", corpus_dir)
+    run_id = log_corpus(corpus_dir, c, cached=cached, parent_run_id=parent_run_id)
+    return CorpusPrepResult(run_id=run_id, corpus_dir=corpus_dir, cached=cached)
+
+
+if __name__ == "__main__":
+    run_cli(lambda c: corpus_prep(config=c), CorpusPrepConfig, PRESETS,
+            description="Prepare a pretraining corpus: clean, split, tokenizer, packed Arrow rows, MLflow run.")

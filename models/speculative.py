@@ -1,0 +1,608 @@
+"""Speculative decoding (SD) for encoder-decoder (T5) models, in pure torch + transformers.
+
+A small draft model q proposes ``gamma`` tokens autoregressively; the target model p scores all of
+them in one forward pass; a rejection step keeps the longest acceptable prefix and adds one token
+from the target, so every target call emits between 1 and gamma + 1 tokens.
+
+References
+- Leviathan, Kalman, Matias 2023, "Fast Inference from Transformers via Speculative Decoding"
+  (arXiv 2211.17192): Algorithm 1 (verification, residual ``norm(max(0, p - q))``), Eq. 1
+  (``expected_block_efficiency``), Theorem 3.8 (``expected_speedup``), Appendix A.5 (lenience).
+- Chen et al. 2023, "Accelerating LLM Decoding with Speculative Sampling" (arXiv 2302.01318).
+- Zhou et al. 2023, "DistillSpec" (arXiv 2310.08461), Section 5.3 / Appendix: lossy SD with a
+  lenience function ``f(p, lenience) = p / lenience``.
+- The verification function follows the variable names of transformers'
+  ``generation/utils.py::_speculative_sampling`` (p, q, n_matches, p_prime); the engine is our own.
+
+Exactness contract
+- Greedy (``do_sample=False``): the output equals greedy target decoding token for token, whatever
+  the draft (accept the longest prefix equal to the target argmax, then the target's own argmax).
+- Sampling with ``lenience=1``: each emitted token is distributed exactly as the target's
+  (temperature / top-k / top-p-warped) distribution.
+- ``lenience < 1`` is LOSSY: faster, but the output no longer follows the target distribution.
+
+Fast path: each model runs its encoder once per prompt; both decoders keep a KV cache
+(``EncoderDecoderCache``) whose self-attention part is cropped back to the accepted prefix after each
+verification (the cross-attention part depends only on the prompt and is kept). No prefix is ever
+recomputed.
+
+Run the tests: ``OMP_NUM_THREADS=1 python -m pytest tests/models/test_speculative.py -q``;
+the benchmark: ``python benchmarks/sd_engine.py --help``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+__all__ = [
+    "CachedDecoder",
+    "SpeculativeOutput",
+    "acceptance_probability",
+    "expected_block_efficiency",
+    "expected_speedup",
+    "greedy_verify",
+    "rejection_sample",
+    "residual_distribution",
+    "sampling_distribution",
+    "speculative_generate",
+    "target_generate",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# Closed forms (Leviathan et al. 2023)
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_alpha_gamma(alpha: float, gamma: int) -> None:
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha={alpha} must be an acceptance rate in [0, 1]")
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
+        raise ValueError(f"gamma={gamma!r} must be an int >= 0 (draft tokens per target call)")
+
+
+def expected_block_efficiency(alpha: float, gamma: int) -> float:
+    """Expected tokens emitted per target call, ``(1 - alpha^(gamma+1)) / (1 - alpha)`` (Eq. 1).
+
+    ``alpha`` is the per-token acceptance rate (assumed i.i.d.); the ``alpha == 1`` limit is
+    ``gamma + 1`` (every draft accepted plus the bonus token).
+    """
+    _check_alpha_gamma(alpha, gamma)
+    if alpha == 1.0:
+        return float(gamma + 1)
+    return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
+
+
+def expected_speedup(alpha: float, gamma: int, c: float) -> float:
+    """Expected walltime improvement over target-only decoding (Theorem 3.8).
+
+    ``(1 - alpha^(gamma+1)) / ((1 - alpha) (gamma c + 1))`` where ``c`` is the cost of one draft
+    call relative to one target call. ``alpha == 1`` gives ``(gamma + 1) / (gamma c + 1)``.
+    """
+    if c < 0:
+        raise ValueError(f"c={c} must be >= 0 (draft-call cost / target-call cost)")
+    return expected_block_efficiency(alpha, gamma) / (gamma * c + 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Distributions and the verification step
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if not temperature > 0:
+        raise ValueError(f"temperature={temperature} must be > 0 (use do_sample=False for greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k={top_k!r} must be None or an int >= 1")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} must be None or in (0, 1]")
+
+
+def sampling_distribution(
+    logits: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+) -> torch.Tensor:
+    """Logits (..., V) -> probabilities (..., V) after temperature, then top-k, then top-p.
+
+    The one function that turns logits into a sampling distribution: SD applies it to the target
+    logits (p) and the draft logits (q) alike, and the draft samples from exactly this q, which the
+    lossless guarantee needs. Top-p keeps the smallest set of most likely tokens whose mass reaches
+    ``top_p`` (at least one token).
+    """
+    _check_sampling_args(temperature, top_k, top_p)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        sorted_probs = sorted_logits.softmax(dim=-1)
+        mass_before = sorted_probs.cumsum(dim=-1) - sorted_probs  # mass of strictly likelier tokens
+        drop_sorted = mass_before >= top_p  # never drops the first (most likely) token
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits.softmax(dim=-1)
+
+
+def _check_lenience(lenience: float) -> None:
+    if not 0.0 < lenience <= 1.0:
+        raise ValueError(
+            f"lenience={lenience} must be in (0, 1]; 1 is lossless SD, smaller values accept more "
+            "draft tokens at the price of exactness"
+        )
+
+
+def acceptance_probability(
+    p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor, *, lenience: float = 1.0
+) -> torch.Tensor:
+    """Probability of accepting each draft token given the ones before it were accepted.
+
+    ``min(1, p_i(x_i) / (lenience * q_i(x_i)))`` for i < gamma; p may carry the extra bonus row.
+    Returns (gamma,). A token with ``q_i(x_i) == 0`` cannot have been sampled; it gets 1 if
+    ``p_i(x_i) > 0`` (the ratio's limit) and 0 otherwise.
+    """
+    _check_lenience(lenience)
+    gamma = draft_tokens.shape[0]
+    idx = torch.arange(gamma, device=p.device)
+    p_i = p[idx, draft_tokens].double()  # (gamma,)
+    q_i = q[idx, draft_tokens].double()  # (gamma,)
+    ratio = torch.where(q_i > 0, p_i / (lenience * q_i).clamp_min(1e-300), (p_i > 0).double())
+    return ratio.clamp(max=1.0)
+
+
+def residual_distribution(p_row: torch.Tensor, q_row: torch.Tensor, *, lenience: float = 1.0) -> torch.Tensor:
+    """Distribution of the replacement token after a rejection: ``norm(max(0, p - lenience * q))``.
+
+    lenience = 1 is Leviathan et al.'s ``p'``. For lenience < 1 we follow Leviathan et al. App. A.5
+    and DistillSpec's lossy SD (lenience function ``f(p) = p / lenience``, residual
+    ``norm(max(0, f(p) - q))``); dividing by lenience does not change the normalised result, so it
+    equals ``norm(max(0, p - lenience * q))``. A rejection can only happen where
+    ``p < lenience * q``, so the residual has mass whenever a rejection has positive probability;
+    if rounding still leaves it all zero (p == q numerically), we fall back to p.
+    """
+    _check_lenience(lenience)
+    p_prime = (p_row.double() - lenience * q_row.double()).clamp_min(0.0)  # (V,)
+    total = p_prime.sum()
+    if total <= torch.finfo(torch.float32).tiny:
+        return p_row.double() / p_row.double().sum()
+    return p_prime / total
+
+
+def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    return int(torch.multinomial(probs.float(), 1, generator=generator))
+
+
+def _check_rejection_shapes(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor) -> int:
+    if draft_tokens.ndim != 1:
+        raise ValueError(f"draft_tokens must be 1-D (gamma,), got shape {tuple(draft_tokens.shape)}")
+    gamma = draft_tokens.shape[0]
+    if p.ndim != 2 or p.shape[0] != gamma + 1:
+        raise ValueError(
+            f"p must have shape (gamma+1, V) = ({gamma + 1}, V) for {gamma} draft tokens, got {tuple(p.shape)}"
+        )
+    if q.ndim != 2 or q.shape != (gamma, p.shape[1]):
+        raise ValueError(f"q must have shape (gamma, V) = ({gamma}, {p.shape[1]}), got {tuple(q.shape)}")
+    if gamma and (int(draft_tokens.min()) < 0 or int(draft_tokens.max()) >= p.shape[1]):
+        raise ValueError(f"draft_tokens {draft_tokens.tolist()} must lie in [0, V={p.shape[1]})")
+    return gamma
+
+
+def rejection_sample(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    draft_tokens: torch.Tensor,
+    *,
+    lenience: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int]:
+    """Speculative-sampling verification of one draft block (Leviathan et al. Algorithm 1).
+
+    Args:
+        p: (gamma+1, V) target probabilities at the gamma+1 positions (row gamma is the bonus).
+        q: (gamma, V) draft probabilities, exactly the distributions ``draft_tokens`` were drawn from.
+        draft_tokens: (gamma,) the drafted token ids.
+        lenience: draft token i is accepted with probability ``min(1, p_i(x)/(lenience q_i(x)))``.
+            **lenience = 1 (default) is lossless: every emitted token follows p exactly.
+            lenience < 1 is LOSSY speculative decoding (Leviathan et al. A.5, DistillSpec 5.3):
+            more draft tokens are accepted, and the output distribution is no longer p.**
+        generator: the random source (None uses torch's global generator).
+
+    Returns:
+        ``(n_accepted, next_token)`` as python ints: the first ``n_accepted`` draft tokens are kept
+        and ``next_token`` follows them. It is drawn from ``residual_distribution(p[n], q[n])`` after
+        a rejection, and from ``p[gamma]`` when all gamma tokens were accepted.
+    """
+    _check_lenience(lenience)
+    gamma = _check_rejection_shapes(p, q, draft_tokens)
+    accept_prob = acceptance_probability(p, q, draft_tokens, lenience=lenience)  # (gamma,)
+    r = torch.rand(gamma, generator=generator, device=p.device, dtype=torch.float64)
+    # Strict '<': with r ~ U[0, 1) this accepts with probability exactly accept_prob (0 stays 0).
+    is_accepted = r < accept_prob
+    n_matches = int(torch.cumprod(is_accepted.long(), dim=0).sum()) if gamma else 0
+    if n_matches < gamma:
+        p_prime = residual_distribution(p[n_matches], q[n_matches], lenience=lenience)
+    else:
+        p_prime = p[gamma]
+    return n_matches, _sample(p_prime, generator)
+
+
+def greedy_verify(target_logits: torch.Tensor, draft_tokens: torch.Tensor) -> tuple[int, int]:
+    """Greedy verification: the longest draft prefix equal to the target argmax, then one argmax.
+
+    ``target_logits`` is (gamma+1, V). The emitted tokens are exactly what greedy target decoding
+    produces, whatever the draft proposed.
+    """
+    _check_rejection_shapes(target_logits, target_logits[:-1], draft_tokens)
+    greedy = target_logits.argmax(dim=-1)  # (gamma+1,)
+    gamma = draft_tokens.shape[0]
+    matches = (greedy[:gamma] == draft_tokens).long()
+    n_matches = int(torch.cumprod(matches, dim=0).sum()) if gamma else 0
+    return n_matches, int(greedy[n_matches])
+
+
+# ----------------------------------------------------------------------------------------------
+# A decoder with a croppable KV cache
+# ----------------------------------------------------------------------------------------------
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """transformers 5 renamed ``past_key_values`` to ``cache``; accept either spelling."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+class CachedDecoder:
+    """One encoder-decoder model bound to one prompt: encoder run once, decoder KV cache kept.
+
+    ``advance(tokens)`` takes the *whole* decoder token sequence so far, feeds only the suffix the
+    cache has not seen, and returns its logits; ``crop(length)`` forgets cached positions beyond
+    ``length`` (rejected draft tokens). The cache is an ``EncoderDecoderCache``: only its
+    self-attention part grows with the decoded prefix and is cropped; the cross-attention keys and
+    values depend on the prompt alone and are computed once.
+    """
+
+    def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        self.model = model
+        self.attention_mask = attention_mask  # (1, S)
+        self.encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        self.cache = None  # created by the first decoder call (use_cache=True)
+        self._cache_kwarg = _cache_kwarg(model)
+        self.device = input_ids.device
+
+    @property
+    def length(self) -> int:
+        """Number of decoder positions held in the self-attention cache."""
+        return 0 if self.cache is None else int(self.cache.get_seq_length())
+
+    def advance(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Feed ``tokens[self.length:]`` and return their next-token logits, shape (k, V)."""
+        new = list(tokens[self.length :])
+        assert new, "advance() needs at least one token the cache has not seen"
+        out = self.model(
+            encoder_outputs=self.encoder_outputs,
+            attention_mask=self.attention_mask,
+            decoder_input_ids=torch.tensor([new], dtype=torch.long, device=self.device),
+            use_cache=True,
+            return_dict=True,
+            **{self._cache_kwarg: self.cache},
+        )
+        self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        return out.logits[0]  # (k, V)
+
+    def crop(self, length: int) -> None:
+        """Keep only the first ``length`` cached decoder positions."""
+        remove = self.length - length
+        assert remove >= 0, f"cannot crop a cache of {self.length} positions to {length}"
+        if remove:
+            # A negative argument means "remove that many" in both transformers 4 and 5
+            # (5 only accepts negatives; 4 reads a positive one as the length to keep).
+            self.cache.crop(-remove)
+
+
+# ----------------------------------------------------------------------------------------------
+# Generation
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class SpeculativeOutput:
+    """What a generation call returns; the same type for SD and for the target-only baseline."""
+
+    sequences: torch.Tensor
+    """(1, 1 + new tokens): decoder start token first, as ``target.generate`` lays it out."""
+    num_target_calls: int
+    """Target decoder forward passes (the encoder pass is not counted)."""
+    num_draft_calls: int
+    """Draft decoder forward passes (the encoder pass is not counted)."""
+    accepted: list[int] = field(default_factory=list)
+    """Draft tokens accepted by each target call's verification (before EOS / length truncation)."""
+    drafted: list[int] = field(default_factory=list)
+    """Draft tokens proposed for each target call (differs from gamma when adaptive or near the end)."""
+    draft_time_s: float = 0.0
+    """Wall time in the draft model, encoder included."""
+    target_time_s: float = 0.0
+    """Wall time in the target model, encoder included."""
+    total_time_s: float = 0.0
+    """Wall time of the whole call; the rest is verification and bookkeeping."""
+
+    @property
+    def num_new_tokens(self) -> int:
+        return int(self.sequences.shape[1]) - 1
+
+    @property
+    def block_efficiency(self) -> float:
+        """Emitted tokens per target call (1.0 for target-only decoding)."""
+        return self.num_new_tokens / max(self.num_target_calls, 1)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted tokens over the whole call: the empirical alpha (nan if none drafted)."""
+        drafted = sum(self.drafted)
+        return sum(self.accepted) / drafted if drafted else float("nan")
+
+
+def _token_ids(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> tuple[int, frozenset[int]]:
+    gen = getattr(model, "generation_config", None)
+    start = getattr(gen, "decoder_start_token_id", None)
+    if start is None:
+        start = model.config.decoder_start_token_id
+    if start is None:
+        raise ValueError("the target has no decoder_start_token_id; set target.generation_config.decoder_start_token_id")
+    if eos_token_id is None:
+        eos_token_id = getattr(gen, "eos_token_id", None)
+        if eos_token_id is None:
+            eos_token_id = model.config.eos_token_id
+    if eos_token_id is None:
+        eos = frozenset()
+    elif isinstance(eos_token_id, int):
+        eos = frozenset([eos_token_id])
+    else:
+        eos = frozenset(int(t) for t in eos_token_id)
+    return int(start), eos
+
+
+def _check_prompt(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, eos: frozenset[int]
+) -> torch.Tensor:
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be (batch, length>0), got shape {tuple(input_ids.shape)}")
+    if input_ids.shape[0] != 1:
+        raise ValueError(
+            f"batch size {input_ids.shape[0]} is not supported: speculative decoding here is batch-1; "
+            "loop over the prompts"
+        )
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape {tuple(input_ids.shape)}"
+            )
+        return attention_mask
+    # Same default as transformers' generate: mask pad tokens if the prompt has any (and pad != eos).
+    pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
+    if pad is not None and bool((input_ids == pad).any()) and pad not in eos:
+        return input_ids.ne(pad).long()
+    return torch.ones_like(input_ids)
+
+
+def _vocab_size(model: nn.Module) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return int(head.out_features) if isinstance(head, nn.Linear) else int(model.config.vocab_size)
+
+
+@contextlib.contextmanager
+def _eval_mode(*models: nn.Module) -> Iterator[None]:
+    """Dropout would make decoding random; switch to eval for the call and restore afterwards."""
+    was_training = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, flag in zip(models, was_training):
+            m.train(flag)
+
+
+def _check_common(max_new_tokens: int, do_sample: bool, temperature: float, top_k, top_p) -> None:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1")
+    if do_sample:
+        _check_sampling_args(temperature, top_k, top_p)
+
+
+def _first_eos(tokens: Sequence[int], eos: frozenset[int]) -> int | None:
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return i
+    return None
+
+
+@torch.inference_mode()
+def target_generate(
+    target: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> SpeculativeOutput:
+    """Plain autoregressive decoding with the same engine (one target call per token, KV cached).
+
+    The baseline for speedup measurements: same encoder handling, cache and sampling function as
+    ``speculative_generate``, no draft. Greedy output equals ``target.generate(..., do_sample=False)``.
+    """
+    start, eos = _token_ids(target, eos_token_id)
+    _check_common(max_new_tokens, do_sample, temperature, top_k, top_p)
+    attention_mask = _check_prompt(target, input_ids, attention_mask, eos)
+    t_begin = time.perf_counter()
+    with _eval_mode(target):
+        dec = CachedDecoder(target, input_ids, attention_mask)
+        tokens = [start]
+        calls = 0
+        while len(tokens) - 1 < max_new_tokens:
+            logits = dec.advance(tokens)[-1]  # (V,)
+            calls += 1
+            if do_sample:
+                probs = sampling_distribution(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+                token = _sample(probs, generator)
+            else:
+                token = int(logits.argmax())
+            tokens.append(token)
+            if token in eos:
+                break
+    total = time.perf_counter() - t_begin
+    return SpeculativeOutput(
+        sequences=torch.tensor([tokens], dtype=torch.long, device=input_ids.device),
+        num_target_calls=calls,
+        num_draft_calls=0,
+        target_time_s=total,
+        total_time_s=total,
+    )
+
+
+@torch.inference_mode()
+def speculative_generate(
+    target: nn.Module,
+    draft: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    *,
+    gamma: int,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    lenience: float = 1.0,
+    adaptive_gamma: bool = False,
+    eos_token_id: int | Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+) -> SpeculativeOutput:
+    """Speculative decoding of one prompt with an encoder-decoder target and draft.
+
+    Args:
+        target, draft: encoder-decoder LMs (e.g. ``T5ForConditionalGeneration``) with the same
+            vocabulary; they are put in eval mode for the call and restored afterwards.
+        input_ids: (1, S) prompt; batch size 1 only. attention_mask: (1, S) or None (as generate).
+        gamma: draft tokens per target call (>= 1); the starting value when ``adaptive_gamma``.
+        max_new_tokens: tokens to generate after the decoder start token, EOS included.
+        do_sample: False = greedy, output equal to greedy target decoding token for token.
+            True = speculative sampling from ``sampling_distribution(logits, temperature, top_k,
+            top_p)``, applied identically to target and draft.
+        lenience: sampling only. 1 is lossless. **< 1 is LOSSY SD (see ``rejection_sample``): the
+            output no longer follows the target distribution.**
+        adaptive_gamma: grow the block by 1 after a fully accepted block (up to ``2 * gamma``),
+            shrink it by 1 after a rejection (down to 1). A heuristic like transformers'
+            assistant schedule; it changes speed only, never the output distribution.
+        eos_token_id: overrides ``target.generation_config.eos_token_id``.
+        generator: random source for drafting and verification (None = torch's global one).
+
+    Returns:
+        ``SpeculativeOutput``; ``sequences`` is laid out as ``target.generate`` lays it out.
+    """
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma={gamma!r} must be an int >= 1 (draft tokens per target call)")
+    if _vocab_size(target) != _vocab_size(draft):
+        raise ValueError(
+            f"draft vocab size {_vocab_size(draft)} != target vocab size {_vocab_size(target)}: "
+            "speculative decoding needs a draft with the target's tokenizer and vocabulary"
+        )
+    _check_lenience(lenience)
+    if not do_sample and lenience != 1.0:
+        raise ValueError(
+            f"lenience={lenience} only applies with do_sample=True; greedy verification is exact argmax "
+            "matching (use lenience=1.0)"
+        )
+    start, eos = _token_ids(target, eos_token_id)
+    _check_common(max_new_tokens, do_sample, temperature, top_k, top_p)
+    attention_mask = _check_prompt(target, input_ids, attention_mask, eos)
+
+    def warp(logits: torch.Tensor) -> torch.Tensor:
+        return sampling_distribution(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+    out = SpeculativeOutput(sequences=input_ids.new_zeros((1, 0)), num_target_calls=0, num_draft_calls=0)
+    t_begin = time.perf_counter()
+    with _eval_mode(target, draft):
+        t0 = time.perf_counter()
+        target_dec = CachedDecoder(target, input_ids, attention_mask)
+        t1 = time.perf_counter()
+        draft_dec = CachedDecoder(draft, input_ids, attention_mask)
+        out.target_time_s += t1 - t0
+        out.draft_time_s += time.perf_counter() - t1
+
+        tokens = [start]
+        block = gamma
+        done = False
+        while not done:
+            remaining = max_new_tokens - (len(tokens) - 1)
+            # 1. Draft: a block short enough that accepted + 1 target token fit in the budget;
+            #    stop drafting at EOS (nothing after it can be emitted).
+            t0 = time.perf_counter()
+            draft_tokens: list[int] = []
+            q_rows: list[torch.Tensor] = []
+            for _ in range(min(block, remaining - 1)):
+                logits = draft_dec.advance(tokens + draft_tokens)[-1]  # (V,)
+                out.num_draft_calls += 1
+                if do_sample:
+                    q_row = warp(logits)
+                    token = _sample(q_row, generator)
+                    q_rows.append(q_row)
+                else:
+                    token = int(logits.argmax())
+                draft_tokens.append(token)
+                if token in eos:
+                    break
+            t1 = time.perf_counter()
+            out.draft_time_s += t1 - t0
+
+            # 2. Verify: one target call scores the last committed token and every draft token.
+            target_logits = target_dec.advance(tokens + draft_tokens)  # (len(draft)+1, V)
+            out.num_target_calls += 1
+            t2 = time.perf_counter()
+            out.target_time_s += t2 - t1
+            assert target_logits.shape[0] == len(draft_tokens) + 1
+            draft_t = torch.tensor(draft_tokens, dtype=torch.long, device=target_logits.device)
+            if do_sample:
+                q = torch.stack(q_rows) if q_rows else target_logits.new_zeros((0, target_logits.shape[-1]))
+                n_matches, next_token = rejection_sample(
+                    warp(target_logits), q, draft_t, lenience=lenience, generator=generator
+                )
+            else:
+                n_matches, next_token = greedy_verify(target_logits, draft_t)
+            out.accepted.append(n_matches)
+            out.drafted.append(len(draft_tokens))
+
+            # 3. Commit, then crop both caches back to the accepted prefix. The invariant: a
+            #    cache holds every committed token but the last one.
+            new_tokens = draft_tokens[:n_matches] + [next_token]
+            cut = _first_eos(new_tokens, eos)
+            if cut is not None:
+                new_tokens = new_tokens[: cut + 1]
+                done = True
+            tokens.extend(new_tokens)
+            if len(tokens) - 1 >= max_new_tokens:
+                done = True
+            if not done:
+                target_dec.crop(len(tokens) - 1)
+                draft_dec.crop(min(draft_dec.length, len(tokens) - 1))
+            if adaptive_gamma:
+                full = n_matches == len(draft_tokens) == block
+                block = min(block + 1, 2 * gamma) if full else max(block - 1, 1)
+
+    out.sequences = torch.tensor([tokens], dtype=torch.long, device=input_ids.device)
+    out.total_time_s = time.perf_counter() - t_begin
+    return out

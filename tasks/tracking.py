@@ -1,0 +1,336 @@
+"""The only module that talks to MLflow.
+
+Everything else passes run ids, artifact paths and plain dicts through these functions. Experiments are
+always created with an explicit artifact location (see ../shared/STACK.md: otherwise artifacts land in
+``./mlruns`` of whatever folder the process ran in). Models are stored as ``save_pretrained`` folders
+(safetensors + JSON, no pickle) and registered with ``create_model_version`` pointing at the run's
+artifact folder, with a sha256 of the folder in the version's tags that :func:`download_model` verifies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
+
+from tasks.env import state_dir
+
+log = logging.getLogger(__name__)
+
+FLOW_RUN_TAG = "prefect.flow_run_id"
+SHA_TAG = "sha256"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def tracking_uri() -> str:
+    return mlflow.get_tracking_uri()
+
+
+def check_reachable(timeout_s: float = 5.0) -> None:
+    """Fail fast, naming the URI, when an HTTP tracking server does not answer (no hang, no traceback wall)."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:  # noqa: S310 - user-configured URI
+            if resp.status != 200:
+                raise TrackingUnavailable(f"MLflow tracking server at {uri} answered {resp.status} on /health")
+    except (OSError, socket.timeout) as err:
+        raise TrackingUnavailable(
+            f"MLflow tracking server at {uri} is unreachable ({err.__class__.__name__}: {err}); "
+            "start it (make servers-up) or unset MLFLOW_TRACKING_URI to use the local SQLite store"
+        ) from None
+
+
+def ensure_experiment(name: str) -> str:
+    """Get or create an experiment; local stores get an explicit artifact root under the state folder."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifact_location = None
+    if not tracking_uri().startswith(("http://", "https://", "databricks")):
+        root = Path(os.environ.get("SPACTOR_ARTIFACT_ROOT", state_dir() / "mlartifacts"))
+        artifact_location = (root / name).resolve().as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except mlflow.exceptions.MlflowException:  # created concurrently by another run
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _retry(fn, *args, attempts: int = 3, what: str = "mlflow call", **kwargs):
+    delay = 0.5
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - tracking must never kill training
+            if i == attempts - 1:
+                log.warning("could not %s after %d attempts: %s", what, attempts, err)
+                return None
+            time.sleep(delay)
+            delay *= 2
+
+
+@contextlib.contextmanager
+def start_run(
+    experiment: str,
+    run_name: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> Iterator[str]:
+    """Open a run (nested under ``parent_run_id`` if given); yield its id.
+
+    An exception marks the run FAILED with the error in the ``error`` tag, then propagates.
+    """
+    check_reachable()
+    exp_id = ensure_experiment(experiment)
+    client = MlflowClient()
+    all_tags = dict(tags or {})
+    flow_run_id = _prefect_flow_run_id()
+    if flow_run_id:
+        all_tags.setdefault(FLOW_RUN_TAG, flow_run_id)
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    all_tags["mlflow.runName"] = run_name
+    run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+    run_id = run.info.run_id
+    if params:
+        log_params(run_id, params)
+    try:
+        yield run_id
+    except BaseException as err:
+        msg = f"{err.__class__.__name__}: {err}"[:4000]
+        _retry(client.set_tag, run_id, "error", msg, what="tag the failed run")
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        _retry(client.set_terminated, run_id, status, what="mark the run failed")
+        raise
+    else:
+        client.set_terminated(run_id, "FINISHED")
+
+
+def _prefect_flow_run_id() -> str | None:
+    try:
+        from prefect.runtime import flow_run
+
+        rid = flow_run.get_id()
+        return str(rid) if rid else None
+    except Exception:  # noqa: BLE001 - not inside a flow
+        return None
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    flat = {k: (json.dumps(v) if isinstance(v, (list, tuple)) else v) for k, v in _flatten(params).items()}
+    client = MlflowClient()
+    from mlflow.entities import Param
+
+    batch = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+    for i in range(0, len(batch), 100):
+        _retry(client.log_batch, run_id, params=batch[i : i + 100], what="log params")
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> bool:
+    """Log numeric metrics with retries; returns False (and warns) if they could not be logged."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    batch = [Metric(k, float(v), ts, step or 0) for k, v in _flatten(metrics).items() if v is not None]
+    ok = _retry(MlflowClient().log_batch, run_id, metrics=batch, what=f"log metrics at step {step}")
+    return ok is not None or not batch
+
+
+def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    client = MlflowClient()
+    for k, v in tags.items():
+        _retry(client.set_tag, run_id, k, str(v), what=f"set tag {k}")
+
+
+def log_artifacts(run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+    MlflowClient().log_artifacts(run_id, str(local_dir), artifact_path)
+
+
+def log_artifact(run_id: str, local_file: str | Path, artifact_path: str | None = None) -> None:
+    MlflowClient().log_artifact(run_id, str(local_file), artifact_path)
+
+
+def log_dict(run_id: str, data: Any, artifact_file: str) -> None:
+    MlflowClient().log_dict(run_id, data, artifact_file)
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    MlflowClient().log_text(run_id, text, artifact_file)
+
+
+def log_figure(run_id: str, figure: Any, artifact_file: str) -> None:
+    MlflowClient().log_figure(run_id, figure, artifact_file)
+
+
+def log_table(run_id: str, df: Any, artifact_file: str) -> None:
+    """Log a pandas DataFrame as CSV (or Parquet, by the file's suffix)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(artifact_file).name
+        if path.suffix == ".parquet":
+            df.to_parquet(path)
+        else:
+            df.to_csv(path, index=False)
+        sub = str(Path(artifact_file).parent)
+        MlflowClient().log_artifact(run_id, str(path), None if sub == "." else sub)
+
+
+def log_dataset_input(run_id: str, df: Any, *, name: str, source: str, context: str) -> None:
+    """Record a dataset (a pandas sample + its source path) as an MLflow dataset input of the run."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "source can be interpreted in multiple ways": it is a local path
+        ds = mlflow.data.from_pandas(df, source=source, name=name)
+    from mlflow.entities import DatasetInput, InputTag
+
+    _retry(
+        MlflowClient().log_inputs,
+        run_id,
+        [DatasetInput(ds._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])],
+        what="log dataset input",
+    )
+
+
+def artifact_uri(run_id: str, path: str = "") -> str:
+    base = MlflowClient().get_run(run_id).info.artifact_uri
+    return f"{base}/{path}" if path else base
+
+
+def artifact_local_path(run_id: str, path: str = "") -> str:
+    """Where a run's artifacts are, as a local path when the store is local, else the URI."""
+    uri = artifact_uri(run_id, path)
+    parsed = urllib.parse.urlparse(uri)
+    return urllib.parse.unquote(parsed.path) if parsed.scheme in ("", "file") else uri
+
+
+def folder_sha256(folder: str | Path) -> str:
+    """A content hash of a folder (relative names + bytes, sorted): tags artifacts, checked on load."""
+    h = hashlib.sha256()
+    root = Path(folder)
+    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+        h.update(str(p.relative_to(root)).encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def register_model(
+    run_id: str,
+    local_dir: str | Path,
+    name: str,
+    *,
+    artifact_path: str = "model",
+    tags: Mapping[str, Any] | None = None,
+    aliases: list[str] | tuple[str, ...] = (),
+) -> str:
+    """Log a ``save_pretrained`` folder as artifacts and register it; returns ``models:/name/version``.
+
+    The folder is logged completely before the version is created, so a failure leaves no registered
+    version pointing at half a model.
+    """
+    sha = folder_sha256(local_dir)
+    log_artifacts(run_id, local_dir, artifact_path)
+    client = MlflowClient()
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    all_tags[SHA_TAG] = sha
+    try:
+        client.create_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        pass  # already exists
+    mv = client.create_model_version(name, source=artifact_uri(run_id, artifact_path), run_id=run_id, tags=all_tags)
+    for alias in aliases:
+        client.set_registered_model_alias(name, alias, mv.version)
+    set_tags(run_id, {f"registered.{name}": mv.version, f"{artifact_path}.{SHA_TAG}": sha})
+    return f"models:/{name}/{mv.version}"
+
+
+def resolve_model(ref: str | Path, dst_root: str | Path | None = None) -> Path:
+    """A local folder for a model reference: a local path, ``models:/name/version``, ``models:/name@alias``
+    or ``runs:/id/path``. Registered versions are checked against their sha256 tag."""
+    p = Path(str(ref))
+    if p.exists():
+        return p
+    ref = str(ref)
+    if not ref.startswith(("models:/", "runs:/")):
+        raise FileNotFoundError(f"model '{ref}' is neither an existing folder nor a models:/ or runs:/ URI")
+    client = MlflowClient()
+    expected_sha = None
+    source = ref
+    if ref.startswith("models:/"):
+        body = ref[len("models:/"):]
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, version = body.rsplit("/", 1)
+            mv = client.get_model_version(name, version)
+        expected_sha = mv.tags.get(SHA_TAG)
+        source = mv.source
+    dst_root = Path(dst_root or state_dir() / "model-cache")
+    key = hashlib.sha256(source.encode()).hexdigest()[:16]
+    dst = dst_root / key
+    if not (dst / ".complete").exists():
+        dst_root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dst_root))
+        local = mlflow.artifacts.download_artifacts(source, dst_path=str(tmp))
+        if expected_sha and folder_sha256(local) != expected_sha:
+            raise ValueError(f"model {ref}: sha256 of the downloaded files does not match its registry tag")
+        Path(local, ".complete").touch()
+        if dst.exists():
+            import shutil
+
+            shutil.rmtree(dst)
+        os.replace(local, dst)
+    return dst
+
+
+def search_runs(experiment: str, filter_string: str = "", max_results: int = 1000):
+    """Runs of an experiment as a pandas DataFrame (empty if the experiment does not exist)."""
+    exp = MlflowClient().get_experiment_by_name(experiment)
+    import pandas as pd
+
+    if exp is None:
+        return pd.DataFrame()
+    return mlflow.search_runs([exp.experiment_id], filter_string=filter_string, max_results=max_results)
+
+
+def run_status(run_id: str) -> str:
+    return MlflowClient().get_run(run_id).info.status
+
+
+def mark_status(run_id: str, status: str) -> None:
+    assert status in RunStatus.all_status() or status in ("FINISHED", "FAILED", "KILLED")
+    MlflowClient().set_terminated(run_id, status)
