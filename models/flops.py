@@ -11,8 +11,8 @@ Convention (one, stated once, as in google-research/electra ``flops_computation.
 * Ignored: layer norms, softmax, activations, residual adds, dropout, relative position bias,
   embedding lookups, the loss, and SpacTor's sampling (a multinomial draw, no matmul).
 * SpacTor's generator is a full training participant: its encoder stack and MLM head count
-  forward + backward (3x). Its LM head runs only on the masked positions, ``round(mask_rate *
-  inputs_length)`` per sequence (an upper bound: padding, EOS and sentinels are never masked).
+  forward + backward (3x). Its LM head runs only on the masked positions, ``max(1, round(mask_rate *
+  inputs_length))`` per sequence (an upper bound: padding, EOS and sentinels are never masked).
   Sampling reuses that forward's logits, so it adds nothing.
 
 Numbers are exact Python ints. Example::
@@ -78,7 +78,9 @@ def encoder_forward_flops(config, *, batch_size: int, inputs_length: int) -> int
     return FLOPS_PER_MAC * batch_size * macs
 
 
-def decoder_forward_flops(config, *, batch_size: int, inputs_length: int, targets_length: int) -> int:
+def decoder_forward_flops(
+    config, *, batch_size: int, inputs_length: int, targets_length: int
+) -> int:
     """Forward FLOPs of a T5 decoder stack (``config.num_decoder_layers`` layers)."""
     layer = decoder_layer_forward_macs(
         config, inputs_length=inputs_length, targets_length=targets_length
@@ -93,19 +95,18 @@ def lm_head_forward_flops(config, *, batch_size: int, num_positions: int) -> int
 
 def t5_forward_flops(config, *, batch_size: int, inputs_length: int, targets_length: int) -> int:
     """Forward FLOPs of T5ForConditionalGeneration: encoder + decoder + LM head."""
-    _check_lengths(batch_size=batch_size, inputs_length=inputs_length, targets_length=targets_length)
+    b, s, t = batch_size, inputs_length, targets_length
+    _check_lengths(batch_size=b, inputs_length=s, targets_length=t)
     return (
-        encoder_forward_flops(config, batch_size=batch_size, inputs_length=inputs_length)
-        + decoder_forward_flops(
-            config, batch_size=batch_size, inputs_length=inputs_length, targets_length=targets_length
-        )
-        + lm_head_forward_flops(config, batch_size=batch_size, num_positions=targets_length)
+        encoder_forward_flops(config, batch_size=b, inputs_length=s)
+        + decoder_forward_flops(config, batch_size=b, inputs_length=s, targets_length=t)
+        + lm_head_forward_flops(config, batch_size=b, num_positions=t)
     )
 
 
 def spactor_step_flops(
     t5_config,
-    generator_config_or_None,
+    generator_config,
     *,
     batch_size: int,
     inputs_length: int,
@@ -115,38 +116,37 @@ def spactor_step_flops(
 ) -> StepFlops:
     """Training FLOPs of one SC step (``hybrid=False``) or SpacTor hybrid step.
 
-    ``generator_config_or_None``: the generator's T5Config (``models.spactor.generator_t5_config``);
-    required when ``hybrid``. ``mask_rate`` must match ``SpacTorConfig.mask_rate``; it sets the
-    generator LM head's positions. The T5 encoder costs the same in both modes (it runs once, on
-    the corrupted input, in hybrid steps). Non-hybrid steps have zero generator / RTD components.
+    ``generator_config``: the generator's T5Config (``models.spactor.generator_t5_config``), or
+    None for SC-only accounting; required when ``hybrid``. ``mask_rate`` must match
+    ``SpacTorConfig.mask_rate``; it sets the generator LM head's positions. The T5 encoder costs
+    the same in both modes (in hybrid steps it runs once, on the corrupted input). Non-hybrid
+    steps have zero generator / RTD components.
     """
-    _check_lengths(batch_size=batch_size, inputs_length=inputs_length, targets_length=targets_length)
+    b, s, t = batch_size, inputs_length, targets_length
+    _check_lengths(batch_size=b, inputs_length=s, targets_length=t)
     x = TRAIN_MULTIPLIER
-    encoder = x * encoder_forward_flops(t5_config, batch_size=batch_size, inputs_length=inputs_length)
-    decoder = x * decoder_forward_flops(
-        t5_config, batch_size=batch_size, inputs_length=inputs_length, targets_length=targets_length
-    )
-    lm_head = x * lm_head_forward_flops(t5_config, batch_size=batch_size, num_positions=targets_length)
+    encoder = x * encoder_forward_flops(t5_config, batch_size=b, inputs_length=s)
+    decoder = x * decoder_forward_flops(t5_config, batch_size=b, inputs_length=s, targets_length=t)
+    lm_head = x * lm_head_forward_flops(t5_config, batch_size=b, num_positions=t)
     if not hybrid:
         return StepFlops(encoder=encoder, decoder=decoder, lm_head=lm_head)
 
-    if generator_config_or_None is None:
+    if generator_config is None:
         raise ValueError(
             "hybrid=True needs the generator's T5Config; pass "
             "models.spactor.generator_t5_config(t5_config, spactor_config)."
         )
     if not 0.0 < mask_rate < 1.0:
         raise ValueError(f"mask_rate={mask_rate} must be in (0, 1); pass SpacTorConfig.mask_rate.")
-    g = generator_config_or_None
-    masked_positions = round(mask_rate * inputs_length)
+    g = generator_config
+    masked = max(1, round(mask_rate * inputs_length))  # as choose_mlm_positions
     return StepFlops(
         encoder=encoder,
         decoder=decoder,
         lm_head=lm_head,
-        generator=x * encoder_forward_flops(g, batch_size=batch_size, inputs_length=inputs_length),
-        generator_lm_head=x
-        * lm_head_forward_flops(g, batch_size=batch_size, num_positions=masked_positions),
-        rtd_head=x * FLOPS_PER_MAC * batch_size * inputs_length * t5_config.d_model,
+        generator=x * encoder_forward_flops(g, batch_size=b, inputs_length=s),
+        generator_lm_head=x * lm_head_forward_flops(g, batch_size=b, num_positions=masked),
+        rtd_head=x * FLOPS_PER_MAC * b * s * t5_config.d_model,  # Linear(d_model, 1) per token
     )
 
 

@@ -233,7 +233,9 @@ class SpacTorModel(nn.Module):
         """
         attention_mask = input_ids != self.pad_token_id  # (B, S)
         if not hybrid:
-            sc_loss = self.t5(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
+            sc_loss = self.t5(
+                input_ids=input_ids, attention_mask=attention_mask, labels=labels
+            ).loss
             return SpacTorOutput(loss=sc_loss, sc_loss=sc_loss)
 
         cfg = self.config
@@ -242,7 +244,8 @@ class SpacTorModel(nn.Module):
 
         # 1. Generator: MLM on the masked positions only (the LM head is the expensive part).
         gen_input = input_ids.masked_fill(mlm_mask, self.mask_token_id)
-        gen_hidden = self.generator(input_ids=gen_input, attention_mask=attention_mask)[0]  # (B,S,d)
+        gen_hidden = self.generator(input_ids=gen_input, attention_mask=attention_mask)[0]
+        # gen_hidden: (B, S, d); the LM head runs on the (M, d) masked rows only.
         mlm_logits = self.mlm_head(gen_hidden[mlm_mask]).float()  # (M, V)
         mlm_targets = input_ids[mlm_mask]  # (M,)
         num_masked = max(mlm_targets.shape[0], 1)
@@ -358,7 +361,10 @@ def sc_rtd_gradient_cosine(
 
     def flat(grads):
         return torch.cat(
-            [(torch.zeros_like(p) if g is None else g).reshape(-1).float() for g, p in zip(grads, params)]
+            [
+                (torch.zeros_like(p) if g is None else g).reshape(-1).float()
+                for g, p in zip(grads, params)
+            ]
         )
 
     return F.cosine_similarity(flat(g_sc), flat(g_rtd), dim=0, eps=1e-12).detach()

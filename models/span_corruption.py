@@ -87,7 +87,9 @@ def noise_counts(
     length = max(length, 2)
     num_noise_tokens = int(np.rint(np.float32(length) * np.float32(noise_density)))
     num_noise_tokens = min(max(num_noise_tokens, 1), length - 1)
-    num_noise_spans = int(np.rint(np.float32(num_noise_tokens) / np.float32(mean_noise_span_length)))
+    num_noise_spans = int(
+        np.rint(np.float32(num_noise_tokens) / np.float32(mean_noise_span_length))
+    )
     num_noise_spans = max(num_noise_spans, 1)
     return num_noise_tokens, num_noise_spans
 
@@ -127,14 +129,16 @@ def random_spans_noise_mask(
     if num_noise_spans > num_nonnoise_tokens:
         raise ValueError(
             f"length={length}, noise_density={noise_density}, "
-            f"mean_noise_span_length={mean_noise_span_length} ask for {num_noise_spans} noise spans "
-            f"but leave only {num_nonnoise_tokens} non-noise tokens to separate them; lower "
+            f"mean_noise_span_length={mean_noise_span_length} ask for {num_noise_spans} noise "
+            f"spans but leave only {num_nonnoise_tokens} non-noise tokens to separate them; lower "
             "noise_density or raise mean_noise_span_length."
         )
 
     noise_span_lengths = _random_segmentation(num_noise_tokens, num_noise_spans, rng)
     nonnoise_span_lengths = _random_segmentation(num_nonnoise_tokens, num_noise_spans, rng)
-    interleaved_span_lengths = np.stack([nonnoise_span_lengths, noise_span_lengths], axis=1).reshape(-1)
+    interleaved_span_lengths = np.stack(
+        [nonnoise_span_lengths, noise_span_lengths], axis=1
+    ).reshape(-1)
     span_starts = np.cumsum(interleaved_span_lengths)[:-1]
     span_start_indicator = np.zeros(length, dtype=np.int64)
     span_start_indicator[span_starts] = 1  # starts are distinct: every span is non-empty
@@ -188,7 +192,8 @@ def noise_span_to_unique_sentinel(tokens, noise_mask, vocab_size: int) -> np.nda
 def nonnoise_span_to_unique_sentinel(tokens, noise_mask, vocab_size: int) -> np.ndarray:
     """The targets side: each run of *non*-noise tokens becomes one sentinel (same numbering).
 
-    >>> nonnoise_span_to_unique_sentinel([10, 11, 12, 13, 14, 15], [1, 1, 0, 0, 1, 0], 1000).tolist()
+    >>> tokens, mask = [10, 11, 12, 13, 14, 15], [1, 1, 0, 0, 1, 0]
+    >>> nonnoise_span_to_unique_sentinel(tokens, mask, 1000).tolist()
     [10, 11, 999, 14, 998]
     """
     return noise_span_to_unique_sentinel(tokens, ~np.asarray(noise_mask, dtype=bool), vocab_size)

@@ -196,6 +196,9 @@ def parse_orchid(text: str) -> list[OrchidSentence]:
         pos: list[str] = []
         while i < n and lines[i] != _END:
             token_line = lines[i]
+            if not token_line.strip(_BLANK):
+                i += 1
+                continue
             cut = token_line.rfind("/")
             if cut < 0:
                 raise ValueError(

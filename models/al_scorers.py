@@ -1,0 +1,139 @@
+"""Active-learning acquisition scores for word segmentation, from per-character boundary probs.
+
+A segmenter gives, per character i, ``p_i`` = P(a word starts at i). Each character is a binary
+decision, so the classic uncertainty measures (Settles 2009, "Active Learning Literature Survey",
+section 3.1) reduce to functions of ``p``:
+
+    entropy            H(p) = -p log2 p - (1 - p) log2 (1 - p)       in [0, 1] bits
+    margin             1 - |p - (1 - p)| = 1 - |2p - 1|               in [0, 1]
+    least_confidence   1 - max(p, 1 - p)                              in [0, 1/2]
+
+All three peak at p = 1/2, vanish at p in {0, 1}, are symmetric about 1/2 and decrease in |p - 1/2|,
+so they rank single characters identically; they differ once aggregated over a sentence.
+
+Sentence score, for a text of n characters with probabilities p_0 .. p_{n-1}::
+
+    u_i   = uncertainty(p_i) over the decision positions i = 1 .. n-1
+            (position 0 always starts a word: it is no decision and is left out)
+    A     = mean(u) | max(u) | sum(u)                      (``aggregate``; 0 when n <= 1)
+    score = A                                              (default)
+          = A / (n - 1)  if length_normalize               (per decision position)
+          = A / n        if cost_aware                     (per character the annotator reads)
+
+``cost_aware`` with ``aggregate="sum"`` is "total uncertainty per annotated character": the
+annotation cost of a sentence is its length in characters, and ranking by value / cost spends a
+character budget best (Settles et al. 2008, "Active learning with real annotation costs").
+``length_normalize`` with ``"sum"`` equals ``"mean"``; with ``"max"`` it favours short sentences.
+The two divisions are alternatives: asking for both raises ``ValueError``.
+
+``rank`` scores texts with any model that has ``boundary_probs(texts) -> list[np.ndarray]``
+(``models.thai_segmenter.ThaiSegmenter``) and returns indices best first, ties broken by the
+lower index.
+
+Run the tests: ``python -m pytest tests/models/test_al_scorers.py -q``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["METHODS", "AGGREGATES", "char_uncertainty", "sentence_score", "rank", "BoundaryModel"]
+
+METHODS = ("entropy", "margin", "least_confidence")
+AGGREGATES = ("mean", "max", "sum")
+
+
+class BoundaryModel(Protocol):
+    def boundary_probs(self, texts: list[str]) -> list[np.ndarray]: ...
+
+
+def char_uncertainty(probs, method: str = "entropy") -> np.ndarray:
+    """Uncertainty of each binary boundary decision; ``probs`` are P(boundary) in [0, 1].
+
+    Returns float64 of the same shape. See the module docstring for the formulas and ranges.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown uncertainty method {method!r}; choose one of {METHODS}")
+    p = np.asarray(probs, dtype=np.float64)
+    if p.size and (not np.all(np.isfinite(p)) or p.min() < 0.0 or p.max() > 1.0):
+        raise ValueError(
+            f"probs must be probabilities in [0, 1], got values in [{p.min()}, {p.max()}]; "
+            "pass sigmoid outputs, not logits"
+        )
+    if method == "entropy":
+        q = 1.0 - p
+        with np.errstate(divide="ignore", invalid="ignore"):
+            h = -(np.where(p > 0, p * np.log2(p), 0.0) + np.where(q > 0, q * np.log2(q), 0.0))
+        return np.clip(h, 0.0, 1.0)  # clip: rounding can leave -0.0 or 1 + 1e-16
+    if method == "margin":
+        return 1.0 - np.abs(2.0 * p - 1.0)
+    return 1.0 - np.maximum(p, 1.0 - p)
+
+
+def sentence_score(
+    probs,
+    *,
+    method: str = "entropy",
+    aggregate: str = "mean",
+    length_normalize: bool = False,
+    cost_aware: bool = False,
+) -> float:
+    """Acquisition score of one sentence from its per-character boundary probabilities.
+
+    ``probs`` has one entry per character (``ThaiSegmenter.boundary_probs`` output); entry 0 is
+    ignored. Higher = more worth annotating. See the module docstring for the exact definition.
+    """
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {AGGREGATES}")
+    if length_normalize and cost_aware:
+        raise ValueError(
+            "length_normalize and cost_aware both divide the aggregate; pick one "
+            "(cost_aware divides by characters to annotate, length_normalize by decisions)"
+        )
+    p = np.asarray(probs, dtype=np.float64)
+    if p.ndim != 1:
+        raise ValueError(f"probs must be 1-D (one value per character), got shape {p.shape}")
+    n = p.shape[0]
+    u = char_uncertainty(p[1:], method)
+    if u.size == 0:
+        return 0.0
+    if aggregate == "mean":
+        score = float(u.mean())
+    elif aggregate == "max":
+        score = float(u.max())
+    else:
+        score = float(u.sum())
+    if length_normalize:
+        score /= n - 1
+    elif cost_aware:
+        score /= n
+    return score
+
+
+def rank(
+    texts: Sequence[str],
+    model: BoundaryModel,
+    *,
+    method: str = "entropy",
+    aggregate: str = "mean",
+    length_normalize: bool = False,
+    cost_aware: bool = False,
+) -> list[int]:
+    """Indices of ``texts``, most informative first; equal scores keep the lower index first."""
+    texts = list(texts)
+    probs = model.boundary_probs(texts)
+    if len(probs) != len(texts):
+        raise ValueError(f"model returned {len(probs)} probability arrays for {len(texts)} texts")
+    scores = np.array(
+        [
+            sentence_score(p, method=method, aggregate=aggregate,
+                           length_normalize=length_normalize, cost_aware=cost_aware)
+            for p in probs
+        ],
+        dtype=np.float64,
+    )
+    # lexsort sorts by the last key first: descending score, then ascending index.
+    return np.lexsort((np.arange(len(texts)), -scores)).tolist()
