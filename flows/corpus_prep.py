@@ -54,7 +54,7 @@ class CorpusPrepConfig(FlowConfig):
 
 def tiny() -> CorpusPrepConfig:
     """A few thousand documents, 2k-piece vocabulary: seconds on a laptop."""
-    return CorpusPrepConfig(name="tiny", max_documents=3000, vocab_size=2000, pack_length=142,
+    return CorpusPrepConfig(name="tiny", max_documents=3000, vocab_size=2000, pack_length=141,
                             validation_fraction=0.05, test_fraction=0.05, character_coverage=1.0)
 
 

@@ -16,9 +16,11 @@ Each divergence is summed over the vocabulary at a position, then averaged over 
 positions. The teacher is detached: gradients reach the student only. No ``T**2`` gradient
 rescaling is applied (Hinton et al.); multiply the loss by ``temperature**2`` yourself if you want it.
 
-The acceptance rate of speculative sampling at one position is ``sum_x min(p(x), q(x)) = 1 - tvd``
-(DistillSpec, Lemma / Leviathan et al. 2023), which is why TVD is a natural target;
-``token_acceptance_rate`` and ``greedy_agreement`` measure alignment directly.
+The probability that speculative sampling accepts the draft token at one position is
+``sum_x min(p(x), q(x)) = 1 - tvd`` (Leviathan et al. 2023, section 3.3, where it is called beta,
+unrelated to the JSD weight above), which is why DistillSpec finds TVD a natural objective;
+``token_acceptance_rate`` (its mean, DistillSpec's alpha) and ``greedy_agreement`` measure
+alignment directly.
 
 Run the tests: ``python -m pytest tests/models/test_distillation.py -q``.
 """
@@ -26,6 +28,7 @@ Run the tests: ``python -m pytest tests/models/test_distillation.py -q``.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,10 @@ import torch.nn.functional as F
 __all__ = ["KINDS", "divergence", "token_acceptance_rate", "greedy_agreement"]
 
 KINDS = ("fkl", "rkl", "jsd", "tvd")
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
 def _check_pair(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> None:
@@ -49,7 +56,7 @@ def _check_pair(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> N
 
 
 def _check_temperature(temperature: float) -> None:
-    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+    if not (_is_real(temperature) and math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
 
 
@@ -117,7 +124,7 @@ def divergence(
     """
     if kind not in KINDS:
         raise ValueError(f"unknown divergence kind {kind!r}; choose one of {KINDS}")
-    if not (isinstance(beta, (int, float)) and 0.0 <= beta <= 1.0):
+    if not (_is_real(beta) and 0.0 <= beta <= 1.0):
         raise ValueError(f"beta must be in [0, 1], got {beta!r}")
     if kind == "jsd" and not 0.0 < beta < 1.0:
         raise ValueError(

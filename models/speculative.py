@@ -402,14 +402,14 @@ def _vocab_size(model: nn.Module) -> int:
 @contextlib.contextmanager
 def _eval_mode(*models: nn.Module) -> Iterator[None]:
     """Dropout would make decoding random; switch to eval for the call and restore afterwards."""
-    was_training = [m.training for m in models]
-    for m in models:
+    training = [m for m in models if m.training]  # eval() is not free in transformers: skip if set
+    for m in training:
         m.eval()
     try:
         yield
     finally:
-        for m, flag in zip(models, was_training):
-            m.train(flag)
+        for m in training:
+            m.train()
 
 
 def _check_common(max_new_tokens: int, do_sample: bool, temperature: float, top_k, top_p) -> None:

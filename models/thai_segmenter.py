@@ -28,6 +28,7 @@ Run the tests: ``python -m pytest tests/models/test_thai_segmenter.py -q``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import unicodedata
@@ -594,6 +595,9 @@ class ThaiSegmenter(nn.Module):
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("format") != "thai_segmenter/1":
             raise ValueError(f"{meta_path}: unknown format {meta.get('format')!r}, expected 'thai_segmenter/1'")
+        known = {f.name for f in dataclasses.fields(SegmenterConfig)}
+        if unknown := sorted(set(meta["config"]) - known):
+            raise ValueError(f"{meta_path}: unknown config keys {unknown}; saved by a newer version?")
         # The generator only seeds weights that load_state_dict overwrites.
         model = cls(SegmenterConfig(**meta["config"]), generator=torch.Generator().manual_seed(0))
         model.vocab = {ch: i + 2 for i, ch in enumerate(meta["vocab"])}

@@ -1,0 +1,190 @@
+"""Benchmark: speculative decoding engine (models/speculative.py) vs transformers' generate.
+
+Four greedy decoders on the same prompts, each checked against ``target.generate``:
+  hf_generate      target.generate(do_sample=False)                      the reference
+  engine_target    models.speculative.target_generate                    same engine, no draft
+  engine_sd        models.speculative.speculative_generate(gamma)        (+ adaptive_gamma variant)
+  hf_assisted      target.generate(assistant_model=draft), constant gamma
+
+Models: by default a synthetic random-init pair whose agreement is a knob. The draft is a shallow
+T5 (``--draft-layers``); the target is the draft's layers followed by ``--target-layers -
+--draft-layers`` extra residual layers whose output projections are scaled by ``--perturbation``.
+perturbation 0 makes the target compute the draft's function with more layers (alpha = 1); larger
+values lower alpha. Real checkpoints: ``--target DIR --draft DIR`` (save_pretrained folders, same
+vocabulary); prompts are random token ids either way.
+
+Timings: ``torch.set_num_threads(--threads)``, ``--warmup`` untimed passes, then the median of
+``--repeats`` passes over all prompts. ms/token = wall time / generated tokens; speedup is against
+hf_generate. alpha = accepted / drafted tokens, block efficiency = tokens per target call; the
+prediction column is Leviathan et al.'s expected_speedup(alpha, gamma, c) with c measured as
+(draft time per draft call) / (target-only time per token).
+
+    python benchmarks/sd_engine.py                 # ~30 s on one CPU thread
+    python benchmarks/sd_engine.py --perturbation 0.5 --gamma 3
+    python benchmarks/sd_engine.py --target ckpt/t5-base --draft ckpt/t5-small
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
+
+from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
+
+from models.speculative import expected_speedup, speculative_generate, target_generate  # noqa: E402
+
+EOS, PAD, START = 1, 0, 0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", type=Path, help="save_pretrained folder of the target (default: synthetic)")
+    ap.add_argument("--draft", type=Path, help="save_pretrained folder of the draft (default: synthetic)")
+    ap.add_argument("--d-model", type=int, default=512, help="synthetic pair: hidden size (shared)")
+    ap.add_argument("--d-ff", type=int, default=2048, help="synthetic pair: feed-forward size")
+    ap.add_argument("--heads", type=int, default=8, help="synthetic pair: attention heads")
+    ap.add_argument("--target-layers", type=int, default=8, help="synthetic target: encoder = decoder layers")
+    ap.add_argument("--draft-layers", type=int, default=1, help="synthetic draft: its layers are the target's first")
+    ap.add_argument("--vocab", type=int, default=4096, help="synthetic pair: vocabulary size")
+    ap.add_argument(
+        "--perturbation", type=float, default=0.2,
+        help="synthetic target: scale of its extra layers' outputs (0 = same function as the draft, alpha 1)",
+    )
+    ap.add_argument("--seed", type=int, default=0, help="weights and prompts")
+    ap.add_argument("--prompts", type=int, default=3, help="number of random prompts")
+    ap.add_argument("--prompt-len", type=int, default=32, help="prompt length in tokens")
+    ap.add_argument("--max-new-tokens", type=int, default=48, help="tokens to generate per prompt")
+    ap.add_argument("--gamma", type=int, default=4, help="draft tokens per target call")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed passes over the prompts")
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes; the median is reported")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    args = ap.parse_args(argv)
+    if (args.target is None) != (args.draft is None):
+        ap.error("pass both --target and --draft, or neither for the synthetic pair")
+    if not 1 <= args.draft_layers < args.target_layers:
+        ap.error(f"need 1 <= --draft-layers ({args.draft_layers}) < --target-layers ({args.target_layers})")
+    return args
+
+
+def _t5(args: argparse.Namespace, layers: int) -> T5ForConditionalGeneration:
+    config = T5Config(
+        vocab_size=args.vocab, d_model=args.d_model, d_kv=args.d_model // args.heads, d_ff=args.d_ff,
+        num_layers=layers, num_heads=args.heads, dropout_rate=0.0,
+        eos_token_id=EOS, pad_token_id=PAD, decoder_start_token_id=START,
+    )
+    return T5ForConditionalGeneration(config).eval()
+
+
+def synthetic_pair(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """Target = draft layers + extra residual layers scaled by --perturbation (see module doc)."""
+    torch.manual_seed(args.seed)
+    target = _t5(args, args.target_layers)
+    generator = torch.Generator().manual_seed(args.seed)
+    with torch.no_grad():
+        # T5's default init makes a random model repeat one token; wider weights give varied text.
+        for param in target.parameters():
+            if param.ndim == 2:
+                param.normal_(0.0, 4.0 / param.shape[1] ** 0.5, generator=generator)
+        for stack in (target.encoder, target.decoder):
+            for block in stack.block[args.draft_layers :]:
+                for layer in block.layer:
+                    for proj in ("o", "wo"):
+                        for module in layer.modules():
+                            if hasattr(module, proj) and isinstance(getattr(module, proj), torch.nn.Linear):
+                                getattr(module, proj).weight.mul_(args.perturbation)
+    draft = _t5(args, args.draft_layers)
+    # Every draft parameter has the same name in the target (blocks 0..draft_layers-1).
+    draft.load_state_dict({k: v for k, v in target.state_dict().items() if k in draft.state_dict()})
+    return target, draft
+
+
+def timed(fn: Callable[[torch.Tensor], object], prompts: list[torch.Tensor], warmup: int, repeats: int):
+    """Median wall time of one pass over the prompts, and the outputs of the last pass."""
+    for _ in range(warmup):
+        for ids in prompts:
+            fn(ids)
+    times, outputs = [], []
+    for _ in range(repeats):
+        outputs = []
+        t0 = time.perf_counter()
+        for ids in prompts:
+            outputs.append(fn(ids))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), outputs
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.target is not None:
+        target = T5ForConditionalGeneration.from_pretrained(args.target).eval()
+        draft = T5ForConditionalGeneration.from_pretrained(args.draft).eval()
+        vocab = target.config.vocab_size
+    else:
+        target, draft = synthetic_pair(args)
+        vocab = args.vocab
+    n_params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    generator = torch.Generator().manual_seed(args.seed)
+    prompts = [torch.randint(2, vocab, (1, args.prompt_len), generator=generator) for _ in range(args.prompts)]
+    n = args.max_new_tokens
+    # transformers' assistant: a constant block of gamma tokens, no confidence-based early stop.
+    draft.generation_config.num_assistant_tokens = args.gamma
+    draft.generation_config.num_assistant_tokens_schedule = "constant"
+    draft.generation_config.assistant_confidence_threshold = 0.0
+
+    def as_seq(out):
+        return out.tolist() if isinstance(out, torch.Tensor) else out.sequences.tolist()
+
+    methods = {
+        "hf_generate": lambda ids: target.generate(ids, max_new_tokens=n, do_sample=False),
+        "engine_target": lambda ids: target_generate(target, ids, max_new_tokens=n),
+        "engine_sd": lambda ids: speculative_generate(target, draft, ids, gamma=args.gamma, max_new_tokens=n),
+        "engine_sd_adaptive": lambda ids: speculative_generate(
+            target, draft, ids, gamma=args.gamma, max_new_tokens=n, adaptive_gamma=True
+        ),
+        "hf_assisted": lambda ids: target.generate(ids, max_new_tokens=n, do_sample=False, assistant_model=draft),
+    }
+    results = {}
+    with torch.inference_mode():
+        for name, fn in methods.items():
+            results[name] = timed(fn, prompts, args.warmup, args.repeats)
+
+    reference = [as_seq(o) for o in results["hf_generate"][1]]
+    tokens = sum(len(s[0]) - 1 for s in reference)
+    base_ms = 1e3 * results["hf_generate"][0] / tokens
+    target_outs = results["engine_target"][1]
+    target_ms_per_call = 1e3 * sum(o.target_time_s for o in target_outs) / sum(o.num_target_calls for o in target_outs)
+
+    print(
+        f"target {n_params(target):.1f}M params, draft {n_params(draft):.1f}M params; {args.prompts} prompts x "
+        f"{args.prompt_len} tokens, max_new_tokens={n}, gamma={args.gamma}, threads={args.threads}, "
+        f"median of {args.repeats}" + ("" if args.target else f", perturbation={args.perturbation}")
+    )
+    print(f"{'method':<20} {'ms/token':>9} {'speedup':>8} {'alpha':>6} {'tok/call':>9} {'predicted':>9} {'exact':>6}")
+    for name, (seconds, outs) in results.items():
+        ms = 1e3 * seconds / tokens
+        exact = [as_seq(o) for o in outs] == reference
+        alpha = block = predicted = "-"
+        if name.startswith("engine_sd"):
+            accepted, drafted = sum(sum(o.accepted) for o in outs), sum(sum(o.drafted) for o in outs)
+            calls = sum(o.num_target_calls for o in outs)
+            a = accepted / drafted
+            draft_ms_per_call = 1e3 * sum(o.draft_time_s for o in outs) / max(sum(o.num_draft_calls for o in outs), 1)
+            c = draft_ms_per_call / target_ms_per_call
+            alpha, block = f"{a:.2f}", f"{tokens / calls:.2f}"
+            predicted = f"{expected_speedup(a, args.gamma, c) * base_ms / (1e3 * results['engine_target'][0] / tokens):.2f}x"
+        print(f"{name:<20} {ms:>9.2f} {base_ms / ms:>7.2f}x {alpha:>6} {block:>9} {predicted:>9} {str(exact):>6}")
+    print(f"c = draft/target cost per call = {c:.3f} (engine timings); predicted = expected_speedup(alpha, gamma, c) "
+          "x (hf_generate / engine_target time)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""SpacTor pretraining flow: T5 span corruption + (for the first ``tau`` steps) generator + RTD, on Ray Train.
+
+    python -m flows.pretrain --preset tiny [--set tau=0]            # tau=0: the SC baseline arm
+    python -m flows.pretrain --preset tiny --set corpus_dir=/path/to/corpus
+
+Without ``corpus_dir`` the flow first runs corpus prep with the same preset (cached when unchanged).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from prefect import flow
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from flows._cli import FlowConfig, build_config, run_cli
+
+
+class T5Shape(BaseModel):
+    """T5 architecture (T5 v1.1 conventions: gated-GELU, untied LM head, no dropout in pretraining)."""
+
+    model_config = ConfigDict(extra="forbid")
+    d_model: int = Field(64, ge=8)
+    d_ff: int = Field(128, ge=8)
+    d_kv: int = Field(16, ge=4)
+    num_heads: int = Field(4, ge=1)
+    num_layers: int = Field(2, ge=1)
+    num_decoder_layers: int = Field(2, ge=1)
+    feed_forward_proj: Literal["gated-gelu", "relu", "gated-silu"] = "gated-gelu"
+    dropout_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    tie_word_embeddings: bool = False
+
+
+class SpacTorSettings(BaseModel):
+    """Hybrid-objective settings (see models/spactor.py for what each does and why the defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+    mask_rate: float = Field(0.15, gt=0.0, lt=1.0)
+    gen_weight: float = Field(1.0, ge=0.0)
+    disc_weight: float = Field(50.0, ge=0.0)
+    sample_temperature: float = Field(1.0, gt=0.0)
+    generator_depth_ratio: float = Field(0.25, gt=0.0, le=1.0)
+    generator_width_ratio: float = Field(1.0, gt=0.0, le=1.0)
+    share_embeddings: bool = True
+
+
+class PretrainConfig(FlowConfig):
+    preset: str = Field("tiny", description="name recorded in tags and the registered model name")
+    corpus_dir: Optional[str] = Field(None, description="a corpus-prep output folder (default: run corpus prep)")
+    model: T5Shape = Field(default_factory=T5Shape)
+    spactor: SpacTorSettings = Field(default_factory=SpacTorSettings)
+    tau: int = Field(30, ge=0, description="hybrid steps before plain SC (0 = SC baseline arm)")
+    total_steps: int = Field(60, ge=1)
+    inputs_length: int = Field(128, ge=8, description="encoder tokens after corruption (T5: 512)")
+    noise_density: float = Field(0.15, gt=0.0, lt=1.0)
+    mean_noise_span_length: float = Field(3.0, ge=1.0)
+    batch_size: int = Field(8, ge=1, description="rows per worker per micro-batch")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    warmup_steps: int = Field(6, ge=0)
+    schedule: Literal["cosine", "linear", "rsqrt", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0.0)
+    clip_norm: float = Field(1.0, ge=0.0)
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
+    threads_per_worker: int = Field(0, ge=0, description="torch threads per worker (0 = torch default)")
+    use_gpu: bool = False
+    bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
+    compile: bool = Field(False, description="torch.compile the model (GPU presets)")
+    checkpoint_every: int = Field(20, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    max_failures: int = Field(2, ge=0, description="worker-group restarts Ray may do")
+    eval_every: int = Field(10, ge=0)
+    eval_batches: int = Field(4, ge=1)
+    log_every: int = Field(5, ge=1)
+    cosine_every: int = Field(10, ge=0, description="log the SC/RTD gradient cosine every K steps (0 = never)")
+    seed: int = 0
+    register_as: Optional[str] = Field(None, description="registered model name (default t5-<preset>-<arm>)")
+    output_root: Optional[str] = Field(None, description="checkpoint root (default <state>/runs)")
+    fault_kill_at_step: Optional[int] = Field(None, description="test hook: SIGKILL a worker once at this step")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.tau > self.total_steps:
+            raise ValueError(f"tau={self.tau} exceeds total_steps={self.total_steps}; use tau <= total_steps")
+        from models.spactor import SpacTorConfig
+        from models.span_corruption import SpanCorruptionCollator
+
+        SpacTorConfig(**self.spactor.model_dump())
+        SpanCorruptionCollator(vocab_size=1000, inputs_length=self.inputs_length, noise_density=self.noise_density,
+                               mean_noise_span_length=self.mean_noise_span_length)
+        return self
+
+    @property
+    def tokens_length(self) -> int:
+        from models.span_corruption import compute_input_and_target_lengths
+
+        return compute_input_and_target_lengths(self.inputs_length, self.noise_density, self.mean_noise_span_length)[0]
+
+
+def tiny() -> PretrainConfig:
+    """2-layer, d_model 64: a couple of minutes on a 2-core laptop."""
+    return PretrainConfig()
+
+
+def small() -> PretrainConfig:
+    """T5-small-like (v1.1 shapes, 8+8 layers) on one GPU."""
+    return PretrainConfig(preset="small", model=T5Shape(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8,
+                                                        num_decoder_layers=8),
+                          inputs_length=256, batch_size=64, total_steps=20000, tau=5000, lr=1e-3, warmup_steps=1000,
+                          use_gpu=True, compile=True, checkpoint_every=1000, eval_every=500, eval_batches=20,
+                          log_every=50, cosine_every=500)
+
+
+def base() -> PretrainConfig:
+    """T5 v1.1 base shapes, 512 input tokens, batch 64 per GPU worker (the paper's setting, scaled by workers)."""
+    return PretrainConfig(preset="base", model=T5Shape(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12,
+                                                       num_decoder_layers=12),
+                          inputs_length=512, batch_size=64, total_steps=500000, tau=60000, lr=1e-3,
+                          warmup_steps=10000, schedule="rsqrt", use_gpu=True, compile=True, num_workers=8,
+                          checkpoint_every=5000, eval_every=5000, eval_batches=50, log_every=100, cosine_every=5000)
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base}
+
+
+@dataclass
+class PretrainResult:
+    run_id: str
+    model_uri: str
+    model_dir: str
+    arm: str
+    evals: list
+    cum_flops: int
+
+    def summary(self) -> str:
+        from tasks.tracking import artifact_local_path
+
+        last = self.evals[-1]["val_sc_loss"] if self.evals else float("nan")
+        return (f"pretrain ({self.arm}): final validation SC loss {last:.4f}, {self.cum_flops:.3e} training FLOPs\n"
+                f"registered model: {self.model_uri}\nMLflow run id: {self.run_id}\n"
+                f"artifacts: {artifact_local_path(self.run_id)}")
+
+
+@flow(name="pretrain")
+def pretrain_flow(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+                  config: Optional[PretrainConfig] = None, parent_run_id: Optional[str] = None) -> PretrainResult:
+    """Pretrain one arm (SpacTor if tau > 0, SC if tau == 0)."""
+    from tasks.pretrain import pretrain
+
+    cfg = config or build_config(PretrainConfig, PRESETS, preset, overrides)
+    corpus_dir = cfg.corpus_dir
+    if corpus_dir is None:
+        from flows.corpus_prep import PRESETS as CORPUS_PRESETS, corpus_prep
+
+        ccfg = CORPUS_PRESETS.get(cfg.preset, CORPUS_PRESETS["tiny"])().model_copy(update={"pack_length": cfg.tokens_length})
+        corpus_dir = corpus_prep(config=ccfg, parent_run_id=parent_run_id).corpus_dir
+    out = pretrain(cfg.model_dump(), corpus_dir, parent_run_id=parent_run_id)
+    return PretrainResult(**out)
+
+
+if __name__ == "__main__":
+    run_cli(lambda c: pretrain_flow(config=c), PretrainConfig, PRESETS,
+            description="Pretrain a T5 with SpacTor (hybrid SC + RTD for tau steps, then SC) on Ray Train workers.")

@@ -1,0 +1,153 @@
+"""SpacTor / SC pretraining objective and the Ray Train worker entry point.
+
+``pretrain_worker(cfg)`` runs on every Ray Train worker (or as a plain function with
+``cfg["in_ray"] = False``): it builds the T5 + generator + RTD head from the config and the corpus'
+tokenizer, and hands a :class:`PretrainObjective` to the shared loop in ``tasks/train_loop.py``.
+No Prefect import here; Ray is imported only by the loop.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.flops import spactor_step_flops
+from models.span_corruption import SpanCorruptionCollator
+from models.spactor import SpacTorConfig, SpacTorModel, curriculum_is_hybrid, generator_t5_config, sc_rtd_gradient_cosine
+from models.training import global_batch_rows, step_seed
+from tasks.train_loop import LoopSettings, run
+
+T5_FIELDS = ("d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "num_heads", "feed_forward_proj",
+             "dropout_rate", "tie_word_embeddings", "relative_attention_num_buckets", "relative_attention_max_distance")
+
+
+def build_t5(model_cfg: dict[str, Any], vocab_size: int):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                      **{k: model_cfg[k] for k in T5_FIELDS if k in model_cfg})
+    return T5ForConditionalGeneration(config)
+
+
+def load_rows(packed_dir: str | Path, tokens_length: int) -> np.ndarray:
+    """Packed rows as an int32 array (n, tokens_length); longer rows are cut, shorter refused."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(packed_dir)).with_format("numpy")
+    if len(ds) == 0:
+        return np.zeros((0, tokens_length), dtype=np.int32)
+    rows = np.asarray(ds["input_ids"], dtype=np.int32)
+    if rows.shape[1] < tokens_length:
+        raise ValueError(f"{packed_dir}: rows have {rows.shape[1]} tokens but span corruption needs "
+                         f"{tokens_length}; rebuild the corpus with pack_length={tokens_length}")
+    return rows[:, :tokens_length]
+
+
+class PretrainObjective:
+    def __init__(self, cfg: dict[str, Any]):
+        from transformers import AutoTokenizer
+
+        self.cfg = cfg
+        tok = AutoTokenizer.from_pretrained(cfg["tokenizer_dir"])
+        self.vocab_size = len(tok)
+        sentinel0 = tok.convert_tokens_to_ids("<extra_id_0>")
+        if sentinel0 != self.vocab_size - 1 or tok.mask_token_id is None:
+            raise ValueError(f"tokenizer at {cfg['tokenizer_dir']} lacks T5 sentinels at the top or a <mask> token")
+        torch.manual_seed(cfg["seed"])  # identical initial weights on every worker and both arms
+        t5 = build_t5(cfg["model"], self.vocab_size)
+        self.spactor_config = SpacTorConfig(**cfg["spactor"])
+        self.model = SpacTorModel(t5, self.spactor_config, mask_token_id=tok.mask_token_id,
+                                  sentinel_start_id=self.vocab_size - 100)
+        self.collator = SpanCorruptionCollator(vocab_size=self.vocab_size, inputs_length=cfg["inputs_length"],
+                                               noise_density=cfg["noise_density"],
+                                               mean_noise_span_length=cfg["mean_noise_span_length"])
+        self.train_rows = load_rows(Path(cfg["corpus_dir"]) / "packed" / "train", self.collator.tokens_length)
+        self.val_rows = load_rows(Path(cfg["corpus_dir"]) / "packed" / "validation", self.collator.tokens_length)
+        if len(self.train_rows) == 0:
+            raise ValueError(f"corpus {cfg['corpus_dir']} has no training rows")
+        self.gen_config = generator_t5_config(t5.config, self.spactor_config)
+        self._flops = {h: spactor_step_flops(t5.config, self.gen_config, batch_size=1,
+                                             inputs_length=cfg["inputs_length"],
+                                             targets_length=self.collator.targets_length, hybrid=h,
+                                             mask_rate=self.spactor_config.mask_rate).total for h in (False, True)}
+        self.device = torch.device("cpu")
+
+    def _batch(self, rows: np.ndarray, seed: int) -> dict[str, torch.Tensor]:
+        b = self.collator(rows, rng=np.random.default_rng(seed))
+        return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+
+    def loss(self, model, step, micro, rank, world):
+        self.device = next(self.model.parameters()).device
+        c = self.cfg
+        idx = global_batch_rows(n_rows=len(self.train_rows), step=step, micro=micro, grad_accum=c["grad_accum"],
+                                rank=rank, world_size=world, batch_size=c["batch_size"], seed=c["seed"])
+        batch = self._batch(self.train_rows[idx], step_seed(c["seed"], step, micro, rank, stream=0))
+        gen = torch.Generator(self.device).manual_seed(step_seed(c["seed"], step, micro, rank, stream=1))
+        out = model(batch["input_ids"], batch["labels"], hybrid=curriculum_is_hybrid(step, c["tau"]), generator=gen)
+        metrics = {"loss": out.loss, "sc_loss": out.sc_loss, "mlm_loss": out.mlm_loss, "rtd_loss": out.rtd_loss,
+                   "gen_accuracy": out.gen_accuracy, "rtd_accuracy": out.rtd_accuracy,
+                   "replaced_rate": out.replaced_rate}
+        return out.loss, {k: v.detach() for k, v in metrics.items() if v is not None}
+
+    def tokens_per_micro(self) -> int:
+        return self.cfg["batch_size"] * (self.cfg["inputs_length"] + self.collator.targets_length)
+
+    def step_flops(self, step, world) -> int:
+        hybrid = curriculum_is_hybrid(step, self.cfg["tau"])
+        return self._flops[hybrid] * self.cfg["batch_size"] * self.cfg["grad_accum"] * world
+
+    @torch.no_grad()
+    def evaluate(self, step) -> dict[str, float]:
+        """Validation SC loss on fixed batches (same rows and corruption for every eval and both arms)."""
+        if len(self.val_rows) == 0:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        bs, total, n = self.cfg["batch_size"], 0.0, 0
+        for i in range(self.cfg["eval_batches"]):
+            rows = self.val_rows[(i * bs) % len(self.val_rows):][:bs]
+            if len(rows) == 0:
+                break
+            b = self._batch(rows, step_seed(self.cfg["seed"], 0, i, 0, stream=7))
+            total += self.model.t5(input_ids=b["input_ids"], attention_mask=b["input_ids"] != 0, labels=b["labels"]).loss.item()
+            n += 1
+        self.model.train(was_training)
+        return {"val_sc_loss": total / max(n, 1)}
+
+    def periodic(self, step) -> dict[str, float]:
+        """Cosine between SC and RTD gradients on the shared encoder (only meaningful while hybrid)."""
+        if not curriculum_is_hybrid(step - 1, self.cfg["tau"]):
+            return {}
+        c = self.cfg
+        idx = global_batch_rows(n_rows=len(self.train_rows), step=step, micro=0, grad_accum=1, rank=0,
+                                world_size=1, batch_size=c["batch_size"], seed=c["seed"] + 1)
+        b = self._batch(self.train_rows[idx], step_seed(c["seed"], step, 0, 0, stream=3))
+        gen = torch.Generator(self.device).manual_seed(step_seed(c["seed"], step, 0, 0, stream=4))
+        return {"grad_cosine_sc_rtd": float(sc_rtd_gradient_cosine(self.model, b["input_ids"], b["labels"], generator=gen))}
+
+    def save_final(self, out_dir: Path) -> None:
+        from transformers import AutoTokenizer
+
+        self.model.t5.save_pretrained(str(out_dir / "model"), safe_serialization=True)
+        AutoTokenizer.from_pretrained(self.cfg["tokenizer_dir"]).save_pretrained(str(out_dir / "model"))
+        (out_dir / "spactor_config.json").write_text(json.dumps(self.cfg["spactor"], indent=2))
+
+
+def pretrain_worker(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker entry point (also callable directly with ``cfg["in_ray"] = False``)."""
+    torch.set_num_threads(max(1, int(cfg.get("threads_per_worker") or torch.get_num_threads())))
+    objective = PretrainObjective(cfg)
+    settings = LoopSettings(
+        total_steps=cfg["total_steps"], lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], schedule=cfg["schedule"],
+        weight_decay=cfg["weight_decay"], clip_norm=cfg["clip_norm"], grad_accum=cfg["grad_accum"],
+        checkpoint_dir=cfg["checkpoint_dir"], checkpoint_every=cfg["checkpoint_every"],
+        keep_checkpoints=cfg["keep_checkpoints"], eval_every=cfg["eval_every"], log_every=cfg["log_every"],
+        diag_every=cfg["cosine_every"], mlflow_run_id=cfg.get("mlflow_run_id"), use_gpu=cfg["use_gpu"],
+        bf16=cfg["bf16"], compile=cfg["compile"], in_ray=cfg.get("in_ray", True),
+        fault_kill_at_step=cfg.get("fault_kill_at_step"),
+    )
+    return run(objective, settings)

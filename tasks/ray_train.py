@@ -1,0 +1,86 @@
+"""Ray: start or join a cluster, and run a worker function on Ray Train workers.
+
+Locally (no ``RAY_ADDRESS``) Ray starts on this machine with every socket on 127.0.0.1 and no
+dashboard; with ``RAY_ADDRESS=auto`` (or ``ray://...``) the same code joins a cluster, ships the project
+code as the job's working directory, and forwards the tracking settings to the workers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from tasks.env import PROJECT_ROOT, state_dir
+
+#: variables every Ray worker needs to see (tracking and offline settings)
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "SPACTOR_STATE_DIR",
+                 "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY", "OMP_NUM_THREADS",
+                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "SPACTOR_ARTIFACT_ROOT", "SPACTOR_FAULT_INJECT")
+
+
+def worker_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
+    return env
+
+
+def ensure_ray(num_cpus: int | None = None) -> None:
+    """``ray.init`` once per process: local on 127.0.0.1, or the cluster named by ``RAY_ADDRESS``."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    runtime_env: dict[str, Any] = {"env_vars": worker_env()}
+    if address:
+        runtime_env["working_dir"] = str(PROJECT_ROOT)
+        runtime_env["excludes"] = [".venv", ".state", ".git", "**/__pycache__"]
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    tmp = state_dir() / "ray"
+    # Unix socket paths are limited to 107 bytes: a deep project folder falls back to Ray's default
+    temp_dir = str(tmp) if len(str(tmp)) < 48 else None
+    ray.init(include_dashboard=False, num_cpus=num_cpus or os.cpu_count(), runtime_env=runtime_env,
+             _temp_dir=temp_dir, _node_ip_address="127.0.0.1", configure_logging=True, log_to_driver=True)
+
+
+def fit(worker_fn: Callable[[dict], None], config: dict[str, Any], *, name: str, storage_path: str | Path,
+        num_workers: int = 1, use_gpu: bool = False, max_failures: int = 2, cpus_per_worker: float = 1.0):
+    """Run ``worker_fn(config)`` on ``num_workers`` Ray Train workers (DDP process group: gloo on CPU,
+    NCCL on GPU); failed worker groups are restarted up to ``max_failures`` times and resume from the
+    last checkpoint. Returns the Ray ``Result``; raises its error if training failed for good."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    ensure_ray()
+    trainer = TorchTrainer(
+        worker_fn,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=None if use_gpu else {"CPU": cpus_per_worker}),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage_path),
+            failure_config=FailureConfig(max_failures=max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": worker_env()},
+        ),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    return result
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) inside a Ray Train worker; (0, 1) outside one."""
+    try:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        return ctx.get_world_rank(), ctx.get_world_size()
+    except Exception:  # noqa: BLE001 - plain process (benchmarks, tests)
+        return 0, 1

