@@ -99,8 +99,9 @@ class PretrainConfig(FlowConfig):
 
 
 def tiny() -> PretrainConfig:
-    """2-layer, d_model 64: a couple of minutes on a 2-core laptop."""
-    return PretrainConfig()
+    """2-layer, d_model 64, tied embeddings (a sane initial loss at this size): ~1 minute on 2 cores."""
+    return PretrainConfig(model=T5Shape(tie_word_embeddings=True), total_steps=200, tau=100, lr=2e-3,
+                          warmup_steps=10, checkpoint_every=50, eval_every=20, log_every=10, cosine_every=20)
 
 
 def small() -> PretrainConfig:

@@ -223,6 +223,7 @@ def rejection_sample(
         a rejection, and from ``p[gamma]`` when all gamma tokens were accepted.
     """
     _check_lenience(lenience)
+    draft_tokens = torch.as_tensor(draft_tokens, dtype=torch.long, device=p.device)
     gamma = _check_rejection_shapes(p, q, draft_tokens)
     accept_prob = acceptance_probability(p, q, draft_tokens, lenience=lenience)  # (gamma,)
     r = torch.rand(gamma, generator=generator, device=p.device, dtype=torch.float64)
@@ -357,7 +358,9 @@ def _token_ids(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> tu
     if start is None:
         start = model.config.decoder_start_token_id
     if start is None:
-        raise ValueError("the target has no decoder_start_token_id; set target.generation_config.decoder_start_token_id")
+        raise ValueError(
+            "the target has no decoder_start_token_id; set target.generation_config.decoder_start_token_id"
+        )
     if eos_token_id is None:
         eos_token_id = getattr(gen, "eos_token_id", None)
         if eos_token_id is None:
@@ -384,7 +387,8 @@ def _check_prompt(
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape {tuple(input_ids.shape)}"
+                f"attention_mask shape {tuple(attention_mask.shape)} must equal "
+                f"input_ids shape {tuple(input_ids.shape)}"
             )
         return attention_mask
     # Same default as transformers' generate: mask pad tokens if the prompt has any (and pad != eos).

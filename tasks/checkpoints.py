@@ -102,7 +102,11 @@ def load(path: str | Path, *, model: torch.nn.Module, optimizer: torch.optim.Opt
          map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Restore model (and optimizer) in place; return the trainer state (``step`` etc.)."""
     path = Path(path)
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=str(map_location))
+    try:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=str(map_location))
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"checkpoint {path} does not fit this model architecture: "
+                         f"{str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}") from None
     if unexpected or [m for m in missing if "lm_head" not in m and "embed_tokens" not in m]:
         raise ValueError(f"checkpoint {path} does not fit this model architecture "
                          f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")

@@ -43,3 +43,27 @@ def text_files(tmp_path: Path) -> Path:
     for i, (name, body) in enumerate(sorted(topics.topics.items())[:60]):
         (folder / f"{i:03d}-{name}.txt").write_text(body, encoding="utf-8")
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> str:
+    """A small packaged-text corpus (rows of 70 tokens = span corruption at inputs_length 64), built once."""
+    from flows.corpus_prep import CorpusPrepConfig
+    from tasks.corpus import build_corpus, source_fingerprint
+
+    cfg = CorpusPrepConfig(name="test", packaged=["wiki", "parl"], max_documents=500, vocab_size=600,
+                           pack_length=70, character_coverage=1.0, validation_fraction=0.05, test_fraction=0.05,
+                           num_proc=1, output_root=str(tmp_path_factory.mktemp("corpus"))).model_dump()
+    return build_corpus.fn(cfg, source_fingerprint(cfg))
+
+
+def tiny_pretrain_config(**overrides):
+    """A pretraining config for tests: seconds per run on one CPU core."""
+    from flows.pretrain import PretrainConfig, T5Shape
+
+    base = dict(preset="test", model=T5Shape(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
+                                             num_decoder_layers=2, tie_word_embeddings=True),
+                inputs_length=64, batch_size=4, total_steps=12, tau=6, lr=2e-3, warmup_steps=2, checkpoint_every=4,
+                eval_every=4, eval_batches=2, log_every=2, cosine_every=4, threads_per_worker=1)
+    base.update(overrides)
+    return PretrainConfig(**base)

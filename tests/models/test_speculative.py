@@ -165,6 +165,17 @@ def test_draft_eos_rejected_by_the_target_does_not_stop_generation(target, eos_p
         assert set(out.drafted) <= {0, 1} and out.drafted[0] == 1
 
 
+def test_models_in_train_mode_decode_without_dropout_and_are_restored():
+    noisy = T5ForConditionalGeneration(T5Config(**{**tiny_t5(0).config.to_dict(), "dropout_rate": 0.5}))
+    noisy.load_state_dict(tiny_t5(0).state_dict())
+    noisy.eval()
+    expected = noisy.generate(prompt(0), max_new_tokens=8, do_sample=False)
+    noisy.train()
+    out = speculative_generate(noisy, noisy, prompt(0), gamma=3, max_new_tokens=8)
+    assert out.sequences.tolist() == expected.tolist()
+    assert noisy.training
+
+
 def test_max_new_tokens_is_never_exceeded_and_blocks_shrink_to_fit(target):
     for max_new in (1, 2, 7):
         out = speculative_generate(target, target, prompt(0), gamma=5, max_new_tokens=max_new)
@@ -371,7 +382,8 @@ def test_speculative_sampling_first_two_tokens_follow_the_warped_target_distribu
     ids = prompt(0, length=6, vocab=vocab)
     warp = dict(temperature=1.3, top_k=4)
     with torch.no_grad():  # exact law of (x1, x2), each from the warped target, no cache
-        p1 = sampling_distribution(target(input_ids=ids, decoder_input_ids=torch.tensor([[START]])).logits[0, -1], **warp)
+        logits = target(input_ids=ids, decoder_input_ids=torch.tensor([[START]])).logits[0, -1]
+        p1 = sampling_distribution(logits, **warp)
         exact = {}
         for x1 in range(vocab):
             if p1[x1] == 0:
@@ -387,7 +399,9 @@ def test_speculative_sampling_first_two_tokens_follow_the_warped_target_distribu
     generator = torch.Generator().manual_seed(0)
     counts = dict.fromkeys(exact, 0)
     for _ in range(draws):
-        out = speculative_generate(target, draft, ids, gamma=2, max_new_tokens=2, do_sample=True, generator=generator, **warp)
+        out = speculative_generate(
+            target, draft, ids, gamma=2, max_new_tokens=2, do_sample=True, generator=generator, **warp
+        )
         counts[tuple(out.sequences[0, 1:].tolist())] += 1  # KeyError = a token p gives probability 0
     keys = sorted(exact, key=exact.get)
     # pool the rarest outcomes so every cell expects >= 5 draws
@@ -419,8 +433,12 @@ def test_seeded_generator_makes_speculative_sampling_reproducible(target, random
     assert a.sequences.tolist() != c.sequences.tolist()
     lossy = run(0, lenience=0.3, top_p=0.9)
     assert lossy.sequences.tolist() == run(0, lenience=0.3, top_p=0.9).sequences.tolist()
-    base = target_generate(target, prompt(2), max_new_tokens=MAX_NEW, do_sample=True, generator=torch.Generator().manual_seed(5))
-    again = target_generate(target, prompt(2), max_new_tokens=MAX_NEW, do_sample=True, generator=torch.Generator().manual_seed(5))
+    base, again = (
+        target_generate(
+            target, prompt(2), max_new_tokens=MAX_NEW, do_sample=True, generator=torch.Generator().manual_seed(5)
+        )
+        for _ in range(2)
+    )
     assert base.sequences.tolist() == again.sequences.tolist()
 
 
