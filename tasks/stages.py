@@ -1,0 +1,54 @@
+"""Pipeline stage bookkeeping: a stage that completed with the same inputs, config and code is skipped.
+
+A stage's key hashes its config, the references it consumes (paths, model URIs) and the code version
+(the source of ``models/``, ``tasks/`` and ``flows/``), so editing a later stage's config reruns only that
+stage and what follows. Records are small JSON files under ``<state>/stages``, written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tasks.env import PROJECT_ROOT, state_dir
+
+
+def code_version() -> str:
+    h = hashlib.sha256()
+    for folder in ("models", "tasks", "flows"):
+        for p in sorted((PROJECT_ROOT / folder).rglob("*.py")):
+            h.update(str(p.relative_to(PROJECT_ROOT)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def stage_key(name: str, config: dict[str, Any], inputs: dict[str, Any]) -> str:
+    payload = json.dumps({"config": config, "inputs": inputs, "code": code_version()}, sort_keys=True, default=str)
+    return f"{name}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+def _path(key: str) -> Path:
+    return Path(os.environ.get("SPACTOR_STAGE_DIR", state_dir() / "stages")) / f"{key}.json"
+
+
+def completed(key: str) -> dict[str, Any] | None:
+    p = _path(key)
+    if not p.exists():
+        return None
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def record(key: str, outputs: dict[str, Any]) -> None:
+    p = _path(key)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(outputs, f, indent=2, default=str)
+    os.replace(tmp, p)
