@@ -1,0 +1,137 @@
+"""Pretraining step throughput: our training loop (SC and hybrid steps) next to a plain HF loop.
+
+    .venv/bin/python benchmarks/pretrain_throughput.py [--d-model 256 --layers 4 --batch 16 --inputs-length 128]
+
+Same model shape, batch and data for all rows. "plain HF" is a bare single-process loop over
+``T5ForConditionalGeneration`` (pre-collated span-corruption batches, forward, backward, clip, AdamW).
+"ours" is ``tasks/train_loop.run`` with the pretraining objective (collation included) in one process,
+without Ray. The last column compares the measured hybrid/SC step-time ratio with the FLOP counter's.
+Runs on CPU by default; ``--device cuda --bf16 --compile`` on a GPU machine (no Ray/Prefect needed there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tasks.env import apply_embedded_defaults  # noqa: E402
+
+apply_embedded_defaults()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def corpus_for(pack_length: int, tmp: Path) -> str:
+    from flows.corpus_prep import CorpusPrepConfig
+    from tasks.corpus import build_corpus, source_fingerprint
+
+    cfg = CorpusPrepConfig(name="bench", packaged=["wiki", "parl"], max_documents=1500, vocab_size=2000,
+                           pack_length=pack_length, character_coverage=1.0, num_proc=1,
+                           output_root=str(tmp)).model_dump()
+    return build_corpus.fn(cfg, source_fingerprint(cfg))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--d-ff", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--inputs-length", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--corpus-dir", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--bf16", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from flows.pretrain import PretrainConfig, T5Shape
+    from tasks.pretrain_worker import PretrainObjective
+    from tasks.train_loop import LoopSettings, run
+
+    shape = T5Shape(d_model=args.d_model, d_ff=args.d_ff, d_kv=args.d_model // args.heads, num_heads=args.heads,
+                    num_layers=args.layers, num_decoder_layers=args.layers)
+    total = args.steps + args.warmup
+    with tempfile.TemporaryDirectory() as tmp:
+        base = PretrainConfig(model=shape, inputs_length=args.inputs_length, batch_size=args.batch, total_steps=total,
+                              tau=0, use_gpu=args.device == "cuda", bf16=args.bf16, compile=args.compile,
+                              checkpoint_every=0, eval_every=0, log_every=10**9, cosine_every=0)
+        corpus = args.corpus_dir or corpus_for(base.tokens_length, Path(tmp))
+        common = {"corpus_dir": corpus, "tokenizer_dir": f"{corpus}/tokenizer", "checkpoint_dir": "", "in_ray": False}
+
+        def ours(tau: int) -> tuple[float, float, int]:
+            cfg = {**base.model_dump(), **common, "tau": tau}
+            obj = PretrainObjective(cfg)
+            times = []
+            orig = obj.loss
+
+            def timed(model, step, micro, rank, world):
+                if args.device == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter())
+                return orig(model, step, micro, rank, world)
+
+            obj.loss = timed
+            settings = LoopSettings(total_steps=total, lr=1e-3, warmup_steps=0, use_gpu=args.device == "cuda",
+                                    bf16=args.bf16, compile=args.compile, in_ray=False, log_every=10**9)
+            run(obj, settings)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+            dts = np.diff(times)[args.warmup:]
+            return float(statistics.median(dts)), obj.tokens_per_micro(), obj.step_flops(0, 1)
+
+        def plain() -> float:
+            from transformers import T5Config, T5ForConditionalGeneration
+
+            cfg = {**base.model_dump(), **common}
+            obj = PretrainObjective(cfg)  # only for the collator and the data
+            config = T5Config(vocab_size=obj.vocab_size, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                              **shape.model_dump())
+            torch.manual_seed(0)
+            model = T5ForConditionalGeneration(config).to(args.device)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+            rng = np.random.default_rng(0)
+            batches = [obj.collator(obj.train_rows[rng.integers(0, len(obj.train_rows), args.batch)], rng=rng)
+                       for _ in range(total)]
+            step_fn = torch.compile(model) if args.compile else model
+            times = []
+            for b in batches:
+                times.append(time.perf_counter())
+                b = {k: v.to(args.device) for k, v in b.items()}
+                with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
+                    loss = step_fn(input_ids=b["input_ids"], attention_mask=b["input_ids"] != 0, labels=b["labels"]).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if args.device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter())
+            return float(statistics.median(np.diff(times)[args.warmup:]))
+
+        t_plain = plain()
+        t_sc, tokens, f_sc = ours(0)
+        t_hy, _, f_hy = ours(total)
+    print(f"model d_model={args.d_model} d_ff={args.d_ff} layers={args.layers}+{args.layers}, batch {args.batch} x "
+          f"({args.inputs_length}+targets), device {args.device}, threads {args.threads}, median of {args.steps} steps")
+    print("| loop | step time (s) | tokens/s | vs plain HF | hybrid/SC time | hybrid/SC FLOPs |")
+    print("|---|---|---|---|---|---|")
+    print(f"| plain HF T5 loop | {t_plain:.4f} | {tokens / t_plain:,.0f} | 1.00x | | |")
+    print(f"| ours, SC step | {t_sc:.4f} | {tokens / t_sc:,.0f} | {t_plain / t_sc:.2f}x | | |")
+    print(f"| ours, hybrid step | {t_hy:.4f} | {tokens / t_hy:,.0f} | {t_plain / t_hy:.2f}x | {t_hy / t_sc:.2f} | "
+          f"{f_hy / f_sc:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
