@@ -277,6 +277,21 @@ def register_model(
     return f"models:/{name}/{mv.version}"
 
 
+def model_version_info(ref: str) -> dict[str, Any] | None:
+    """``{"name", "version", "run_id", "tags", "source"}`` of a ``models:/`` reference, else None."""
+    if not str(ref).startswith("models:/"):
+        return None
+    client = MlflowClient()
+    body = str(ref)[len("models:/"):]
+    if "@" in body:
+        name, alias = body.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+    else:
+        name, version = body.rsplit("/", 1)
+        mv = client.get_model_version(name, version)
+    return {"name": mv.name, "version": mv.version, "run_id": mv.run_id, "tags": dict(mv.tags), "source": mv.source}
+
+
 def resolve_model(ref: str | Path, dst_root: str | Path | None = None) -> Path:
     """A local folder for a model reference: a local path, ``models:/name/version``, ``models:/name@alias``
     or ``runs:/id/path``. Registered versions are checked against their sha256 tag."""

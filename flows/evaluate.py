@@ -1,0 +1,82 @@
+"""Evaluation flow: decode a task split with a T5 and log ROUGE / accuracy / macro-F1 to MLflow.
+
+    python -m flows.evaluate --preset tiny --set model=models:/t5-tiny-bbc_topic/1 --set task.name=bbc_topic
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from prefect import flow
+from pydantic import Field
+
+from flows._cli import FlowConfig, build_config, run_cli
+from tasks.downstream import TaskSpec
+
+
+class EvaluateConfig(FlowConfig):
+    preset: str = "tiny"
+    model: Optional[str] = Field(None, description="models:/name/version, models:/name@alias, or a folder")
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    split: Literal["test", "validation", "train"] = "test"
+    batch_size: int = Field(32, ge=1)
+    num_beams: int = Field(1, ge=1)
+    max_input_length: int = Field(128, ge=4)
+    max_new_tokens: int = Field(24, ge=1)
+    max_examples: Optional[int] = Field(200, ge=1)
+    experiment: str = "evaluate"
+
+
+def tiny() -> EvaluateConfig:
+    return EvaluateConfig()
+
+
+def small() -> EvaluateConfig:
+    return EvaluateConfig(preset="small", max_input_length=512, max_new_tokens=32, num_beams=4, max_examples=None)
+
+
+def base() -> EvaluateConfig:
+    return EvaluateConfig(preset="base", max_input_length=512, max_new_tokens=64, num_beams=4, max_examples=None,
+                          batch_size=64)
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base}
+
+
+@dataclass
+class EvaluateResult:
+    run_id: str
+    metrics: dict
+
+    def summary(self) -> str:
+        from tasks.tracking import artifact_local_path
+
+        m = "\n".join(f"  {k}: {v:.4f}" for k, v in self.metrics.items())
+        return f"evaluation:\n{m}\nMLflow run id: {self.run_id}\nartifacts: {artifact_local_path(self.run_id)}"
+
+
+@flow(name="evaluate")
+def evaluate_flow(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+                  config: Optional[EvaluateConfig] = None, parent_run_id: Optional[str] = None) -> EvaluateResult:
+    from tasks import tracking
+    from tasks.evaluate import evaluate
+    from tasks.finetune import prepare_task, resolve
+
+    cfg = config or build_config(EvaluateConfig, PRESETS, preset, overrides)
+    if cfg.model is None:
+        raise ValueError("set model (a models:/ URI or a save_pretrained folder)")
+    model_dir = resolve(cfg.model)
+    task_dir = prepare_task(cfg.task.model_dump())
+    with tracking.start_run(cfg.experiment, f"{cfg.task.name}-{cfg.split}", params=cfg.model_dump(),
+                            tags={"stage": "evaluate", "task": cfg.task.name, "model": cfg.model},
+                            parent_run_id=parent_run_id) as run_id:
+        metrics = evaluate(model_dir, task_dir, run_id, split=cfg.split, batch_size=cfg.batch_size,
+                           num_beams=cfg.num_beams, max_input_length=cfg.max_input_length,
+                           max_new_tokens=cfg.max_new_tokens, max_examples=cfg.max_examples)
+    return EvaluateResult(run_id, metrics)
+
+
+if __name__ == "__main__":
+    run_cli(lambda c: evaluate_flow(config=c), EvaluateConfig, PRESETS,
+            description="Evaluate a T5 on a downstream task split (batched generation, ROUGE or accuracy/macro-F1).")

