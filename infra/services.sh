@@ -68,11 +68,13 @@ alive() {  # alive NAME: the recorded process exists and is still the one we sta
 
 port_in_use() { (exec 3<>"/dev/tcp/$CLIENT_HOST/$1") 2>/dev/null; }
 
-start_bg() {  # start_bg NAME COMMAND...: own session (so the whole process group can be stopped), log, pid file
+start_bg() {  # start_bg NAME COMMAND...: in the background, in its own process group, with a log and a pid file
   local name="$1"; shift
   echo "--- $(date -u +%FT%TZ) starting: $*" >>"$RUN_DIR/$name.log"
-  setsid "$@" >>"$RUN_DIR/$name.log" 2>&1 </dev/null &
-  echo $! >"$RUN_DIR/$name.pid"
+  # job control (set -m) gives the job its own process group, so `stop` can end all its children, and keeps
+  # SIGINT deliverable (without it bash starts background jobs with SIGINT ignored, and the worker only
+  # stops cleanly on SIGINT); SIGHUP is ignored so closing the terminal does not stop the services
+  (set -m; trap '' HUP; "$@" >>"$RUN_DIR/$name.log" 2>&1 </dev/null & echo $! >"$RUN_DIR/$name.pid")
 }
 
 wait_healthy() {  # wait_healthy NAME MATCH URL: until URL answers 200, the process dies, or HEALTH_TIMEOUT
@@ -123,9 +125,10 @@ ensure_pool() {
   fi
 }
 
-worker_online() {  # the server lists a worker of our pool with status ONLINE
+worker_online() {  # worker_online NAME: the server lists that worker in our pool with status ONLINE
   curl -fsS -m 3 -X POST -H 'Content-Type: application/json' -d '{}' \
-    "$PREFECT_URL/api/work_pools/$WORK_POOL/workers/filter" 2>/dev/null | grep -q '"ONLINE"'
+    "$PREFECT_URL/api/work_pools/$WORK_POOL/workers/filter" 2>/dev/null \
+    | "$VENV_BIN/python" -c 'import json, sys; sys.exit(not any(w["name"] == sys.argv[1] and w["status"] == "ONLINE" for w in json.load(sys.stdin)))' "$1"
 }
 
 start_mlflow() {
@@ -157,10 +160,11 @@ start_prefect() {
 
 start_worker() {
   alive prefect-worker "worker" && { echo "prefect-worker: already running (pid $(pid_of prefect-worker))"; return 0; }
-  (client_env; start_bg prefect-worker "$VENV_BIN/prefect" worker start --pool "$WORK_POOL" --type process \
-    --name "spactor-$(hostname -s)-$$")
+  local name="spactor-$(hostname -s)-$$"
+  echo "$name" >"$RUN_DIR/prefect-worker.name"
+  (client_env; start_bg prefect-worker "$VENV_BIN/prefect" worker start --pool "$WORK_POOL" --type process --name "$name")
   local deadline=$((SECONDS + HEALTH_TIMEOUT))
-  until worker_online; do
+  until worker_online "$name"; do
     alive prefect-worker "worker" || { tail -n 20 "$RUN_DIR/prefect-worker.log" >&2; die "the worker exited; log: $RUN_DIR/prefect-worker.log"; }
     ((SECONDS < deadline)) || die "the worker did not come online within ${HEALTH_TIMEOUT}s; log: $RUN_DIR/prefect-worker.log"
     sleep 0.5
@@ -201,7 +205,7 @@ cmd_status() {
     if [[ -n "$url" ]]; then
       if curl -fsS -m 3 -o /dev/null "$url" 2>/dev/null; then printf '%-15s healthy  pid %-7s %s\n' "$name" "$(pid_of "$name")" "$url"
       else printf '%-15s running  pid %-7s %s does not answer\n' "$name" "$(pid_of "$name")" "$url"; ok=1; fi
-    elif worker_online; then printf '%-15s online   pid %-7s pool %s\n' "$name" "$(pid_of "$name")" "$WORK_POOL"
+    elif worker_online "$(cat "$RUN_DIR/prefect-worker.name" 2>/dev/null)"; then printf '%-15s online   pid %-7s pool %s\n' "$name" "$(pid_of "$name")" "$WORK_POOL"
     else printf '%-15s running  pid %-7s not online in pool %s\n' "$name" "$(pid_of "$name")" "$WORK_POOL"; ok=1; fi
   done
   return $ok

@@ -6,7 +6,7 @@ Built-in tasks (``input`` -> ``target``; the input carries a task prefix, as in 
 |---|---|---|---|
 | ``bbc_headline`` | BBC article body | its headline (a one-line, XSum-like summary) | generation |
 | ``wiki_description`` | Wikipedia lead extract | the article's short description | generation |
-| ``bbc_topic`` | BBC article body | business / entertainment / politics / sport / tech | classification |
+| ``bbc_topic`` | BBC article body | business / entertainment / politics / sports / tech | classification |
 | ``sentiment`` | VADER ground-truth snippet | positive / negative / neutral | classification |
 
 Sentiment binning: VADER's ground truth is the mean of human ratings on [-4, 4]; >= 0.5 is
@@ -38,7 +38,7 @@ BUILTIN = {
     "bbc_headline": {"kind": "generation", "prefix": "summarize: "},
     "wiki_description": {"kind": "generation", "prefix": "describe: "},
     "bbc_topic": {"kind": "classification", "prefix": "topic: ",
-                  "labels": ["business", "entertainment", "politics", "sport", "tech"]},
+                  "labels": ["business", "entertainment", "politics", "sports", "tech"]},
     "sentiment": {"kind": "classification", "prefix": "sentiment: ", "labels": ["negative", "neutral", "positive"]},
 }
 SENTIMENT_FILES = ("movieReviewSnippets", "tweets", "amazonReviewSnippets", "nytEditorialSnippets")

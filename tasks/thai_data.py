@@ -175,3 +175,25 @@ def load_source(source: str, paths: list[str], *, min_chars: int = 1) -> list[Po
             raise ValueError("data.source=segmented needs data.paths=[files with word|word lines]")
         return load_segmented_files(paths, min_chars=min_chars)
     raise ValueError(f"unknown data source {source!r}; use 'orchid' or 'segmented'")
+
+
+def subsample(items: list[PoolItem], n: int, *, rng: np.random.Generator) -> list[PoolItem]:
+    """``n`` items drawn without replacement, in their original order (all of them when n is 0 or >= len)."""
+    if not n or n >= len(items):
+        return list(items)
+    return [items[i] for i in sorted(rng.choice(len(items), size=n, replace=False).tolist())]
+
+
+def load_experiment(source: str, paths: list[str], *, test_fraction: float, split_seed: int, max_pool: int = 0,
+                    max_test: int = 0, min_chars: int = 1) -> tuple[list[PoolItem], list[PoolItem]]:
+    """(pool, test): the labelled corpus split by document with ``split_seed``, then subsampled.
+
+    The test set depends only on (source, test_fraction, split_seed, max_test), so every run and the
+    benchmark that use the same values score on the same sentences."""
+    items = load_source(source, paths, min_chars=min_chars)
+    pool, test = split_items(items, test_fraction, rng=np.random.default_rng(split_seed))
+    if not test:
+        raise ValueError(f"the test split is empty (test_fraction={test_fraction}); use test_fraction > 0")
+    test = subsample(test, max_test, rng=np.random.default_rng([split_seed, 1]))
+    pool = subsample(pool, max_pool, rng=np.random.default_rng([split_seed, 2]))
+    return pool, test

@@ -1,0 +1,480 @@
+"""Live active learning for Thai word segmentation: a random arm and a model-ranked arm, side by side.
+
+    python -m flows.active_learning --preset tiny                      # ~1 minute, every environment change
+    python -m flows.active_learning --preset small                     # the measured experiment (README numbers)
+    python -m flows.active_learning --preset tiny --set annotator.kind=human --set annotator.human.wait=pause
+    python -m flows.active_learning --preset small --set run_name=exp1 --set resume=true   # continue a run
+
+After arXiv 1907.00038 (Lowell/Lipton/Wallace-style live experiment: "The Practical Challenges of Active
+Learning: Lessons Learned from Live Experimentation"). Both arms start from the same seed set and the
+same initial model; each round both select ``batch_size`` sentences from the same pool (one at random,
+one by the uncertainty scorer of ``models/al_scorers.py``), the annotator answers both batches at once
+(blind to the arm), both segmenters retrain, concurrently, and are scored on held-out ORCHID documents.
+Cost is counted in sentences and in characters. The environment can change under the experiment at
+given rounds (``schedule``): annotation guideline, pool, annotator noise, model. Each change is an
+MLflow tag ``env.rNN.<kind>``, an entry of ``events.json`` and a mark on ``learning_curve.png``.
+
+A state file (``<output_root>/<run_name>/state.json``) is written after every round; ``resume=true``
+continues a stopped or failed run from the last finished round, into the same MLflow runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from flows._cli import FlowConfig, build_config, run_cli
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSettings(_Strict):
+    source: Literal["orchid", "segmented"] = Field("orchid", description="labelled corpus (ORCHID or word|word files)")
+    paths: list[str] = Field(default_factory=list, description="files/globs (orchid: optional, default the package's)")
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of sentences in held-out test documents")
+    split_seed: int = Field(0, description="seed of the document split (fixes the test set)")
+    max_pool: int = Field(0, ge=0, description="subsample the initial pool to this many sentences (0 = all)")
+    max_test: int = Field(0, ge=0, description="subsample the test set to this many sentences (0 = all)")
+    min_chars: int = Field(1, ge=1, description="drop sentences shorter than this")
+
+
+class ScorerSettings(_Strict):
+    """Settings of models.al_scorers.sentence_score (see its docstring for the formulas)."""
+
+    method: Literal["entropy", "margin", "least_confidence"] = "entropy"
+    aggregate: Literal["mean", "max", "sum"] = "mean"
+    length_normalize: bool = False
+    cost_aware: bool = Field(False, description="divide by the sentence's characters (uncertainty per annotated char)")
+
+    @model_validator(mode="after")
+    def _one_division(self):
+        if self.length_normalize and self.cost_aware:
+            raise ValueError("scorer.length_normalize and scorer.cost_aware both divide the score; set one")
+        return self
+
+
+class HumanSettings(_Strict):
+    format: Literal["jsonl", "csv"] = "jsonl"
+    wait: Literal["pause", "poll"] = Field("pause", description="pause: Prefect pause + UI form; poll: wait for the file")
+    timeout_s: float = Field(86400.0, gt=0.0, description="give up waiting after this long (the run can be resumed)")
+    poll_interval_s: float = Field(5.0, gt=0.0)
+    directory: Optional[str] = Field(None, description="batch folder (default <run folder>/annotation)")
+    prefill: Literal["none", "newmm"] = Field("none", description="pre-segment the batch file with newmm")
+
+
+class AnnotatorSettings(_Strict):
+    kind: Literal["simulated", "human"] = "simulated"
+    guideline: Literal["orchid", "newmm"] = Field("orchid", description="simulated: convention of the answers")
+    noise_rate: float = Field(0.0, ge=0.0, le=0.5, description="simulated: flip probability per decision position")
+    human: HumanSettings = Field(default_factory=HumanSettings)
+
+
+class _Event(_Strict):
+    round: int = Field(..., ge=1, description="the round from which the change holds")
+
+
+class GuidelineChange(_Event):
+    kind: Literal["guideline"] = "guideline"
+    guideline: Literal["orchid", "newmm"] = "newmm"
+
+
+class PoolChange(_Event):
+    kind: Literal["pool"] = "pool"
+    source: Literal["wiki_titles", "text", "segmented"] = "wiki_titles"
+    paths: list[str] = Field(default_factory=list, description="text/segmented: files or globs")
+    max_items: int = Field(500, ge=1)
+
+
+class AnnotatorChange(_Event):
+    kind: Literal["annotator"] = "annotator"
+    noise_rate: float = Field(..., ge=0.0, le=0.5)
+
+
+class ModelChange(_Event):
+    kind: Literal["model"] = "model"
+    segmenter: dict[str, Any] = Field(..., description="SegmenterConfig fields to change, e.g. {'arch': 'bilstm'}")
+
+
+Event = Annotated[Union[GuidelineChange, PoolChange, AnnotatorChange, ModelChange], Field(discriminator="kind")]
+
+
+def _check_segmenter(overrides: dict[str, Any], where: str) -> None:
+    from models.thai_segmenter import SegmenterConfig
+
+    try:
+        SegmenterConfig(**overrides)
+    except TypeError as err:  # unknown field
+        raise ValueError(f"{where}: {err}".replace("__init__() ", "")) from None
+
+
+class ActiveLearningConfig(FlowConfig):
+    preset: str = "tiny"
+    experiment: str = "thai-active-learning"
+    data: DataSettings = Field(default_factory=DataSettings)
+    segmenter: dict[str, Any] = Field(default_factory=dict, description="SegmenterConfig fields (models/thai_segmenter.py)")
+    scorer: ScorerSettings = Field(default_factory=ScorerSettings)
+    annotator: AnnotatorSettings = Field(default_factory=AnnotatorSettings)
+    seed: int = 0
+    seed_size: int = Field(40, ge=1, description="sentences of the seed set, shared by both arms (round 0)")
+    batch_size: int = Field(40, ge=1, description="sentences each arm selects per round")
+    rounds: int = Field(4, ge=1, description="selection rounds after the seed round")
+    candidates: int = Field(0, ge=0, description="ranked arm scores this many random unlabelled items (0 = all)")
+    retrain: Literal["continue", "scratch"] = Field("continue", description="warm-start each round, or refit from scratch")
+    fresh_epochs: int = Field(3, ge=1, description="epochs for a new model (seed round, scratch, model change)")
+    round_epochs: int = Field(1, ge=1, description="epochs over all labelled data when continuing")
+    schedule: list[Event] = Field(default_factory=list, description="environment changes (JSON list of events)")
+    torch_threads: int = Field(1, ge=1, description="torch threads; the two arms run in two threads")
+    run_name: Optional[str] = Field(None, description="run folder under output_root (default <preset>-<time>)")
+    resume: bool = Field(False, description="continue run_name from its state file")
+    stop_after_round: Optional[int] = Field(None, ge=0, description="stop (resumably) after this round")
+    output_root: Optional[str] = Field(None, description="default <state>/active_learning")
+    register: bool = Field(True, description="register both final segmenters as thai-seg-<preset>-<arm>")
+
+    @field_validator("segmenter")
+    @classmethod
+    def _segmenter_ok(cls, v):
+        _check_segmenter(v, "segmenter")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        for i, ev in enumerate(self.schedule):
+            if ev.round > self.rounds:
+                raise ValueError(f"schedule[{i}] ({ev.kind}) is at round {ev.round} but rounds={self.rounds}; "
+                                 "use a round in 1..rounds")
+            if isinstance(ev, ModelChange):
+                _check_segmenter({**self.segmenter, **ev.segmenter}, f"schedule[{i}].segmenter")
+            if isinstance(ev, PoolChange) and ev.source != "wiki_titles" and not ev.paths:
+                raise ValueError(f"schedule[{i}]: a pool change from '{ev.source}' needs paths=[...]")
+        if self.resume and not self.run_name:
+            raise ValueError("resume=true needs run_name (the folder of the run to continue)")
+        if self.stop_after_round is not None and self.stop_after_round > self.rounds:
+            raise ValueError(f"stop_after_round={self.stop_after_round} exceeds rounds={self.rounds}")
+        return self
+
+
+_TINY_SEGMENTER = dict(embed_dim=16, class_dim=4, hidden=32, layers=3, kernel=5, batch_size=16)
+
+
+def tiny() -> ActiveLearningConfig:
+    """~1 minute on one core: 3k-sentence pool, 300 test sentences, 4 rounds, every kind of change."""
+    return ActiveLearningConfig(
+        data=DataSettings(max_pool=3000, max_test=300), segmenter=_TINY_SEGMENTER, seed_size=40, batch_size=40,
+        rounds=4, candidates=800, fresh_epochs=3, round_epochs=2,
+        schedule=[PoolChange(round=2, max_items=300), AnnotatorChange(round=2, noise_rate=0.03),
+                  GuidelineChange(round=3), ModelChange(round=4, segmenter={"hidden": 48})])
+
+
+def small() -> ActiveLearningConfig:
+    """The measured experiment: all of ORCHID's pool and test split, 16 rounds of 100 sentences,
+    no environment change (a clean random-vs-ranked comparison); ~8 minutes on one core."""
+    return ActiveLearningConfig(preset="small", seed_size=100, batch_size=100, rounds=16, candidates=4000,
+                                fresh_epochs=3, round_epochs=1)
+
+
+def base() -> ActiveLearningConfig:
+    """A live-sized run: 30 rounds of 200 sentences, the full pool scored, and a changing environment."""
+    return ActiveLearningConfig(
+        preset="base", seed_size=200, batch_size=200, rounds=30, candidates=0, fresh_epochs=4, round_epochs=1,
+        torch_threads=2,
+        schedule=[PoolChange(round=8, max_items=3000), AnnotatorChange(round=14, noise_rate=0.02),
+                  GuidelineChange(round=20), ModelChange(round=26, segmenter={"arch": "bilstm", "hidden": 128})])
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base}
+
+# Fields that may differ between a run and its resumption (they do not change what is measured).
+_RESUMABLE = {"resume", "stop_after_round", "rounds", "torch_threads", "register", "schedule"}
+
+
+@dataclass
+class ActiveLearningResult:
+    run_id: str
+    run_dir: str
+    rounds_done: int
+    stopped: bool
+    numbers: dict[str, float] = field(default_factory=dict)
+    model_uris: dict[str, str] = field(default_factory=dict)
+    arm_run_ids: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        from tasks.tracking import artifact_local_path
+
+        n = self.numbers
+        head = (f"stopped after round {self.rounds_done}; continue with --set run_name={Path(self.run_dir).name} "
+                "--set resume=true" if self.stopped else f"{self.rounds_done} rounds done")
+        lines = [f"active learning: {head}"]
+        if "random_final_f1" in n:
+            lines.append(f"final word F1: random {n['random_final_f1']:.4f} ({n['random_final_chars']:.0f} chars), "
+                         f"ranked {n['ranked_final_f1']:.4f} ({n['ranked_final_chars']:.0f} chars); "
+                         f"newmm {n.get('newmm_test_f1', float('nan')):.4f}")
+            lines.append(f"boundary F1: random {n['random_final_boundary_f1']:.4f}, ranked "
+                         f"{n['ranked_final_boundary_f1']:.4f}; newmm {n.get('newmm_test_boundary_f1', float('nan')):.4f}")
+            lines.append(f"ranked arm reached the random arm's final F1 with {n['chars_fraction']:.0%} of its "
+                         f"characters ({n['ranked_chars_to_random_final']:.0f}) and {n['sentences_fraction']:.0%} "
+                         "of its sentences" if "chars_fraction" in n else
+                         "ranked arm did not reach the random arm's final F1")
+        if self.model_uris:
+            lines.append("registered: " + ", ".join(f"{a} {u}" for a, u in self.model_uris.items()))
+        lines += [f"MLflow run id: {self.run_id}", f"artifacts: {artifact_local_path(self.run_id)} (learning_curve.png)",
+                  f"state: {self.run_dir}/state.json"]
+        return "\n".join(lines)
+
+
+def _environment(cfg: ActiveLearningConfig, round_no: int) -> dict[str, Any]:
+    """Annotator guideline/noise and segmenter config in force at ``round_no`` (schedule applied in order)."""
+    env = {"guideline": cfg.annotator.guideline, "noise_rate": cfg.annotator.noise_rate,
+           "segmenter": dict(cfg.segmenter)}
+    for ev in sorted(cfg.schedule, key=lambda e: e.round):
+        if ev.round > round_no:
+            break
+        if isinstance(ev, GuidelineChange):
+            env["guideline"] = ev.guideline
+        elif isinstance(ev, AnnotatorChange):
+            env["noise_rate"] = ev.noise_rate
+        elif isinstance(ev, ModelChange):
+            env["segmenter"].update(ev.segmenter)
+    return env
+
+
+def _pool_at(cfg, initial, round_no: int, cache: dict):
+    """The initial pool plus every pool change up to ``round_no`` (deterministic, so resumable)."""
+    from tasks.active_learning import rng_for
+    from tasks.thai_data import load_segmented_files, load_text_pool, load_wiki_titles
+
+    pool, seen = list(initial), {it.id for it in initial}
+    for i, ev in enumerate(cfg.schedule):
+        if isinstance(ev, PoolChange) and ev.round <= round_no:
+            if i not in cache:
+                if ev.source == "wiki_titles":
+                    cache[i] = load_wiki_titles(ev.max_items, rng=rng_for(cfg.seed, ev.round, "pool"))
+                elif ev.source == "text":
+                    cache[i] = load_text_pool(ev.paths)[: ev.max_items]
+                else:
+                    cache[i] = load_segmented_files(ev.paths)[: ev.max_items]
+            pool += [it for it in cache[i] if it.id not in seen]
+            seen.update(it.id for it in cache[i])
+    return pool
+
+
+def _describe(ev, before: dict[str, Any]) -> str:
+    if isinstance(ev, GuidelineChange):
+        return f"guideline {before['guideline']} -> {ev.guideline}"
+    if isinstance(ev, AnnotatorChange):
+        return f"annotator noise_rate {before['noise_rate']} -> {ev.noise_rate}"
+    if isinstance(ev, ModelChange):
+        return "segmenter " + ", ".join(f"{k}: {before['segmenter'].get(k, 'default')} -> {v}"
+                                        for k, v in ev.segmenter.items())
+    return f"pool + {ev.max_items} items from {ev.source}" + (f" {ev.paths}" if ev.paths else "")
+
+
+def _annotator(cfg: ActiveLearningConfig, env: dict[str, Any], run_dir: Path):
+    from tasks.annotators import HumanAnnotator, SimulatedAnnotator
+
+    if cfg.annotator.kind == "human":
+        h = cfg.annotator.human
+        return HumanAnnotator(Path(h.directory) if h.directory else run_dir / "annotation", fmt=h.format,
+                              wait=h.wait, timeout_s=h.timeout_s, poll_interval_s=h.poll_interval_s)
+    return SimulatedAnnotator(guideline=env["guideline"], noise_rate=env["noise_rate"])
+
+
+@contextlib.contextmanager
+def _mlflow_runs(cfg: ActiveLearningConfig, state: dict[str, Any], run_dir: Path, parent_run_id: Optional[str]):
+    """The parent run and one child run per arm: new ones, or (on resume) the ones in the state file."""
+    from tasks import tracking
+    from tasks.active_learning import ARMS, write_json_atomic
+
+    if state.get("mlflow"):
+        ids = state["mlflow"]
+        for rid in ids.values():
+            tracking.mark_status(rid, "RUNNING")
+        try:
+            yield ids
+        except BaseException as err:
+            for rid in ids.values():
+                tracking.set_tags(rid, {"error": f"{err.__class__.__name__}: {err}"[:4000]})
+                tracking.mark_status(rid, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
+        for rid in ids.values():
+            tracking.mark_status(rid, "FINISHED")
+        return
+    tags = {"stage": "active_learning", "preset": cfg.preset, "run_folder": str(run_dir)}
+    with tracking.start_run(cfg.experiment, run_dir.name, params=cfg.model_dump(), tags=tags,
+                            parent_run_id=parent_run_id) as pid, \
+            tracking.start_run(cfg.experiment, f"{run_dir.name}-random", tags={**tags, "arm": "random"},
+                               parent_run_id=pid) as rid, \
+            tracking.start_run(cfg.experiment, f"{run_dir.name}-ranked", tags={**tags, "arm": "ranked"},
+                               parent_run_id=pid) as kid:
+        state["mlflow"] = {"parent": pid, "random": rid, "ranked": kid}
+        assert tuple(state["mlflow"])[1:] == ARMS
+        write_json_atomic(run_dir / "state.json", state)  # round_done = -1: resumable from the seed round on
+        yield state["mlflow"]
+
+
+def _open_run(cfg: ActiveLearningConfig) -> tuple[Path, dict[str, Any]]:
+    from tasks.active_learning import load_state
+    from tasks.env import state_dir
+
+    root = Path(cfg.output_root) if cfg.output_root else state_dir() / "active_learning"
+    run_dir = root / (cfg.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    state = load_state(run_dir)
+    if cfg.resume:
+        if state is None:
+            raise FileNotFoundError(f"no state file in {run_dir}; nothing to resume (check run_name/output_root)")
+        stored, now = state["config"], cfg.model_dump(mode="json")
+        for c in (stored, now):  # how long to wait for a person may change; who annotates may not
+            c.get("annotator", {}).pop("human", None)
+        changed = sorted(k for k in now if k not in _RESUMABLE and stored.get(k) != now[k])
+        if changed:
+            raise ValueError(f"resume: config differs from the stored run in {changed}; use the run's config "
+                             f"(see {run_dir}/state.json) or a new run_name")
+        if [e for e in stored["schedule"] if e["round"] <= state["round_done"]] != \
+                [e for e in now["schedule"] if e["round"] <= state["round_done"]]:
+            raise ValueError("resume: the schedule changed for rounds already done; only later events may change")
+        return run_dir, state
+    if state is not None:
+        raise ValueError(f"run folder {run_dir} already holds a run; pass resume=true to continue it "
+                         "or another run_name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir, {"config": cfg.model_dump(mode="json"), "round_done": -1, "events": []}
+
+
+@flow(name="active-learning")
+def active_learning(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+                    config: Optional[ActiveLearningConfig] = None,
+                    parent_run_id: Optional[str] = None) -> ActiveLearningResult:
+    """Seed round, then ``rounds`` of select -> annotate -> retrain -> evaluate for both arms."""
+    import torch
+
+    from tasks import active_learning as al
+    from tasks import tracking
+    from tasks.thai_data import load_experiment
+
+    cfg = config or build_config(ActiveLearningConfig, PRESETS, preset, overrides)
+    log = get_run_logger()
+    torch.set_num_threads(cfg.torch_threads)
+    run_dir, state = _open_run(cfg)
+    d = cfg.data
+    initial, test = load_experiment(d.source, d.paths, test_fraction=d.test_fraction, split_seed=d.split_seed,
+                                    max_pool=d.max_pool, max_test=d.max_test, min_chars=d.min_chars)
+    reference = al.newmm_reference(test, run_dir / "newmm_test.json")
+    with_guideline = any(isinstance(e, GuidelineChange) for e in cfg.schedule) or cfg.annotator.guideline != "orchid"
+    scorer, pool_cache = cfg.scorer.model_dump(), {}
+    log.info("pool %d sentences, test %d sentences; newmm on test: word F1 %.4f, boundary F1 %.4f",
+             len(initial), len(test), reference["scores"]["newmm_test_f1"], reference["scores"]["newmm_test_boundary_f1"])
+
+    with _mlflow_runs(cfg, state, run_dir, parent_run_id) as runs:
+        tracking.log_metrics(runs["parent"], reference["scores"])
+        start = state["round_done"] + 1
+        arms = al.restore_arms(state) if start > 0 else {}
+        if start > 0:
+            state["events"].append({"round": start, "kind": "resumed", "detail": f"resumed at round {start}",
+                                    "time": time.time()})
+            al.log_event(list(runs.values()), state["events"][-1], state["events"])
+        for r in range(start, cfg.rounds + 1):
+            env = _environment(cfg, r)
+            annotator = _annotator(cfg, env, run_dir)
+            before = _environment(cfg, r - 1)
+            for ev in (e for e in cfg.schedule if e.round == r):
+                event = {"round": r, "kind": ev.kind, "detail": _describe(ev, before), "time": time.time()}
+                state["events"].append(event)
+                al.log_event(list(runs.values()), event, state["events"])
+                log.info("round %d: environment change: %s", r, event["detail"])
+            fresh = r == 0 or cfg.retrain == "scratch" or any(e.round == r and e.kind == "model" for e in cfg.schedule)
+            gold = reference["guideline_gold"] if with_guideline and env["guideline"] == "newmm" else None
+            if with_guideline and gold is None:
+                gold = [list(it.words) for it in test]
+
+            # 1. selection (the seed round: one shared random seed set)
+            pool = _pool_at(cfg, initial, r, pool_cache)
+            if r == 0:
+                pick = al.rng_for(cfg.seed, 0, "seed_set").choice(len(pool), size=min(cfg.seed_size, len(pool)),
+                                                                 replace=False)
+                batches = {"random": [pool[i] for i in sorted(pick.tolist())]}
+                stats = {"random": {}}
+            else:
+                futures = {name: al.select_batch.submit(
+                    name, arm.model, [it for it in pool if it.id not in arm.labelled], cfg.batch_size, scorer,
+                    cfg.candidates, al.rng_for(cfg.seed, r, "select", name)) for name, arm in arms.items()}
+                picked = {name: f.result() for name, f in futures.items()}
+                batches = {name: p[0] for name, p in picked.items()}
+                stats = {name: p[1] for name, p in picked.items()}
+
+            # 2. annotation (one blind batch for both arms)
+            answers = al.annotate(annotator, batches, r, al.rng_for(cfg.seed, r, "annotate"))
+
+            # 3. retraining, both arms concurrently
+            epochs = cfg.fresh_epochs if fresh else cfg.round_epochs
+            if r == 0:
+                arms = {"random": al.Arm("random", None)}  # trained once, copied to the ranked arm below
+            for name, arm in arms.items():
+                arm.labelled.update(answers[name])
+                arm.sentences += len(batches[name])
+                arm.chars += sum(len(it.text) for it in batches[name])
+                arm.proxy += sum(it.words is None for it in batches[name])
+            fits = {name: al.retrain.submit(None if fresh else arm.model, arm.labelled, segmenter=env["segmenter"],
+                                            epochs=epochs, init_generator=al.torch_generator_for(cfg.seed, r, "init"),
+                                            fit_generator=al.torch_generator_for(cfg.seed, r, "fit"))
+                    for name, arm in arms.items()}
+            fit_stats = {}
+            for name, f in fits.items():
+                arms[name].model, fit_stats[name] = f.result()
+
+            # 4. evaluation
+            evals = {name: al.evaluate.submit(arm.model, test, gold) for name, arm in arms.items()}
+            scores = {name: f.result() for name, f in evals.items()}
+            if r == 0:
+                twin = copy.deepcopy(arms["random"])
+                twin.name = "ranked"
+                arms["ranked"] = twin
+                for d_ in (batches, stats, fit_stats, scores, answers):
+                    d_["ranked"] = d_["random"]
+
+            # 5. logging and state
+            for name, arm in arms.items():
+                agreement = al.annotation_agreement(batches[name], answers[name])
+                row = {"round": float(r), "annotated_sentences": float(arm.sentences),
+                       "annotated_chars": float(arm.chars), "batch_sentences": float(len(batches[name])),
+                       "batch_chars": float(sum(len(it.text) for it in batches[name])),
+                       "pool_size": float(len(pool)), "proxy_sentences": float(arm.proxy),
+                       **stats[name], **fit_stats[name], **scores[name]}
+                if agreement is not None:
+                    row["annotation_gold_boundary_f1"] = agreement
+                arm.history.append(row)
+                al.log_round(runs[name], row, r)
+            log.info("round %d: word F1 random %.4f (%d chars), ranked %.4f (%d chars)", r,
+                     arms["random"].history[-1]["test_f1"], arms["random"].chars,
+                     arms["ranked"].history[-1]["test_f1"], arms["ranked"].chars)
+            histories = {name: arm.history for name, arm in arms.items()}
+            al.log_learning_curve(runs["parent"], histories, state["events"],
+                                  reference["scores"]["newmm_test_f1"])
+            al.save_state(run_dir, state, arms, r)
+            if cfg.stop_after_round is not None and r >= cfg.stop_after_round and r < cfg.rounds:
+                tracking.set_tags(runs["parent"], {"stopped_after_round": r})
+                return ActiveLearningResult(runs["parent"], str(run_dir), r, True, arm_run_ids=runs)
+
+        numbers = {**al.comparison_numbers({n: a.history for n, a in arms.items()}), **reference["scores"]}
+        tracking.log_metrics(runs["parent"], numbers)
+        tracking.log_dict(runs["parent"], state["events"], "events.json")
+        uris = {}
+        if cfg.register:
+            for name, arm in arms.items():
+                uris[name] = al.register_segmenter(
+                    runs[name], arm.model, f"thai-seg-{cfg.preset}-{name}",
+                    {"preset": cfg.preset, "arm": name, "test_f1": f"{arm.history[-1]['test_f1']:.4f}",
+                     "annotated_chars": arm.chars}, run_dir)
+    return ActiveLearningResult(runs["parent"], str(run_dir), cfg.rounds, False, numbers, uris, runs)
+
+
+if __name__ == "__main__":
+    run_cli(lambda c: active_learning(config=c), ActiveLearningConfig, PRESETS,
+            description="Active learning for Thai word segmentation: random vs model-ranked arms, live environment.")

@@ -1,0 +1,350 @@
+"""Prefect tasks of the active-learning flow: select, annotate, retrain, evaluate, log, plot, keep state.
+
+Each task is a thin wrapper around ``models/`` (the segmenter, the scorers, the curve arithmetic) and
+``tasks/annotators.py``. Tasks take and return in-memory objects (models, items) with
+``cache_policy=NONE``: nothing is hashed or persisted by Prefect; the flow's own state file
+(:func:`save_state`) is what makes a run resumable.
+
+Randomness: every draw comes from :func:`rng_for` / :func:`torch_generator_for`, stateless functions
+of ``(seed, round, purpose[, arm])``, so a resumed run makes the same draws as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.cache_policies import NONE
+
+from models.al_scorers import rank, sentence_score
+from models.curves import first_reach
+from models.thai_segmenter import SegmenterConfig, ThaiSegmenter, boundary_prf, word_f1
+from tasks import tracking
+from tasks.annotators import HumanAnnotator, SimulatedAnnotator, apply_newmm_guideline, newmm_words
+from tasks.thai_data import PoolItem
+
+ARMS = ("random", "ranked")
+_PURPOSE = {"seed_set": 1, "select": 2, "annotate": 3, "init": 4, "fit": 5, "pool": 6}
+
+
+def rng_for(seed: int, round_no: int, purpose: str, arm: str = "") -> np.random.Generator:
+    """A numpy Generator that depends only on its arguments (common random numbers across arms
+    unless ``arm`` is given)."""
+    arm_id = ARMS.index(arm) + 1 if arm else 0
+    return np.random.default_rng([seed, round_no, _PURPOSE[purpose], arm_id])
+
+
+def torch_generator_for(seed: int, round_no: int, purpose: str) -> torch.Generator:
+    state = np.random.SeedSequence([seed, round_no, _PURPOSE[purpose]]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+@dataclass
+class Arm:
+    """One arm of the experiment: its segmenter, what it has had annotated, and its curve."""
+
+    name: str
+    model: ThaiSegmenter
+    labelled: dict[str, list[str]] = field(default_factory=dict)  # item id -> words as annotated (in order)
+    sentences: int = 0  # annotated sentences paid for (seed set included)
+    chars: int = 0  # annotated characters paid for
+    proxy: int = 0  # sentences answered by the newmm stand-in oracle (items without gold)
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per round
+
+
+# ------------------------------------------------------------------------------------------------
+# selection
+# ------------------------------------------------------------------------------------------------
+
+
+@task(name="select-batch", cache_policy=NONE)
+def select_batch(arm: str, model: ThaiSegmenter, unlabelled: Sequence[PoolItem], batch_size: int,
+                 scorer: dict[str, Any], candidates: int, rng: np.random.Generator
+                 ) -> tuple[list[PoolItem], dict[str, float]]:
+    """``batch_size`` items: uniformly at random (arm ``random``) or the top of the scorer's ranking
+    among ``candidates`` items drawn at random (arm ``ranked``; 0 = the whole unlabelled pool).
+
+    Returns the batch and the selection-score statistics (the batch scored by the arm's own model,
+    for both arms, so the two are comparable)."""
+    t0 = time.perf_counter()
+    n = min(batch_size, len(unlabelled))
+    stats: dict[str, float] = {}
+    if arm == "random":
+        batch = [unlabelled[i] for i in sorted(rng.choice(len(unlabelled), size=n, replace=False).tolist())]
+    else:
+        idx = (np.arange(len(unlabelled)) if not candidates or candidates >= len(unlabelled)
+               else np.sort(rng.choice(len(unlabelled), size=candidates, replace=False)))
+        texts = [unlabelled[i].text for i in idx]
+        probs = model.boundary_probs(texts)
+        scores = np.array([sentence_score(p, **scorer) for p in probs])
+        order = np.lexsort((np.arange(len(idx)), -scores))[:n]
+        batch = [unlabelled[idx[j]] for j in order]
+        stats["candidates_score_mean"] = float(scores.mean()) if scores.size else 0.0
+        stats["candidates"] = float(len(idx))
+    probs = model.boundary_probs([it.text for it in batch])
+    s = np.array([sentence_score(p, **scorer) for p in probs]) if batch else np.zeros(1)
+    stats.update(sel_score_mean=float(s.mean()), sel_score_min=float(s.min()), sel_score_max=float(s.max()),
+                 sel_score_std=float(s.std()), select_seconds=time.perf_counter() - t0)
+    return batch, stats
+
+
+def ranked_indices(texts: Sequence[str], model: ThaiSegmenter, scorer: dict[str, Any]) -> list[int]:
+    """``models.al_scorers.rank`` with the flow's scorer settings (exposed for tests and notebooks)."""
+    return rank(texts, model, **scorer)
+
+
+# ------------------------------------------------------------------------------------------------
+# annotation
+# ------------------------------------------------------------------------------------------------
+
+
+@task(name="annotate", cache_policy=NONE)
+def annotate(annotator: SimulatedAnnotator | HumanAnnotator, batches: dict[str, list[PoolItem]], round_no: int,
+             rng: np.random.Generator) -> dict[str, dict[str, list[str]]]:
+    """Annotate the union of the arms' batches once, in a shuffled order that hides which arm chose
+    what; returns per arm ``{item id: words}``. A sentence chosen by both arms gets one answer."""
+    union: dict[str, PoolItem] = {}
+    for arm in ARMS:
+        for it in batches.get(arm, []):
+            union.setdefault(it.id, it)
+    items = [union[k] for k in sorted(union)]
+    items = [items[i] for i in rng.permutation(len(items))]
+    answers = dict(zip((it.id for it in items), annotator.annotate(items, round_no=round_no, rng=rng)))
+    for it in items:
+        assert "".join(answers[it.id]) == it.text, it.id  # both annotators guarantee this
+    return {arm: {it.id: answers[it.id] for it in batches.get(arm, [])} for arm in batches}
+
+
+# ------------------------------------------------------------------------------------------------
+# training and evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+def new_model(segmenter: dict[str, Any], generator: torch.Generator) -> ThaiSegmenter:
+    return ThaiSegmenter(SegmenterConfig(**segmenter), generator=generator)
+
+
+@task(name="retrain", cache_policy=NONE)
+def retrain(model: Optional[ThaiSegmenter], labelled: dict[str, list[str]], *, segmenter: dict[str, Any],
+            epochs: int, init_generator: torch.Generator, fit_generator: torch.Generator
+            ) -> tuple[ThaiSegmenter, dict[str, float]]:
+    """Fit on everything annotated so far: continue from ``model`` or, when it is None, from a new
+    model built from ``segmenter`` (first round, ``retrain=scratch``, or a model change)."""
+    t0 = time.perf_counter()
+    if model is None:
+        model = new_model(segmenter, init_generator)
+    fit = model.fit(list(labelled.values()), generator=fit_generator, epochs=epochs)
+    return model, {"train_loss": fit.epoch_losses[-1] if fit.epoch_losses else float("nan"),
+                   "train_sentences": float(fit.n_sentences), "train_seconds": time.perf_counter() - t0}
+
+
+def segmentation_scores(gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], prefix: str = "test_"
+                        ) -> dict[str, float]:
+    p, r, f = boundary_prf([list(g) for g in gold], [list(x) for x in pred])
+    return {f"{prefix}f1": word_f1([list(g) for g in gold], [list(x) for x in pred]),
+            f"{prefix}boundary_f1": f, f"{prefix}boundary_precision": p, f"{prefix}boundary_recall": r}
+
+
+@task(name="evaluate", cache_policy=NONE)
+def evaluate(model: ThaiSegmenter, test: Sequence[PoolItem],
+             guideline_gold: Optional[Sequence[Sequence[str]]] = None) -> dict[str, float]:
+    """Word F1 and boundary P/R/F1 on the test set (ORCHID gold); with ``guideline_gold`` also
+    ``test_guideline_f1`` / ``test_guideline_boundary_f1`` against the guideline now in force."""
+    t0 = time.perf_counter()
+    pred = model.segment_batch([it.text for it in test])
+    out = segmentation_scores([it.words for it in test], pred)
+    if guideline_gold is not None:
+        g = segmentation_scores(guideline_gold, pred, prefix="test_guideline_")
+        out.update({k: v for k, v in g.items() if k in ("test_guideline_f1", "test_guideline_boundary_f1")})
+    out["eval_seconds"] = time.perf_counter() - t0
+    return out
+
+
+@task(name="newmm-reference", cache_policy=NONE)
+def newmm_reference(test: Sequence[PoolItem], cache: Path) -> dict[str, Any]:
+    """newmm on the test set: its scores against gold, and the test set under the newmm guideline.
+    Cached in the run folder (newmm segments ~25k characters/s)."""
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    from tasks.annotators import _dictionary
+
+    t0 = time.perf_counter()
+    nm = [newmm_words(it.text) for it in test]
+    seconds = time.perf_counter() - t0
+    out = {"scores": segmentation_scores([it.words for it in test], nm, prefix="newmm_test_"),
+           "guideline_gold": [apply_newmm_guideline(it.words, w, _dictionary()) for it, w in zip(test, nm)]}
+    out["scores"]["newmm_chars_per_s"] = sum(len(it.text) for it in test) / max(seconds, 1e-9)
+    write_json_atomic(cache, out)
+    return out
+
+
+def annotation_agreement(items: Sequence[PoolItem], answers: dict[str, list[str]]) -> Optional[float]:
+    """Boundary F1 of the delivered annotations against gold, over items that have gold (noise and
+    guideline changes show up here)."""
+    pairs = [(list(it.words), answers[it.id]) for it in items if it.words is not None and it.id in answers]
+    if not pairs:
+        return None
+    return boundary_prf([g for g, _ in pairs], [a for _, a in pairs])[2]
+
+
+# ------------------------------------------------------------------------------------------------
+# logging and the learning curve
+# ------------------------------------------------------------------------------------------------
+
+
+@task(name="log-round", cache_policy=NONE)
+def log_round(run_id: str, row: dict[str, float], round_no: int) -> None:
+    tracking.log_metrics(run_id, {k: v for k, v in row.items() if k != "round"}, step=round_no)
+
+
+def log_event(run_ids: Sequence[str], event: dict[str, Any], events: list[dict[str, Any]]) -> None:
+    """An environment change: a tag ``env.rNN.<kind>`` on every run and the ``events.json`` artifact."""
+    tag = {f"env.r{event['round']:02d}.{event['kind']}": event["detail"]}
+    for rid in run_ids:
+        tracking.set_tags(rid, tag)
+    tracking.log_dict(run_ids[0], events, "events.json")
+
+
+_MARKERS = {"guideline": "G", "pool": "P", "annotator": "A", "model": "M", "resumed": "R"}
+
+
+def learning_curve_figure(histories: dict[str, list[dict[str, float]]], events: Sequence[dict[str, Any]],
+                          newmm_f1: Optional[float], metric: str = "test_f1"):
+    """F1 vs annotated characters and vs annotated sentences for both arms; newmm as a reference
+    line; each environment change as a dotted vertical line labelled G/P/A/M (guideline, pool,
+    annotator, model) at the round where it took effect."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    colours = {"random": "tab:blue", "ranked": "tab:orange"}
+    for ax, xkey, xlabel in ((axes[0], "annotated_chars", "annotated characters"),
+                             (axes[1], "annotated_sentences", "annotated sentences")):
+        for arm, rows in histories.items():
+            ax.plot([r[xkey] for r in rows], [r[metric] for r in rows], "-o", ms=3, color=colours.get(arm),
+                    label=f"{arm} arm")
+            by_round = {int(r["round"]): r for r in rows}
+            for ev in events:
+                row = by_round.get(int(ev["round"]))
+                if row is None or ev["kind"] == "resumed":
+                    continue
+                ax.axvline(row[xkey], color=colours.get(arm), ls=":", lw=1)
+                ax.annotate(_MARKERS.get(ev["kind"], "?"), (row[xkey], 1.0), xycoords=("data", "axes fraction"),
+                            ha="center", va="bottom", fontsize=8, color=colours.get(arm))
+        if newmm_f1 is not None:
+            ax.axhline(newmm_f1, color="grey", ls="--", lw=1, label=f"newmm ({newmm_f1:.3f})")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(f"{metric.replace('_', ' ')} (held-out ORCHID)")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    kinds = sorted({e["kind"] for e in events if e["kind"] != "resumed"})
+    note = ("  environment changes: " + ", ".join(f"{_MARKERS[k]}={k}" for k in kinds)) if kinds else ""
+    fig.suptitle(f"Active learning for Thai word segmentation: random vs model-ranked{note}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def comparison_numbers(histories: dict[str, list[dict[str, float]]], metric: str = "test_f1") -> dict[str, float]:
+    """Where the ranked arm first reaches the random arm's final ``metric`` (linear interpolation
+    between rounds, ``models.curves.first_reach``), in characters and sentences."""
+    rnd, rk = histories["random"], histories["ranked"]
+    target = rnd[-1][metric]
+    out = {"random_final_f1": target, "ranked_final_f1": rk[-1][metric],
+           "random_final_boundary_f1": rnd[-1]["test_boundary_f1"],
+           "ranked_final_boundary_f1": rk[-1]["test_boundary_f1"],
+           "random_final_chars": rnd[-1]["annotated_chars"], "ranked_final_chars": rk[-1]["annotated_chars"],
+           "random_final_sentences": rnd[-1]["annotated_sentences"]}
+    ys = [r[metric] for r in rk]
+    chars = first_reach([r["annotated_chars"] for r in rk], ys, target, lower_is_better=False)
+    sents = first_reach([r["annotated_sentences"] for r in rk], ys, target, lower_is_better=False)
+    if chars is not None:
+        out.update(ranked_chars_to_random_final=chars, ranked_sentences_to_random_final=sents,
+                   chars_fraction=chars / rnd[-1]["annotated_chars"],
+                   sentences_fraction=sents / rnd[-1]["annotated_sentences"])
+    return out
+
+
+@task(name="log-learning-curve", cache_policy=NONE)
+def log_learning_curve(run_id: str, histories: dict[str, list[dict[str, float]]], events: list[dict[str, Any]],
+                       newmm_f1: Optional[float]) -> None:
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig = learning_curve_figure(histories, events, newmm_f1)
+    tracking.log_figure(run_id, fig, "learning_curve.png")
+    plt.close(fig)
+    rows = [{"arm": arm, **r} for arm, rs in histories.items() for r in rs]
+    tracking.log_table(run_id, pd.DataFrame(rows), "learning_curve.csv")
+
+
+# ------------------------------------------------------------------------------------------------
+# state
+# ------------------------------------------------------------------------------------------------
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_models(run_dir: Path, arms: dict[str, Arm], round_no: int) -> dict[str, str]:
+    """Each arm's model to ``models/<arm>/r<round>`` (a new folder per round, so the state file
+    always points at a complete one); returns the folders."""
+    out = {}
+    for name, arm in arms.items():
+        folder = run_dir / "models" / name / f"r{round_no:03d}"
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        arm.model.save(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        out[name] = str(folder)
+    return out
+
+
+def save_state(run_dir: Path, state: dict[str, Any], arms: dict[str, Arm], round_no: int) -> None:
+    """Write the models, then ``state.json`` (atomically), then drop the previous rounds' models."""
+    folders = save_models(run_dir, arms, round_no)
+    state["round_done"] = round_no
+    state["arms"] = {name: {"labelled": arm.labelled, "sentences": arm.sentences, "chars": arm.chars,
+                            "proxy": arm.proxy, "history": arm.history, "model_dir": folders[name]}
+                     for name, arm in arms.items()}
+    write_json_atomic(run_dir / "state.json", state)
+    for name in arms:
+        for old in (run_dir / "models" / name).iterdir():
+            if str(old) != folders[name]:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(run_dir: Path) -> Optional[dict[str, Any]]:
+    path = run_dir / "state.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def restore_arms(state: dict[str, Any]) -> dict[str, Arm]:
+    arms = {}
+    for name, s in state["arms"].items():
+        arms[name] = Arm(name, ThaiSegmenter.load(s["model_dir"]), labelled=s["labelled"], sentences=s["sentences"],
+                         chars=s["chars"], proxy=s["proxy"], history=s["history"])
+    return arms
+
+
+@task(name="register-segmenter", cache_policy=NONE)
+def register_segmenter(run_id: str, model: ThaiSegmenter, name: str, tags: dict[str, Any], workdir: Path) -> str:
+    """Save with ``ThaiSegmenter.save`` (safetensors + JSON) and register with the alias ``final``."""
+    folder = workdir / "final" / name
+    shutil.rmtree(folder, ignore_errors=True)
+    model.save(folder)
+    return tracking.register_model(run_id, folder, name, artifact_path="segmenter", tags=tags, aliases=("final",))
