@@ -137,7 +137,7 @@ class ActiveLearningConfig(FlowConfig):
     resume: bool = Field(False, description="continue run_name from its state file")
     stop_after_round: Optional[int] = Field(None, ge=0, description="stop (resumably) after this round")
     output_root: Optional[str] = Field(None, description="default <state>/active_learning")
-    register: bool = Field(True, description="register both final segmenters as thai-seg-<preset>-<arm>")
+    register_models: bool = Field(True, description="register both final segmenters as thai-seg-<preset>-<arm>")
 
     @field_validator("segmenter")
     @classmethod
@@ -193,7 +193,7 @@ def base() -> ActiveLearningConfig:
 PRESETS = {"tiny": tiny, "small": small, "base": base}
 
 # Fields that may differ between a run and its resumption (they do not change what is measured).
-_RESUMABLE = {"resume", "stop_after_round", "rounds", "torch_threads", "register", "schedule"}
+_RESUMABLE = {"resume", "stop_after_round", "rounds", "torch_threads", "register_models", "schedule"}
 
 
 @dataclass
@@ -466,7 +466,7 @@ def active_learning(preset: str = "tiny", overrides: Optional[dict[str, Any]] = 
         tracking.log_metrics(runs["parent"], numbers)
         tracking.log_dict(runs["parent"], state["events"], "events.json")
         uris = {}
-        if cfg.register:
+        if cfg.register_models:
             for name, arm in arms.items():
                 uris[name] = al.register_segmenter(
                     runs[name], arm.model, f"thai-seg-{cfg.preset}-{name}",

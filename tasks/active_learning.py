@@ -234,13 +234,17 @@ def learning_curve_figure(histories: dict[str, list[dict[str, float]]], events: 
             ax.plot([r[xkey] for r in rows], [r[metric] for r in rows], "-o", ms=3, color=colours.get(arm),
                     label=f"{arm} arm")
             by_round = {int(r["round"]): r for r in rows}
+            labels: dict[int, str] = {}
             for ev in events:
-                row = by_round.get(int(ev["round"]))
-                if row is None or ev["kind"] == "resumed":
+                if ev["kind"] != "resumed":
+                    labels[int(ev["round"])] = labels.get(int(ev["round"]), "") + _MARKERS.get(ev["kind"], "?")
+            for round_no, label in labels.items():
+                if round_no not in by_round:
                     continue
-                ax.axvline(row[xkey], color=colours.get(arm), ls=":", lw=1)
-                ax.annotate(_MARKERS.get(ev["kind"], "?"), (row[xkey], 1.0), xycoords=("data", "axes fraction"),
-                            ha="center", va="bottom", fontsize=8, color=colours.get(arm))
+                x = by_round[round_no][xkey]
+                ax.axvline(x, color=colours.get(arm), ls=":", lw=1)
+                ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom",
+                            fontsize=8, color=colours.get(arm))
         if newmm_f1 is not None:
             ax.axhline(newmm_f1, color="grey", ls="--", lw=1, label=f"newmm ({newmm_f1:.3f})")
         ax.set_xlabel(xlabel)

@@ -67,3 +67,36 @@ def tiny_pretrain_config(**overrides):
                 eval_every=4, eval_batches=2, log_every=2, cosine_every=4, threads_per_worker=1)
     base.update(overrides)
     return PretrainConfig(**base)
+
+
+def make_t5_dir(tokenizer_dir: str, out, *, d_model: int = 32, layers: int = 2, seed: int = 0) -> str:
+    """A random-init T5 (with the given tokenizer) saved with save_pretrained."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=d_model, d_ff=2 * d_model, d_kv=8,
+                                                num_heads=d_model // 8, num_layers=layers, num_decoder_layers=layers,
+                                                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture(scope="session")
+def copy_task(tmp_path_factory) -> dict:
+    """A learnable toy task as local jsonl files: copy the first word of the input."""
+    import json
+    import random
+
+    rng = random.Random(0)
+    words = ["house", "minister", "music", "century", "city", "war", "river", "party"]
+    folder = tmp_path_factory.mktemp("task")
+    for split, n in (("train", 400), ("validation", 32), ("test", 40)):
+        with open(folder / f"{split}.jsonl", "w") as f:
+            for _ in range(n):
+                w = rng.choice(words)
+                f.write(json.dumps({"input": f"{w} and the {rng.choice(words)}", "target": w}) + "\n")
+    return {"name": "copy_first", "jsonl": {s: str(folder / f"{s}.jsonl") for s in ("train", "validation", "test")},
+            "kind": "classification", "labels": words}

@@ -6,39 +6,12 @@ import pytest
 
 from flows.evaluate import EvaluateConfig, evaluate_flow
 from flows.finetune import FinetuneConfig, finetune_flow
+from tests.conftest import make_t5_dir
 
 
 @pytest.fixture(scope="module")
 def tiny_t5_dir(tiny_corpus, tmp_path_factory):
-    import torch
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
-
-    tok = AutoTokenizer.from_pretrained(f"{tiny_corpus}/tokenizer")
-    torch.manual_seed(0)
-    model = T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=32, d_ff=64, d_kv=8, num_heads=4,
-                                                num_layers=2, num_decoder_layers=2, decoder_start_token_id=0,
-                                                pad_token_id=0, eos_token_id=1))
-    out = tmp_path_factory.mktemp("t5")
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    return str(out)
-
-
-@pytest.fixture(scope="module")
-def copy_task(tmp_path_factory):
-    """A learnable toy task: copy the first word of the input."""
-    import random
-
-    rng = random.Random(0)
-    words = ["house", "minister", "music", "century", "city", "war", "river", "party"]
-    folder = tmp_path_factory.mktemp("task")
-    for split, n in (("train", 400), ("test", 40)):
-        with open(folder / f"{split}.jsonl", "w") as f:
-            for _ in range(n):
-                w = rng.choice(words)
-                f.write(json.dumps({"input": f"{w} and the {rng.choice(words)}", "target": w}) + "\n")
-    return {"name": "copy_first", "jsonl": {"train": str(folder / "train.jsonl"), "test": str(folder / "test.jsonl")},
-            "kind": "classification", "labels": words}
+    return make_t5_dir(f"{tiny_corpus}/tokenizer", tmp_path_factory.mktemp("t5"))
 
 
 def test_finetune_registers_the_model_with_task_and_lineage_tags_and_evaluates_it(prefect_harness, tiny_t5_dir,

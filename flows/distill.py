@@ -1,0 +1,129 @@
+"""DistillSpec distillation flow, two modes of one flow:
+
+* ``mode=target``: a larger fine-tuned teacher -> the target size (the "model garden" step);
+* ``mode=draft``: the target -> a small draft, aligned for speculative decoding (DistillSpec proper).
+
+    python -m flows.distill --preset tiny --set mode=draft --set teacher=models:/t5-tiny-bbc_topic@target \
+        --set student=models:/t5-tiny-draft/1 --set divergence=tvd --set 'data_mix={"student": 1.0}'
+
+Data: ``data_mix`` gives the fraction of each source per batch: ``fixed`` (ground truth), ``teacher``
+(sampled from the teacher), ``student`` (on-policy samples of the current student); lambda = the
+``student`` fraction. Acceptance rate and task quality are logged every ``eval_every`` steps; the final
+model is registered under the task's name with an alias that tells the story (``target``,
+``draft-distillspec-<divergence>-<data>``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Optional
+
+from prefect import flow
+from pydantic import Field, field_validator, model_validator
+
+from flows._cli import FlowConfig, build_config, run_cli
+from tasks.downstream import TaskSpec
+
+
+class DistillConfig(FlowConfig):
+    preset: str = "tiny"
+    mode: Literal["target", "draft"] = "draft"
+    teacher: Optional[str] = Field(None, description="teacher model (URI or folder): the big model, or the target")
+    student: Optional[str] = Field(None, description="student initialisation (URI or folder)")
+    task: TaskSpec = Field(default_factory=TaskSpec)
+    divergence: Literal["fkl", "rkl", "jsd", "tvd"] = "fkl"
+    beta: float = Field(0.5, gt=0.0, lt=1.0, description="JSD weight")
+    temperature: float = Field(1.0, gt=0.0, description="softmax temperature of the divergence")
+    data_mix: dict[str, float] = Field({"student": 1.0}, description="fractions of fixed / teacher / student data")
+    sample_temperature: float = Field(1.0, gt=0.0, description="sampling temperature of generated data (deployment's)")
+    total_steps: int = Field(100, ge=1)
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    warmup_steps: int = Field(5, ge=0)
+    schedule: Literal["cosine", "linear", "rsqrt", "constant"] = "linear"
+    clip_norm: float = Field(1.0, ge=0.0)
+    max_input_length: int = Field(128, ge=4)
+    max_target_length: int = Field(24, ge=2)
+    eval_every: int = Field(25, ge=0)
+    eval_examples: int = Field(32, ge=1)
+    checkpoint_every: int = Field(50, ge=0)
+    log_every: int = Field(10, ge=1)
+    num_workers: int = Field(1, ge=1)
+    threads_per_worker: int = Field(0, ge=0)
+    use_gpu: bool = False
+    bf16: bool = True
+    max_failures: int = Field(2, ge=0)
+    seed: int = 0
+    register_as: Optional[str] = None
+    output_root: Optional[str] = None
+    fault_kill_at_step: Optional[int] = None
+
+    @field_validator("data_mix")
+    @classmethod
+    def _mix(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = set(v) - {"fixed", "teacher", "student"}
+        if unknown:
+            raise ValueError(f"unknown data sources {sorted(unknown)}; use fixed, teacher, student")
+        if any(x < 0 for x in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("data_mix fractions must be >= 0 and not all zero")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self):
+        return self
+
+
+def tiny() -> DistillConfig:
+    return DistillConfig()
+
+
+def small() -> DistillConfig:
+    return DistillConfig(preset="small", total_steps=5000, batch_size=64, lr=5e-4, max_input_length=512,
+                         max_target_length=64, eval_every=500, eval_examples=256, checkpoint_every=500, use_gpu=True)
+
+
+def base() -> DistillConfig:
+    return DistillConfig(preset="base", total_steps=30000, batch_size=128, lr=3e-4, max_input_length=512,
+                         max_target_length=64, eval_every=2000, eval_examples=512, checkpoint_every=2000,
+                         use_gpu=True, num_workers=8)
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base}
+
+
+@dataclass
+class DistillResult:
+    run_id: str
+    model_uri: str
+    model_dir: str
+    alias: str
+    final: dict
+
+    def summary(self) -> str:
+        from tasks.tracking import artifact_local_path
+
+        m = ", ".join(f"{k}={v:.4f}" for k, v in self.final.items() if isinstance(v, float))
+        return (f"distill ({self.alias}): {m}\nregistered model: {self.model_uri}\n"
+                f"MLflow run id: {self.run_id}\nartifacts: {artifact_local_path(self.run_id)}")
+
+
+@flow(name="distill")
+def distill_flow(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+                 config: Optional[DistillConfig] = None, parent_run_id: Optional[str] = None) -> DistillResult:
+    from tasks.distill import distill
+    from tasks.finetune import prepare_task, resolve
+
+    cfg = config or build_config(DistillConfig, PRESETS, preset, overrides)
+    if cfg.teacher is None or cfg.student is None:
+        raise ValueError("set teacher and student (models:/ URIs or save_pretrained folders)")
+    teacher_dir, student_dir = resolve(cfg.teacher), resolve(cfg.student)
+    task_dir = prepare_task(cfg.task.model_dump())
+    out = distill(cfg.model_dump(), teacher_dir, student_dir, task_dir, teacher_ref=cfg.teacher,
+                  student_ref=cfg.student, parent_run_id=parent_run_id)
+    return DistillResult(**out)
+
+
+if __name__ == "__main__":
+    run_cli(lambda c: distill_flow(config=c), DistillConfig, PRESETS,
+            description="Distil a teacher into a student (DistillSpec): mode=target or mode=draft.")
