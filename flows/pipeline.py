@@ -1,12 +1,17 @@
-"""The end-to-end pipeline: corpus prep -> SpacTor pretraining -> ... as Prefect subflows.
+"""The end-to-end pipeline, as Prefect subflows:
+
+corpus prep -> SpacTor pretraining (teacher, target and draft sizes) -> fine-tuning (teacher, and the
+undistilled draft baseline) -> target distillation (teacher -> target, the model-garden step) ->
+DistillSpec draft training (target -> draft) -> SD latency benchmark (target with both drafts).
 
     python -m flows.pipeline --preset tiny                     # what `make run` does
-    python -m flows.pipeline --preset tiny --set from_stage=pretrain
+    python -m flows.pipeline --preset tiny --set from_stage=distill_draft
 
 One parent MLflow run (experiment ``pipeline``) holds a nested run per stage; the parent is tagged with
-the Prefect flow-run id and the Prefect flow run with the MLflow run id. A stage whose config, inputs
-and code are unchanged since it last completed is skipped (the log says so); ``from_stage`` forces a
-stage and everything after it.
+the Prefect flow-run id and the Prefect flow run with the MLflow run id. Stages pass models by MLflow
+URI and data by path. A stage whose config, inputs and code are unchanged since it last completed is
+skipped (the log says so); ``from_stage`` forces a stage and everything after it. Training stages
+resume from their last checkpoint when rerun after a crash.
 """
 
 from __future__ import annotations
@@ -15,37 +20,74 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional
 
 from prefect import flow, get_run_logger
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from flows import corpus_prep as corpus_mod
+from flows import distill as distill_mod
+from flows import finetune as finetune_mod
 from flows import pretrain as pretrain_mod
+from flows import sd_benchmark as sd_mod
 from flows._cli import FlowConfig, build_config, run_cli
+from tasks.downstream import TaskSpec
 
-STAGES = ("corpus", "pretrain")
+STAGES = ("corpus", "pretrain", "finetune", "distill_target", "distill_draft", "sd_benchmark")
+Stage = Literal["corpus", "pretrain", "finetune", "distill_target", "distill_draft", "sd_benchmark"]
+
+
+class Sizes(BaseModel):
+    """Architectures of the three model sizes (the pretraining settings are shared)."""
+
+    model_config = ConfigDict(extra="forbid")
+    teacher: pretrain_mod.T5Shape
+    target: pretrain_mod.T5Shape
+    draft: pretrain_mod.T5Shape
 
 
 class PipelineConfig(FlowConfig):
     preset: str = "tiny"
+    task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="bbc_topic"),
+                           description="the downstream task of fine-tuning, distillation and the SD prompts")
     corpus: corpus_mod.CorpusPrepConfig = Field(default_factory=corpus_mod.tiny)
     pretrain: pretrain_mod.PretrainConfig = Field(default_factory=pretrain_mod.tiny)
-    from_stage: Optional[Literal["corpus", "pretrain"]] = Field(
-        None, description="force this stage and all later ones to run even if cached")
+    sizes: Sizes
+    finetune: finetune_mod.FinetuneConfig = Field(default_factory=finetune_mod.tiny)
+    distill_target: distill_mod.DistillConfig = Field(default_factory=lambda: distill_mod.tiny().model_copy(
+        update={"mode": "target", "data_mix": {"teacher": 0.5, "student": 0.5}}))
+    distill_draft: distill_mod.DistillConfig = Field(default_factory=distill_mod.tiny)
+    sd_benchmark: sd_mod.SDBenchmarkConfig = Field(default_factory=sd_mod.tiny)
+    stages: list[Stage] = Field(list(STAGES), description="stages to run (a prefix of the full list)")
+    from_stage: Optional[Stage] = Field(None, description="force this stage and all later ones to run even if cached")
     experiment: str = Field("pipeline", description="MLflow experiment of the parent run")
 
 
-def _preset(name: str, corpus: Callable, pre: Callable) -> Callable[[], PipelineConfig]:
+def _preset(name: str, corpus: Callable, pre: Callable, ft: Callable, di: Callable, sd: Callable,
+            sizes: Sizes) -> Callable[[], PipelineConfig]:
     def make() -> PipelineConfig:
         p = pre()
-        c = corpus().model_copy(update={"pack_length": p.tokens_length})
-        return PipelineConfig(preset=name, corpus=c, pretrain=p)
+        d = di()
+        return PipelineConfig(preset=name, corpus=corpus().model_copy(update={"pack_length": p.tokens_length}),
+                              pretrain=p, sizes=sizes, finetune=ft(),
+                              distill_target=d.model_copy(update={"mode": "target",
+                                                                  "data_mix": {"teacher": 0.5, "student": 0.5}}),
+                              distill_draft=d, sd_benchmark=sd())
 
     make.__name__ = name
     return make
 
 
-tiny = _preset("tiny", corpus_mod.tiny, pretrain_mod.tiny)
-small = _preset("small", corpus_mod.small, pretrain_mod.small)
-base = _preset("base", corpus_mod.base, pretrain_mod.base)
+S = pretrain_mod.T5Shape
+tiny = _preset("tiny", corpus_mod.tiny, pretrain_mod.tiny, finetune_mod.tiny, distill_mod.tiny, sd_mod.tiny, Sizes(
+    teacher=S(d_model=96, d_ff=192, d_kv=16, num_heads=6, num_layers=3, num_decoder_layers=3, tie_word_embeddings=True),
+    target=S(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2, tie_word_embeddings=True),
+    draft=S(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=1, num_decoder_layers=1, tie_word_embeddings=True)))
+small = _preset("small", corpus_mod.small, pretrain_mod.small, finetune_mod.small, distill_mod.small, sd_mod.small,
+                Sizes(teacher=S(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12, num_decoder_layers=12),
+                      target=S(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8, num_decoder_layers=8),
+                      draft=S(d_model=256, d_ff=512, d_kv=64, num_heads=4, num_layers=2, num_decoder_layers=2)))
+base = _preset("base", corpus_mod.base, pretrain_mod.base, finetune_mod.base, distill_mod.base, sd_mod.base,
+               Sizes(teacher=S(d_model=2048, d_ff=5120, d_kv=64, num_heads=32, num_layers=24, num_decoder_layers=24),
+                     target=S(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12, num_decoder_layers=12),
+                     draft=S(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8, num_decoder_layers=8)))
 PRESETS = {"tiny": tiny, "small": small, "base": base}
 
 
@@ -62,15 +104,19 @@ class PipelineResult:
                  f"artifacts: {artifact_local_path(self.run_id)}"]
         for name, out in self.stages.items():
             state = "skipped (cached)" if name in self.skipped else "ran"
-            lines.append(f"  {name:<10} {state:<17} run {out.get('run_id', '-')}  "
-                         f"{out.get('model_uri') or out.get('corpus_dir') or ''}")
+            refs = out.get("models") or out.get("model_uri") or out.get("corpus_dir") or ""
+            lines.append(f"  {name:<15} {state:<17} {refs}")
+        if "sd_benchmark" in self.stages and self.stages["sd_benchmark"].get("markdown"):
+            lines.append(self.stages["sd_benchmark"]["markdown"])
         return "\n".join(lines)
 
 
 @flow(name="pipeline")
 def pipeline(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
              config: Optional[PipelineConfig] = None) -> PipelineResult:
-    from tasks import stages, tracking
+    """Run the stages in order (see module docstring)."""
+    from tasks import stages as stage_store
+    from tasks import tracking
     from tasks.orchestration import tag_current_flow_run
 
     cfg = config or build_config(PipelineConfig, PRESETS, preset, overrides)
@@ -83,26 +129,49 @@ def pipeline(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
         tag_current_flow_run(f"mlflow_run_id:{run_id}", f"preset:{cfg.preset}")
         tracking.log_dict(run_id, cfg.model_dump(), "pipeline_config.json")
 
-        def stage(name: str, stage_cfg: FlowConfig, inputs: dict[str, Any], run: Callable[[], dict[str, Any]]):
-            key = stages.stage_key(name, stage_cfg.model_dump(), inputs)
-            done = None if name in forced else stages.completed(key)
+        def stage(name: str, stage_cfg: dict[str, Any], inputs: dict[str, Any], run: Callable[[], dict[str, Any]]):
+            if name not in cfg.stages:
+                return None
+            key = stage_store.stage_key(name, stage_cfg, inputs)
+            done = None if name in forced else stage_store.completed(key)
             if done is not None:
-                logger.info("stage %s: skipped, completed earlier with the same config, inputs and code (%s)",
-                            name, key)
+                logger.info("stage %s: skipped, completed earlier with the same config, inputs and code (%s)", name, key)
                 result.skipped.append(name)
                 out = done
             else:
                 logger.info("stage %s: running", name)
                 out = run()
-                stages.record(key, out)
+                stage_store.record(key, out)
             result.stages[name] = out
-            tracking.set_tags(run_id, {f"{name}.run_id": out.get("run_id", ""), f"{name}.skipped": done is not None})
+            tracking.set_tags(run_id, {f"{name}.skipped": done is not None})
             return out
 
-        corpus = stage("corpus", cfg.corpus, {}, lambda: _corpus(cfg, run_id))
-        stage("pretrain", cfg.pretrain, {"corpus_dir": corpus["corpus_dir"]},
-              lambda: _pretrain(cfg, corpus["corpus_dir"], run_id))
-        tracking.log_metrics(run_id, {"stages_skipped": len(result.skipped), "stages_run": len(result.stages) - len(result.skipped)})
+        corpus = stage("corpus", cfg.corpus.model_dump(), {}, lambda: _corpus(cfg, run_id))
+        if corpus is None:
+            return result
+        pre = stage("pretrain", {"pretrain": cfg.pretrain.model_dump(), "sizes": cfg.sizes.model_dump()},
+                    {"corpus_dir": corpus["corpus_dir"]}, lambda: _pretrain(cfg, corpus["corpus_dir"], run_id))
+        if pre is None:
+            return result
+        ft = stage("finetune", {"finetune": cfg.finetune.model_dump(), "task": cfg.task.model_dump()},
+                   pre["models"], lambda: _finetune(cfg, pre["models"], run_id))
+        if ft is None:
+            return result
+        dt = stage("distill_target", {"distill": cfg.distill_target.model_dump(), "task": cfg.task.model_dump()},
+                   {"teacher": ft["models"]["teacher"], "student": pre["models"]["target"]},
+                   lambda: _distill(cfg, cfg.distill_target, ft["models"]["teacher"], pre["models"]["target"], run_id))
+        if dt is None:
+            return result
+        dd = stage("distill_draft", {"distill": cfg.distill_draft.model_dump(), "task": cfg.task.model_dump()},
+                   {"teacher": dt["model_uri"], "student": ft["models"]["draft_base"]},
+                   lambda: _distill(cfg, cfg.distill_draft, dt["model_uri"], ft["models"]["draft_base"], run_id))
+        if dd is None:
+            return result
+        stage("sd_benchmark", cfg.sd_benchmark.model_dump(),
+              {"target": dt["model_uri"], "drafts": [ft["models"]["draft_base"], dd["model_uri"]]},
+              lambda: _sd(cfg, dt["model_uri"], ft, dd, run_id))
+        tracking.log_metrics(run_id, {"stages_skipped": len(result.skipped),
+                                      "stages_run": len(result.stages) - len(result.skipped)})
     return result
 
 
@@ -112,11 +181,52 @@ def _corpus(cfg: PipelineConfig, parent: str) -> dict[str, Any]:
 
 
 def _pretrain(cfg: PipelineConfig, corpus_dir: str, parent: str) -> dict[str, Any]:
-    p = cfg.pretrain.model_copy(update={"corpus_dir": corpus_dir})
-    r = pretrain_mod.pretrain_flow(config=p, parent_run_id=parent)
-    return {"run_id": r.run_id, "model_uri": r.model_uri, "model_dir": r.model_dir}
+    models, runs = {}, {}
+    for size in ("teacher", "target", "draft"):
+        p = cfg.pretrain.model_copy(update={"corpus_dir": corpus_dir, "model": getattr(cfg.sizes, size),
+                                            "register_as": f"t5-{cfg.preset}-{size}-pretrained"})
+        r = pretrain_mod.pretrain_flow(config=p, parent_run_id=parent)
+        models[size], runs[size] = r.model_uri, r.run_id
+    return {"models": models, "run_ids": runs}
+
+
+def _finetune(cfg: PipelineConfig, pretrained: dict[str, str], parent: str) -> dict[str, Any]:
+    models, metrics = {}, {}
+    for role, size in (("teacher", "teacher"), ("draft_base", "draft")):
+        f = cfg.finetune.model_copy(update={"model": pretrained[size], "task": cfg.task,
+                                            "register_as": f"t5-{cfg.preset}-{cfg.task.name}-{role}"})
+        r = finetune_mod.finetune_flow(config=f, parent_run_id=parent)
+        models[role], metrics[role] = r.model_uri, r.metrics
+    _alias(models["draft_base"], "draft-base")
+    _alias(models["teacher"], "teacher")
+    return {"models": models, "metrics": metrics}
+
+
+def _alias(uri: str, alias: str) -> None:
+    from tasks.tracking import set_alias
+
+    set_alias(uri, alias)
+
+
+def _distill(cfg: PipelineConfig, dcfg: distill_mod.DistillConfig, teacher: str, student: str, parent: str) -> dict[str, Any]:
+    d = dcfg.model_copy(update={"teacher": teacher, "student": student, "task": cfg.task,
+                                "register_as": f"t5-{cfg.preset}-{cfg.task.name}-{dcfg.mode}"})
+    r = distill_mod.distill_flow(config=d, parent_run_id=parent)
+    return {"run_id": r.run_id, "model_uri": r.model_uri, "alias": r.alias, "final": r.final}
+
+
+def _sd(cfg: PipelineConfig, target: str, ft: dict[str, Any], dd: dict[str, Any], parent: str) -> dict[str, Any]:
+    from tasks.downstream import export_jsonl, task_dir
+
+    prompts = export_jsonl(task_dir(cfg.task), "test", limit=200)
+    s = cfg.sd_benchmark.model_copy(update={
+        "target": target, "prompts_jsonl": prompts, "corpus_dir": None,
+        "drafts": [sd_mod.DraftRef(label="draft-base", model=ft["models"]["draft_base"]),
+                   sd_mod.DraftRef(label=dd["alias"], model=dd["model_uri"])]})
+    r = sd_mod.sd_benchmark(config=s, parent_run_id=parent)
+    return {"run_id": r.run_id, "markdown": r.markdown}
 
 
 if __name__ == "__main__":
     run_cli(lambda c: pipeline(config=c), PipelineConfig, PRESETS,
-            description="Run the end-to-end pipeline (corpus prep -> SpacTor pretraining -> ...).")
+            description="Run the end-to-end pipeline (corpus -> pretrain -> finetune -> distill -> SD benchmark).")

@@ -99,9 +99,12 @@ class PretrainConfig(FlowConfig):
 
 
 def tiny() -> PretrainConfig:
-    """2-layer, d_model 64, tied embeddings (a sane initial loss at this size): ~1 minute on 2 cores."""
-    return PretrainConfig(model=T5Shape(tie_word_embeddings=True), total_steps=200, tau=100, lr=2e-3,
-                          warmup_steps=10, checkpoint_every=50, eval_every=20, log_every=10, cosine_every=20)
+    """2-layer, d_model 64, tied embeddings (a sane initial loss at this size): 1-2 minutes on 2 cores.
+
+    800 steps of 16 rows is what it takes for pretraining to matter downstream at this size (measured:
+    bbc_topic accuracy 0.645 vs 0.585 from random init after the same fine-tuning)."""
+    return PretrainConfig(model=T5Shape(tie_word_embeddings=True), total_steps=800, tau=400, batch_size=16, lr=2e-3,
+                          warmup_steps=20, checkpoint_every=200, eval_every=100, log_every=20, cosine_every=100)
 
 
 def small() -> PretrainConfig:

@@ -26,8 +26,8 @@ back and checks that every sentence keeps its characters (an error names the lin
   shows as *Paused* in the Prefect UI with a form (the annotated file's path); *Resume* continues it.
   Headless: ``python -m tasks.annotators resume <flow-run-id> [annotated-file]``.
 - ``wait="poll"``: poll for the annotated file until ``timeout_s`` (for scripts, tests, cron).
-  The file is read once it exists and parses completely; a file that still fails to parse after
-  its size stopped changing is an error.
+  The file is read once it exists and reads completely; one that still fails to read after it
+  stopped changing for ``settle_s`` is an error (so a file being written is not refused half-way).
 
 Either way a timeout raises :class:`AnnotationTimeout` (a ``ValueError``); the flow has saved its
 state after the last finished round, so ``resume=true`` continues with the same batch.
@@ -295,6 +295,7 @@ class HumanAnnotator:
     wait: str = "poll"
     timeout_s: float = 86400.0
     poll_interval_s: float = 5.0
+    settle_s: float = 2.0  # poll: a file that fails to read is an error once unchanged this long
     name: str = "human"
     last_batch: Optional[Path] = field(default=None, repr=False)
 
@@ -343,16 +344,19 @@ class HumanAnnotator:
 
     def _poll(self, annotated: Path, items: Sequence[PoolItem]) -> list[list[str]]:
         deadline = time.monotonic() + self.timeout_s
-        last_size, last_error = None, None
+        last_sig, since, last_error = None, 0.0, None
         while True:
             if annotated.is_file():
-                size = annotated.stat().st_size
+                st = annotated.stat()
                 try:
                     return read_annotations(annotated, items)
                 except (AnnotationError, UnicodeDecodeError) as err:
-                    if size == last_size:  # stopped changing and still wrong: a real error
-                        raise
-                    last_size, last_error = size, err
+                    sig = (st.st_size, st.st_mtime_ns)
+                    if sig != last_sig:
+                        last_sig, since = sig, time.monotonic()
+                    elif time.monotonic() - since >= self.settle_s:
+                        raise  # unchanged for settle_s and still wrong: not a file being written
+                    last_error = err
             if time.monotonic() >= deadline:
                 if last_error is not None:
                     raise last_error

@@ -190,3 +190,19 @@ def task_dir(spec: TaskSpec) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def export_jsonl(folder: str | Path, split: str = "test", limit: int | None = None) -> str:
+    """Write a task split as ``<folder>/<split>.jsonl`` (input/target per line) for tools that read jsonl."""
+    import datasets
+
+    data = datasets.load_from_disk(str(Path(folder) / "data"))[split]
+    out = Path(folder) / f"{split}.jsonl"
+    if not out.exists():
+        rows = data.select(range(min(limit or len(data), len(data))))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in rows:
+                f.write(json.dumps({"input": r["input"], "target": r["target"]}) + "\n")
+        os.replace(tmp, out)
+    return str(out)

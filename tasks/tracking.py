@@ -277,6 +277,12 @@ def register_model(
     return f"models:/{name}/{mv.version}"
 
 
+def set_alias(model_uri: str, alias: str) -> None:
+    """Point ``alias`` of a registered model at the version ``models:/name/version`` names."""
+    name, version = model_uri[len("models:/"):].rsplit("/", 1)
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
 def model_version_info(ref: str) -> dict[str, Any] | None:
     """``{"name", "version", "run_id", "tags", "source"}`` of a ``models:/`` reference, else None."""
     if not str(ref).startswith("models:/"):
