@@ -99,6 +99,24 @@ def describe_fields(config_cls: type[BaseModel], indent: str = "  ") -> str:
     return "\n".join(out)
 
 
+def check_services(timeout_s: float = 5.0) -> None:
+    """Fail within seconds, naming the address, when a configured MLflow or Prefect server does not answer."""
+    import os
+    import urllib.request
+
+    from tasks.tracking import check_reachable
+
+    check_reachable(timeout_s)
+    api = os.environ.get("PREFECT_API_URL")
+    if api:
+        try:
+            with urllib.request.urlopen(api.rstrip("/") + "/health", timeout=timeout_s):  # noqa: S310
+                pass
+        except OSError as err:
+            raise ConnectionError(f"Prefect API at {api} is unreachable ({err}); start it (make servers-up) "
+                                  "or unset PREFECT_API_URL to use the temporary local API") from None
+
+
 def run_cli(
     flow_fn: Callable[[C], Any],
     config_cls: type[C],
@@ -128,8 +146,9 @@ def run_cli(
         print(config.model_dump_json(indent=2))
         return None
     try:
+        check_services()
         result = flow_fn(config)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ConnectionError) as err:
         # user errors raised by our own checks: one line, no traceback wall
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2)

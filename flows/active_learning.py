@@ -125,7 +125,9 @@ class ActiveLearningConfig(FlowConfig):
     annotator: AnnotatorSettings = Field(default_factory=AnnotatorSettings)
     seed: int = 0
     seed_size: int = Field(40, ge=1, description="sentences of the seed set, shared by both arms (round 0)")
-    batch_size: int = Field(40, ge=1, description="sentences each arm selects per round")
+    batch_size: int = Field(40, ge=1, description="sentences each arm selects per round (if batch_chars is 0)")
+    batch_chars: int = Field(0, ge=0, description="characters each arm selects per round (0 = use batch_size): "
+                             "equal annotation cost per round for both arms")
     rounds: int = Field(4, ge=1, description="selection rounds after the seed round")
     candidates: int = Field(0, ge=0, description="ranked arm scores this many random unlabelled items (0 = all)")
     retrain: Literal["continue", "scratch"] = Field("continue", description="warm-start each round, or refit from scratch")
@@ -294,9 +296,11 @@ def _mlflow_runs(cfg: ActiveLearningConfig, state: dict[str, Any], run_dir: Path
     from tasks.active_learning import ARMS, write_json_atomic
 
     if state.get("mlflow"):
+        # tracking.mark_status cannot set RUNNING again: until it ends, a resumed run keeps the status of
+        # its last stop (KILLED or FAILED) and carries the tag al_status=running.
         ids = state["mlflow"]
         for rid in ids.values():
-            tracking.mark_status(rid, "RUNNING")
+            tracking.set_tags(rid, {"al_status": "running"})
         try:
             yield ids
         except BaseException as err:
@@ -305,7 +309,8 @@ def _mlflow_runs(cfg: ActiveLearningConfig, state: dict[str, Any], run_dir: Path
                 tracking.mark_status(rid, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
         for rid in ids.values():
-            tracking.mark_status(rid, "FINISHED")
+            tracking.set_tags(rid, {"al_status": "stopped" if state.get("stopped") else "finished"})
+            tracking.mark_status(rid, "KILLED" if state.get("stopped") else "FINISHED")
         return
     tags = {"stage": "active_learning", "preset": cfg.preset, "run_folder": str(run_dir)}
     with tracking.start_run(cfg.experiment, run_dir.name, params=cfg.model_dump(), tags=tags,
@@ -318,6 +323,12 @@ def _mlflow_runs(cfg: ActiveLearningConfig, state: dict[str, Any], run_dir: Path
         assert tuple(state["mlflow"])[1:] == ARMS
         write_json_atomic(run_dir / "state.json", state)  # round_done = -1: resumable from the seed round on
         yield state["mlflow"]
+        if state.get("stopped"):  # a planned stop: the runs end KILLED (resumable), not FINISHED
+            for rid in state["mlflow"].values():
+                tracking.set_tags(rid, {"al_status": "stopped"})
+    if state.get("stopped"):
+        for rid in state["mlflow"].values():
+            tracking.mark_status(rid, "KILLED")
 
 
 def _open_run(cfg: ActiveLearningConfig) -> tuple[Path, dict[str, Any]]:
@@ -337,6 +348,8 @@ def _open_run(cfg: ActiveLearningConfig) -> tuple[Path, dict[str, Any]]:
         if changed:
             raise ValueError(f"resume: config differs from the stored run in {changed}; use the run's config "
                              f"(see {run_dir}/state.json) or a new run_name")
+        if state["round_done"] >= cfg.rounds:
+            raise ValueError(f"run {run_dir.name} has done all {state['round_done']} rounds; raise rounds to continue it")
         if [e for e in stored["schedule"] if e["round"] <= state["round_done"]] != \
                 [e for e in now["schedule"] if e["round"] <= state["round_done"]]:
             raise ValueError("resume: the schedule changed for rounds already done; only later events may change")
@@ -374,7 +387,7 @@ def active_learning(preset: str = "tiny", overrides: Optional[dict[str, Any]] = 
 
     with _mlflow_runs(cfg, state, run_dir, parent_run_id) as runs:
         tracking.log_metrics(runs["parent"], reference["scores"])
-        start = state["round_done"] + 1
+        start, state["stopped"] = state["round_done"] + 1, False
         arms = al.restore_arms(state) if start > 0 else {}
         if start > 0:
             state["events"].append({"round": start, "kind": "resumed", "detail": f"resumed at round {start}",
@@ -404,7 +417,8 @@ def active_learning(preset: str = "tiny", overrides: Optional[dict[str, Any]] = 
             else:
                 futures = {name: al.select_batch.submit(
                     name, arm.model, [it for it in pool if it.id not in arm.labelled], cfg.batch_size, scorer,
-                    cfg.candidates, al.rng_for(cfg.seed, r, "select", name)) for name, arm in arms.items()}
+                    cfg.candidates, al.rng_for(cfg.seed, r, "select", name), cfg.batch_chars)
+                    for name, arm in arms.items()}
                 picked = {name: f.result() for name, f in futures.items()}
                 batches = {name: p[0] for name, p in picked.items()}
                 stats = {name: p[1] for name, p in picked.items()}
@@ -459,6 +473,7 @@ def active_learning(preset: str = "tiny", overrides: Optional[dict[str, Any]] = 
                                   reference["scores"]["newmm_test_f1"])
             al.save_state(run_dir, state, arms, r)
             if cfg.stop_after_round is not None and r >= cfg.stop_after_round and r < cfg.rounds:
+                state["stopped"] = True
                 tracking.set_tags(runs["parent"], {"stopped_after_round": r})
                 return ActiveLearningResult(runs["parent"], str(run_dir), r, True, arm_run_ids=runs)
 

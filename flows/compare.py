@@ -2,42 +2,42 @@
 
     python -m flows.compare                                  # the last 20 runs of experiment `pipeline`
     python -m flows.compare --preset tiny --max-runs 5 --out /tmp/cmp.png
-    python -m flows.compare --metric 'pretrain.val_*'        # add metrics by glob on <stage>.<metric>
+    python -m flows.compare --metric 'pretrain*.val_*'       # add columns by glob on <stage>[<role>].<metric>
 
 Reads whatever MLFLOW_TRACKING_URI points at (the local SQLite store by default, or the server that
-``infra/services.sh up`` starts). A pipeline run is a parent run tagged ``stage=pipeline``; it names the
-MLflow run of each stage in its ``<stage>.run_id`` tags (for a stage skipped as cached, the earlier run
-that produced its outputs), which is where the stage metrics are read from. Not a Prefect flow: it only reads.
+``infra/services.sh up`` starts). A pipeline run is a parent run tagged ``stage=pipeline`` with a
+``<stage>.skipped`` tag per stage; its stage runs are the runs nested under it (``mlflow.parentRunId``) in
+the stages' experiments. Not a Prefect flow: it only reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import fnmatch
+import re
 import sys
 from pathlib import Path
 from typing import Iterable, Optional
 
 import pandas as pd
 
-# MLflow experiment of each pipeline stage (the stage flows' defaults); unknown stages are looked up in an
-# experiment of their own name too. Run ids are unique across experiments, so searching a wrong one is harmless.
-STAGE_EXPERIMENTS = {
-    "corpus": "corpus-prep", "pretrain": "pretrain", "teacher": "pretrain", "target": "pretrain",
-    "draft": "distill", "finetune": "finetune", "evaluate": "evaluate", "distill": "distill",
-    "sd_benchmark": "sd-benchmark", "sd": "sd-benchmark", "active_learning": "thai-active-learning",
-}
+# Where stage runs are looked for (the stage flows' default experiments).
+STAGE_EXPERIMENTS = ("corpus-prep", "pretrain", "finetune", "evaluate", "distill", "sd-benchmark")
+# The pipeline's stages in order; others follow alphabetically. A stage run's `stage` tag names its stage.
+STAGE_ORDER = ("corpus", "pretrain", "finetune", "distill_target", "distill_draft", "sd_benchmark")
+STAGE_TAG_ALIASES = {"corpus_prep": "corpus"}
 
-# The key metrics per stage (globs on the metric name). These names are the stable contract between the
-# stages and this table; a stage not listed shows its final.* and test.* metrics.
+# The key metrics per stage (globs on the metric name): the stable contract between the stages and this
+# table. A stage not listed here is looked up by its first word (distill_target -> distill), then shows
+# its final* and test.* metrics.
 KEY_METRICS = {
     "pipeline": ["stages_run", "stages_skipped"],
     "corpus": ["tokens.train", "tokens_per_word"],
-    "pretrain": ["final_val_sc_loss", "final_cum_flops"],
-    "finetune": ["test.accuracy", "test.macro_f1", "test.rougeL*"],
-    "evaluate": ["test.accuracy", "test.macro_f1", "test.rougeL*"],
-    "distill": ["final.*accept*", "final.*loss*"],
-    "sd_benchmark": ["best_speedup", "best_speedup_gamma", "greedy.target_ms_per_token"],
+    "pretrain": ["final_val_sc_loss"],
+    "finetune": ["test.accuracy", "test.macro_f1", "test.rougeL"],
+    "evaluate": ["test.accuracy", "test.macro_f1", "test.rougeL"],
+    "distill": ["final.val.accuracy", "final.val.rougeL", "final.greedy.*accept*"],
+    "sd_benchmark": ["best_speedup", "best_speedup_gamma"],
 }
 DEFAULT_KEY_METRICS = ["final*", "test.*"]
 
@@ -46,6 +46,10 @@ def _seconds(start, end) -> float:
     if pd.isna(start) or pd.isna(end):
         return float("nan")
     return (end - start).total_seconds()
+
+
+def _str(value) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def pipeline_runs(experiment: str = "pipeline", max_runs: int = 20, preset: Optional[str] = None) -> pd.DataFrame:
@@ -59,82 +63,102 @@ def pipeline_runs(experiment: str = "pipeline", max_runs: int = 20, preset: Opti
     return runs.sort_values("start_time").reset_index(drop=True)
 
 
-def stage_names(runs: pd.DataFrame) -> list[str]:
-    """Stages in the order the pipeline tagged them (``tags.<stage>.run_id``)."""
-    return [c[len("tags."):-len(".run_id")] for c in runs.columns
-            if c.startswith("tags.") and c.endswith(".run_id")]
-
-
-def stage_runs(run_ids: Iterable[str], stages: Iterable[str]) -> dict[str, pd.Series]:
-    """MLflow rows of the given stage runs, by run id, searched in the stages' experiments."""
+def stage_runs(parents: pd.DataFrame, experiments: Iterable[str] = STAGE_EXPERIMENTS) -> pd.DataFrame:
+    """Runs nested under the given pipeline runs, from the stage experiments, with ``stage`` and ``label``
+    columns: the stage name, and ``stage[role]`` when a stage has several runs (pretrain: teacher, target,
+    draft). The role is the run's ``role`` tag, else read from its registered-model name, else its run name."""
     from tasks import tracking
 
-    wanted = {r for r in run_ids if isinstance(r, str) and r}
-    found: dict[str, pd.Series] = {}
-    experiments: list[str] = []
-    for s in stages:
-        for e in (STAGE_EXPERIMENTS.get(s), s, s.replace("_", "-")):
-            if e and e not in experiments:
-                experiments.append(e)
-    experiments += [e for e in dict.fromkeys(STAGE_EXPERIMENTS.values()) if e not in experiments]
-    for exp in experiments:
-        missing = sorted(wanted - found.keys())
-        if not missing:
-            break
-        ids = ",".join(f"'{r}'" for r in missing)
-        df = tracking.search_runs(exp, f"attributes.run_id IN ({ids})", max_results=len(missing))
-        for _, row in df.iterrows():
-            found[row["run_id"]] = row
-    return found
+    since = int(parents["start_time"].min().timestamp() * 1000)
+    frames = []
+    for exp in dict.fromkeys(experiments):
+        df = tracking.search_runs(exp, f"attributes.start_time >= {since}", max_results=50_000)
+        if not df.empty and "tags.mlflow.parentRunId" in df:
+            frames.append(df[df["tags.mlflow.parentRunId"].isin(set(parents["run_id"]))])
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "parent", "stage", "label"])
+    runs = pd.concat(frames, ignore_index=True).sort_values("start_time").reset_index(drop=True)
+    runs["parent"] = runs["tags.mlflow.parentRunId"]
+    tag = runs["tags.stage"] if "tags.stage" in runs else pd.Series([""] * len(runs))
+    runs["stage"] = [STAGE_TAG_ALIASES.get(_str(t), _str(t)) or "unknown" for t in tag]
+    runs["label"] = runs["stage"]
+    for _, group in runs.groupby(["parent", "stage"]):
+        if len(group) > 1:
+            roles = [_role(row) for _, row in group.iterrows()]
+            if len(set(roles)) < len(roles):
+                roles = [f"{r}-{i}" for i, r in enumerate(roles)]
+            runs.loc[group.index, "label"] = [f"{s}[{r}]" for s, r in zip(group["stage"], roles)]
+    return runs
 
 
-def _pick(row: pd.Series, patterns: list[str]) -> dict[str, float]:
-    names = [c[len("metrics."):] for c in row.index if c.startswith("metrics.") and pd.notna(row[c])]
-    return {n: float(row[f"metrics.{n}"]) for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)}
+def _role(run: pd.Series) -> str:
+    if _str(run.get("tags.role")):
+        return run["tags.role"]
+    name = _str(run.get("params.register_as"))
+    if name:  # e.g. t5-tiny-teacher-pretrained, t5-tiny-bbc_topic-draft_base
+        preset, task = _str(run.get("tags.preset")), _str(run.get("tags.task"))
+        name = name.removeprefix(f"t5-{preset}-") if preset else name
+        name = name.removeprefix(f"{task}-") if task else name
+        return name.removesuffix("-pretrained")
+    return _str(run.get("tags.mlflow.runName")) or run["run_id"][:8]
 
 
-def comparison_table(runs: pd.DataFrame, stages_by_id: dict[str, pd.Series], *,
-                     extra: Iterable[str] = (), all_metrics: bool = False) -> pd.DataFrame:
+def _pick(row: pd.Series, patterns: list[str], labelled: list[str] = (), label: str = "") -> dict[str, float]:
+    """Metrics of ``row`` whose name matches a glob of ``patterns``, or whose ``label.name`` matches one
+    of ``labelled``."""
+    out = {}
+    for col in row.index:
+        if col.startswith("metrics.") and pd.notna(row[col]):
+            name = col[len("metrics."):]
+            if (any(fnmatch.fnmatchcase(name, p) for p in patterns)
+                    or any(fnmatch.fnmatchcase(f"{label}.{name}", p) for p in labelled)):
+                out[name] = float(row[col])
+    return out
+
+
+def _key_patterns(stage: str) -> list[str]:
+    return KEY_METRICS.get(stage) or KEY_METRICS.get(stage.split("_")[0]) or DEFAULT_KEY_METRICS
+
+
+def _stage_order(stages: Iterable[str]) -> list[str]:
+    known = [s for s in STAGE_ORDER if s in stages]
+    return known + sorted(set(stages) - set(known))
+
+
+def comparison_table(parents: pd.DataFrame, children: pd.DataFrame, *, extra: Iterable[str] = (),
+                     all_metrics: bool = False) -> pd.DataFrame:
     """One row per pipeline run: preset, status, durations (total and per stage), key metrics.
 
-    A stage's duration is the parent's ``seconds.<stage>`` metric when the pipeline logs one, else the wall
-    time of the stage's MLflow run plus its ``build_seconds`` metric (corpus prep opens its run after the
-    build). A stage skipped as cached counts 0 s and is listed under ``skipped``.
+    A stage's duration is the sum of the wall times of its runs under this pipeline run (plus their
+    ``build_seconds`` metric: corpus prep opens its run after the build). A stage skipped as cached counts
+    0 s, is listed under ``skipped`` and has no metrics in that row (its outputs came from an earlier run).
     """
     extra = list(extra)
-    stages = stage_names(runs)
+    tagged = {c[len("tags."):-len(".skipped")] for c in parents.columns
+              if c.startswith("tags.") and c.endswith(".skipped")}
+    stages = _stage_order(tagged | set(children.get("stage", [])))
     rows = []
-    for _, run in runs.iterrows():
+    for _, run in parents.iterrows():
         row = {"run": run["run_id"][:8], "started": run["start_time"].strftime("%Y-%m-%d %H:%M"),
                "preset": run.get("tags.preset", run.get("params.preset")), "status": run["status"],
                "total_s": round(_seconds(run["start_time"], run["end_time"]), 1)}
-        skipped = []
-        metrics: dict[str, float] = {}
-        for name, value in _pick(run, ["*"] if all_metrics else KEY_METRICS["pipeline"]).items():
+        mine = children[children["parent"] == run["run_id"]] if len(children) else children
+        skipped, metrics = [], {}
+        for name, value in _pick(run, ["*"] if all_metrics else KEY_METRICS["pipeline"], extra, "pipeline").items():
             metrics[f"pipeline.{name}"] = value
         for stage in stages:
-            rid = run.get(f"tags.{stage}.run_id")
-            if not isinstance(rid, str) or not rid:
-                continue
-            was_skipped = str(run.get(f"tags.{stage}.skipped", "")).lower() == "true"
-            srow = stages_by_id.get(rid)
-            logged = run.get(f"metrics.seconds.{stage}")
-            if was_skipped:
+            runs = mine[mine["stage"] == stage] if len(mine) else mine
+            if str(run.get(f"tags.{stage}.skipped", "")).lower() == "true":
                 skipped.append(stage)
                 row[f"{stage}_s"] = 0.0
-            elif pd.notna(logged):
-                row[f"{stage}_s"] = round(float(logged), 1)
-            elif srow is not None:
-                build = srow.get("metrics.build_seconds")
-                row[f"{stage}_s"] = round(_seconds(srow["start_time"], srow["end_time"])
-                                          + (float(build) if pd.notna(build) else 0.0), 1)
-            if srow is None:
-                continue
-            patterns = ["*"] if all_metrics else KEY_METRICS.get(stage, DEFAULT_KEY_METRICS)
-            picked = _pick(srow, patterns)
-            picked.update({n: v for n, v in _pick(srow, ["*"]).items()
-                           if any(fnmatch.fnmatchcase(f"{stage}.{n}", p) for p in extra)})
-            metrics.update({f"{stage}.{n}": v for n, v in sorted(picked.items())})
+            elif len(runs):
+                build = runs.get("metrics.build_seconds", pd.Series(0.0, index=runs.index)).fillna(0.0)
+                wall = [_seconds(s, e) for s, e in zip(runs["start_time"], runs["end_time"])]
+                row[f"{stage}_s"] = round(sum(wall) + float(build.sum()), 1)
+            for _, srow in runs.iterrows():
+                label = srow["label"]
+                patterns = ["*"] if all_metrics else _key_patterns(stage)
+                metrics.update({f"{label}.{n}": v for n, v in sorted(_pick(srow, patterns, extra, label).items())})
         row["skipped"] = ",".join(skipped) or "-"
         row.update(metrics)
         rows.append(row)
@@ -151,7 +175,7 @@ def comparison_figure(table: pd.DataFrame):
     labels = [f"{r}\n{p}" for r, p in zip(table["run"], table["preset"])]
     x = list(range(len(table)))
     stage_cols = [c for c in table.columns if c.endswith("_s") and c != "total_s"]
-    metric_cols = [c for c in table.columns if "." in c][:8]
+    metric_cols = [c for c in table.columns if "." in c and not c.startswith("pipeline.")][:8]
     n = 1 + len(metric_cols)
     ncols = min(3, n)
     nrows = (n + ncols - 1) // ncols
@@ -183,14 +207,12 @@ def compare(experiment: str = "pipeline", max_runs: int = 20, preset: Optional[s
     """The comparison table of the newest pipeline runs; ValueError when there are none."""
     from tasks import tracking
 
-    runs = pipeline_runs(experiment, max_runs, preset)
-    if runs.empty:
+    parents = pipeline_runs(experiment, max_runs, preset)
+    if parents.empty:
         which = f" with preset '{preset}'" if preset else ""
         raise ValueError(f"no pipeline runs{which} in MLflow experiment '{experiment}' at {tracking.tracking_uri()}; "
                          "run `python -m flows.pipeline` first or pass --experiment")
-    stages = stage_names(runs)
-    ids = [run.get(f"tags.{s}.run_id") for _, run in runs.iterrows() for s in stages]
-    return comparison_table(runs, stage_runs(ids, stages), extra=extra, all_metrics=all_metrics)
+    return comparison_table(parents, stage_runs(parents), extra=extra, all_metrics=all_metrics)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -202,7 +224,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--max-runs", type=int, default=20, help="newest N runs (default 20)")
     parser.add_argument("--preset", default=None, help="only runs of this preset")
     parser.add_argument("--metric", action="append", default=[], metavar="GLOB",
-                        help="also show <stage>.<metric> columns matching this glob (repeatable)")
+                        help="also show metrics matching this glob on <stage>[<role>].<metric> (repeatable)")
     parser.add_argument("--all-metrics", action="store_true", help="show every metric of every stage")
     parser.add_argument("--out", default=None, help="plot path (default <state>/compare/<experiment>-comparison.png)")
     args = parser.parse_args(argv)
@@ -213,12 +235,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    with pd.option_context("display.max_columns", None, "display.width", 200):
+    with pd.option_context("display.max_columns", None, "display.width", 250):
         print(table.to_string(index=False))
     out = Path(args.out) if args.out else state_dir() / "compare" / f"{args.experiment}-comparison.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig = comparison_figure(table)
-    fig.savefig(out, dpi=110)
+    comparison_figure(table).savefig(out, dpi=110)
     print(f"comparison plot: {out.resolve()}")
     return 0
 

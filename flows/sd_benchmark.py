@@ -45,7 +45,8 @@ class SDBenchmarkConfig(FlowConfig):
                                                            "next max_new_tokens tokens (a proxy reference)")
     num_prompts: int = Field(8, ge=1, description="first N prompts / documents")
     prompt_tokens: int = Field(64, ge=2, description="prompts are truncated to this many tokens (EOS included)")
-    gammas: list[Annotated[int, Field(ge=1)]] = Field([1, 2, 4], min_length=1, description="draft tokens per target call")
+    gammas: list[Annotated[int, Field(ge=1)]] = Field([1, 2, 4], min_length=1,
+                                                      description="draft tokens per target call")
     lenience: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field([1.0, 0.5, 0.2], min_length=1,
                                   description="sampling only; < 1 is LOSSY SD (faster, no longer the target's "
                                               "distribution)")

@@ -12,7 +12,8 @@
 #   infra/services.sh logs [prefect-server|prefect-worker|mlflow]   the last lines of a service's log
 #
 # Settings (environment): SPACTOR_STATE_DIR (default <repo>/.state), PREFECT_PORT (4200), MLFLOW_PORT (5000),
-# SPACTOR_WORK_POOL (spactor-process), HEALTH_TIMEOUT (seconds, 120), MLFLOW_WORKERS (1), VENV_BIN (<repo>/.venv/bin).
+# SPACTOR_WORK_POOL (spactor-process), HEALTH_TIMEOUT (seconds, 120), MLFLOW_WORKERS (1), VENV_BIN (<repo>/.venv/bin),
+# MLFLOW_BACKEND_STORE_URI (sqlite:///<state>/mlflow.db), MLFLOW_ARTIFACT_ROOT (file://<state>/mlartifacts; s3://... on a cluster).
 # BIND_HOST (127.0.0.1) is the ONLY way to listen on another interface; there is no authentication on
 # either server, so only do it on a private network (see infra/README.md). With BIND_HOST set to a
 # non-loopback address MLflow also needs MLFLOW_ALLOWED_HOSTS (its Host-header allow list).
@@ -60,7 +61,7 @@ need_bin() { [[ -x "$VENV_BIN/$1" ]] || die "$VENV_BIN/$1 not found; run 'make s
 
 pid_of() { [[ -f "$RUN_DIR/$1.pid" ]] && cat "$RUN_DIR/$1.pid" || true; }
 
-alive() {  # alive NAME: the recorded process exists and is still the one we started (not a reused pid)
+alive() {  # alive NAME MATCH: the recorded process exists and is still ours (its command line has MATCH)
   local pid
   pid="$(pid_of "$1")"
   [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && grep -qa -- "$2" "/proc/$pid/cmdline" 2>/dev/null
@@ -128,7 +129,7 @@ ensure_pool() {
 worker_online() {  # worker_online NAME: the server lists that worker in our pool with status ONLINE
   curl -fsS -m 3 -X POST -H 'Content-Type: application/json' -d '{}' \
     "$PREFECT_URL/api/work_pools/$WORK_POOL/workers/filter" 2>/dev/null \
-    | "$VENV_BIN/python" -c 'import json, sys; sys.exit(not any(w["name"] == sys.argv[1] and w["status"] == "ONLINE" for w in json.load(sys.stdin)))' "$1"
+    | "$VENV_BIN/python" -c 'import json, sys; sys.exit(not any(w["name"] == sys.argv[1] and w["status"] == "ONLINE" for w in json.load(sys.stdin)))' "$1" 2>/dev/null
 }
 
 start_mlflow() {
@@ -143,7 +144,8 @@ start_mlflow() {
   mkdir -p "$STATE/mlartifacts"
   (common_env; export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
    start_bg mlflow "$VENV_BIN/mlflow" server --host "$BIND_HOST" --port "$MLFLOW_PORT" \
-    --backend-store-uri "sqlite:///$STATE/mlflow.db" --default-artifact-root "file://$STATE/mlartifacts" \
+    --backend-store-uri "${MLFLOW_BACKEND_STORE_URI:-sqlite:///$STATE/mlflow.db}" \
+    --default-artifact-root "${MLFLOW_ARTIFACT_ROOT:-file://$STATE/mlartifacts}" \
     --workers "$MLFLOW_WORKERS" "${allowed[@]}")
 }
 
@@ -160,7 +162,8 @@ start_prefect() {
 
 start_worker() {
   alive prefect-worker "worker" && { echo "prefect-worker: already running (pid $(pid_of prefect-worker))"; return 0; }
-  local name="spactor-$(hostname -s)-$$"
+  local name
+  name="spactor-$(hostname -s 2>/dev/null || echo local)-$$"
   echo "$name" >"$RUN_DIR/prefect-worker.name"
   (client_env; start_bg prefect-worker "$VENV_BIN/prefect" worker start --pool "$WORK_POOL" --type process --name "$name")
   local deadline=$((SECONDS + HEALTH_TIMEOUT))

@@ -65,28 +65,42 @@ class Arm:
 # ------------------------------------------------------------------------------------------------
 
 
+def _take(order, items: Sequence[PoolItem], batch_size: int, batch_chars: int) -> list[int]:
+    """The first ``batch_size`` indices of ``order``, or (``batch_chars > 0``) the shortest prefix of
+    ``order`` holding at least ``batch_chars`` characters (the last sentence may cross the budget)."""
+    if not batch_chars:
+        return list(order[:batch_size])
+    out, total = [], 0
+    for i in order:
+        if total >= batch_chars:
+            break
+        out.append(int(i))
+        total += len(items[i].text)
+    return out
+
+
 @task(name="select-batch", cache_policy=NONE)
 def select_batch(arm: str, model: ThaiSegmenter, unlabelled: Sequence[PoolItem], batch_size: int,
-                 scorer: dict[str, Any], candidates: int, rng: np.random.Generator
+                 scorer: dict[str, Any], candidates: int, rng: np.random.Generator, batch_chars: int = 0
                  ) -> tuple[list[PoolItem], dict[str, float]]:
-    """``batch_size`` items: uniformly at random (arm ``random``) or the top of the scorer's ranking
-    among ``candidates`` items drawn at random (arm ``ranked``; 0 = the whole unlabelled pool).
+    """A batch of ``batch_size`` sentences (or, with ``batch_chars``, of about that many characters):
+    in random order (arm ``random``) or in the scorer's order among ``candidates`` unlabelled items
+    drawn at random (arm ``ranked``; 0 = the whole unlabelled pool), best first.
 
     Returns the batch and the selection-score statistics (the batch scored by the arm's own model,
     for both arms, so the two are comparable)."""
     t0 = time.perf_counter()
-    n = min(batch_size, len(unlabelled))
     stats: dict[str, float] = {}
     if arm == "random":
-        batch = [unlabelled[i] for i in sorted(rng.choice(len(unlabelled), size=n, replace=False).tolist())]
+        picked = _take(rng.permutation(len(unlabelled)), unlabelled, batch_size, batch_chars)
+        batch = [unlabelled[i] for i in sorted(picked)]
     else:
         idx = (np.arange(len(unlabelled)) if not candidates or candidates >= len(unlabelled)
                else np.sort(rng.choice(len(unlabelled), size=candidates, replace=False)))
-        texts = [unlabelled[i].text for i in idx]
-        probs = model.boundary_probs(texts)
+        probs = model.boundary_probs([unlabelled[i].text for i in idx])
         scores = np.array([sentence_score(p, **scorer) for p in probs])
-        order = np.lexsort((np.arange(len(idx)), -scores))[:n]
-        batch = [unlabelled[idx[j]] for j in order]
+        order = idx[np.lexsort((np.arange(len(idx)), -scores))]
+        batch = [unlabelled[i] for i in _take(order, unlabelled, batch_size, batch_chars)]
         stats["candidates_score_mean"] = float(scores.mean()) if scores.size else 0.0
         stats["candidates"] = float(len(idx))
     probs = model.boundary_probs([it.text for it in batch])

@@ -255,7 +255,7 @@ def fingerprint_source(cfg: dict[str, Any]) -> str:
     return source_fingerprint(cfg)
 
 
-@task(name="build-corpus", cache_policy=INPUTS + TASK_SOURCE, persist_result=True)
+@task(name="build-corpus", cache_policy=INPUTS + TASK_SOURCE, persist_result=True, result_serializer="json")
 def build_corpus(cfg: dict[str, Any], fingerprint: str) -> str:
     """Build the whole corpus in a temporary folder and move it into place when complete."""
     logger = _logger()

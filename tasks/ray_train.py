@@ -50,15 +50,25 @@ def fit(worker_fn: Callable[[dict], None], config: dict[str, Any], *, name: str,
         num_workers: int = 1, use_gpu: bool = False, max_failures: int = 2, cpus_per_worker: float = 1.0):
     """Run ``worker_fn(config)`` on ``num_workers`` Ray Train workers (DDP process group: gloo on CPU,
     NCCL on GPU); failed worker groups are restarted up to ``max_failures`` times and resume from the
-    last checkpoint. Returns the Ray ``Result``; raises its error if training failed for good."""
+    last checkpoint. Returns the Ray ``Result``; raises its error if training failed for good.
+
+    A single worker gets no torch.distributed process group: its TCP rendezvous store would listen on
+    every interface (torch offers no bind address), and one worker has nothing to all-reduce.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ensure_ray()
-    trainer = TorchTrainer(
+    if num_workers == 1:
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+        trainer_cls, backend = DataParallelTrainer, {}
+    else:
+        trainer_cls, backend = TorchTrainer, {"torch_config": TorchConfig(backend="nccl" if use_gpu else "gloo")}
+    trainer = trainer_cls(
         worker_fn,
         train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        **backend,
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": cpus_per_worker}),
         run_config=RunConfig(

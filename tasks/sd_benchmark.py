@@ -14,7 +14,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from models.sd_bench import BenchPrompt, BenchSettings, check_compatible, markdown_table, prompts_from_texts, run_benchmark, to_frame
+from models.sd_bench import (BenchPrompt, BenchSettings, check_compatible, markdown_table, prompts_from_texts,
+                             run_benchmark, to_frame)
 from tasks import tracking
 
 
@@ -74,7 +75,7 @@ def load_prompts(source: dict[str, Any], tokenizer_dir: str, max_new_tokens: int
     """
     tok = _tokenizer(tokenizer_dir)
     if tok is None:
-        raise FileNotFoundError(f"no tokenizer in {tokenizer_dir}: set tokenizer= to a save_pretrained tokenizer folder")
+        raise FileNotFoundError(f"no tokenizer in {tokenizer_dir}: set tokenizer= to a save_pretrained folder")
     n, length = source["num_prompts"], source["prompt_tokens"]
     if source.get("jsonl"):
         texts, refs = _read_jsonl(Path(source["jsonl"]), source["input_field"], source["target_field"], n)
@@ -173,8 +174,9 @@ def speedup_figure(df):
                         capsize=3, label=f"{draft} ({'ours' if method == 'sd' else 'HF assisted'})")
             if method == "sd":
                 ax.plot(g["gamma"].astype(float), g["predicted_speedup"], ":", color="grey", lw=1)
+                ax.plot(g["gamma"].astype(float), g["predicted_speedup_verify"], "-.", color="grey", lw=1)
         ax.axhline(1.0, color="black", lw=0.8)
-        ax.set_title(f"{mode} (dotted: closed-form prediction)")
+        ax.set_title(f"{mode}\n(grey: closed form; dash-dot: with measured verify cost)", fontsize=10)
         ax.set_xlabel("gamma (draft tokens per target call)")
         ax.set_ylabel("speedup over the faster target-only decoder")
         ax.grid(alpha=0.3)

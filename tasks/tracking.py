@@ -34,7 +34,7 @@ FLOW_RUN_TAG = "prefect.flow_run_id"
 SHA_TAG = "sha256"
 
 
-class TrackingUnavailable(RuntimeError):
+class TrackingUnavailable(ConnectionError):
     """The MLflow tracking server cannot be reached."""
 
 
@@ -115,7 +115,7 @@ def start_run(
     check_reachable()
     exp_id = ensure_experiment(experiment)
     client = MlflowClient()
-    all_tags = dict(tags or {})
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}  # REST stores need string tag values
     flow_run_id = _prefect_flow_run_id()
     if flow_run_id:
         all_tags.setdefault(FLOW_RUN_TAG, flow_run_id)

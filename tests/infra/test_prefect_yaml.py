@@ -146,12 +146,13 @@ def test_scheduled_deployments_have_valid_cron_schedules_and_the_nightly_pipelin
     assert weekly["entrypoint"] == "flows/active_learning.py:active_learning" and weekly["schedules"]
 
 
-def test_pull_step_changes_into_the_project_root_that_services_sh_exports():
+def test_pull_step_changes_into_the_project_root_that_services_sh_exports(monkeypatch):
     from prefect.utilities.templating import apply_values
 
     (step,) = SPEC["pull"]
     directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
-    assert apply_values(directory, {"SPACTOR_PROJECT_ROOT": str(ROOT)}) == str(ROOT)
+    monkeypatch.setenv("SPACTOR_PROJECT_ROOT", str(ROOT))  # env placeholders are read from os.environ
+    assert apply_values(directory, {}) == str(ROOT)
     script = (ROOT / "infra" / "services.sh").read_text()
     assert re.search(r"export .*SPACTOR_PROJECT_ROOT=", script)
     pool = SPEC["definitions"]["work_pools"]["process"]["name"]

@@ -83,7 +83,7 @@ def test_plain_script_run_gives_one_row_per_case_and_self_draft_accepts_everythi
     rng = torch.Generator().manual_seed(0)
     prompts = [BenchPrompt(input_ids=torch.randint(2, 96, (10,), generator=rng).tolist() + [1]) for _ in range(2)]
     settings = BenchSettings(gammas=(2,), lenience=(1.0, 0.5), modes=("greedy", "sampling"), max_new_tokens=6,
-                             repeats=1, warmup=0, hf_baselines=False)
+                             repeats=2, warmup=1, hf_baselines=False)
     df = to_frame(run_benchmark(target, {"self": target, "other": other}, prompts, settings))
     assert list(df.columns) == COLUMNS
     # per mode: target; greedy 1 SD case per draft, sampling 2 (lenience)

@@ -1,0 +1,46 @@
+"""The whole tiny pipeline end to end (reduced step counts), then a rerun that skips every stage.
+
+Time budget, measured on the 2-core CI machine: about 4 minutes for the first run (six Ray Train fits
+dominate: ~20 s of Ray start-up each), under 30 s for the cached rerun.
+"""
+
+import pytest
+
+from flows._cli import build_config
+from flows.pipeline import PRESETS, STAGES, PipelineConfig, pipeline
+
+FAST = [
+    "pretrain.total_steps=12", "pretrain.tau=6", "pretrain.eval_every=6", "pretrain.checkpoint_every=6",
+    "pretrain.cosine_every=6", "pretrain.threads_per_worker=1",
+    "finetune.total_steps=12", "finetune.eval_every=6", "finetune.test_examples=16", "finetune.threads_per_worker=1",
+    "distill_target.total_steps=6", "distill_target.eval_every=6", "distill_target.eval_examples=8",
+    "distill_draft.total_steps=6", "distill_draft.eval_every=6", "distill_draft.eval_examples=8",
+    "sd_benchmark.repeats=1", "sd_benchmark.warmup=0", "sd_benchmark.num_prompts=2", "sd_benchmark.gammas=[2]",
+    "sd_benchmark.lenience=[1.0, 0.5]", "sd_benchmark.max_new_tokens=8",
+    'task={"name": "bbc_topic", "max_examples": 300}', "corpus.max_documents=800", "corpus.vocab_size=800",
+]
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage(prefect_harness, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("SPACTOR_STAGE_DIR", str(tmp_path / "stages"))
+    cfg = build_config(PipelineConfig, PRESETS, "tiny", FAST + ["experiment=pipeline-test"])
+    first = pipeline(config=cfg)
+    assert list(first.stages) == list(STAGES) and first.skipped == []
+    models = first.stages["finetune"]["models"]
+    assert models["teacher"].startswith("models:/") and first.stages["distill_draft"]["alias"].startswith("draft-")
+    assert "speedup" in first.stages["sd_benchmark"]["markdown"].lower()
+    # one parent run with a nested run per stage
+    client = MlflowClient()
+    parent = client.get_run(first.run_id)
+    assert parent.data.tags.get("prefect.flow_run_id")
+    children = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                  filter_string=f"tags.mlflow.parentRunId = '{first.run_id}'")
+    assert {r.data.tags.get("stage") for r in children} >= {"corpus_prep", "pretrain", "finetune",
+                                                            "distill_target", "distill_draft"}
+    second = pipeline(config=cfg)
+    assert second.skipped == list(STAGES)
+    forced = pipeline(config=cfg.model_copy(update={"from_stage": "sd_benchmark"}))
+    assert forced.skipped == list(STAGES[:-1])

@@ -1,0 +1,312 @@
+"""infra/services.sh against the real servers: start, health, deploy, a deployment run through the worker,
+every listening socket on 127.0.0.1, both UIs in a real (headless Chromium) browser, and a clean stop.
+
+The end-to-end tests are marked ``slow`` (about 1.5-2 minutes); the checks of the script's refusals are fast.
+Screenshots go to $SPACTOR_TEST_ARTIFACTS (default: <test state folder>/test-artifacts/browser).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "infra" / "services.sh"
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+SMOKE_OVERRIDES = {"name": "svc-smoke", "max_documents": 200, "vocab_size": 300, "num_proc": 1,
+                   "packaged": ["wiki"], "pack_length": 64}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(state: Path, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME", "PREFECT_UI_API_URL", "BIND_HOST")}
+    env.update(SPACTOR_STATE_DIR=str(state), HEALTH_TIMEOUT="150", **extra)
+    return env
+
+
+def _sh(env: dict, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _http(url: str, body: dict | None = None):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"},
+                                 method="GET" if body is None else "POST")
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, json.loads(resp.read() or b"null")
+
+
+# --- fast: what the script refuses ----------------------------------------------------------------
+
+def test_script_is_valid_bash_and_documents_its_subcommands():
+    assert subprocess.run(["bash", "-n", str(SCRIPT)]).returncode == 0
+    env = _env(Path("/nonexistent"))
+    usage = _sh(env, "--help")
+    assert usage.returncode == 0
+    for word in ("up", "down", "status", "deploy", "worker", "BIND_HOST"):
+        assert word in usage.stdout
+    assert _sh(env, "bogus").returncode == 2
+
+
+def test_binding_beyond_loopback_is_refused_without_an_explicit_mlflow_host_allow_list(tmp_path):
+    env = _env(tmp_path, BIND_HOST="0.0.0.0", PREFECT_PORT=str(_free_port()), MLFLOW_PORT=str(_free_port()))
+    out = _sh(env, "up")
+    assert out.returncode == 1
+    assert "WARNING: BIND_HOST=0.0.0.0 exposes" in out.stderr and "needs MLFLOW_ALLOWED_HOSTS" in out.stderr
+    assert not list((tmp_path / "services").glob("*.pid")), "a service was started before the refusal"
+
+
+def test_deploy_without_a_server_fails_fast_naming_the_address(tmp_path):
+    port = _free_port()
+    t0 = time.monotonic()
+    out = _sh(_env(tmp_path, PREFECT_PORT=str(port)), "deploy")
+    assert out.returncode == 1 and time.monotonic() - t0 < 20
+    assert f"no Prefect server answers at http://127.0.0.1:{port}/api" in out.stderr
+
+
+def test_status_of_nothing_started_says_stopped_and_fails(tmp_path):
+    out = _sh(_env(tmp_path, PREFECT_PORT=str(_free_port()), MLFLOW_PORT=str(_free_port())), "status")
+    assert out.returncode == 1
+    assert [line.split()[1] for line in out.stdout.splitlines()] == ["stopped"] * 3
+
+
+def test_ray_cluster_yaml_passes_rays_own_validation_and_keeps_the_dashboard_on_loopback():
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    text = (ROOT / "infra" / "ray-cluster.yaml").read_text()
+    config = prepare_config(yaml.safe_load(text))  # what `ray up` does before it launches anything
+    validate_config(config)
+    head = " ".join(config["head_start_ray_commands"])
+    assert "--dashboard-host=127.0.0.1" in head and "infra/services.sh up" in head
+    assert not re.search(r"AKIA[0-9A-Z]{16}|aws_secret_access_key|password=", text, re.I)
+
+
+# --- slow: the real services ----------------------------------------------------------------------
+
+def _service_pids(state: Path) -> dict[str, int]:
+    return {p.stem: int(p.read_text()) for p in (state / "services").glob("*.pid")}
+
+
+def _listening(state: Path) -> set[tuple[str, int, str]]:
+    """(ip, port, process) of every listening TCP socket of the started services and all their descendants."""
+    import psutil
+
+    found = set()
+    for pid in _service_pids(state).values():
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for proc in procs:
+            try:
+                for c in proc.net_connections(kind="inet"):
+                    if c.status == psutil.CONN_LISTEN:
+                        found.add((c.laddr.ip, c.laddr.port, proc.name()))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    state = tmp_path_factory.mktemp("services-state")
+    ports = {"PREFECT_PORT": str(_free_port()), "MLFLOW_PORT": str(_free_port())}
+    env = _env(state, PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="5", **ports)  # schedules show up sooner
+    info = {"env": env, "state": state, "prefect": f"http://127.0.0.1:{ports['PREFECT_PORT']}",
+            "mlflow": f"http://127.0.0.1:{ports['MLFLOW_PORT']}", "ports": {int(p) for p in ports.values()}}
+    up = _sh(env, "up", timeout=400)
+    if up.returncode != 0:
+        _sh(env, "down", timeout=120)
+        pytest.fail(f"services.sh up failed:\n{up.stdout}\n{up.stderr}")
+    yield info
+    _sh(env, "down", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def completed_run(services):
+    """Deployments registered with `deploy`, then corpus-prep/adhoc run through the worker, with the listening
+    sockets sampled while it runs."""
+    env = services["env"]
+    dep = _sh(env, "deploy", timeout=300)
+    assert dep.returncode == 0, f"deploy failed:\n{dep.stdout[-3000:]}\n{dep.stderr[-3000:]}"
+    run_env = {**env, "PREFECT_API_URL": services["prefect"] + "/api", "PREFECT_HOME": str(services["state"] / "prefect")}
+    log = services["state"] / "deployment-run.log"
+    with open(log, "w") as sink:  # a file, not a pipe: the loop below does not read while the run goes on
+        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", "corpus-prep/adhoc",
+                                 "--params", json.dumps({"preset": "tiny", "overrides": SMOKE_OVERRIDES}), "--watch"],
+                                env=run_env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+        sockets = set()
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline:
+            sockets |= _listening(services["state"])
+            time.sleep(0.5)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    out = log.read_text()
+    assert proc.returncode == 0, f"deployment run failed:\n{out[-4000:]}"
+    run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+    _, run = _http(f"{services['prefect']}/api/flow_runs/{run_id}")
+    assert run["parameters"]["overrides"] == SMOKE_OVERRIDES
+    return {"flow_run": run, "sockets": sockets, "watch_output": out}
+
+
+@pytest.mark.slow
+def test_up_starts_healthy_services_that_listen_on_loopback_only(services):
+    assert _http(services["prefect"] + "/api/health")[0] == 200
+    with urllib.request.urlopen(services["mlflow"] + "/health", timeout=10) as resp:
+        assert resp.status == 200
+    status = _sh(services["env"], "status")
+    assert status.returncode == 0, status.stdout
+    listening = _listening(services["state"])
+    assert services["ports"] <= {port for _, port, _ in listening}, listening  # the check saw the servers
+    exposed = {s for s in listening if s[0] not in LOOPBACK}
+    assert not exposed, f"sockets beyond loopback: {exposed}"
+    logs = {p.name for p in (services["state"] / "services").glob("*.log")}
+    assert {"mlflow.log", "prefect-server.log", "prefect-worker.log"} <= logs
+
+
+@pytest.mark.slow
+def test_deployments_register_and_a_deployment_run_completes_through_the_worker(services, completed_run):
+    import yaml
+
+    api = services["prefect"] + "/api"
+    _, flows = _http(api + "/flows/filter", {})
+    flow_names = {f["id"]: f["name"] for f in flows}
+    _, deployments = _http(api + "/deployments/filter", {})
+    registered = {f"{flow_names[d['flow_id']]}/{d['name']}": d for d in deployments}
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    present = [d for d in spec["deployments"] if (ROOT / d["entrypoint"].split(":")[0]).is_file()]
+    assert len(registered) == len(present)
+    assert {"pipeline/nightly", "pipeline/adhoc", "corpus-prep/adhoc"} <= set(registered)
+    nightly = registered["pipeline/nightly"]
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"] and nightly["schedules"][0]["active"]
+    assert all(d["work_pool_name"] == "spactor-process" for d in deployments)
+    # the nightly schedule is live: the server's scheduler queues its next runs at 02:00 UTC by itself
+    query = {"deployments": {"id": {"any_": [nightly["id"]]}}, "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}}
+    deadline = time.monotonic() + 60
+    while not (scheduled := _http(api + "/flow_runs/filter", query)[1]) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert scheduled and {r["expected_start_time"][11:16] for r in scheduled} == {"02:00"}
+
+    run = completed_run["flow_run"]
+    assert run["state_type"] == "COMPLETED" and run["deployment_id"] == registered["corpus-prep/adhoc"]["id"]
+    # the MLflow run went to the MLflow server, is tagged with the Prefect flow run, and wrote to this state folder
+    _, exp = _http(services["mlflow"] + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=corpus-prep")
+    _, found = _http(services["mlflow"] + "/api/2.0/mlflow/runs/search",
+                     {"experiment_ids": [exp["experiment"]["experiment_id"]]})
+    (mlrun,) = found["runs"]
+    tags = {t["key"]: t["value"] for t in mlrun["data"]["tags"]}
+    assert mlrun["info"]["status"] == "FINISHED" and tags["prefect.flow_run_id"] == run["id"]
+    assert tags["corpus.path"].startswith(str(services["state"]))
+
+
+@pytest.mark.slow
+def test_sockets_stay_on_loopback_while_a_flow_runs(services, completed_run):
+    sockets = completed_run["sockets"]
+    assert services["ports"] <= {port for _, port, _ in sockets}
+    exposed = {s for s in sockets if s[0] not in LOOPBACK}
+    assert not exposed, f"sockets beyond loopback during the run: {exposed}"
+
+
+def _browser():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.options import Options
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip("selenium is not installed (pip install selenium==4.51.0)")
+    chromium = os.environ.get("CHROME_BIN") or shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = os.environ.get("CHROMEDRIVER") or shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("headless Chromium is not installed (Debian: apt-get install chromium chromium-driver)")
+    opts = Options()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
+                "--disable-extensions", "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(options=opts, service=Service(driver))
+
+
+@pytest.mark.slow
+def test_both_uis_show_the_deployments_and_runs_in_a_real_browser(services, completed_run):
+    import yaml
+
+    browser = _browser()  # skips here when selenium or Chromium is missing
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    shots = Path(os.environ.get("SPACTOR_TEST_ARTIFACTS") or services["state"] / "test-artifacts") / "browser"
+    shots.mkdir(parents=True, exist_ok=True)
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    n_present = sum((ROOT / d["entrypoint"].split(":")[0]).is_file() for d in spec["deployments"])
+
+    def page_shows(url: str, texts: list[str], shot: str) -> None:
+        browser.get(url)
+        body = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
+        try:
+            WebDriverWait(browser, 60).until(lambda _: all(t in body() for t in texts))
+        except TimeoutException:
+            pass
+        browser.save_screenshot(str(shots / shot))
+        missing = [t for t in texts if t not in body()]
+        assert not missing, f"{url} does not show {missing} (screenshot {shots / shot})"
+
+    run = completed_run["flow_run"]
+    try:
+        page_shows(services["prefect"] + "/deployments",
+                   [f"{n_present} Deployments", "nightly", "adhoc", "pipeline", "corpus-prep", "At 02:00 AM every day"],
+                   "prefect-deployments.png")
+        page_shows(f"{services['prefect']}/runs/flow-run/{run['id']}", [run["name"], "Completed"],
+                   "prefect-flow-run.png")
+        _, exp = _http(services["mlflow"] + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=corpus-prep")
+        page_shows(f"{services['mlflow']}/#/experiments/{exp['experiment']['experiment_id']}/runs",
+                   ["corpus-svc-smoke"], "mlflow-runs.png")
+    finally:
+        browser.quit()
+    print(f"screenshots: {shots}")
+
+
+@pytest.mark.slow
+def test_down_stops_the_worker_first_then_everything(services):
+    pids = _service_pids(services["state"])
+    assert set(pids) == {"mlflow", "prefect-server", "prefect-worker"}
+    out = _sh(services["env"], "down", timeout=120)
+    assert out.returncode == 0
+    order = [line.split(":")[0] for line in out.stdout.splitlines()]
+    assert order == ["prefect-worker", "prefect-server", "mlflow"]
+    import psutil
+
+    time.sleep(0.5)
+    groups = set(pids.values())  # each service runs in its own process group, children included
+    left = []
+    for proc in psutil.process_iter(["pid", "status", "cmdline"]):
+        try:
+            if os.getpgid(proc.pid) in groups and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                left.append((proc.pid, " ".join(proc.info["cmdline"] or [])[:100]))
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    assert not left, f"still running after down: {left}"
+    for port in services["ports"]:
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still accepts connections"
+    assert not _service_pids(services["state"])

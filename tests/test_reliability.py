@@ -1,0 +1,221 @@
+"""Fault injection and bad input (run by `make test-reliability`; also part of `make test`)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from flows._cli import ConfigError, build_config
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.reliability
+
+
+def test_unreachable_mlflow_server_fails_within_seconds_naming_the_uri():
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    t0 = time.time()
+    p = subprocess.run([sys.executable, "-m", "flows.corpus_prep", "--preset", "tiny"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and time.time() - t0 < 60
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "http://127.0.0.1:9 is unreachable" in lines[0]
+
+
+def test_metric_logging_retries_and_reports_what_it_could_not_log(monkeypatch, caplog):
+    from tasks import tracking
+
+    calls = []
+
+    class Down:
+        def log_batch(self, *a, **k):
+            calls.append(1)
+            raise ConnectionError("server went away")
+
+    monkeypatch.setattr(tracking, "MlflowClient", lambda: Down())
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
+    with caplog.at_level("WARNING"):
+        assert tracking.log_metrics("some-run", {"loss": 1.0}, step=7) is False
+    assert len(calls) == 3 and "could not log metrics at step 7" in caplog.text
+
+
+def _pretrain_cmd(corpus, out, steps=40):
+    return [sys.executable, "-m", "flows.pretrain", "--preset", "tiny", "--set", f"corpus_dir={corpus}",
+            "--set", f"output_root={out}", "--set", f"total_steps={steps}", "--set", "tau=20", "--set", "batch_size=4",
+            "--set", "checkpoint_every=50", "--set", "eval_every=100", "--set", "threads_per_worker=1",
+            "--set", "inputs_length=64", "--set", "register_as=t5-killtest", "--set", "log_every=10"]
+
+
+def test_pipeline_process_killed_mid_training_resumes_from_its_checkpoint(tiny_corpus, tmp_path):
+    import psutil
+    from mlflow import MlflowClient
+
+    out = tmp_path / "runs"
+    log = open(tmp_path / "first.log", "w")
+    p = subprocess.Popen(_pretrain_cmd(tiny_corpus, out, steps=400), cwd=ROOT, stdout=log, stderr=log)
+    deadline = time.time() + 400
+    while time.time() < deadline and p.poll() is None and not list(out.rglob("step-*/checksums.json")):
+        time.sleep(0.2)
+    family = [p.pid] + [c.pid for c in psutil.Process(p.pid).children(recursive=True)] if p.poll() is None else []
+    for pid in family:  # the flow process, its local Ray head and the training workers, all at once
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.wait()
+    log.close()
+    assert family, "the first run ended before it could be killed: " + (tmp_path / "first.log").read_text()[-2000:]
+    ckpts = sorted(out.rglob("step-*/checksums.json"))
+    assert ckpts and not list(out.rglob("final/trainer_state.json"))
+    killed_at = int(ckpts[-1].parent.name.split("-")[1])
+    assert killed_at < 400
+    done = subprocess.run(_pretrain_cmd(tiny_corpus, out, steps=400), cwd=ROOT, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    state = json.loads(next(out.rglob("final/trainer_state.json")).read_text())
+    assert state["step"] == 400
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("pretrain").experiment_id],
+                              filter_string="params.register_as = 't5-killtest'")
+    by_status = {r.info.status: r for r in runs}
+    assert set(by_status) == {"KILLED", "FINISHED"}
+    resumed = by_status["FINISHED"]
+    assert resumed.data.tags["resumed_from"] == by_status["KILLED"].info.run_id
+    logged = [m.step for m in client.get_metric_history(resumed.info.run_id, "sc_loss")]
+    assert logged and min(logged) > killed_at  # it resumed from the checkpoint instead of starting over
+
+
+def test_two_runs_with_different_configs_at_once_use_separate_folders(tmp_path, text_files):
+    procs = [subprocess.Popen([sys.executable, "-m", "flows.corpus_prep", "--preset", "tiny", "--set", "source=files",
+                               "--set", f'paths=["{text_files}/*.txt"]', "--set", f"vocab_size={v}",
+                               "--set", f"output_root={tmp_path / 'out'}", "--set", "num_proc=1"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for v in (300, 400)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-500:] for o in outs]
+    folders = sorted(d for d in (tmp_path / "out").iterdir())
+    assert len(folders) == 2 and all((d / "_COMPLETE").exists() for d in folders)
+    vocab = sorted(json.loads((d / "stats.json").read_text())["vocab_size"] for d in folders)
+    assert vocab == [400, 500]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.text(alphabet=st.characters(categories=["Ll"]), min_size=3, max_size=12))
+def test_unknown_config_keys_are_refused_by_name(key):
+    from flows.pretrain import PRESETS, PretrainConfig
+
+    if key in PretrainConfig.model_fields:
+        return
+    with pytest.raises(ConfigError, match=f"unknown config key '{key}'"):
+        build_config(PretrainConfig, PRESETS, "tiny", [f"{key}=1"])
+
+
+@pytest.mark.parametrize("flow, override, field", [
+    ("pretrain", "tau=-1", "tau"),
+    ("pretrain", "noise_density=0", "noise_density"),
+    ("pretrain", "noise_density=1.5", "noise_density"),
+    ("pretrain", "total_steps=abc", "total_steps"),
+    ("pretrain", "tau=100000", "tau"),
+    ("pretrain", "model.d_model=-3", "model.d_model"),
+    ("sd_benchmark", "gammas=[0]", "gammas"),
+    ("sd_benchmark", "lenience=[1.5]", "lenience"),
+    ("sd_benchmark", "lenience=[0]", "lenience"),
+    ("distill", "divergence=kl", "divergence"),
+    ("corpus_prep", "vocab_size=10", "vocab_size"),
+])
+def test_out_of_range_or_mistyped_values_are_refused_naming_the_field(flow, override, field):
+    import importlib
+
+    mod = importlib.import_module(f"flows.{flow}")
+    config_cls = next(v for k, v in vars(mod).items() if k.endswith("Config") and isinstance(v, type)
+                      and v.__module__ == mod.__name__)
+    with pytest.raises(ConfigError) as err:
+        build_config(config_cls, mod.PRESETS, "tiny", [override])
+    msg = str(err.value)
+    assert f"'{field}" in msg or (field == "tau" and "tau=" in msg), msg
+    assert "\n" not in msg
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True))
+@settings(max_examples=60, deadline=None)
+def test_noise_density_outside_the_open_unit_interval_is_always_refused(x):
+    from flows.pretrain import PRESETS, PretrainConfig
+
+    if 0 < x < 1:
+        return
+    with pytest.raises(ConfigError, match="noise_density"):
+        build_config(PretrainConfig, PRESETS, "tiny", {"noise_density": x})
+
+
+def test_malformed_corpora_are_counted_or_refused_and_never_leave_partial_output(prefect_harness, tmp_path,
+                                                                                 text_files):
+    import shutil
+
+    from flows.corpus_prep import CorpusPrepConfig, corpus_prep
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "empty.txt").write_text("")
+    (src / "blank.txt").write_text("   \n\t\n  ")
+    (src / "binary.txt").write_bytes(bytes(range(256)) * 40)
+    (src / "latin1.txt").write_bytes("Ceci est un caf\xe9 tr\xe8s fran\xe7ais. ".encode("latin-1") * 20)
+    words = "parliament debated the budget and the minister answered questions about schools ".split()
+    (src / "huge.txt").write_text(" ".join(words[i % len(words)] for i in range(1_300_000)))  # one ~10 MB line
+    for f in text_files.glob("*.txt"):
+        shutil.copy(f, src / f.name)
+    res = corpus_prep(config=CorpusPrepConfig(name="bad", source="files", paths=[str(src / "*.txt")], vocab_size=300,
+                                              pack_length=64, num_proc=1, output_root=str(tmp_path / "out"),
+                                              validation_fraction=0.1, test_fraction=0.1))
+    stats = json.loads(Path(res.corpus_dir, "stats.json").read_text())
+    assert stats["drops"] == {"empty": 2, "binary": 1, "undecodable": 1, "duplicate": 1}  # two pydoc topics share a body
+    assert stats["documents_kept"] == 60 and sum(stats["characters"].values()) > 9_000_000
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [Path(res.corpus_dir).name]
+
+
+def _sleepy_worker(cfg):
+    import time as _t
+
+    _t.sleep(cfg["seconds"])
+
+
+def _ray_listening_sockets():
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if "ray" not in cmd:
+            continue
+        try:
+            conns = proc.net_connections(kind="inet")
+        except (psutil.AccessDenied, psutil.NoSuchProcess):
+            continue
+        out += [(c.laddr.ip, c.laddr.port, cmd[:60]) for c in conns if c.status == psutil.CONN_LISTEN]
+    return out
+
+
+def test_local_ray_and_a_training_worker_listen_only_on_loopback(tmp_path):
+    import ipaddress
+    import threading
+
+    from tasks.ray_train import ensure_ray, fit
+
+    def loopback(ip: str) -> bool:
+        a = ipaddress.ip_address(ip)
+        return a.is_loopback or bool(getattr(a, "ipv4_mapped", None) and a.ipv4_mapped.is_loopback)
+
+    ensure_ray()
+    seen = set(_ray_listening_sockets())
+    t = threading.Thread(target=fit, args=(_sleepy_worker, {"seconds": 6}),
+                         kwargs=dict(name="socket-check", storage_path=tmp_path, num_workers=1, max_failures=0))
+    t.start()
+    while t.is_alive():
+        seen |= set(_ray_listening_sockets())
+        time.sleep(0.3)
+    assert any("RayTrainWorker" in cmd for _, _, cmd in seen), "never saw the training worker"
+    assert [x for x in seen if not loopback(x[0])] == []
