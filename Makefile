@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= tiny
 PYTEST_ARGS ?=
 
-.PHONY: setup run test test-reliability test-fast bench servers-up servers-down deploy worker clean help
+.PHONY: setup run test test-reliability test-fast bench servers-up servers-down servers-status deploy worker clean help
 
 help:
 	@echo "make run              set up and run the end-to-end pipeline (PRESET=$(PRESET))"
@@ -54,3 +54,9 @@ deploy: $(STAMP)
 
 clean:
 	rm -rf .state
+
+servers-status:
+	bash infra/services.sh status
+
+worker: $(STAMP)
+	bash infra/services.sh worker

@@ -8,6 +8,7 @@ and prints where the results went.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import json
 import sys
 from typing import Any, Callable, Mapping, TypeVar
@@ -126,7 +127,7 @@ def run_cli(
     argv: list[str] | None = None,
 ) -> Any:
     parser = argparse.ArgumentParser(
-        prog=f"python -m {flow_fn.__module__}",
+        prog=f"python -m flows.{Path(sys.argv[0]).stem}" if sys.argv and sys.argv[0].endswith(".py") else None,
         description=description,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="config fields (override with --set key=value; nested keys with dots):\n"

@@ -1,0 +1,114 @@
+"""DistillSpec study: drafts distilled with each divergence x data source, benchmarked against one target.
+
+    python -m flows.distillspec_study --preset tiny --set target=models:/t5-tiny-bbc_topic@target \
+        --set draft=models:/t5-tiny-bbc_topic-draft_base/1 --set teacher=models:/t5-tiny-bbc_topic-teacher/1
+
+For every (divergence, data source) the draft is distilled from the target (the ``distill`` flow,
+mode=draft); then the SD benchmark runs the target with the undistilled draft and every distilled one on
+the task's held-out prompts. One table: acceptance rate, block efficiency, speedup over target-only
+decoding and over SD with the undistilled draft. With a ``teacher``, the model-garden row compares
+teacher-only latency and quality with the distilled target + best distilled draft under SD.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from prefect import flow
+from pydantic import Field
+
+from flows import distill as distill_mod
+from flows import sd_benchmark as sd_mod
+from flows._cli import FlowConfig, build_config, run_cli
+from tasks.downstream import TaskSpec
+
+
+class StudyConfig(FlowConfig):
+    preset: str = "tiny"
+    target: Optional[str] = Field(None, description="the target model (URI or folder)")
+    draft: Optional[str] = Field(None, description="the undistilled draft (URI or folder); also the student's init")
+    teacher: Optional[str] = Field(None, description="optional large teacher for the model-garden row")
+    task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="bbc_topic"))
+    divergences: list[str] = Field(["fkl", "tvd"], min_length=1)
+    data_sources: dict[str, dict[str, float]] = Field(
+        {"fixed": {"fixed": 1.0}, "onpolicy": {"student": 1.0}}, description="name -> data_mix")
+    distill: distill_mod.DistillConfig = Field(default_factory=distill_mod.tiny)
+    sd: sd_mod.SDBenchmarkConfig = Field(default_factory=lambda: sd_mod.tiny().model_copy(
+        update={"lenience": [1.0], "modes": ["greedy", "sampling"]}))
+    experiment: str = "distillspec-study"
+
+
+def tiny() -> StudyConfig:
+    return StudyConfig()
+
+
+def small() -> StudyConfig:
+    return StudyConfig(preset="small", divergences=["fkl", "rkl", "jsd", "tvd"],
+                       data_sources={"fixed": {"fixed": 1.0}, "teacher": {"teacher": 1.0},
+                                     "onpolicy": {"student": 1.0}, "mixed": {"fixed": 0.5, "student": 0.5}},
+                       distill=distill_mod.small(), sd=sd_mod.small())
+
+
+def base() -> StudyConfig:
+    return small().model_copy(update={"preset": "base", "distill": distill_mod.base(), "sd": sd_mod.base()})
+
+
+PRESETS = {"tiny": tiny, "small": small, "base": base}
+
+
+@dataclass
+class StudyResult:
+    run_id: str
+    markdown: str
+    drafts: dict
+
+    def summary(self) -> str:
+        from tasks.tracking import artifact_local_path
+
+        return f"{self.markdown}\nMLflow run id: {self.run_id}\nartifacts: {artifact_local_path(self.run_id)}"
+
+
+@flow(name="distillspec-study")
+def distillspec_study(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+                      config: Optional[StudyConfig] = None, parent_run_id: Optional[str] = None) -> StudyResult:
+    from tasks import tracking
+    from tasks.downstream import export_jsonl, task_dir
+    from tasks.study import garden_row, log_study, study_table
+
+    cfg = config or build_config(StudyConfig, PRESETS, preset, overrides)
+    if not cfg.target or not cfg.draft:
+        raise ValueError("set target and draft (models:/ URIs or save_pretrained folders)")
+    with tracking.start_run(cfg.experiment, f"{cfg.preset}-study", params=cfg.model_dump(),
+                            tags={"stage": "distillspec_study", "preset": cfg.preset},
+                            parent_run_id=parent_run_id) as run_id:
+        # 1. one distilled draft per (divergence, data source)
+        drafts = {"undistilled": cfg.draft}
+        for div in cfg.divergences:
+            for name, mix in cfg.data_sources.items():
+                d = cfg.distill.model_copy(update={"mode": "draft", "teacher": cfg.target, "student": cfg.draft,
+                                                   "task": cfg.task, "divergence": div, "data_mix": mix})
+                drafts[f"{div}-{name}"] = distill_mod.distill_flow(config=d, parent_run_id=run_id).model_uri
+        # 2. SD benchmark of every draft against the same target, on held-out task prompts
+        prompts = export_jsonl(task_dir(cfg.task), "test", limit=200)
+        refs = [sd_mod.DraftRef(label=k, model=v) for k, v in drafts.items()]
+        sd_cfg = cfg.sd.model_copy(update={"target": cfg.target, "drafts": refs, "prompts_jsonl": prompts,
+                                           "corpus_dir": None})
+        bench = sd_mod.sd_benchmark(config=sd_cfg, parent_run_id=run_id)
+        rows = bench.table.to_dict("records")
+        table = study_table(rows, "undistilled")
+        garden = None
+        if cfg.teacher:  # 3. the model-garden row: teacher-only vs distilled target + distilled draft
+            best = (table[(table["mode"] == "greedy") & (table["draft"] != "undistilled")]
+                    .sort_values("ms_per_token").iloc[0]["draft"])
+            t_cfg = sd_cfg.model_copy(update={"target": cfg.teacher, "drafts": [refs[0]], "hf_baselines": False,
+                                              "modes": ["greedy"]})
+            t_rows = sd_mod.sd_benchmark(config=t_cfg, parent_run_id=run_id).table.to_dict("records")
+            garden = garden_row(t_rows, rows, best)
+        markdown = log_study(run_id, table, garden)
+    return StudyResult(run_id=run_id, markdown=markdown, drafts=drafts)
+
+
+if __name__ == "__main__":
+    run_cli(lambda c: distillspec_study(config=c), StudyConfig, PRESETS,
+            description="DistillSpec study: divergences x data sources for the draft, SD benchmark, model garden.")
