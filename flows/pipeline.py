@@ -45,7 +45,7 @@ class Sizes(BaseModel):
 
 class PipelineConfig(FlowConfig):
     preset: str = "tiny"
-    task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="bbc_topic"),
+    task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="bbc_headline"),
                            description="the downstream task of fine-tuning, distillation and the SD prompts")
     corpus: corpus_mod.CorpusPrepConfig = Field(default_factory=corpus_mod.tiny)
     pretrain: pretrain_mod.PretrainConfig = Field(default_factory=pretrain_mod.tiny)

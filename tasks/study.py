@@ -83,6 +83,6 @@ def log_study(run_id: str, table, garden: dict[str, Any] | None) -> str:
         tracking.log_metrics(run_id, {f"garden.{k}": v for k, v in garden.items() if isinstance(v, (int, float))})
         md += ("\n\nmodel garden: teacher-only {teacher_ms_per_token:.2f} ms/token (ROUGE-L {teacher_rougeL}) vs "
                "distilled target + {garden_draft} with SD (gamma {garden_gamma}) {garden_ms_per_token:.2f} ms/token "
-               "(ROUGE-L {garden_rougeL}): {latency_reduction:.2f}x lower latency").format(**garden)
+               "(ROUGE-L {garden_rougeL}): teacher/garden latency ratio {latency_reduction:.2f}x").format(**garden)
     tracking.log_text(run_id, md, "study.md")
     return md
