@@ -227,6 +227,7 @@ def log_event(run_ids: Sequence[str], event: dict[str, Any], events: list[dict[s
     tracking.log_dict(run_ids[0], events, "events.json")
 
 
+_METRIC_LABELS = {"test_f1": "word F1", "test_boundary_f1": "word-boundary F1"}
 _MARKERS = {"guideline": "G", "pool": "P", "annotator": "A", "model": "M", "resumed": "R"}
 
 
@@ -262,7 +263,7 @@ def learning_curve_figure(histories: dict[str, list[dict[str, float]]], events: 
         if newmm_f1 is not None:
             ax.axhline(newmm_f1, color="grey", ls="--", lw=1, label=f"newmm ({newmm_f1:.3f})")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel(f"{metric.replace('_', ' ')} (held-out ORCHID)")
+        ax.set_ylabel(f"{_METRIC_LABELS.get(metric, metric)} (held-out ORCHID)")
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
     kinds = sorted({e["kind"] for e in events if e["kind"] != "resumed"})

@@ -57,3 +57,17 @@ def compare_arms(sc: dict[str, Any], spactor: dict[str, Any], tau: int, run_id: 
     tracking.log_table(run_id, pd.DataFrame(rows), "comparison.csv")
     tracking.log_figure(run_id, comparison_figure(sc, spactor, tau), "comparison.png")
     return numbers
+
+
+@task(name="log-task-scores", retries=2, retry_delay_seconds=2)
+def log_task_scores(run_id: str, scores: dict[str, dict[str, dict[str, float]]]) -> None:
+    """Downstream scores of both arms, side by side: ``<task>.<metric>.<arm>`` metrics and a table."""
+    import pandas as pd
+
+    rows = [{"task": t, "metric": m, "sc": v.get("sc"), "spactor": v.get("spactor")}
+            for t, ms in scores.items() for m, v in ms.items()]
+    if not rows:
+        return
+    tracking.log_metrics(run_id, {f"{r['task']}.{r['metric']}.{arm}": r[arm] for r in rows for arm in ("sc", "spactor")
+                                  if r[arm] is not None})
+    tracking.log_table(run_id, pd.DataFrame(rows), "task_scores.csv")
