@@ -5,8 +5,8 @@
     python -m flows.active_learning --preset tiny --set annotator.kind=human --set annotator.human.wait=pause
     python -m flows.active_learning --preset small --set run_name=exp1 --set resume=true   # continue a run
 
-After arXiv 1907.00038 (Lowell/Lipton/Wallace-style live experiment: "The Practical Challenges of Active
-Learning: Lessons Learned from Live Experimentation"). Both arms start from the same seed set and the
+After arXiv 1907.00038 ("The Practical Challenges of Active Learning: Lessons Learned from Live
+Experimentation"). Both arms start from the same seed set and the
 same initial model; each round both select ``batch_size`` sentences from the same pool (one at random,
 one by the uncertainty scorer of ``models/al_scorers.py``), the annotator answers both batches at once
 (blind to the arm), both segmenters retrain, concurrently, and are scored on held-out ORCHID documents.
@@ -133,11 +133,17 @@ class ActiveLearningConfig(FlowConfig):
     retrain: Literal["continue", "scratch"] = Field("continue", description="warm-start each round, or refit from scratch")
     fresh_epochs: int = Field(3, ge=1, description="epochs for a new model (seed round, scratch, model change)")
     round_epochs: int = Field(1, ge=1, description="epochs over all labelled data when continuing")
-    schedule: list[Event] = Field(default_factory=list, description="environment changes (JSON list of events)")
+    schedule: list[Event] = Field(default_factory=list, description=(
+        "environment changes, a JSON list: {kind: guideline, round, guideline: orchid|newmm}, {kind: pool, round, "
+        "source: wiki_titles|text|segmented, paths, max_items}, {kind: annotator, round, noise_rate}, "
+        "{kind: model, round, segmenter: {SegmenterConfig fields}}"))
     torch_threads: int = Field(1, ge=1, description="torch threads; the two arms run in two threads")
     run_name: Optional[str] = Field(None, description="run folder under output_root (default <preset>-<time>)")
-    resume: bool = Field(False, description="continue run_name from its state file")
+    resume: Union[bool, Literal["auto"]] = Field(False, description="continue run_name from its state file "
+                                                 "('auto': continue if there is one, else start it)")
     stop_after_round: Optional[int] = Field(None, ge=0, description="stop (resumably) after this round")
+    rounds_per_call: int = Field(0, ge=0, description="stop (resumably) after this many rounds per call "
+                                 "(0 = no limit); with resume='auto', one scheduled run = N rounds")
     output_root: Optional[str] = Field(None, description="default <state>/active_learning")
     register_models: bool = Field(True, description="register both final segmenters as thai-seg-<preset>-<arm>")
 
@@ -158,7 +164,7 @@ class ActiveLearningConfig(FlowConfig):
             if isinstance(ev, PoolChange) and ev.source != "wiki_titles" and not ev.paths:
                 raise ValueError(f"schedule[{i}]: a pool change from '{ev.source}' needs paths=[...]")
         if self.resume and not self.run_name:
-            raise ValueError("resume=true needs run_name (the folder of the run to continue)")
+            raise ValueError(f"resume={self.resume} needs run_name (the folder of the run to continue)")
         if self.stop_after_round is not None and self.stop_after_round > self.rounds:
             raise ValueError(f"stop_after_round={self.stop_after_round} exceeds rounds={self.rounds}")
         return self
@@ -195,7 +201,8 @@ def base() -> ActiveLearningConfig:
 PRESETS = {"tiny": tiny, "small": small, "base": base}
 
 # Fields that may differ between a run and its resumption (they do not change what is measured).
-_RESUMABLE = {"resume", "stop_after_round", "rounds", "torch_threads", "register_models", "schedule"}
+_RESUMABLE = {"resume", "stop_after_round", "rounds_per_call", "rounds", "torch_threads", "register_models",
+              "schedule"}
 
 
 @dataclass
@@ -225,6 +232,9 @@ class ActiveLearningResult:
                          f"characters ({n['ranked_chars_to_random_final']:.0f}) and {n['sentences_fraction']:.0%} "
                          "of its sentences" if "chars_fraction" in n else
                          "ranked arm did not reach the random arm's final F1")
+            if n.get("environment_changes"):
+                lines[-1] += (f" (note: {n['environment_changes']:.0f} environment changes happened during the run; "
+                              "the curves are not comparable across them)")
         if self.model_uris:
             lines.append("registered: " + ", ".join(f"{a} {u}" for a, u in self.model_uris.items()))
         lines += [f"MLflow run id: {self.run_id}", f"artifacts: {artifact_local_path(self.run_id)} (learning_curve.png)",
@@ -274,8 +284,10 @@ def _describe(ev, before: dict[str, Any]) -> str:
     if isinstance(ev, AnnotatorChange):
         return f"annotator noise_rate {before['noise_rate']} -> {ev.noise_rate}"
     if isinstance(ev, ModelChange):
-        return "segmenter " + ", ".join(f"{k}: {before['segmenter'].get(k, 'default')} -> {v}"
-                                        for k, v in ev.segmenter.items())
+        from models.thai_segmenter import SegmenterConfig
+
+        old = SegmenterConfig(**before["segmenter"])
+        return "segmenter " + ", ".join(f"{k}: {getattr(old, k)} -> {v}" for k, v in ev.segmenter.items())
     return f"pool + {ev.max_items} items from {ev.source}" + (f" {ev.paths}" if ev.paths else "")
 
 
@@ -338,7 +350,7 @@ def _open_run(cfg: ActiveLearningConfig) -> tuple[Path, dict[str, Any]]:
     root = Path(cfg.output_root) if cfg.output_root else state_dir() / "active_learning"
     run_dir = root / (cfg.run_name or f"{cfg.preset}-{time.strftime('%Y%m%d-%H%M%S')}")
     state = load_state(run_dir)
-    if cfg.resume:
+    if cfg.resume and (state is not None or cfg.resume is True):
         if state is None:
             raise FileNotFoundError(f"no state file in {run_dir}; nothing to resume (check run_name/output_root)")
         stored, now = state["config"], cfg.model_dump(mode="json")
@@ -472,12 +484,15 @@ def active_learning(preset: str = "tiny", overrides: Optional[dict[str, Any]] = 
             al.log_learning_curve(runs["parent"], histories, state["events"],
                                   reference["scores"]["newmm_test_f1"])
             al.save_state(run_dir, state, arms, r)
-            if cfg.stop_after_round is not None and r >= cfg.stop_after_round and r < cfg.rounds:
+            done_here = r - start + 1
+            if r < cfg.rounds and ((cfg.stop_after_round is not None and r >= cfg.stop_after_round)
+                                   or (cfg.rounds_per_call and done_here >= cfg.rounds_per_call)):
                 state["stopped"] = True
                 tracking.set_tags(runs["parent"], {"stopped_after_round": r})
                 return ActiveLearningResult(runs["parent"], str(run_dir), r, True, arm_run_ids=runs)
 
-        numbers = {**al.comparison_numbers({n: a.history for n, a in arms.items()}), **reference["scores"]}
+        numbers = {**al.comparison_numbers({n: a.history for n, a in arms.items()}), **reference["scores"],
+                   "environment_changes": float(len(cfg.schedule))}
         tracking.log_metrics(runs["parent"], numbers)
         tracking.log_dict(runs["parent"], state["events"], "events.json")
         uris = {}

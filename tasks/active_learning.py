@@ -24,7 +24,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NONE
 
-from models.al_scorers import rank, sentence_score
+from models.al_scorers import sentence_score
 from models.curves import first_reach
 from models.thai_segmenter import SegmenterConfig, ThaiSegmenter, boundary_prf, word_f1
 from tasks import tracking
@@ -52,7 +52,7 @@ class Arm:
     """One arm of the experiment: its segmenter, what it has had annotated, and its curve."""
 
     name: str
-    model: ThaiSegmenter
+    model: Optional[ThaiSegmenter]  # None only before the seed round's training
     labelled: dict[str, list[str]] = field(default_factory=dict)  # item id -> words as annotated (in order)
     sentences: int = 0  # annotated sentences paid for (seed set included)
     chars: int = 0  # annotated characters paid for
@@ -108,11 +108,6 @@ def select_batch(arm: str, model: ThaiSegmenter, unlabelled: Sequence[PoolItem],
     stats.update(sel_score_mean=float(s.mean()), sel_score_min=float(s.min()), sel_score_max=float(s.max()),
                  sel_score_std=float(s.std()), select_seconds=time.perf_counter() - t0)
     return batch, stats
-
-
-def ranked_indices(texts: Sequence[str], model: ThaiSegmenter, scorer: dict[str, Any]) -> list[int]:
-    """``models.al_scorers.rank`` with the flow's scorer settings (exposed for tests and notebooks)."""
-    return rank(texts, model, **scorer)
 
 
 # ------------------------------------------------------------------------------------------------

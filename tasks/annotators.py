@@ -24,7 +24,7 @@ back and checks that every sentence keeps its characters (an error names the lin
 
 - ``wait="pause"``: ``prefect.flow_runs.pause_flow_run(wait_for_input=AnnotationDone)``: the flow run
   shows as *Paused* in the Prefect UI with a form (the annotated file's path); *Resume* continues it.
-  Headless: ``python -m tasks.annotators resume <flow-run-id> [annotated-file]``.
+  Headless: ``python -m tasks.annotators resume <flow-run-id> <annotated-file>``.
 - ``wait="poll"``: poll for the annotated file until ``timeout_s`` (for scripts, tests, cron).
   The file is read once it exists and reads completely; one that still fails to read after it
   stopped changing for ``settle_s`` is an error (so a file being written is not refused half-way).
@@ -268,8 +268,14 @@ def _prefect_available() -> bool:
 
 def _announce(batch: Path, annotated: Path, n: int, round_no: int, wait: str) -> None:
     """Make the wait visible: a Prefect log line and a markdown artifact on the flow run."""
+    try:
+        from prefect.runtime import flow_run
+
+        run_id = flow_run.get_id() or "<flow-run-id>"
+    except Exception:  # noqa: BLE001
+        run_id = "<flow-run-id>"
     how = ("then press **Resume** on this flow run in the Prefect UI (or run "
-           "`python -m tasks.annotators resume <flow-run-id>`)" if wait == "pause"
+           f"`python -m tasks.annotators resume {run_id} {annotated}`)" if wait == "pause"
            else "the flow polls for it")
     msg = (f"Round {round_no}: {n} sentences wait for annotation.\n\n"
            f"1. Open `{batch}`; in each row cut `segmented` into words with the row's `sep`, "
@@ -377,18 +383,18 @@ except ImportError:  # pragma: no cover - prefect is a hard dependency of tasks/
 
 
 def _resume_cli(argv: list[str]) -> None:
-    """``python -m tasks.annotators resume FLOW_RUN_ID [ANNOTATED_FILE]``: resume a paused flow run."""
+    """``python -m tasks.annotators resume FLOW_RUN_ID ANNOTATED_FILE``: resume a paused flow run."""
     import uuid
 
     from prefect.flow_runs import resume_flow_run
 
-    if len(argv) < 2 or argv[0] != "resume":
-        raise SystemExit("usage: python -m tasks.annotators resume FLOW_RUN_ID [ANNOTATED_FILE]")
-    run_input = {"annotated_file": str(Path(argv[2]).resolve())} if len(argv) > 2 else None
-    if run_input is None:
-        raise SystemExit("give the annotated file: python -m tasks.annotators resume FLOW_RUN_ID FILE")
-    resume_flow_run(uuid.UUID(argv[1]), run_input=run_input)
-    print(f"resumed flow run {argv[1]} with {run_input['annotated_file']}")
+    if len(argv) != 3 or argv[0] != "resume":
+        raise SystemExit("usage: python -m tasks.annotators resume FLOW_RUN_ID ANNOTATED_FILE")
+    path = Path(argv[2]).resolve()
+    if not path.is_file():
+        raise SystemExit(f"error: annotated file {path} does not exist")
+    resume_flow_run(uuid.UUID(argv[1]), run_input={"annotated_file": str(path)})
+    print(f"resumed flow run {argv[1]} with {path}")
 
 
 if __name__ == "__main__":

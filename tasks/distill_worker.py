@@ -136,6 +136,8 @@ class DistillObjective:
         for i in range(0, len(self.val_x), bs):
             x = pad(self.val_x[i:i + bs], self.tok.pad_token_id).to(self.device)
             y = self.sample(self.model, x, seed + i, do_sample=do_sample)
+            if not bool((y != -100).any()):  # rollouts that emitted only padding: nothing to score
+                continue
             attn = x != self.tok.pad_token_id
             t = self.teacher(input_ids=x, attention_mask=attn, labels=y).logits.float()
             s = self.model(input_ids=x, attention_mask=attn, labels=y).logits.float()

@@ -17,12 +17,50 @@ from typing import Any
 from tasks.env import PROJECT_ROOT, state_dir
 
 
-def code_version() -> str:
+PACKAGES = ("models", "tasks", "flows")
+
+
+def _module_file(name: str) -> Path | None:
+    parts = name.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    f = PROJECT_ROOT.joinpath(*parts).with_suffix(".py")
+    if f.exists():
+        return f
+    f = PROJECT_ROOT.joinpath(*parts, "__init__.py")
+    return f if f.exists() else None
+
+
+def import_closure(root: str = "flows.pipeline") -> list[Path]:
+    """The project's source files reachable from ``root`` through imports (including imports inside
+    functions), found statically with ``ast``."""
+    import ast
+
+    seen: dict[str, Path] = {}
+    todo = [root]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        f = _module_file(name)
+        if f is None:
+            continue
+        seen[name] = f
+        for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                todo.append(node.module)
+                todo += [f"{node.module}.{a.name}" for a in node.names]
+    return sorted(set(seen.values()))
+
+
+def code_version(root: str = "flows.pipeline") -> str:
+    """A hash of the code the pipeline can run (edits to unrelated flows do not invalidate its stages)."""
     h = hashlib.sha256()
-    for folder in ("models", "tasks", "flows"):
-        for p in sorted((PROJECT_ROOT / folder).rglob("*.py")):
-            h.update(str(p.relative_to(PROJECT_ROOT)).encode())
-            h.update(p.read_bytes())
+    for p in import_closure(root):
+        h.update(str(p.relative_to(PROJECT_ROOT)).encode())
+        h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -110,19 +110,25 @@ def test_a_stopped_run_resumes_where_it_stopped_and_ends_on_the_same_curve(strai
     from mlflow import MlflowClient
 
     done, root = straight
-    first = active_learning(config=_cfg(root, run_name="resumed", stop_after_round=1, register_models=False))
+    # resume="auto" starts the run when there is no state yet
+    first = active_learning(config=_cfg(root, run_name="resumed", resume="auto", stop_after_round=1,
+                                        register_models=False))
     assert first.stopped and first.rounds_done == 1
-    state = json.loads((root / "resumed" / "state.json").read_text())
-    assert state["round_done"] == 1
-    second = active_learning(config=_cfg(root, run_name="resumed", resume=True, register_models=False))
-    assert not second.stopped and second.run_id == first.run_id  # the same MLflow runs continue
+    assert json.loads((root / "resumed" / "state.json").read_text())["round_done"] == 1
+    assert MlflowClient().get_run(first.run_id).info.status == "KILLED"
+    # a scheduled call: one round per call
+    second = active_learning(config=_cfg(root, run_name="resumed", resume="auto", rounds_per_call=1,
+                                         register_models=False))
+    assert second.stopped and second.rounds_done == 2 and second.run_id == first.run_id
+    third = active_learning(config=_cfg(root, run_name="resumed", resume=True, register_models=False))
+    assert not third.stopped and third.run_id == first.run_id  # the same MLflow runs continue
     for arm in ("random", "ranked"):
         a = _history(done.arm_run_ids[arm], "test_f1")
-        b = _history(second.arm_run_ids[arm], "test_f1")
+        b = _history(third.arm_run_ids[arm], "test_f1")
         assert a == b, arm  # same draws, same annotations, same weights: the same curve
-    tags = MlflowClient().get_run(second.run_id).data.tags
-    assert tags["env.r02.resumed"] == "resumed at round 2"
-    assert MlflowClient().get_run(second.run_id).info.status == "FINISHED"
+    tags = MlflowClient().get_run(third.run_id).data.tags
+    assert tags["env.r02.resumed"] == "resumed at round 2" and tags["env.r03.resumed"] == "resumed at round 3"
+    assert MlflowClient().get_run(third.run_id).info.status == "FINISHED"
 
 
 def test_ranked_selection_takes_the_top_of_the_scorers_ranking():
@@ -149,7 +155,8 @@ def test_ranked_selection_takes_the_top_of_the_scorers_ranking():
     ({"segmenter": {"widht": 3}}, "segmenter.*widht"),
     ({"schedule": [{"kind": "model", "round": 2, "segmenter": {"arch": "transformer"}}]}, "arch must be"),
     ({"schedule": [{"kind": "pool", "round": 2, "source": "text"}]}, "needs paths"),
-    ({"resume": True}, "resume=true needs run_name"),
+    ({"resume": True}, "needs run_name"),
+    ({"resume": "always"}, "resume"),
     ({"scorer": {"length_normalize": True, "cost_aware": True}}, "set one"),
     ({"annotator": {"noise_rate": 0.7}}, "annotator.noise_rate"),
 ])

@@ -1,0 +1,18 @@
+from tasks import stages
+
+
+def test_the_code_version_covers_the_pipeline_import_closure_but_not_unrelated_flows():
+    names = {p.name for p in stages.import_closure("flows.pipeline")}
+    assert {"pipeline.py", "train_loop.py", "speculative.py", "span_corruption.py"} <= names
+    assert "active_learning.py" not in names and "thai_segmenter.py" not in names
+
+
+def test_a_stage_key_changes_with_config_or_inputs_and_records_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPACTOR_STAGE_DIR", str(tmp_path))
+    k1 = stages.stage_key("pretrain", {"tau": 1}, {"corpus": "a"})
+    assert k1 == stages.stage_key("pretrain", {"tau": 1}, {"corpus": "a"})
+    assert k1 != stages.stage_key("pretrain", {"tau": 2}, {"corpus": "a"})
+    assert k1 != stages.stage_key("pretrain", {"tau": 1}, {"corpus": "b"})
+    assert stages.completed(k1) is None
+    stages.record(k1, {"model_uri": "models:/x/1"})
+    assert stages.completed(k1) == {"model_uri": "models:/x/1"}
