@@ -15,7 +15,7 @@ vocabulary); prompts are random token ids either way.
 
 Timings: ``torch.set_num_threads(--threads)``, ``--warmup`` untimed passes, then the median of
 ``--repeats`` passes over all prompts. ms/token = wall time / generated tokens; speedup is against
-hf_generate. alpha = accepted / drafted tokens, block efficiency = tokens per target call; the
+hf_generate. alpha = accepted / verified positions (models.sd_bench.estimate_alpha), block efficiency = tokens per target call; the
 predicted column is Leviathan et al.'s expected_speedup(alpha, gamma, c), a speedup over
 engine_target, with c measured as (draft time per draft call) / (target time per call).
 
@@ -41,6 +41,7 @@ from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from models.speculative import expected_speedup, speculative_generate, target_generate  # noqa: E402
+from models.sd_bench import estimate_alpha  # noqa: E402
 
 EOS, PAD, START = 1, 0, 0
 
@@ -180,9 +181,9 @@ def main(argv: list[str] | None = None) -> None:
         exact = [as_seq(o) for o in outs] == reference
         alpha = block = predicted = "-"
         if name.startswith("engine_sd"):
-            accepted, drafted = sum(sum(o.accepted) for o in outs), sum(sum(o.drafted) for o in outs)
             calls = sum(o.num_target_calls for o in outs)
-            a = accepted / drafted
+            # alpha per verified position (verification stops at the first rejection), as in Eq. 1
+            a = estimate_alpha([x for o in outs for x in o.accepted], [x for o in outs for x in o.drafted])
             draft_ms_per_call = 1e3 * sum(o.draft_time_s for o in outs) / max(sum(o.num_draft_calls for o in outs), 1)
             c = draft_ms_per_call / target_ms_per_call
             alpha, block = f"{a:.2f}", f"{tokens / calls:.2f}"
