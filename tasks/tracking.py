@@ -353,5 +353,9 @@ def run_status(run_id: str) -> str:
 
 
 def mark_status(run_id: str, status: str) -> None:
-    assert status in RunStatus.all_status() or status in ("FINISHED", "FAILED", "KILLED")
-    MlflowClient().set_terminated(run_id, status)
+    """Set a run's status: RUNNING (a resumed run), FINISHED, FAILED or KILLED."""
+    RunStatus.from_string(status)  # raises on an unknown status
+    if status == "RUNNING":
+        MlflowClient().update_run(run_id, status="RUNNING")
+    else:
+        MlflowClient().set_terminated(run_id, status)
