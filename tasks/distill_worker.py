@@ -25,7 +25,7 @@ import torch
 from models.distillation import divergence, greedy_agreement, token_acceptance_rate
 from models.training import global_batch_rows, step_seed
 from tasks.finetune_worker import encode, load_model_and_tokenizer, pad
-from tasks.train_loop import LoopSettings, run
+from tasks.train_loop import run, settings_from
 
 SOURCES = ("fixed", "teacher", "student")
 
@@ -183,11 +183,5 @@ def _unwrap(model):
 def distill_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(cfg.get("threads_per_worker") or torch.get_num_threads())))
     objective = DistillObjective(cfg)
-    settings = LoopSettings(
-        total_steps=cfg["total_steps"], lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], schedule=cfg["schedule"],
-        clip_norm=cfg["clip_norm"], grad_accum=cfg["grad_accum"], checkpoint_dir=cfg["checkpoint_dir"],
-        checkpoint_every=cfg["checkpoint_every"], keep_checkpoints=2, eval_every=cfg["eval_every"],
-        log_every=cfg["log_every"], mlflow_run_id=cfg.get("mlflow_run_id"), use_gpu=cfg["use_gpu"], bf16=cfg["bf16"],
-        in_ray=cfg.get("in_ray", True), fault_kill_at_step=cfg.get("fault_kill_at_step"),
-    )
+    settings = settings_from(cfg, keep_checkpoints=2, weight_decay=0.0)
     return run(objective, settings)

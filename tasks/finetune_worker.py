@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from models.training import global_batch_rows
-from tasks.train_loop import LoopSettings, run
+from tasks.train_loop import run, settings_from
 
 
 def check_tokenizer_matches(model, tokenizer, where: str) -> None:
@@ -118,13 +118,5 @@ class FinetuneObjective:
 def finetune_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(cfg.get("threads_per_worker") or torch.get_num_threads())))
     objective = FinetuneObjective(cfg)
-    settings = LoopSettings(
-        total_steps=cfg["total_steps"], lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], schedule=cfg["schedule"],
-        weight_decay=cfg["weight_decay"], clip_norm=cfg["clip_norm"], grad_accum=cfg["grad_accum"],
-        checkpoint_dir=cfg["checkpoint_dir"], checkpoint_every=cfg["checkpoint_every"], keep_checkpoints=2,
-        eval_every=cfg["eval_every"], log_every=cfg["log_every"], mlflow_run_id=cfg.get("mlflow_run_id"),
-        use_gpu=cfg["use_gpu"], bf16=cfg["bf16"], in_ray=cfg.get("in_ray", True),
-        early_stop_metric="val_loss", early_stop_patience=cfg["early_stop_patience"],
-        fault_kill_at_step=cfg.get("fault_kill_at_step"),
-    )
+    settings = settings_from(cfg, keep_checkpoints=2, early_stop_metric="val_loss")
     return run(objective, settings)

@@ -19,7 +19,7 @@ from models.flops import spactor_step_flops
 from models.span_corruption import SpanCorruptionCollator
 from models.spactor import SpacTorConfig, SpacTorModel, curriculum_is_hybrid, generator_t5_config, sc_rtd_gradient_cosine
 from models.training import global_batch_rows, step_seed
-from tasks.train_loop import LoopSettings, run
+from tasks.train_loop import run, settings_from
 
 T5_FIELDS = ("d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "num_heads", "feed_forward_proj",
              "dropout_rate", "tie_word_embeddings", "relative_attention_num_buckets", "relative_attention_max_distance")
@@ -141,13 +141,5 @@ def pretrain_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker entry point (also callable directly with ``cfg["in_ray"] = False``)."""
     torch.set_num_threads(max(1, int(cfg.get("threads_per_worker") or torch.get_num_threads())))
     objective = PretrainObjective(cfg)
-    settings = LoopSettings(
-        total_steps=cfg["total_steps"], lr=cfg["lr"], warmup_steps=cfg["warmup_steps"], schedule=cfg["schedule"],
-        weight_decay=cfg["weight_decay"], clip_norm=cfg["clip_norm"], grad_accum=cfg["grad_accum"],
-        checkpoint_dir=cfg["checkpoint_dir"], checkpoint_every=cfg["checkpoint_every"],
-        keep_checkpoints=cfg["keep_checkpoints"], eval_every=cfg["eval_every"], log_every=cfg["log_every"],
-        diag_every=cfg["cosine_every"], mlflow_run_id=cfg.get("mlflow_run_id"), use_gpu=cfg["use_gpu"],
-        bf16=cfg["bf16"], compile=cfg["compile"], in_ray=cfg.get("in_ray", True),
-        fault_kill_at_step=cfg.get("fault_kill_at_step"),
-    )
+    settings = settings_from(cfg, diag_every=cfg["cosine_every"])
     return run(objective, settings)

@@ -80,6 +80,16 @@ class LoopSettings:
     extra_state: dict = field(default_factory=dict)
 
 
+def settings_from(cfg: dict[str, Any], **overrides: Any) -> LoopSettings:
+    """LoopSettings from a flow config dict: every field of the same name is taken, overrides win."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(LoopSettings)}
+    values = {k: v for k, v in cfg.items() if k in names and v is not None}
+    values.setdefault("in_ray", True)
+    return LoopSettings(**{**values, **overrides})
+
+
 def _report(metrics: dict, checkpoint_dir: Path | None, in_ray: bool) -> None:
     if not in_ray:
         return
