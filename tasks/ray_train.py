@@ -79,7 +79,15 @@ def fit(worker_fn: Callable[[dict], None], config: dict[str, Any], *, name: str,
             worker_runtime_env={"env_vars": worker_env()},
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if not os.environ.get("RAY_ADDRESS"):
+            # A local Ray instance lives as long as one fit: finished trainers' actors and placement groups
+            # cannot pile up and starve the next fit of CPUs (seen with several fits in one process).
+            import ray
+
+            ray.shutdown()
     if result.error:
         raise result.error
     return result
