@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from prefect import flow
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from flows._cli import FlowConfig, build_config, run_cli
 from tasks.downstream import TaskSpec
@@ -68,10 +68,6 @@ class DistillConfig(FlowConfig):
         if any(x < 0 for x in v.values()) or sum(v.values()) <= 0:
             raise ValueError("data_mix fractions must be >= 0 and not all zero")
         return v
-
-    @model_validator(mode="after")
-    def _check(self):
-        return self
 
 
 def tiny() -> DistillConfig:
