@@ -11,9 +11,9 @@ import argparse
 from pathlib import Path
 import json
 import sys
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 C = TypeVar("C", bound="FlowConfig")
 
@@ -22,6 +22,20 @@ class FlowConfig(BaseModel):
     """Base of every flow config: unknown keys are an error, assignments are validated."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class TrainRunFields(FlowConfig):
+    """Fields every Ray-trained flow shares (fine-tuning, distillation): where and how the run executes."""
+
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
+    threads_per_worker: int = Field(0, ge=0, description="torch threads per worker (0 = torch default)")
+    use_gpu: bool = False
+    bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
+    max_failures: int = Field(2, ge=0, description="worker-group restarts Ray may do")
+    seed: int = 0
+    register_as: Optional[str] = Field(None, description="registered model name (default: from preset and task)")
+    output_root: Optional[str] = Field(None, description="checkpoint root (default <state>/runs)")
+    fault_kill_at_step: Optional[int] = Field(None, description="test hook: SIGKILL a worker once at this step")
 
 
 class ConfigError(ValueError):

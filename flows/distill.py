@@ -21,11 +21,11 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field, field_validator
 
-from flows._cli import FlowConfig, build_config, run_cli
+from flows._cli import TrainRunFields, build_config, run_cli
 from tasks.downstream import TaskSpec
 
 
-class DistillConfig(FlowConfig):
+class DistillConfig(TrainRunFields):
     preset: str = "tiny"
     mode: Literal["target", "draft"] = "draft"
     teacher: Optional[str] = Field(None, description="teacher model (URI or folder): the big model, or the target")
@@ -49,15 +49,6 @@ class DistillConfig(FlowConfig):
     eval_examples: int = Field(32, ge=1)
     checkpoint_every: int = Field(50, ge=0)
     log_every: int = Field(10, ge=1)
-    num_workers: int = Field(1, ge=1)
-    threads_per_worker: int = Field(0, ge=0)
-    use_gpu: bool = False
-    bf16: bool = True
-    max_failures: int = Field(2, ge=0)
-    seed: int = 0
-    register_as: Optional[str] = None
-    output_root: Optional[str] = None
-    fault_kill_at_step: Optional[int] = None
 
     @field_validator("data_mix")
     @classmethod

@@ -16,11 +16,11 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field
 
-from flows._cli import FlowConfig, build_config, run_cli
+from flows._cli import TrainRunFields, build_config, run_cli
 from tasks.downstream import TaskSpec
 
 
-class FinetuneConfig(FlowConfig):
+class FinetuneConfig(TrainRunFields):
     preset: str = "tiny"
     model: Optional[str] = Field(None, description="models:/name/version, models:/name@alias, or a save_pretrained folder")
     init: Literal["pretrained", "random"] = Field("pretrained", description="random = same architecture, no pretraining")
@@ -44,15 +44,6 @@ class FinetuneConfig(FlowConfig):
     test_examples: Optional[int] = Field(200, ge=1, description="test examples to decode (None = all)")
     eval_batch_size: int = Field(32, ge=1)
     num_beams: int = Field(1, ge=1)
-    num_workers: int = Field(1, ge=1)
-    threads_per_worker: int = Field(0, ge=0)
-    use_gpu: bool = False
-    bf16: bool = True
-    max_failures: int = Field(2, ge=0)
-    seed: int = 0
-    register_as: Optional[str] = None
-    output_root: Optional[str] = None
-    fault_kill_at_step: Optional[int] = None
 
 
 def tiny() -> FinetuneConfig:
