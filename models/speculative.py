@@ -262,6 +262,57 @@ def _cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+
+
+def _decoder_layers(model: nn.Module) -> int:
+    config = model.config
+    n = getattr(config, "num_decoder_layers", None)
+    return int(n if n is not None else config.num_layers)
+
+
+def _static_cache(model: nn.Module, max_cache_len: int, encoder_length: int):
+    """An ``EncoderDecoderCache`` of preallocated (static) layers: self-attention holds up to
+    ``max_cache_len`` decoder positions, cross-attention exactly the prompt's ``encoder_length``.
+
+    Built from ``StaticLayer`` directly, with the decoder's own layer count (``StaticCache(config)``
+    reads ``num_layers``, the encoder's, which differs for models with ``num_decoder_layers``).
+    """
+    from transformers.cache_utils import Cache, EncoderDecoderCache, StaticLayer
+
+    n = _decoder_layers(model)
+    return EncoderDecoderCache(
+        Cache(layers=[StaticLayer(max_cache_len=max_cache_len) for _ in range(n)]),
+        Cache(layers=[StaticLayer(max_cache_len=encoder_length) for _ in range(n)]),
+    )
+
+
+def _self_attention_layers(cache) -> list:
+    inner = getattr(cache, "self_attention_cache", cache)
+    return list(inner.layers)
+
+
+def _crop_cache(cache, remove: int) -> None:
+    """Forget the last ``remove`` positions of the self-attention cache, in place.
+
+    Dynamic layers drop the tensors' tail. Static layers only move their length counter back
+    (``cumulative_length``, a tensor updated in place so compiled graphs keep their addresses):
+    the stale entries beyond it are overwritten by the next update and, until then, lie at
+    positions after every query, where the causal mask hides them.
+    """
+    for layer in _self_attention_layers(cache):
+        length = getattr(layer, "cumulative_length", None)
+        if isinstance(length, torch.Tensor):  # StaticLayer (transformers 5.x)
+            length.sub_(remove)
+        elif hasattr(layer, "crop"):  # DynamicLayer: a negative argument removes that many
+            layer.crop(-remove)
+        elif getattr(layer, "keys", None) is not None:
+            layer.keys = layer.keys[..., :-remove, :]
+            layer.values = layer.values[..., :-remove, :]
+            if isinstance(length, int):
+                layer.cumulative_length = length - remove
+
+
 class CachedDecoder:
     """One encoder-decoder model bound to one prompt: encoder run once, decoder KV cache kept.
 
@@ -270,26 +321,55 @@ class CachedDecoder:
     ``length`` (rejected draft tokens). The cache is an ``EncoderDecoderCache``: only its
     self-attention part grows with the decoded prefix and is cropped; the cross-attention keys and
     values depend on the prompt alone and are computed once.
+
+    ``cache_implementation="static"`` preallocates the cache for ``max_cache_len`` decoder positions
+    (transformers' ``StaticLayer``), so every decoder call sees tensors of fixed shape and address:
+    the layout ``torch.compile`` (and CUDA graphs) need. ``forward`` replaces ``model`` for decoder
+    calls, e.g. ``torch.compile(model)`` (see ``compiled_forward``).
     """
 
-    def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def __init__(
+        self,
+        model: nn.Module,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        cache_implementation: str = "dynamic",
+        max_cache_len: int | None = None,
+        forward=None,
+    ):
+        if cache_implementation not in CACHE_IMPLEMENTATIONS:
+            raise ValueError(f"cache_implementation={cache_implementation!r} must be one of {CACHE_IMPLEMENTATIONS}")
         self.model = model
+        self.forward = forward if forward is not None else model
         self.attention_mask = attention_mask  # (1, S)
         self.encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
-        self.cache = None  # created by the first decoder call (use_cache=True)
+        self.max_cache_len = max_cache_len
+        if cache_implementation == "static":
+            if max_cache_len is None or max_cache_len < 1:
+                raise ValueError("cache_implementation='static' needs max_cache_len >= 1 (decoder positions)")
+            self.cache = _static_cache(model, max_cache_len, input_ids.shape[1])
+        else:
+            self.cache = None  # created by the first decoder call (use_cache=True)
+        self._length = 0  # tracked here: reading a static cache's length would sync the device
         self._cache_kwarg = _cache_kwarg(model)
         self.device = input_ids.device
 
     @property
     def length(self) -> int:
         """Number of decoder positions held in the self-attention cache."""
-        return 0 if self.cache is None else int(self.cache.get_seq_length())
+        return self._length
 
     def advance(self, tokens: Sequence[int]) -> torch.Tensor:
         """Feed ``tokens[self.length:]`` and return their next-token logits, shape (k, V)."""
-        new = list(tokens[self.length :])
+        new = list(tokens[self._length :])
         assert new, "advance() needs at least one token the cache has not seen"
-        out = self.model(
+        if self.max_cache_len is not None and self._length + len(new) > self.max_cache_len:
+            raise ValueError(
+                f"the static KV cache holds {self.max_cache_len} decoder positions; "
+                f"{self._length + len(new)} were asked for (raise max_cache_len)"
+            )
+        out = self.forward(
             encoder_outputs=self.encoder_outputs,
             attention_mask=self.attention_mask,
             decoder_input_ids=torch.tensor([new], dtype=torch.long, device=self.device),
@@ -298,16 +378,35 @@ class CachedDecoder:
             **{self._cache_kwarg: self.cache},
         )
         self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        self._length += len(new)
         return out.logits[0]  # (k, V)
 
     def crop(self, length: int) -> None:
         """Keep only the first ``length`` cached decoder positions."""
-        remove = self.length - length
-        assert remove >= 0, f"cannot crop a cache of {self.length} positions to {length}"
+        remove = self._length - length
+        assert remove >= 0, f"cannot crop a cache of {self._length} positions to {length}"
         if remove:
-            # A negative argument means "remove that many" in both transformers 4 and 5
-            # (5 only accepts negatives; 4 reads a positive one as the length to keep).
-            self.cache.crop(-remove)
+            _crop_cache(self.cache, remove)
+            self._length = length
+
+
+def compiled_forward(model: nn.Module, **compile_kwargs):
+    """``torch.compile(model)`` for decoder steps on a static cache, built once per model.
+
+    The compiled callable is kept on the model (``_spactor_compiled``), so repeated calls reuse its
+    graphs: one per distinct number of new decoder tokens (1 for a step, gamma + 1 for a
+    verification, 2 for a draft resuming after a fully accepted block). Defaults to
+    ``mode="reduce-overhead"`` (CUDA graphs) on a GPU and the default mode elsewhere.
+    """
+    cached = getattr(model, "_spactor_compiled", None)
+    if cached is not None:
+        return cached
+    device = next(model.parameters()).device
+    compile_kwargs.setdefault("mode", "reduce-overhead" if device.type == "cuda" else "default")
+    compile_kwargs.setdefault("dynamic", False)
+    compiled = torch.compile(model, **compile_kwargs)
+    object.__setattr__(model, "_spactor_compiled", compiled)  # not a submodule: keep state_dict clean
+    return compiled
 
 
 # ----------------------------------------------------------------------------------------------
@@ -380,11 +479,16 @@ def _token_ids(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> tu
 
 
 def _check_prompt(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, eos: frozenset[int]
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    eos: frozenset[int],
+    *,
+    allow_batch: bool = False,
 ) -> torch.Tensor:
-    if input_ids.ndim != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be (batch, length>0), got shape {tuple(input_ids.shape)}")
-    if input_ids.shape[0] != 1:
+    if input_ids.ndim != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids must be (batch>0, length>0), got shape {tuple(input_ids.shape)}")
+    if input_ids.shape[0] != 1 and not allow_batch:
         raise ValueError(
             f"batch size {input_ids.shape[0]} is not supported: speculative decoding here is batch-1; "
             "loop over the prompts"
@@ -435,6 +539,33 @@ def _first_eos(tokens: Sequence[int], eos: frozenset[int]) -> int | None:
     return None
 
 
+def _check_cache_args(cache_implementation: str, compile: bool) -> None:
+    if cache_implementation not in CACHE_IMPLEMENTATIONS:
+        raise ValueError(f"cache_implementation={cache_implementation!r} must be one of {CACHE_IMPLEMENTATIONS}")
+    if compile and cache_implementation != "static":
+        raise ValueError("compile=True needs cache_implementation='static' (fixed shapes for the compiled graphs)")
+
+
+def _decoder(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    cache_implementation: str,
+    compile: bool,
+    max_new_tokens: int,
+) -> CachedDecoder:
+    # A cache never holds more than max_new_tokens positions: it keeps every committed token but the
+    # last, and a block is cut so that what it adds fits the remaining budget.
+    return CachedDecoder(
+        model,
+        input_ids,
+        attention_mask,
+        cache_implementation=cache_implementation,
+        max_cache_len=max_new_tokens + 1 if cache_implementation == "static" else None,
+        forward=compiled_forward(model) if compile else None,
+    )
+
+
 @torch.inference_mode()
 def target_generate(
     target: nn.Module,
@@ -448,18 +579,22 @@ def target_generate(
     top_p: float | None = None,
     eos_token_id: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
+    cache_implementation: str = "dynamic",
+    compile: bool = False,
 ) -> SpeculativeOutput:
     """Plain autoregressive decoding with the same engine (one target call per token, KV cached).
 
     The baseline for speedup measurements: same encoder handling, cache and sampling function as
     ``speculative_generate``, no draft. Greedy output equals ``target.generate(..., do_sample=False)``.
+    ``cache_implementation`` and ``compile`` are as in ``speculative_generate``.
     """
     start, eos = _token_ids(target, eos_token_id)
     _check_common(max_new_tokens, do_sample, temperature, top_k, top_p)
+    _check_cache_args(cache_implementation, compile)
     attention_mask = _check_prompt(target, input_ids, attention_mask, eos)
     t_begin = time.perf_counter()
     with _eval_mode(target):
-        dec = CachedDecoder(target, input_ids, attention_mask)
+        dec = _decoder(target, input_ids, attention_mask, cache_implementation, compile, max_new_tokens)
         tokens = [start]
         calls = 0
         while len(tokens) - 1 < max_new_tokens:
@@ -500,13 +635,17 @@ def speculative_generate(
     adaptive_gamma: bool = False,
     eos_token_id: int | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
+    cache_implementation: str = "dynamic",
+    compile: bool = False,
 ) -> SpeculativeOutput:
     """Speculative decoding of one prompt with an encoder-decoder target and draft.
 
     Args:
         target, draft: encoder-decoder LMs (e.g. ``T5ForConditionalGeneration``) with the same
             vocabulary; they are put in eval mode for the call and restored afterwards.
-        input_ids: (1, S) prompt; batch size 1 only. attention_mask: (1, S) or None (as generate).
+        input_ids: (B, S) prompts. B = 1 is the latency path. B > 1 is batched SD (each row accepts
+            its own number of draft tokens; see ``_speculative_generate_batched``); padded prompts
+            need ``attention_mask``, as with ``generate``. attention_mask: (B, S) or None.
         gamma: draft tokens per target call (>= 1); the starting value when ``adaptive_gamma``.
         max_new_tokens: tokens to generate after the decoder start token, EOS included.
         do_sample: False = greedy, output equal to greedy target decoding token for token.
@@ -519,9 +658,15 @@ def speculative_generate(
             assistant schedule; it changes speed only, never the output distribution.
         eos_token_id: overrides ``target.generation_config.eos_token_id``.
         generator: random source for drafting and verification (None = torch's global one).
+        cache_implementation: ``"dynamic"`` (default; the cache grows with the output) or
+            ``"static"`` (preallocated for ``max_new_tokens`` positions; cropping moves a counter).
+        compile: run the decoders through ``torch.compile`` (``compiled_forward``); needs
+            ``cache_implementation="static"``. The GPU fast path: compile once per model, then every
+            call reuses the graphs. Output is the same as eager up to floating-point reordering.
 
     Returns:
-        ``SpeculativeOutput``; ``sequences`` is laid out as ``target.generate`` lays it out.
+        ``SpeculativeOutput``; ``sequences`` is laid out as ``target.generate`` lays it out (for
+        B > 1: rows that stop early are filled with the pad token up to the longest row).
     """
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma={gamma!r} must be an int >= 1 (draft tokens per target call)")
@@ -538,18 +683,31 @@ def speculative_generate(
         )
     start, eos = _token_ids(target, eos_token_id)
     _check_common(max_new_tokens, do_sample, temperature, top_k, top_p)
-    attention_mask = _check_prompt(target, input_ids, attention_mask, eos)
+    _check_cache_args(cache_implementation, compile)
+    attention_mask = _check_prompt(target, input_ids, attention_mask, eos, allow_batch=True)
 
     def warp(logits: torch.Tensor) -> torch.Tensor:
         return sampling_distribution(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+    if input_ids.shape[0] > 1:
+        if cache_implementation != "dynamic":
+            raise ValueError(
+                f"batch size {input_ids.shape[0]} needs cache_implementation='dynamic': batched SD realigns "
+                "the rows of its KV caches after every verification"
+            )
+        return _speculative_generate_batched(
+            target, draft, input_ids, attention_mask, gamma=gamma, max_new_tokens=max_new_tokens,
+            do_sample=do_sample, warp=warp, lenience=lenience, adaptive_gamma=adaptive_gamma,
+            start=start, eos=eos, generator=generator,
+        )
 
     out = SpeculativeOutput(sequences=input_ids.new_zeros((1, 0)), num_target_calls=0, num_draft_calls=0)
     t_begin = time.perf_counter()
     with _eval_mode(target, draft):
         t0 = time.perf_counter()
-        target_dec = CachedDecoder(target, input_ids, attention_mask)
+        target_dec = _decoder(target, input_ids, attention_mask, cache_implementation, compile, max_new_tokens)
         t1 = time.perf_counter()
-        draft_dec = CachedDecoder(draft, input_ids, attention_mask)
+        draft_dec = _decoder(draft, input_ids, attention_mask, cache_implementation, compile, max_new_tokens)
         out.target_time_s += t1 - t0
         out.draft_time_s += time.perf_counter() - t1
 
@@ -613,5 +771,216 @@ def speculative_generate(
                 block = min(block + 1, 2 * gamma) if full else max(block - 1, 1)
 
     out.sequences = torch.tensor([tokens], dtype=torch.long, device=input_ids.device)
+    out.total_time_s = time.perf_counter() - t_begin
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Batched speculative decoding
+# ----------------------------------------------------------------------------------------------
+
+
+class _BatchedDecoder:
+    """A decoder over B prompts whose rows hold different numbers of decoded positions.
+
+    Rows are kept *right-aligned* in a common cache of ``width`` columns: row r's valid positions are
+    its last ``width - pad[r]`` columns, the ``pad[r]`` columns on the left are masked out
+    (``mask``), exactly like left-padded batched generation. T5's attention bias depends only on the
+    distance between query and key positions, so a contiguous, right-aligned row computes what it
+    would compute alone. After a call each row keeps a different number of the new columns; ``keep``
+    shifts every row right so that the kept columns end at the same place again (a gather per
+    layer, no recomputation), and drops finished rows.
+    """
+
+    def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        self.model = model
+        self.device = input_ids.device
+        self.encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
+        self.attention_mask = attention_mask  # (B, S)
+        self.cache = None
+        self.mask = torch.zeros((input_ids.shape[0], 0), dtype=torch.long, device=self.device)
+        self._cache_kwarg = _cache_kwarg(model)
+
+    @property
+    def width(self) -> int:
+        return int(self.mask.shape[1])
+
+    def advance(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """Feed (B, k) tokens after each row's cached positions; returns their logits (B, k, V)."""
+        self.mask = torch.cat([self.mask, torch.ones_like(new_tokens)], dim=1)
+        out = self.model(
+            encoder_outputs=self.encoder_outputs,
+            attention_mask=self.attention_mask,
+            decoder_input_ids=new_tokens,
+            decoder_attention_mask=self.mask,
+            use_cache=True,
+            return_dict=True,
+            **{self._cache_kwarg: self.cache},
+        )
+        self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        return out.logits
+
+    def keep(self, rows: torch.Tensor, ends: torch.Tensor) -> None:
+        """Keep batch rows ``rows`` (in this order); row i keeps its columns before ``ends[i]``.
+
+        The kept columns of every row are shifted right to end at column ``max(ends)``; the columns
+        shifted in on the left are masked. Columns at or after ``ends[i]`` (rejected tokens) go.
+        """
+        width = int(ends.max()) if len(ends) else 0
+        shift = width - ends  # (B',)
+        src = torch.arange(width, device=self.device)[None, :] - shift[:, None]  # (B', width)
+        valid = src >= 0
+        src = src.clamp_min(0)
+        self.mask = self.mask[rows].gather(1, src) * valid.long()
+        if self.cache is not None:
+            for layer in _self_attention_layers(self.cache):
+                if getattr(layer, "keys", None) is None:
+                    continue
+                idx = src[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+                layer.keys = layer.keys[rows].gather(2, idx)
+                layer.values = layer.values[rows].gather(2, idx)
+            cross = getattr(self.cache, "cross_attention_cache", None)
+            if cross is not None and len(rows) != self.attention_mask.shape[0]:
+                for layer in cross.layers:
+                    if getattr(layer, "keys", None) is not None:
+                        layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+        if len(rows) != self.attention_mask.shape[0]:
+            self.attention_mask = self.attention_mask[rows]
+            self.encoder_outputs.last_hidden_state = self.encoder_outputs.last_hidden_state[rows]
+
+
+def _pad_id(model: nn.Module, eos: frozenset[int]) -> int:
+    pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
+    if pad is None:
+        pad = model.config.pad_token_id
+    if pad is None:
+        pad = min(eos) if eos else 0
+    return int(pad)
+
+
+def _speculative_generate_batched(
+    target: nn.Module,
+    draft: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    gamma: int,
+    max_new_tokens: int,
+    do_sample: bool,
+    warp,
+    lenience: float,
+    adaptive_gamma: bool,
+    start: int,
+    eos: frozenset[int],
+    generator: torch.Generator | None,
+) -> SpeculativeOutput:
+    """Speculative decoding of B prompts at once; every row accepts its own number of tokens.
+
+    Transformers' assisted generation is batch-1 only. Here one draft call extends every unfinished
+    row by one token and one target call verifies ``block + 1`` tokens of every row; each row is then
+    verified on its own (greedy prefix match, or ``rejection_sample``), keeps its accepted prefix and
+    one target token, and both caches are realigned per row (``_BatchedDecoder.keep``). Finished rows
+    (EOS or ``max_new_tokens``) leave the batch. The invariants of the batch-1 engine hold per row:
+    the target cache holds every committed token but the last; the draft cache holds every committed
+    token but the last two (it re-reads them in its first call of a round, which stays one call),
+    so nothing is recomputed beyond one draft position. Greedy rows equal greedy target decoding;
+    sampled rows follow the target's distribution (lenience 1).
+
+    ``accepted`` / ``drafted`` hold one entry per (target call, row verified by it), so
+    ``acceptance_rate`` is the alpha over all rows; ``num_target_calls`` counts batched calls.
+    """
+    batch = input_ids.shape[0]
+    pad = _pad_id(target, eos)
+    out = SpeculativeOutput(sequences=input_ids.new_zeros((batch, 0)), num_target_calls=0, num_draft_calls=0)
+    t_begin = time.perf_counter()
+    device = input_ids.device
+    with _eval_mode(target, draft):
+        t0 = time.perf_counter()
+        target_dec = _BatchedDecoder(target, input_ids, attention_mask)
+        t1 = time.perf_counter()
+        draft_dec = _BatchedDecoder(draft, input_ids, attention_mask)
+        out.target_time_s += t1 - t0
+        out.draft_time_s += time.perf_counter() - t1
+
+        tokens: list[list[int]] = [[start] for _ in range(batch)]
+        active = list(range(batch))  # original row ids, in the caches' row order
+        block = gamma
+        first_round = True
+        while active:
+            remaining = [max_new_tokens - (len(tokens[r]) - 1) for r in active]
+            n_draft = min(block, max(remaining) - 1)
+            # 1. Draft n_draft tokens for every active row. The first call re-reads the last two
+            #    committed tokens (one on the first round).
+            t0 = time.perf_counter()
+            width_in = 1 if first_round else 2
+            feed = torch.tensor([tokens[r][-width_in:] for r in active], dtype=torch.long, device=device)
+            drafted = torch.zeros((len(active), 0), dtype=torch.long, device=device)
+            q_rows: list[torch.Tensor] = []
+            for _ in range(n_draft):
+                logits = draft_dec.advance(feed)[:, -1]  # (B', V)
+                out.num_draft_calls += 1
+                if do_sample:
+                    q_row = warp(logits)
+                    nxt = torch.multinomial(q_row.float(), 1, generator=generator)
+                    q_rows.append(q_row)
+                else:
+                    nxt = logits.argmax(dim=-1, keepdim=True)
+                drafted = torch.cat([drafted, nxt], dim=1)
+                feed = nxt
+            t1 = time.perf_counter()
+            out.draft_time_s += t1 - t0
+
+            # 2. Verify every row in one target call: the last committed token, then the block.
+            last = torch.tensor([[tokens[r][-1]] for r in active], dtype=torch.long, device=device)
+            target_logits = target_dec.advance(torch.cat([last, drafted], dim=1))  # (B', n+1, V)
+            out.num_target_calls += 1
+            t2 = time.perf_counter()
+            out.target_time_s += t2 - t1
+
+            # 3. Per row: accepted prefix + one target token, cut at EOS and at the budget.
+            drafted_list = drafted.tolist()
+            if do_sample:
+                p_all = warp(target_logits)
+                q_all = torch.stack(q_rows, dim=1) if q_rows else p_all.new_zeros((len(active), 0, p_all.shape[-1]))
+            else:
+                greedy = target_logits.argmax(dim=-1)  # (B', n+1)
+                matches = (greedy[:, :n_draft] == drafted).long().cumprod(dim=1).sum(dim=1).tolist()
+                greedy = greedy.tolist()
+            keep_rows, n_kept = [], []
+            for i, r in enumerate(active):
+                if do_sample:
+                    n, nxt = rejection_sample(p_all[i], q_all[i], drafted[i], lenience=lenience, generator=generator)
+                else:
+                    n, nxt = matches[i], greedy[i][matches[i]]
+                out.accepted.append(n)
+                out.drafted.append(n_draft)
+                new_tokens = drafted_list[i][:n] + [nxt]
+                cut = _first_eos(new_tokens, eos)
+                finished = cut is not None
+                if finished:
+                    new_tokens = new_tokens[: cut + 1]
+                new_tokens = new_tokens[: remaining[i]]
+                tokens[r].extend(new_tokens)
+                if not finished and len(tokens[r]) - 1 < max_new_tokens:
+                    keep_rows.append(i)
+                    n_kept.append(n)
+            if adaptive_gamma:
+                full = all(a == n_draft == block for a in out.accepted[-len(active):])
+                block = min(block + 1, 2 * gamma) if full else max(block - 1, 1)
+            if not keep_rows:
+                break
+            assert n_draft > 0, "a round without draft tokens ends every row"
+            # 4. Realign both caches on the kept rows. Target: + the last committed token and the n
+            #    accepted drafts. Draft: its calls added width_in + n_draft - 1 columns, of which a
+            #    row keeps width_in + n - 1 (every committed token but the last two).
+            rows = torch.tensor(keep_rows, dtype=torch.long, device=device)
+            n_t = torch.tensor(n_kept, dtype=torch.long, device=device)
+            target_dec.keep(rows, target_dec.width - (n_draft + 1) + n_t + 1)
+            draft_dec.keep(rows, draft_dec.width - (width_in + n_draft - 1) + width_in + n_t - 1)
+            active = [active[i] for i in keep_rows]
+            first_round = False
+
+    width = max(len(t) for t in tokens)
+    out.sequences = torch.tensor([t + [pad] * (width - len(t)) for t in tokens], dtype=torch.long, device=device)
     out.total_time_s = time.perf_counter() - t_begin
     return out

@@ -375,13 +375,10 @@ def test_residual_of_identical_distributions_falls_back_to_p():
 # ------------------------------------------------------------------------------------------------
 
 
-def test_speculative_sampling_first_two_tokens_follow_the_warped_target_distribution():
-    vocab, draws = 6, 1500
-    target = tiny_t5(10, d_model=32, layers=1, vocab=vocab, scale=1.5)
-    draft = tiny_t5(11, d_model=32, layers=1, vocab=vocab, scale=1.5)
-    ids = prompt(0, length=6, vocab=vocab)
-    warp = dict(temperature=1.3, top_k=4)
-    with torch.no_grad():  # exact law of (x1, x2), each from the warped target, no cache
+def first_two_tokens_law(target, ids: torch.Tensor, warp: dict) -> dict[tuple[int, ...], float]:
+    """Exact law of the first two sampled tokens (or EOS alone), from the warped target, no cache."""
+    vocab = target.config.vocab_size
+    with torch.no_grad():
         logits = target(input_ids=ids, decoder_input_ids=torch.tensor([[START]])).logits[0, -1]
         p1 = sampling_distribution(logits, **warp)
         exact = {}
@@ -396,15 +393,12 @@ def test_speculative_sampling_first_two_tokens_follow_the_warped_target_distribu
             for x2 in range(vocab):
                 if p2[x2] > 0:
                     exact[(x1, x2)] = float(p1[x1] * p2[x2])
-    generator = torch.Generator().manual_seed(0)
-    counts = dict.fromkeys(exact, 0)
-    for _ in range(draws):
-        out = speculative_generate(
-            target, draft, ids, gamma=2, max_new_tokens=2, do_sample=True, generator=generator, **warp
-        )
-        counts[tuple(out.sequences[0, 1:].tolist())] += 1  # KeyError = a token p gives probability 0
+    return exact
+
+
+def assert_counts_follow(counts: dict, exact: dict, draws: int) -> None:
+    """Chi-square goodness of fit at the 99.9% level, rarest outcomes pooled to expect >= 5 draws."""
     keys = sorted(exact, key=exact.get)
-    # pool the rarest outcomes so every cell expects >= 5 draws
     cells, pool_c, pool_e = [], 0, 0.0
     for k in keys:
         pool_c, pool_e = pool_c + counts[k], pool_e + exact[k]
@@ -419,6 +413,23 @@ def test_speculative_sampling_first_two_tokens_follow_the_warped_target_distribu
     # 99.9% quantile of chi-square via the Wilson-Hilferty approximation
     crit = dof * (1 - 2 / (9 * dof) + 3.09 * math.sqrt(2 / (9 * dof))) ** 3
     assert chi_square(observed, expected_p) < crit
+
+
+def test_speculative_sampling_first_two_tokens_follow_the_warped_target_distribution():
+    vocab, draws = 6, 1500
+    target = tiny_t5(10, d_model=32, layers=1, vocab=vocab, scale=1.5)
+    draft = tiny_t5(11, d_model=32, layers=1, vocab=vocab, scale=1.5)
+    ids = prompt(0, length=6, vocab=vocab)
+    warp = dict(temperature=1.3, top_k=4)
+    exact = first_two_tokens_law(target, ids, warp)
+    generator = torch.Generator().manual_seed(0)
+    counts = dict.fromkeys(exact, 0)
+    for _ in range(draws):
+        out = speculative_generate(
+            target, draft, ids, gamma=2, max_new_tokens=2, do_sample=True, generator=generator, **warp
+        )
+        counts[tuple(out.sequences[0, 1:].tolist())] += 1  # KeyError = a token p gives probability 0
+    assert_counts_follow(counts, exact, draws)
 
 
 def test_seeded_generator_makes_speculative_sampling_reproducible(target, random_draft):
@@ -484,9 +495,174 @@ def test_bad_arguments_raise_value_error_naming_them(target, kwargs, match):
         speculative_generate(target, target, prompt(0), **kwargs)
 
 
-def test_batch_larger_than_one_raises_value_error(target):
+def test_target_generate_is_batch_one_and_batched_sd_refuses_the_static_cache(target):
+    two = torch.cat([prompt(0), prompt(1)])
     with pytest.raises(ValueError, match="batch"):
-        speculative_generate(target, target, torch.cat([prompt(0), prompt(1)]), gamma=2, max_new_tokens=4)
+        target_generate(target, two, max_new_tokens=4)
+    with pytest.raises(ValueError, match="batch size 2 needs cache_implementation='dynamic'"):
+        speculative_generate(target, target, two, gamma=2, max_new_tokens=4, cache_implementation="static")
+
+
+def test_cache_arguments_are_validated(target):
+    with pytest.raises(ValueError, match="cache_implementation='paged' must be one of"):
+        target_generate(target, prompt(0), max_new_tokens=4, cache_implementation="paged")
+    with pytest.raises(ValueError, match="compile=True needs cache_implementation='static'"):
+        speculative_generate(target, target, prompt(0), gamma=2, max_new_tokens=4, compile=True)
+    dec = CachedDecoder(target, prompt(0), torch.ones_like(prompt(0)), cache_implementation="static", max_cache_len=3)
+    with pytest.raises(ValueError, match="holds 3 decoder positions; 4 were asked for"):
+        dec.advance([START, 5, 6, 7])
+
+
+# ------------------------------------------------------------------------------------------------
+# Static (preallocated) KV cache: the layout of the compiled GPU path
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("gamma", [1, 4])
+def test_greedy_sd_on_a_static_cache_equals_greedy_generate_token_for_token(target, random_draft, gamma):
+    for seed, draft in itertools.product(range(1, 4), [target, random_draft]):
+        ids = prompt(seed)
+        expected = target.generate(ids, max_new_tokens=MAX_NEW, do_sample=False).tolist()
+        kw = dict(max_new_tokens=MAX_NEW, cache_implementation="static")
+        assert speculative_generate(target, draft, ids, gamma=gamma, **kw).sequences.tolist() == expected
+        assert target_generate(target, ids, **kw).sequences.tolist() == expected
+
+
+def test_static_cache_cropped_then_advanced_gives_the_logits_of_recomputing(target):
+    ids = prompt(5)
+    dec = CachedDecoder(target, ids, torch.ones_like(ids), cache_implementation="static", max_cache_len=10)
+    dec.advance([START, 17])
+    dec.advance([START, 17, 42, 9, 99, 3])  # rejected 99 and 3 stay in the buffer after the crop
+    dec.crop(4)
+    tokens = [START, 17, 42, 9, 55, 23, 8]
+    cached = dec.advance(tokens)
+    with torch.no_grad():
+        full = target(input_ids=ids, decoder_input_ids=torch.tensor([tokens]), use_cache=False).logits[0]
+    # 1e-4: the cached keys of 42 and 9 came from a 4-token call, the recomputation's from a 7-token
+    # one; float32 rounding differs at ~1e-5 on these large-weight models. Attending to a stale
+    # (rejected) entry would be off by O(1).
+    torch.testing.assert_close(cached, full[-3:], rtol=1e-4, atol=1e-4)
+    assert dec.length == 7
+
+
+def test_static_cache_speculative_sampling_matches_the_dynamic_cache_draw_for_draw(target, random_draft):
+    def run(impl: str):
+        return speculative_generate(
+            target, random_draft, prompt(2), gamma=3, max_new_tokens=MAX_NEW, do_sample=True, top_k=20,
+            generator=torch.Generator().manual_seed(3), cache_implementation=impl,
+        )
+
+    dynamic, static = run("dynamic"), run("static")
+    assert static.sequences.tolist() == dynamic.sequences.tolist() and static.accepted == dynamic.accepted
+
+
+@pytest.mark.slow
+def test_compiled_static_cache_sd_equals_greedy_generate_and_reuses_its_graphs():
+    """torch.compile on CPU (inductor): ~30-60 s, most of it compiling the first call's graphs."""
+    target, draft = tiny_t5(20, d_model=32, layers=2), tiny_t5(21, d_model=32, layers=1)
+    kw = dict(gamma=3, max_new_tokens=12, cache_implementation="static", compile=True)
+    for seed in range(2):
+        ids = prompt(seed)
+        expected = target.generate(ids, max_new_tokens=12, do_sample=False).tolist()
+        assert speculative_generate(target, draft, ids, **kw).sequences.tolist() == expected
+    assert target._spactor_compiled is not None and draft._spactor_compiled is not target._spactor_compiled
+    assert "_spactor_compiled" not in "".join(target.state_dict())
+
+
+# ------------------------------------------------------------------------------------------------
+# Batched SD: rows accept different numbers of draft tokens
+# ------------------------------------------------------------------------------------------------
+
+
+def perturbed(model, seed: int, noise: float):
+    """A copy of ``model`` with Gaussian noise on its weights: a draft that agrees only partly."""
+    import copy
+
+    other = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(noise * param.std() * torch.randn(param.shape, generator=g))
+    return other
+
+
+def padded_batch(seeds_and_lengths):
+    rows = [prompt(seed, length=length)[0] for seed, length in seeds_and_lengths]
+    ids = torch.full((len(rows), max(len(r) for r in rows)), PAD, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)], mask[i, : len(row)] = row, 1
+    return rows, ids, mask
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 5])
+def test_batched_greedy_sd_equals_each_rows_greedy_decoding_token_for_token(target, random_draft, eos_prompt, gamma):
+    rows, ids, mask = padded_batch([(1, 12), (2, 7), (3, 10), (4, 12), (5, 5)])
+    rows.append(eos_prompt[0])  # a row that stops at EOS while the others go on
+    ids = torch.cat([ids, torch.cat([eos_prompt, ids.new_full((1, ids.shape[1] - 12), PAD)], 1)])
+    mask = torch.cat([mask, torch.cat([torch.ones(1, 12, dtype=torch.long), mask.new_zeros(1, ids.shape[1] - 12)], 1)])
+    expected = [target.generate(r[None], max_new_tokens=MAX_NEW, do_sample=False)[0].tolist() for r in rows]
+    width = max(len(e) for e in expected)
+    expected = [e + [PAD] * (width - len(e)) for e in expected]  # generate's layout for a batch
+    half_right = perturbed(target, 0, 0.6)
+    per_call_spread = False
+    for draft in (target, random_draft, half_right):
+        out = speculative_generate(target, draft, ids, mask, gamma=gamma, max_new_tokens=MAX_NEW)
+        assert out.sequences.tolist() == expected
+        if draft is target:
+            assert out.accepted == out.drafted
+        per_call_spread |= len(set(out.accepted)) > 1
+    assert per_call_spread  # rows really accepted different numbers of tokens
+    hf = target.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False)
+    assert hf.tolist() == expected
+
+
+def test_batched_greedy_sd_with_adaptive_gamma_equals_greedy_decoding(target):
+    rows, ids, mask = padded_batch([(6, 9), (7, 12), (8, 4)])
+    expected = target.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW, do_sample=False).tolist()
+    for draft in (perturbed(target, 1, 0.4), target):
+        out = speculative_generate(target, draft, ids, mask, gamma=2, max_new_tokens=MAX_NEW, adaptive_gamma=True)
+        assert out.sequences.tolist() == expected
+    # every row of a perfect draft is fully accepted, so the shared block grows to 2 * gamma
+    blocks = [block for block, _ in itertools.groupby(out.drafted)]
+    assert blocks[:3] == [2, 3, 4] and max(out.drafted) <= 4
+
+
+def test_batched_speculative_sampling_first_two_tokens_follow_the_warped_target_distribution():
+    vocab, batch, calls = 6, 50, 30
+    target = tiny_t5(10, d_model=32, layers=1, vocab=vocab, scale=1.5)
+    draft = tiny_t5(11, d_model=32, layers=1, vocab=vocab, scale=1.5)
+    ids = prompt(0, length=6, vocab=vocab)
+    warp = dict(temperature=1.3, top_k=4)
+    exact = first_two_tokens_law(target, ids, warp)
+    generator = torch.Generator().manual_seed(1)
+    counts = dict.fromkeys(exact, 0)
+    for _ in range(calls):
+        out = speculative_generate(
+            target, draft, ids.expand(batch, -1), gamma=2, max_new_tokens=2, do_sample=True,
+            generator=generator, **warp,
+        )
+        for row in out.sequences[:, 1:].tolist():
+            counts[tuple(row[: row.index(EOS) + 1] if EOS in row else row)] += 1
+    assert_counts_follow(counts, exact, batch * calls)
+
+
+def test_batched_sd_runs_each_encoder_once_and_counts_batched_calls(target, random_draft):
+    rows, ids, mask = padded_batch([(1, 12), (2, 9), (3, 6)])
+    calls = {"target": 0, "draft": 0}
+    hooks = [
+        target.get_encoder().register_forward_hook(lambda *a: calls.__setitem__("target", calls["target"] + 1)),
+        random_draft.get_encoder().register_forward_hook(lambda *a: calls.__setitem__("draft", calls["draft"] + 1)),
+    ]
+    try:
+        out = speculative_generate(target, random_draft, ids, mask, gamma=3, max_new_tokens=MAX_NEW)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == {"target": 1, "draft": 1}
+    # one entry per (target call, row it verified); a random draft is almost never right
+    assert len(out.accepted) >= out.num_target_calls and out.acceptance_rate < 0.3
+    assert out.num_target_calls <= MAX_NEW
 
 
 # ------------------------------------------------------------------------------------------------
