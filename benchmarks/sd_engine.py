@@ -5,6 +5,14 @@ Four greedy decoders on the same prompts, each checked against ``target.generate
   engine_target    models.speculative.target_generate                    same engine, no draft
   engine_sd        models.speculative.speculative_generate(gamma)        (+ adaptive_gamma variant)
   hf_assisted      target.generate(assistant_model=draft), constant gamma
+With ``--fast-path``, three more on static (preallocated) KV caches, the GPU fast path:
+  hf_generate_static      target.generate(cache_implementation="static")
+  engine_target_compiled  target_generate(cache_implementation="static", compile=True)
+  engine_sd_compiled      speculative_generate(..., cache_implementation="static", compile=True)
+
+GPU (no Ray / Prefect / MLflow needed), a T5-XL-shaped target with a 2-layer draft:
+    python benchmarks/sd_engine.py --device cuda --dtype bfloat16 --fast-path --d-model 2048 --d-ff 5120 \
+        --heads 32 --target-layers 24 --draft-layers 2 --prompt-len 512 --max-new-tokens 128 --prompts 4
 
 Models: by default a synthetic random-init pair whose agreement is a knob. The draft is a shallow
 T5 (``--draft-layers``); the target is the draft's layers followed by ``--target-layers -
@@ -72,6 +80,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--warmup", type=int, default=1, help="untimed passes over the prompts")
     ap.add_argument("--repeats", type=int, default=3, help="timed passes; the median is reported")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument(
+        "--fast-path", action="store_true",
+        help="also time the static-cache paths: target.generate(cache_implementation='static') and our "
+        "engine on a static cache with torch.compile (the GPU fast path; compiling takes a while on a CPU)",
+    )
     args = ap.parse_args(argv)
     if (args.target is None) != (args.draft is None):
         ap.error("pass both --target and --draft, or neither for the synthetic pair")
@@ -112,17 +127,25 @@ def synthetic_pair(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.
     return target, draft
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def timed(fn: Callable[[torch.Tensor], object], prompts: list[torch.Tensor], warmup: int, repeats: int):
     """Median wall time of one pass over the prompts, and the outputs of the last pass."""
     for _ in range(warmup):
         for ids in prompts:
             fn(ids)
     times, outputs = [], []
+    device = prompts[0].device
     for _ in range(repeats):
         outputs = []
+        _sync(device)
         t0 = time.perf_counter()
         for ids in prompts:
             outputs.append(fn(ids))
+        _sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), outputs
 
@@ -139,8 +162,11 @@ def main(argv: list[str] | None = None) -> None:
         target, draft = synthetic_pair(args)
         vocab = args.vocab
     n_params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
+    dtype = getattr(torch, args.dtype)
+    target, draft = target.to(args.device, dtype), draft.to(args.device, dtype)
     generator = torch.Generator().manual_seed(args.seed)
-    prompts = [torch.randint(2, vocab, (1, args.prompt_len), generator=generator) for _ in range(args.prompts)]
+    prompts = [torch.randint(2, vocab, (1, args.prompt_len), generator=generator).to(args.device)
+               for _ in range(args.prompts)]
     n = args.max_new_tokens
     # transformers' assistant: a constant block of gamma tokens, no confidence-based early stop.
     draft.generation_config.num_assistant_tokens = args.gamma
@@ -159,6 +185,17 @@ def main(argv: list[str] | None = None) -> None:
         ),
         "hf_assisted": lambda ids: target.generate(ids, max_new_tokens=n, do_sample=False, assistant_model=draft),
     }
+    if args.fast_path:
+        fast = dict(cache_implementation="static", compile=True)
+        methods.update({
+            "hf_generate_static": lambda ids: target.generate(
+                ids, max_new_tokens=n, do_sample=False, cache_implementation="static"
+            ),
+            "engine_target_compiled": lambda ids: target_generate(target, ids, max_new_tokens=n, **fast),
+            "engine_sd_compiled": lambda ids: speculative_generate(
+                target, draft, ids, gamma=args.gamma, max_new_tokens=n, **fast
+            ),
+        })
     results = {}
     with torch.inference_mode():
         for name, fn in methods.items():
@@ -173,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"target {n_params(target):.1f}M params, draft {n_params(draft):.1f}M params; {args.prompts} prompts x "
         f"{args.prompt_len} tokens, max_new_tokens={n}, gamma={args.gamma}, threads={args.threads}, "
+        f"{args.device} {args.dtype}, "
         f"median of {args.repeats}" + ("" if args.target else f", perturbation={args.perturbation}")
     )
     print(f"{'method':<20} {'ms/token':>9} {'speedup':>8} {'alpha':>6} {'tok/call':>9} {'predicted':>9} {'exact':>6}")

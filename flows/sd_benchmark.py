@@ -62,6 +62,10 @@ class SDBenchmarkConfig(FlowConfig):
     hf_baselines: bool = Field(True, description="also time target.generate and assisted generation")
     device: str = Field("cpu", description="cpu or cuda[:N]")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    cache_implementation: Literal["dynamic", "static"] = Field(
+        "dynamic", description="KV cache of our decoders and target.generate; static = preallocated (GPU fast path)")
+    compile: bool = Field(False, description="torch.compile our decoders (needs cache_implementation=static); "
+                          "target.generate then also uses its static cache")
     experiment: str = "sd-benchmark"
 
     @field_validator("drafts", mode="before")
@@ -79,6 +83,8 @@ class SDBenchmarkConfig(FlowConfig):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.compile and self.cache_implementation != "static":
+            raise ValueError("compile=true needs cache_implementation=static")
         if self.prompts_jsonl is not None and self.corpus_dir is not None:
             raise ValueError("set one prompt source, not both: prompts_jsonl=FILE.jsonl or corpus_dir=CORPUS_FOLDER")
         labels = [d.label for d in self.drafts]
@@ -94,10 +100,11 @@ def tiny() -> SDBenchmarkConfig:
 
 
 def small() -> SDBenchmarkConfig:
-    """T5-small-class pair on one GPU: 50 prompts of 256 tokens."""
+    """T5-small-class pair on one GPU: 50 prompts of 256 tokens, static cache + torch.compile for every decoder."""
     return tiny().model_copy(update=dict(preset="small", num_prompts=50, prompt_tokens=256, max_new_tokens=128,
                                          gammas=[1, 2, 3, 4, 5, 7], lenience=[1.0, 0.5, 0.3, 0.1], repeats=5,
-                                         warmup=2, device="cuda", dtype="bfloat16"))
+                                         warmup=2, device="cuda", dtype="bfloat16",
+                                         cache_implementation="static", compile=True))
 
 
 def base() -> SDBenchmarkConfig:
@@ -150,7 +157,8 @@ def sd_benchmark(preset: str = "tiny", overrides: Optional[dict[str, Any]] = Non
     prompts = t.load_prompts(source, tokenizer_dir, cfg.max_new_tokens)
     # 2. Measure and log.
     settings = cfg.model_dump(include={"gammas", "lenience", "modes", "max_new_tokens", "temperature", "top_k",
-                                       "top_p", "repeats", "warmup", "threads", "seed", "hf_baselines"})
+                                       "top_p", "repeats", "warmup", "threads", "seed", "hf_baselines",
+                                       "cache_implementation", "compile"})
     with tracking.start_run(cfg.experiment, f"{cfg.preset}-sd-benchmark", params=cfg.model_dump(),
                             tags={"stage": "sd_benchmark", "preset": cfg.preset, "target": cfg.target},
                             parent_run_id=parent_run_id) as run_id:

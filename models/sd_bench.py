@@ -58,6 +58,8 @@ import torch
 from torch import nn
 
 from models.speculative import (
+    CACHE_IMPLEMENTATIONS,
+    compiled_forward,
     CachedDecoder,
     SpeculativeOutput,
     expected_block_efficiency,
@@ -128,6 +130,12 @@ class BenchSettings:
     """Also time transformers' target.generate and assisted generation."""
     step_probe_tokens: int = 16
     """Decoder steps per prompt timed for the direct measurement of c."""
+    cache_implementation: str = "dynamic"
+    """KV cache of our engine and of ``target.generate``: ``dynamic`` or ``static`` (preallocated)."""
+    compile: bool = False
+    """torch.compile our decoders (needs ``static``); the GPU fast path for baseline and SD alike.
+    ``target.generate`` then also runs with ``cache_implementation="static"`` (transformers compiles
+    that path itself on a GPU). HF assisted generation always uses its dynamic cache."""
 
     def __post_init__(self) -> None:
         self.gammas, self.lenience, self.modes = tuple(self.gammas), tuple(self.lenience), tuple(self.modes)
@@ -144,6 +152,15 @@ class BenchSettings:
             raise ValueError(f"warmup={self.warmup} must be >= 0")
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature} must be > 0")
+        if self.cache_implementation not in CACHE_IMPLEMENTATIONS:
+            raise ValueError(f"cache_implementation={self.cache_implementation!r} must be one of "
+                             f"{list(CACHE_IMPLEMENTATIONS)}")
+        if self.compile and self.cache_implementation != "static":
+            raise ValueError("compile=True needs cache_implementation='static'")
+
+    @property
+    def engine_cache(self) -> dict[str, Any]:
+        return {"cache_implementation": self.cache_implementation, "compile": self.compile}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -287,6 +304,8 @@ def measure_step_costs(
     gammas: Sequence[int],
     repeats: int,
     warmup: int,
+    cache_implementation: str = "dynamic",
+    compile: bool = False,
 ) -> dict[str, Any]:
     """Directly time one-token KV-cached decoder steps of every model and the target's verify calls.
 
@@ -311,7 +330,12 @@ def measure_step_costs(
         for ids in prompts:
             feed = [0] + (ids[0].tolist() * (steps // ids.shape[1] + 2))[: steps + max(gammas) + 1]
             mask = torch.ones_like(ids)
-            decoders = {name: CachedDecoder(model, ids, mask) for name, model in models.items()}
+            max_len = steps + max(gammas) + 2 if cache_implementation == "static" else None
+            decoders = {
+                name: CachedDecoder(model, ids, mask, cache_implementation=cache_implementation,
+                                    max_cache_len=max_len, forward=compiled_forward(model) if compile else None)
+                for name, model in models.items()
+            }
             # Models alternate step by step, so drift of a shared machine hits them alike.
             for j in range(1, steps + 1):
                 for name, dec in decoders.items():
@@ -367,6 +391,8 @@ def _build_cases(
 
     def hf_call(i: int, mode: str, assistant: nn.Module | None = None, gamma: int | None = None):
         extra = {}
+        if assistant is None and s.cache_implementation == "static":
+            extra["cache_implementation"] = "static"
         if assistant is not None:
             gc = assistant.generation_config
             gc.num_assistant_tokens, gc.num_assistant_tokens_schedule = gamma, "constant"
@@ -377,12 +403,12 @@ def _build_cases(
         return seq[0].tolist(), None
 
     def target_call(i: int, mode: str):
-        out = target_generate(target, prompts[i], max_new_tokens=n, **engine_kwargs(mode, i))
+        out = target_generate(target, prompts[i], max_new_tokens=n, **engine_kwargs(mode, i), **s.engine_cache)
         return out.sequences[0].tolist(), out
 
     def sd_call(i: int, mode: str, draft: nn.Module, gamma: int, lenience: float):
         out = speculative_generate(target, draft, prompts[i], gamma=gamma, max_new_tokens=n, lenience=lenience,
-                                   **engine_kwargs(mode, i))
+                                   **engine_kwargs(mode, i), **s.engine_cache)
         return out.sequences[0].tolist(), out
 
     cases: list[_Case] = []
@@ -454,7 +480,8 @@ def run_benchmark(
     with _bench_environment(s.threads, [target, *drafts.values()]):
         say(f"timing decoder steps of target and {len(drafts)} draft(s) for c")
         costs = measure_step_costs(target, drafts, ids, steps=min(s.step_probe_tokens, s.max_new_tokens),
-                                   gammas=s.gammas, repeats=s.repeats, warmup=min(s.warmup, 1))
+                                   gammas=s.gammas, repeats=s.repeats, warmup=min(s.warmup, 1),
+                                   **s.engine_cache)
         cases = _build_cases(target, drafts, ids, s)
         for r in range(s.warmup + s.repeats):
             timed = r >= s.warmup

@@ -103,3 +103,16 @@ def test_bad_settings_raise_value_error_naming_the_field():
         BenchSettings(lenience=(1.5,))
     with pytest.raises(ValueError, match="modes"):
         BenchSettings(modes=("beam",))
+    with pytest.raises(ValueError, match="compile=True needs cache_implementation='static'"):
+        BenchSettings(compile=True)
+
+
+def test_static_cache_benchmark_times_the_static_path_and_stays_exact():
+    target, other = _t5(0, 32, 2), _t5(1, 16, 1)
+    rng = torch.Generator().manual_seed(1)
+    prompts = [BenchPrompt(input_ids=torch.randint(2, 96, (8,), generator=rng).tolist() + [1]) for _ in range(2)]
+    settings = BenchSettings(gammas=(1, 3), modes=("greedy",), max_new_tokens=8, repeats=1, warmup=0,
+                             cache_implementation="static")
+    df = to_frame(run_benchmark(target, {"other": other}, prompts, settings))
+    assert set(df["method"]) == {"target", "hf_generate", "sd", "hf_assisted"}
+    assert df["exact"].dropna().all() and (df["verify_ratio"].dropna() > 0).all()
