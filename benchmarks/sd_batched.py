@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import T5ForConditionalGeneration
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.sd_engine import PAD, parse_args as engine_args, synthetic_pair  # noqa: E402
+from benchmarks.sd_engine import PAD, load_pair, parse_args as engine_args  # noqa: E402
 from models.sd_bench import estimate_alpha  # noqa: E402
 from models.speculative import speculative_generate  # noqa: E402
 
@@ -59,15 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     args = engine_args(rest)
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
-    if args.target is not None:
-        target = T5ForConditionalGeneration.from_pretrained(args.target).eval()
-        draft = T5ForConditionalGeneration.from_pretrained(args.draft).eval()
-        vocab = target.config.vocab_size
-    else:
-        target, draft = synthetic_pair(args)
-        vocab = args.vocab
-    dtype = getattr(torch, args.dtype)
-    target, draft = target.to(args.device, dtype), draft.to(args.device, dtype)
+    target, draft, vocab = load_pair(args)
     device = torch.device(args.device)
     n, gamma = args.max_new_tokens, args.gamma
     g = torch.Generator().manual_seed(args.seed)

@@ -127,6 +127,19 @@ def synthetic_pair(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.
     return target, draft
 
 
+def load_pair(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module, int]:
+    """(target, draft, vocab size): the --target/--draft folders or the synthetic pair, on --device/--dtype."""
+    if args.target is not None:
+        target = T5ForConditionalGeneration.from_pretrained(args.target).eval()
+        draft = T5ForConditionalGeneration.from_pretrained(args.draft).eval()
+        vocab = target.config.vocab_size
+    else:
+        target, draft = synthetic_pair(args)
+        vocab = args.vocab
+    dtype = getattr(torch, args.dtype)
+    return target.to(args.device, dtype), draft.to(args.device, dtype), vocab
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -154,16 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()  # assisted generation warns about its own internal generate kwargs
-    if args.target is not None:
-        target = T5ForConditionalGeneration.from_pretrained(args.target).eval()
-        draft = T5ForConditionalGeneration.from_pretrained(args.draft).eval()
-        vocab = target.config.vocab_size
-    else:
-        target, draft = synthetic_pair(args)
-        vocab = args.vocab
+    target, draft, vocab = load_pair(args)
     n_params = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
-    dtype = getattr(torch, args.dtype)
-    target, draft = target.to(args.device, dtype), draft.to(args.device, dtype)
     generator = torch.Generator().manual_seed(args.seed)
     prompts = [torch.randint(2, vocab, (1, args.prompt_len), generator=generator).to(args.device)
                for _ in range(args.prompts)]

@@ -415,14 +415,19 @@ def assert_counts_follow(counts: dict, exact: dict, draws: int) -> None:
     assert chi_square(observed, expected_p) < crit
 
 
-def test_speculative_sampling_first_two_tokens_follow_the_warped_target_distribution():
-    vocab, draws = 6, 1500
+def sampling_pair(seed: int):
+    """A 6-token-vocabulary target and draft, a prompt, a warp, the exact law, a seeded generator."""
+    vocab = 6
     target = tiny_t5(10, d_model=32, layers=1, vocab=vocab, scale=1.5)
     draft = tiny_t5(11, d_model=32, layers=1, vocab=vocab, scale=1.5)
     ids = prompt(0, length=6, vocab=vocab)
     warp = dict(temperature=1.3, top_k=4)
-    exact = first_two_tokens_law(target, ids, warp)
-    generator = torch.Generator().manual_seed(0)
+    return target, draft, ids, warp, first_two_tokens_law(target, ids, warp), torch.Generator().manual_seed(seed)
+
+
+def test_speculative_sampling_first_two_tokens_follow_the_warped_target_distribution():
+    draws = 1500
+    target, draft, ids, warp, exact, generator = sampling_pair(0)
     counts = dict.fromkeys(exact, 0)
     for _ in range(draws):
         out = speculative_generate(
@@ -629,13 +634,8 @@ def test_batched_greedy_sd_with_adaptive_gamma_equals_greedy_decoding(target):
 
 
 def test_batched_speculative_sampling_first_two_tokens_follow_the_warped_target_distribution():
-    vocab, batch, calls = 6, 50, 30
-    target = tiny_t5(10, d_model=32, layers=1, vocab=vocab, scale=1.5)
-    draft = tiny_t5(11, d_model=32, layers=1, vocab=vocab, scale=1.5)
-    ids = prompt(0, length=6, vocab=vocab)
-    warp = dict(temperature=1.3, top_k=4)
-    exact = first_two_tokens_law(target, ids, warp)
-    generator = torch.Generator().manual_seed(1)
+    batch, calls = 50, 30
+    target, draft, ids, warp, exact, generator = sampling_pair(1)
     counts = dict.fromkeys(exact, 0)
     for _ in range(calls):
         out = speculative_generate(
