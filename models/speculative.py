@@ -783,13 +783,13 @@ def speculative_generate(
 class _BatchedDecoder:
     """A decoder over B prompts whose rows hold different numbers of decoded positions.
 
-    Rows are kept *right-aligned* in a common cache of ``width`` columns: row r's valid positions are
-    its last ``width - pad[r]`` columns, the ``pad[r]`` columns on the left are masked out
-    (``mask``), exactly like left-padded batched generation. T5's attention bias depends only on the
-    distance between query and key positions, so a contiguous, right-aligned row computes what it
-    would compute alone. After a call each row keeps a different number of the new columns; ``keep``
-    shifts every row right so that the kept columns end at the same place again (a gather per
-    layer, no recomputation), and drops finished rows.
+    Rows are kept *right-aligned* in a common cache of ``width`` columns: row r's ``valid[r]``
+    positions are its last columns and the columns on their left are masked out (``mask``), exactly
+    like left-padded batched generation. T5's attention bias depends only on the distance between
+    query and key positions, so a contiguous, right-aligned row computes what it would compute
+    alone. After a call each row keeps a different number of the new columns; ``keep`` moves every
+    row so that its kept columns end at the same place again (a gather per layer, no recomputation;
+    a plain slice when every row moves alike), trims the columns no row uses and drops finished rows.
     """
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
@@ -798,16 +798,20 @@ class _BatchedDecoder:
         self.encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask)
         self.attention_mask = attention_mask  # (B, S)
         self.cache = None
-        self.mask = torch.zeros((input_ids.shape[0], 0), dtype=torch.long, device=self.device)
+        self.valid = torch.zeros(input_ids.shape[0], dtype=torch.long, device=self.device)  # (B,)
+        self.width = 0
         self._cache_kwarg = _cache_kwarg(model)
 
     @property
-    def width(self) -> int:
-        return int(self.mask.shape[1])
+    def mask(self) -> torch.Tensor:
+        """(B, width) decoder attention mask: 1 on each row's last ``valid[r]`` columns."""
+        columns = torch.arange(self.width, device=self.device)[None, :]
+        return (columns >= (self.width - self.valid)[:, None]).long()
 
     def advance(self, new_tokens: torch.Tensor) -> torch.Tensor:
         """Feed (B, k) tokens after each row's cached positions; returns their logits (B, k, V)."""
-        self.mask = torch.cat([self.mask, torch.ones_like(new_tokens)], dim=1)
+        self.width += new_tokens.shape[1]
+        self.valid = self.valid + new_tokens.shape[1]
         out = self.model(
             encoder_outputs=self.encoder_outputs,
             attention_mask=self.attention_mask,
@@ -823,22 +827,28 @@ class _BatchedDecoder:
     def keep(self, rows: torch.Tensor, ends: torch.Tensor) -> None:
         """Keep batch rows ``rows`` (in this order); row i keeps its columns before ``ends[i]``.
 
-        The kept columns of every row are shifted right to end at column ``max(ends)``; the columns
-        shifted in on the left are masked. Columns at or after ``ends[i]`` (rejected tokens) go.
+        The kept columns of every row end at column ``max`` of the kept lengths; columns at or after
+        ``ends[i]`` (rejected tokens) go, and so do columns on the left that no row uses any more.
         """
-        width = int(ends.max()) if len(ends) else 0
-        shift = width - ends  # (B',)
-        src = torch.arange(width, device=self.device)[None, :] - shift[:, None]  # (B', width)
-        valid = src >= 0
-        src = src.clamp_min(0)
-        self.mask = self.mask[rows].gather(1, src) * valid.long()
+        valid = self.valid[rows] - (self.width - ends)  # (B',)
+        width = int(valid.max()) if len(valid) else 0
+        offset = ends - width  # new column j of row i is old column j + offset[i]
+        uniform = bool((offset == offset[0]).all()) if len(offset) else True
         if self.cache is not None:
+            if uniform:
+                start = int(offset[0]) if len(offset) else 0
+            else:
+                src = (torch.arange(width, device=self.device)[None, :] + offset[:, None]).clamp_min(0)
             for layer in _self_attention_layers(self.cache):
                 if getattr(layer, "keys", None) is None:
                     continue
-                idx = src[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
-                layer.keys = layer.keys[rows].gather(2, idx)
-                layer.values = layer.values[rows].gather(2, idx)
+                if uniform:  # every row moves alike: a slice, no copy
+                    layer.keys = layer.keys[rows, :, start : start + width]
+                    layer.values = layer.values[rows, :, start : start + width]
+                else:
+                    idx = src[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[-1])
+                    layer.keys = layer.keys[rows].gather(2, idx)
+                    layer.values = layer.values[rows].gather(2, idx)
             cross = getattr(self.cache, "cross_attention_cache", None)
             if cross is not None and len(rows) != self.attention_mask.shape[0]:
                 for layer in cross.layers:
@@ -847,6 +857,7 @@ class _BatchedDecoder:
         if len(rows) != self.attention_mask.shape[0]:
             self.attention_mask = self.attention_mask[rows]
             self.encoder_outputs.last_hidden_state = self.encoder_outputs.last_hidden_state[rows]
+        self.valid, self.width = valid, width
 
 
 def _pad_id(model: nn.Module, eos: frozenset[int]) -> int:
