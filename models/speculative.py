@@ -26,6 +26,13 @@ Fast path: each model runs its encoder once per prompt; both decoders keep a KV 
 verification (the cross-attention part depends only on the prompt and is kept). No prefix is ever
 recomputed.
 
+Static cache (``cache_implementation="static"``): both caches are preallocated; a rejection moves a
+length counter back. With ``compile=True`` the decoders run through ``torch.compile`` (CUDA graphs on
+a GPU): the fast path on which a GPU benchmark should time both the baseline and SD.
+
+Batched SD (``input_ids`` with B > 1 rows): one target call verifies every row and each row accepts
+its own number of tokens; rows stay right-aligned in the caches (``_BatchedDecoder``).
+
 Run the tests: ``OMP_NUM_THREADS=1 python -m pytest tests/models/test_speculative.py -q``;
 the benchmark: ``python benchmarks/sd_engine.py --help``.
 """
@@ -42,9 +49,11 @@ import torch
 from torch import nn
 
 __all__ = [
+    "CACHE_IMPLEMENTATIONS",
     "CachedDecoder",
     "SpeculativeOutput",
     "acceptance_probability",
+    "compiled_forward",
     "expected_block_efficiency",
     "expected_speedup",
     "greedy_verify",
