@@ -6,12 +6,23 @@ Same model shape, batch and data for all rows. "plain HF" is a bare single-proce
 ``T5ForConditionalGeneration`` (pre-collated span-corruption batches, forward, backward, clip, AdamW).
 "ours" is ``tasks/train_loop.run`` with the pretraining objective (collation included) in one process,
 without Ray. The last column compares the measured hybrid/SC step-time ratio with the FLOP counter's.
-Runs on CPU by default; ``--device cuda --bf16 --compile`` on a GPU machine (no Ray/Prefect needed there).
+Runs on CPU by default; ``--device cuda --bf16 --compile`` on a GPU machine.
+
+A GPU machine without Prefect, Ray, MLflow or ``datasets``: export a bundle here (corpus rows as
+numpy, tokenizer, the full training config), carry it, and run from it there. The bundle mode
+imports only torch, transformers, numpy and safetensors::
+
+    .venv/bin/python benchmarks/pretrain_throughput.py --d-model 768 --d-ff 2048 --layers 12 --heads 12 \
+        --batch 64 --inputs-length 512 --export-bundle bench-bundle          # here (~1 minute)
+    python benchmarks/pretrain_throughput.py --bundle bench-bundle --device cuda --bf16 --compile \
+        --peak-tflops 989                                                   # there; MFU against 989 TFLOP/s
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -37,6 +48,33 @@ def corpus_for(pack_length: int, tmp: Path) -> str:
     return build_corpus.fn(cfg, source_fingerprint(cfg))
 
 
+def prepare(args: argparse.Namespace, tmp: Path) -> tuple[dict, str]:
+    """The full pretraining config for the CLI's shape (``PretrainConfig`` defaults), and a corpus."""
+    from flows.pretrain import PretrainConfig, T5Shape
+
+    shape = T5Shape(d_model=args.d_model, d_ff=args.d_ff, d_kv=args.d_model // args.heads, num_heads=args.heads,
+                    num_layers=args.layers, num_decoder_layers=args.layers)
+    base = PretrainConfig(model=shape, inputs_length=args.inputs_length, batch_size=args.batch, total_steps=1,
+                          tau=0, checkpoint_every=0, eval_every=0, log_every=10**9, cosine_every=0)
+    return base.model_dump(), args.corpus_dir or corpus_for(base.tokens_length, tmp)
+
+
+def export_bundle(cfg: dict, corpus: str, out: Path) -> None:
+    """config.json + tokenizer/ + packed/{train,validation}/rows.npy, written to a temporary folder first."""
+    from tasks.pretrain_worker import export_rows
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(Path(corpus) / "tokenizer", tmp / "tokenizer")
+    for split in ("train", "validation"):
+        export_rows(Path(corpus) / "packed" / split, tmp / "packed" / split)
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"bundle written to {out} ({size / 2**20:.1f} MiB); run it with --bundle {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--d-model", type=int, default=256)
@@ -52,25 +90,36 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the accelerator's peak dense TFLOP/s at the training dtype; adds an MFU column")
+    ap.add_argument("--export-bundle", metavar="DIR", default=None,
+                    help="write corpus rows, tokenizer and config for this shape to DIR, then exit")
+    ap.add_argument("--bundle", metavar="DIR", default=None,
+                    help="run from an exported bundle (its shape, batch and lengths; no Prefect/datasets)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from flows.pretrain import PretrainConfig, T5Shape
     from tasks.pretrain_worker import PretrainObjective
     from tasks.train_loop import LoopSettings, run
 
-    shape = T5Shape(d_model=args.d_model, d_ff=args.d_ff, d_kv=args.d_model // args.heads, num_heads=args.heads,
-                    num_layers=args.layers, num_decoder_layers=args.layers)
     total = args.steps + args.warmup
     with tempfile.TemporaryDirectory() as tmp:
-        base = PretrainConfig(model=shape, inputs_length=args.inputs_length, batch_size=args.batch, total_steps=total,
-                              tau=0, use_gpu=args.device == "cuda", bf16=args.bf16, compile=args.compile,
-                              checkpoint_every=0, eval_every=0, log_every=10**9, cosine_every=0)
-        corpus = args.corpus_dir or corpus_for(base.tokens_length, Path(tmp))
+        if args.bundle:
+            bundle = Path(args.bundle)
+            base_cfg = json.loads((bundle / "config.json").read_text())
+            corpus = str(bundle)
+        else:
+            base_cfg, corpus = prepare(args, Path(tmp))
+            if args.export_bundle:
+                export_bundle(base_cfg, corpus, Path(args.export_bundle))
+                return
+        base_cfg.update(total_steps=total, use_gpu=args.device == "cuda", bf16=args.bf16, compile=args.compile)
+        shape = base_cfg["model"]
+        args.batch, args.inputs_length = base_cfg["batch_size"], base_cfg["inputs_length"]
         common = {"corpus_dir": corpus, "tokenizer_dir": f"{corpus}/tokenizer", "checkpoint_dir": "", "in_ray": False}
 
         def ours(tau: int) -> tuple[float, float, int]:
-            cfg = {**base.model_dump(), **common, "tau": tau}
+            cfg = {**base_cfg, **common, "tau": tau}
             obj = PretrainObjective(cfg)
             times = []
             orig = obj.loss
@@ -94,10 +143,10 @@ def main() -> None:
         def plain() -> float:
             from transformers import T5Config, T5ForConditionalGeneration
 
-            cfg = {**base.model_dump(), **common}
+            cfg = {**base_cfg, **common}
             obj = PretrainObjective(cfg)  # only for the collator and the data
             config = T5Config(vocab_size=obj.vocab_size, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-                              **shape.model_dump())
+                              **shape)
             torch.manual_seed(0)
             model = T5ForConditionalGeneration(config).to(args.device)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -123,14 +172,19 @@ def main() -> None:
         t_plain = plain()
         t_sc, tokens, f_sc = ours(0)
         t_hy, _, f_hy = ours(total)
-    print(f"model d_model={args.d_model} d_ff={args.d_ff} layers={args.layers}+{args.layers}, batch {args.batch} x "
-          f"({args.inputs_length}+targets), device {args.device}, threads {args.threads}, median of {args.steps} steps")
-    print("| loop | step time (s) | tokens/s | vs plain HF | hybrid/SC time | hybrid/SC FLOPs |")
-    print("|---|---|---|---|---|---|")
-    print(f"| plain HF T5 loop | {t_plain:.4f} | {tokens / t_plain:,.0f} | 1.00x | | |")
-    print(f"| ours, SC step | {t_sc:.4f} | {tokens / t_sc:,.0f} | {t_plain / t_sc:.2f}x | | |")
+    def mfu(flops: float, seconds: float) -> str:
+        return f"{flops / seconds / (args.peak_tflops * 1e12):.1%}" if args.peak_tflops else ""
+
+    print(f"model d_model={shape['d_model']} d_ff={shape['d_ff']} layers={shape['num_layers']}+"
+          f"{shape['num_decoder_layers']}, batch {args.batch} x ({args.inputs_length}+targets), device {args.device}"
+          f"{' bf16' if args.bf16 else ''}{' compiled' if args.compile else ''}, threads {args.threads}, "
+          f"median of {args.steps} steps")
+    print("| loop | step time (s) | tokens/s | vs plain HF | hybrid/SC time | hybrid/SC FLOPs | MFU |")
+    print("|---|---|---|---|---|---|---|")
+    print(f"| plain HF T5 loop | {t_plain:.4f} | {tokens / t_plain:,.0f} | 1.00x | | | {mfu(f_sc, t_plain)} |")
+    print(f"| ours, SC step | {t_sc:.4f} | {tokens / t_sc:,.0f} | {t_plain / t_sc:.2f}x | | | {mfu(f_sc, t_sc)} |")
     print(f"| ours, hybrid step | {t_hy:.4f} | {tokens / t_hy:,.0f} | {t_plain / t_hy:.2f}x | {t_hy / t_sc:.2f} | "
-          f"{f_hy / f_sc:.2f} |")
+          f"{f_hy / f_sc:.2f} | {mfu(f_hy, t_hy)} |")
 
 
 if __name__ == "__main__":

@@ -33,18 +33,49 @@ def build_t5(model_cfg: dict[str, Any], vocab_size: int):
     return T5ForConditionalGeneration(config)
 
 
-def load_rows(packed_dir: str | Path, tokens_length: int) -> np.ndarray:
-    """Packed rows as an int32 array (n, tokens_length); longer rows are cut, shorter refused."""
-    import datasets
+ROWS_NPY = "rows.npy"
+"""A packed split may also be a plain int32 array (``export_rows``): readable without ``datasets``."""
 
-    ds = datasets.load_from_disk(str(packed_dir)).with_format("numpy")
-    if len(ds) == 0:
+
+def load_rows(packed_dir: str | Path, tokens_length: int) -> np.ndarray:
+    """Packed rows as an int32 array (n, tokens_length); longer rows are cut, shorter refused.
+
+    Reads the split's Arrow dataset (``datasets.load_from_disk``), or ``rows.npy`` where the split
+    was exported with :func:`export_rows` (machines without ``datasets``, e.g. a bare GPU box).
+    """
+    npy = Path(packed_dir) / ROWS_NPY
+    if npy.exists():
+        rows = np.load(npy, allow_pickle=False).astype(np.int32, copy=False)
+        if rows.ndim != 2:
+            raise ValueError(f"{npy}: expected a 2-D array of packed rows, got shape {rows.shape}")
+    else:
+        import datasets
+
+        ds = datasets.load_from_disk(str(packed_dir)).with_format("numpy")
+        if len(ds) == 0:
+            return np.zeros((0, tokens_length), dtype=np.int32)
+        rows = np.asarray(ds["input_ids"], dtype=np.int32)
+    if len(rows) == 0:
         return np.zeros((0, tokens_length), dtype=np.int32)
-    rows = np.asarray(ds["input_ids"], dtype=np.int32)
     if rows.shape[1] < tokens_length:
         raise ValueError(f"{packed_dir}: rows have {rows.shape[1]} tokens but span corruption needs "
                          f"{tokens_length}; rebuild the corpus with pack_length={tokens_length}")
     return rows[:, :tokens_length]
+
+
+def export_rows(packed_dir: str | Path, out_dir: str | Path, max_rows: int | None = None) -> Path:
+    """Write a packed split's rows to ``out_dir/rows.npy`` (atomically), for :func:`load_rows`."""
+    import datasets
+
+    ds = datasets.load_from_disk(str(packed_dir)).with_format("numpy")
+    rows = np.asarray(ds["input_ids"][: max_rows if max_rows is not None else len(ds)], dtype=np.int32)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (ROWS_NPY + ".tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, rows, allow_pickle=False)
+    tmp.replace(out / ROWS_NPY)
+    return out / ROWS_NPY
 
 
 class PretrainObjective:

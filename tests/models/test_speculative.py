@@ -683,3 +683,21 @@ def test_expected_speedup_and_block_efficiency_match_the_closed_forms():
         expected_speedup(1.2, 3, 0.1)
     with pytest.raises(ValueError, match="c="):
         expected_speedup(0.5, 3, -1.0)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    lengths=st.lists(st.integers(2, 12), min_size=2, max_size=5),
+    gamma=st.integers(1, 6),
+    max_new=st.integers(1, 16),
+    noise=st.sampled_from([0.2, 0.8]),
+    seed=st.integers(0, 10_000),
+)
+def test_batched_greedy_sd_equals_per_row_greedy_for_any_batch_shape(target, lengths, gamma, max_new, noise, seed):
+    rows, ids, mask = padded_batch([(seed + i, length) for i, length in enumerate(lengths)])
+    draft = perturbed(target, seed, noise)
+    out = speculative_generate(target, draft, ids, mask, gamma=gamma, max_new_tokens=max_new)
+    expected = [target_generate(target, row[None], max_new_tokens=max_new).sequences[0].tolist() for row in rows]
+    width = max(len(e) for e in expected)
+    assert out.sequences.tolist() == [e + [PAD] * (width - len(e)) for e in expected]
+    assert all(0 <= a <= d <= gamma for a, d in zip(out.accepted, out.drafted))

@@ -1,0 +1,42 @@
+"""The GPU measurement scripts run with torch and transformers alone, as on the lent GPU machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+GUARD = [sys.executable, str(ROOT / "benchmarks" / "_without_services.py")]
+
+
+def test_the_import_guard_makes_prefect_and_datasets_unimportable(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("import torch, transformers\nfor name in ('prefect', 'datasets'):\n"
+                     "    try:\n        __import__(name)\n    except ImportError:\n        print(name, 'missing')\n")
+    run = subprocess.run([*GUARD, str(probe)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.split("\n")[:2] == ["prefect missing", "datasets missing"]
+
+
+@pytest.mark.slow
+def test_device_check_runs_every_gpu_benchmark_without_services_at_toy_sizes(tmp_path):
+    bundle = tmp_path / "bundle"
+    export = subprocess.run(
+        [sys.executable, "benchmarks/pretrain_throughput.py", "--d-model", "32", "--d-ff", "64", "--layers", "1",
+         "--heads", "4", "--batch", "2", "--inputs-length", "32", "--export-bundle", str(bundle)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert export.returncode == 0, export.stderr[-2000:]
+    assert (bundle / "packed" / "train" / "rows.npy").exists() and (bundle / "config.json").exists()
+    env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "out"), "PY": " ".join(GUARD)}
+    run = subprocess.run(["bash", "benchmarks/device_check.sh", str(bundle)], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    out = tmp_path / "out"
+    assert "| ours, hybrid step |" in (out / "pretrain_eager.md").read_text()
+    assert "engine_sd" in (out / "sd_engine.md").read_text()
+    batched = (out / "sd_batched.md").read_text().splitlines()
+    assert sum(line.split()[-1] == "True" for line in batched if line.split()[:1] == ["2"]) == 3
