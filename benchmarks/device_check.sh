@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issues 3 and 4 in one short run on a bare GPU machine (torch + transformers only:
-# no Ray, Prefect, MLflow or datasets there). Prepare the pretraining bundle here first (about a minute):
+# no Ray, Prefect, MLflow or datasets there). Prepare the pretraining bundle here first (about 15 s, 6.6 MiB):
 #
 #   .venv/bin/python benchmarks/pretrain_throughput.py --d-model 768 --d-ff 2048 --layers 12 --heads 12 \
-#       --batch 64 --inputs-length 512 --export-bundle bench-bundles/t5-base
+#       --batch 64 --inputs-length 512 --vocab-size 32000 --max-documents 20000 --export-bundle bench-bundles/t5-base
 #
 # then run this script there with the bundle carried (the device tool's carry=["bench-bundles"]):
 #

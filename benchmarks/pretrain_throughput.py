@@ -13,7 +13,8 @@ numpy, tokenizer, the full training config), carry it, and run from it there. Th
 imports only torch, transformers, numpy and safetensors::
 
     .venv/bin/python benchmarks/pretrain_throughput.py --d-model 768 --d-ff 2048 --layers 12 --heads 12 \
-        --batch 64 --inputs-length 512 --export-bundle bench-bundle          # here (~1 minute)
+        --batch 64 --inputs-length 512 --vocab-size 32000 --max-documents 20000 \
+        --export-bundle bench-bundle                                        # here (~15 s)
     python benchmarks/pretrain_throughput.py --bundle bench-bundle --device cuda --bf16 --compile \
         --peak-tflops 989                                                   # there; MFU against 989 TFLOP/s
 """
@@ -38,12 +39,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
-def corpus_for(pack_length: int, tmp: Path) -> str:
+def corpus_for(pack_length: int, tmp: Path, vocab_size: int = 2000, max_documents: int = 1500) -> str:
     from flows.corpus_prep import CorpusPrepConfig
     from tasks.corpus import build_corpus, source_fingerprint
 
-    cfg = CorpusPrepConfig(name="bench", packaged=["wiki", "parl"], max_documents=1500, vocab_size=2000,
-                           pack_length=pack_length, character_coverage=1.0, num_proc=1,
+    cfg = CorpusPrepConfig(name="bench", packaged=["wiki", "parl"], max_documents=max_documents,
+                           vocab_size=vocab_size, pack_length=pack_length, character_coverage=1.0, num_proc=1,
                            output_root=str(tmp)).model_dump()
     return build_corpus.fn(cfg, source_fingerprint(cfg))
 
@@ -56,7 +57,8 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[dict, str]:
                     num_layers=args.layers, num_decoder_layers=args.layers)
     base = PretrainConfig(model=shape, inputs_length=args.inputs_length, batch_size=args.batch, total_steps=1,
                           tau=0, checkpoint_every=0, eval_every=0, log_every=10**9, cosine_every=0)
-    return base.model_dump(), args.corpus_dir or corpus_for(base.tokens_length, tmp)
+    return base.model_dump(), args.corpus_dir or corpus_for(base.tokens_length, tmp, args.vocab_size,
+                                                            args.max_documents)
 
 
 def export_bundle(cfg: dict, corpus: str, out: Path) -> None:
@@ -87,6 +89,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--corpus-dir", default=None)
+    ap.add_argument("--vocab-size", type=int, default=2000,
+                    help="SentencePiece vocabulary of the corpus built for the benchmark (T5's is 32,000)")
+    ap.add_argument("--max-documents", type=int, default=1500, help="documents of the corpus built for it")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--compile", action="store_true")
