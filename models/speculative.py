@@ -428,7 +428,8 @@ class SpeculativeOutput:
     """What a generation call returns; the same type for SD and for the target-only baseline."""
 
     sequences: torch.Tensor
-    """(1, 1 + new tokens): decoder start token first, as ``target.generate`` lays it out."""
+    """(B, 1 + new tokens): decoder start token first, as ``target.generate`` lays it out (rows that
+    stop early are padded with the pad token)."""
     num_target_calls: int
     """Target decoder forward passes (the encoder pass is not counted)."""
     num_draft_calls: int
@@ -444,14 +445,20 @@ class SpeculativeOutput:
     total_time_s: float = 0.0
     """Wall time of the whole call; the rest is verification and bookkeeping."""
 
+    new_tokens_per_row: list[int] = field(default_factory=list)
+    """Tokens generated for each row (EOS included, padding excluded)."""
+
     @property
     def num_new_tokens(self) -> int:
+        """Tokens generated over all rows."""
+        if self.new_tokens_per_row:
+            return sum(self.new_tokens_per_row)
         return int(self.sequences.shape[1]) - 1
 
     @property
     def block_efficiency(self) -> float:
-        """Emitted tokens per target call (1.0 for target-only decoding)."""
-        return self.num_new_tokens / max(self.num_target_calls, 1)
+        """Emitted tokens per target call and row (1.0 for target-only decoding)."""
+        return self.num_new_tokens / max(len(self.accepted) or self.num_target_calls, 1)
 
     @property
     def acceptance_rate(self) -> float:
@@ -1002,5 +1009,6 @@ def _speculative_generate_batched(
 
     width = max(len(t) for t in tokens)
     out.sequences = torch.tensor([t + [pad] * (width - len(t)) for t in tokens], dtype=torch.long, device=device)
+    out.new_tokens_per_row = [len(t) - 1 for t in tokens]
     out.total_time_s = time.perf_counter() - t_begin
     return out

@@ -662,6 +662,10 @@ def test_batched_sd_runs_each_encoder_once_and_counts_batched_calls(target, rand
     assert calls == {"target": 1, "draft": 1}
     # one entry per (target call, row it verified); a random draft is almost never right
     assert len(out.accepted) >= out.num_target_calls and out.acceptance_rate < 0.3
+    # generated tokens per row: up to and including the first EOS (padding follows it), else all
+    generated = [row[1:].index(EOS) + 1 if EOS in row[1:] else len(row) - 1 for row in out.sequences.tolist()]
+    assert out.new_tokens_per_row == generated and out.num_new_tokens == sum(generated)
+    assert out.block_efficiency == pytest.approx(sum(generated) / len(out.accepted))
     assert out.num_target_calls <= MAX_NEW
 
 
