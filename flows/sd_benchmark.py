@@ -66,6 +66,9 @@ class SDBenchmarkConfig(FlowConfig):
         "dynamic", description="KV cache of our decoders and target.generate; static = preallocated (GPU fast path)")
     compile: bool = Field(False, description="torch.compile our decoders (needs cache_implementation=static); "
                           "target.generate then also uses its static cache")
+    batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        [], description="also time batched greedy SD against batched target.generate at these batch sizes "
+        "(prompts taken B at a time); [] skips it")
     experiment: str = "sd-benchmark"
 
     @field_validator("drafts", mode="before")
@@ -104,7 +107,7 @@ def small() -> SDBenchmarkConfig:
     return tiny().model_copy(update=dict(preset="small", num_prompts=50, prompt_tokens=256, max_new_tokens=128,
                                          gammas=[1, 2, 3, 4, 5, 7], lenience=[1.0, 0.5, 0.3, 0.1], repeats=5,
                                          warmup=2, device="cuda", dtype="bfloat16",
-                                         cache_implementation="static", compile=True))
+                                         cache_implementation="static", compile=True, batch_sizes=[1, 4, 16]))
 
 
 def base() -> SDBenchmarkConfig:
@@ -130,19 +133,21 @@ class SDBenchmarkResult:
     run_id: str
     table: Any  # pandas DataFrame, columns models.sd_bench.COLUMNS
     markdown: str
+    batched: Any = None  # pandas DataFrame, columns models.sd_bench.BATCH_COLUMNS, when batch_sizes was set
 
     def summary(self) -> str:
         from tasks.tracking import artifact_local_path
 
         return (f"{self.markdown}\nMLflow run id: {self.run_id}\n"
-                f"artifacts: {artifact_local_path(self.run_id)} (results.csv/.parquet/.md, speedup_vs_gamma.png)")
+                f"artifacts: {artifact_local_path(self.run_id)} (results.csv/.parquet/.md, speedup_vs_gamma.png"
+                f"{', batched.csv/.parquet/.md' if self.batched is not None else ''})")
 
 
 @flow(name="sd-benchmark")
 def sd_benchmark(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
                  config: Optional[SDBenchmarkConfig] = None, parent_run_id: Optional[str] = None) -> SDBenchmarkResult:
     """Benchmark speculative decoding for a target and its drafts (see module docstring)."""
-    from models.sd_bench import to_frame
+    from models.sd_bench import to_batched_frame, to_frame
     from tasks import sd_benchmark as t
     from tasks import tracking
 
@@ -162,9 +167,11 @@ def sd_benchmark(preset: str = "tiny", overrides: Optional[dict[str, Any]] = Non
     with tracking.start_run(cfg.experiment, f"{cfg.preset}-sd-benchmark", params=cfg.model_dump(),
                             tags={"stage": "sd_benchmark", "preset": cfg.preset, "target": cfg.target},
                             parent_run_id=parent_run_id) as run_id:
-        rows = t.measure(dirs, prompts, settings, tokenizer_dir=tokenizer_dir, device=cfg.device, dtype=cfg.dtype)
-        markdown = t.log_results(run_id, rows)
-    return SDBenchmarkResult(run_id=run_id, table=to_frame(rows), markdown=markdown)
+        measured = t.measure(dirs, prompts, settings, tokenizer_dir=tokenizer_dir, device=cfg.device,
+                             dtype=cfg.dtype, batch_sizes=cfg.batch_sizes)
+        markdown = t.log_results(run_id, measured["rows"], measured["batched"])
+    return SDBenchmarkResult(run_id=run_id, table=to_frame(measured["rows"]), markdown=markdown,
+                             batched=to_batched_frame(measured["batched"]) if measured["batched"] else None)
 
 
 if __name__ == "__main__":

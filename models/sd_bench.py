@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +70,8 @@ from models.speculative import (
 )
 
 __all__ = [
+    "BATCH_COLUMNS",
+    "BATCH_SUMMARY",
     "COLUMNS",
     "MODES",
     "BenchPrompt",
@@ -80,7 +83,9 @@ __all__ = [
     "measure_step_costs",
     "prompts_from_texts",
     "rouge_l",
+    "run_batched_benchmark",
     "run_benchmark",
+    "to_batched_frame",
     "to_frame",
 ]
 
@@ -548,20 +553,145 @@ def _rows(cases: list[_Case], costs: dict[str, Any], prompts: Sequence[BenchProm
 
 
 # ----------------------------------------------------------------------------------------------
+# Batched SD
+# ----------------------------------------------------------------------------------------------
+
+BATCH_COLUMNS = ["batch", "method", "draft", "gamma", "tokens_per_s", "tokens_per_s_iqr", "speedup", "speedup_iqr",
+                 "alpha", "block_efficiency", "exact"]
+"""Columns of the batched table: one row per (batch size, method[, draft, gamma]); greedy decoding."""
+
+
+def _generated(row: list[int], eos: int | None) -> list[int]:
+    """A decoded row without its start token and without the padding after EOS."""
+    body = row[1:]
+    return body[: body.index(eos) + 1] if eos is not None and eos in body else body
+
+
+def run_batched_benchmark(
+    target: nn.Module,
+    drafts: Mapping[str, nn.Module],
+    prompts: Sequence[BenchPrompt],
+    settings: BenchSettings,
+    *,
+    batch_sizes: Sequence[int],
+    include_unbatched: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Greedy throughput of batched SD against batched ``target.generate``, per batch size B.
+
+    Prompts are taken B at a time in order (right-padded, with an attention mask); each case decodes
+    every batch once per pass. ``warmup`` untimed then ``repeats`` timed passes in a shuffled case
+    order, as in ``run_benchmark``. ``tokens_per_s`` counts generated tokens (EOS included, padding
+    excluded) over wall time; ``speedup`` is the median over passes of the case's tokens/s over
+    ``hf_generate``'s in the same pass. ``exact``: every output equals ``hf_generate``'s. Batched SD
+    uses the dynamic cache (see ``speculative_generate``); transformers' assisted generation has no
+    batched mode, so it has no row here. ``include_unbatched`` adds ``sd_b1`` rows: batch-1 SD over the
+    same prompts, one at a time (what batching saves over a loop).
+    """
+    s = settings
+    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes={list(batch_sizes)} must be ints >= 1")
+    if not prompts:
+        raise ValueError("no prompts to benchmark: the prompt set is empty")
+    for label, draft in drafts.items():
+        check_compatible(target, draft, label=label)
+    say = log or (lambda _msg: None)
+    device = next(target.parameters()).device
+    pad = target.generation_config.pad_token_id
+    pad = target.config.pad_token_id if pad is None else pad
+    pad = 0 if pad is None else int(pad)
+    eos = target.generation_config.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    n = s.max_new_tokens
+    rng = np.random.default_rng(s.seed)
+    rows: list[dict[str, Any]] = []
+    with _bench_environment(s.threads, [target, *drafts.values()]):
+        for b in batch_sizes:
+            batches = []
+            for i in range(0, len(prompts), b):
+                group = [p.input_ids for p in prompts[i : i + b]]
+                ids = torch.full((len(group), max(map(len, group))), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for r, toks in enumerate(group):
+                    ids[r, : len(toks)], mask[r, : len(toks)] = torch.tensor(toks), 1
+                batches.append((ids.to(device), mask.to(device)))
+
+            def hf(ids, mask):
+                return target.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False).tolist(), None
+
+            def sd_b1(ids, mask, draft, gamma):
+                seqs, outs = [], []
+                for row, keep in zip(ids, mask.bool()):
+                    seq, out = sd(row[keep][None], None, draft, gamma)
+                    seqs.extend(seq)
+                    outs.extend(out)
+                return seqs, outs
+
+            def sd(ids, mask, draft, gamma):
+                out = speculative_generate(target, draft, ids, mask, gamma=gamma, max_new_tokens=n)
+                return out.sequences.tolist(), [out]
+
+            methods = [("sd", sd)] + ([("sd_b1", sd_b1)] if include_unbatched else [])
+            cases = [("hf_generate", None, None, hf)] + [
+                (method, label, g, partial(fn, draft=draft, gamma=g))
+                for label, draft in drafts.items() for g in s.gammas for method, fn in methods
+            ]
+            rates: dict[int, list[float]] = {k: [] for k in range(len(cases))}
+            outputs: dict[int, list[list[int]]] = {}
+            stats: dict[int, list[SpeculativeOutput]] = {}
+            for r in range(s.warmup + s.repeats):
+                say(f"batch {b}: {'timed' if r >= s.warmup else 'warm-up'} pass, {len(cases)} cases x "
+                    f"{len(batches)} batches")
+                for k in rng.permutation(len(cases)):
+                    fn = cases[k][3]
+                    decoded, outs = [], []
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    for ids, mask in batches:
+                        seqs, out = fn(ids, mask)
+                        decoded.extend(seqs)
+                        outs.extend(out or [])
+                    _sync(device)
+                    seconds = time.perf_counter() - t0
+                    decoded = [_generated(row, eos) for row in decoded]
+                    if r >= s.warmup:
+                        rates[k].append(sum(map(len, decoded)) / seconds)
+                    outputs[k], stats[k] = decoded, outs
+            for k, (method, label, gamma, _) in enumerate(cases):
+                ratios = [a / h for a, h in zip(rates[k], rates[0], strict=True)]
+                row = dict.fromkeys(BATCH_COLUMNS, float("nan"))
+                row.update(batch=b, method=method, draft=label, gamma=gamma,
+                           tokens_per_s=statistics.median(rates[k]), tokens_per_s_iqr=iqr(rates[k]),
+                           speedup=statistics.median(ratios), speedup_iqr=iqr(ratios),
+                           exact=outputs[k] == outputs[0])
+                if stats[k]:
+                    accepted = [a for o in stats[k] for a in o.accepted]
+                    row.update(alpha=estimate_alpha(accepted, [d for o in stats[k] for d in o.drafted]),
+                               block_efficiency=sum(o.num_new_tokens for o in stats[k]) / max(len(accepted), 1))
+                rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
 # Presentation
 # ----------------------------------------------------------------------------------------------
 
 
-def to_frame(rows: Sequence[Mapping[str, Any]]):
-    """Rows -> a pandas DataFrame with COLUMNS in order and nullable dtypes (Parquet-safe)."""
+def _frame(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], int_columns: Sequence[str]):
+    """Rows -> a pandas DataFrame with ``columns`` in order and nullable dtypes (Parquet-safe)."""
     import pandas as pd
 
-    df = pd.DataFrame(list(rows), columns=COLUMNS)
-    for col in ("gamma", "target_calls", "draft_calls", "new_tokens"):
+    df = pd.DataFrame(list(rows), columns=list(columns))
+    for col in int_columns:
         df[col] = df[col].astype("Int64")
     df["exact"] = df["exact"].astype("boolean")
     df["draft"] = df["draft"].astype("string")
     return df
+
+
+def to_frame(rows: Sequence[Mapping[str, Any]]):
+    """Rows -> a pandas DataFrame with COLUMNS in order and nullable dtypes (Parquet-safe)."""
+    return _frame(rows, COLUMNS, ("gamma", "target_calls", "draft_calls", "new_tokens"))
 
 
 SUMMARY = [
@@ -575,16 +705,34 @@ SUMMARY = [
 ]
 
 
+def to_batched_frame(rows: Sequence[Mapping[str, Any]]):
+    """Batched rows -> a DataFrame with BATCH_COLUMNS in order and nullable dtypes."""
+    return _frame(rows, BATCH_COLUMNS, ("batch", "gamma"))
+
+
+BATCH_SUMMARY = [
+    ("batch", "B", "{}"), ("method", "method", "{}"), ("draft", "draft", "{}"), ("gamma", "gamma", "{}"),
+    ("tokens_per_s", "tokens/s", "{:,.1f}"), ("tokens_per_s_iqr", "IQR", "{:,.1f}"), ("speedup", "speedup", "{:.2f}x"),
+    ("speedup_iqr", "IQR", "{:.2f}"), ("alpha", "alpha", "{:.3f}"), ("block_efficiency", "tokens/call/row", "{:.2f}"),
+    ("exact", "exact", "{}"),
+]
+
+
 def markdown_table(df, columns: Sequence[tuple[str, str, str]] = SUMMARY) -> str:
-    """A GitHub markdown table of the results (blank cells for missing values)."""
-    import pandas as pd
+    """A GitHub markdown table of the results (blank cells for missing values).
+
+    ``df`` is a DataFrame or the plain list of row dicts (no pandas needed then, e.g. on a bare GPU box).
+    """
+    records = df.to_dict("records") if hasattr(df, "to_dict") else list(df)
+    pandas = sys.modules.get("pandas")
+    na = pandas.NA if pandas is not None else object()
 
     def cell(value: Any, fmt: str) -> str:
-        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+        if value is None or value is na or (isinstance(value, float) and math.isnan(value)):
             return ""
         return fmt.format(value)
 
     lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + "---|" * len(columns)]
-    for rec in df.to_dict("records"):
+    for rec in records:
         lines.append("| " + " | ".join(cell(rec[k], f) for k, _, f in columns) + " |")
     return "\n".join(lines) + "\n"

@@ -14,8 +14,8 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from models.sd_bench import (BenchPrompt, BenchSettings, check_compatible, markdown_table, prompts_from_texts,
-                             run_benchmark, to_frame)
+from models.sd_bench import (BATCH_SUMMARY, BenchPrompt, BenchSettings, check_compatible, markdown_table,
+                             prompts_from_texts, run_batched_benchmark, run_benchmark, to_batched_frame, to_frame)
 from tasks import tracking
 
 
@@ -136,8 +136,10 @@ def _read_corpus_docs(corpus_dir: Path, split: str, tok: Any, prompt_tokens: int
 
 @task(name="measure-sd-latency", cache_policy=NONE)
 def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: dict[str, Any], *,
-            tokenizer_dir: str, device: str = "cpu", dtype: str = "float32") -> list[dict[str, Any]]:
-    """Load the models and run ``models.sd_bench.run_benchmark``; returns the result rows."""
+            tokenizer_dir: str, device: str = "cpu", dtype: str = "float32",
+            batch_sizes: list[int] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Load the models and run ``models.sd_bench.run_benchmark`` (batch 1), then, for ``batch_sizes``,
+    ``run_batched_benchmark``. Returns ``{"rows": [...], "batched": [...]}``."""
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
@@ -150,10 +152,12 @@ def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: dict[
     target = load(dirs["target"])
     drafts = {k[len("draft:"):]: load(v) for k, v in dirs.items() if k.startswith("draft:")}
     tok = _tokenizer(tokenizer_dir)
-    return run_benchmark(
-        target, drafts, [BenchPrompt(**p) for p in prompts], BenchSettings(**settings),
-        decode=lambda ids: tok.decode(ids, skip_special_tokens=True), log=logger.info,
-    )
+    bench_prompts, bench_settings = [BenchPrompt(**p) for p in prompts], BenchSettings(**settings)
+    rows = run_benchmark(target, drafts, bench_prompts, bench_settings,
+                         decode=lambda ids: tok.decode(ids, skip_special_tokens=True), log=logger.info)
+    batched = (run_batched_benchmark(target, drafts, bench_prompts, bench_settings, batch_sizes=batch_sizes,
+                                     log=logger.info) if batch_sizes else [])
+    return {"rows": rows, "batched": batched}
 
 
 def speedup_figure(df):
@@ -215,8 +219,11 @@ def quality_figure(df):
 
 
 @task(name="log-sd-results", retries=2, retry_delay_seconds=2, cache_policy=NONE)
-def log_results(run_id: str, rows: list[dict[str, Any]]) -> str:
-    """Table (CSV, Parquet, markdown), plots and headline metrics -> the MLflow run; returns the markdown."""
+def log_results(run_id: str, rows: list[dict[str, Any]], batched: list[dict[str, Any]] | None = None) -> str:
+    """Tables (CSV, Parquet, markdown), plots and headline metrics -> the MLflow run; returns the markdown.
+
+    ``batched`` rows (``run_batched_benchmark``) go to ``batched.csv/.parquet/.md`` and are appended to
+    the returned markdown under their own heading."""
     import matplotlib.pyplot as plt
 
     df = to_frame(rows)
@@ -239,5 +246,15 @@ def log_results(run_id: str, rows: list[dict[str, Any]]) -> str:
         best = sd.loc[sd["speedup"].idxmax()]
         metrics.update(best_speedup=float(best["speedup"]), best_speedup_gamma=int(best["gamma"]),
                        greedy_exact=float(df[df["mode"] == "greedy"]["exact"].fillna(True).all()))
+    if batched:
+        bdf = to_batched_frame(batched)
+        bmd = markdown_table(bdf, BATCH_SUMMARY)
+        tracking.log_table(run_id, bdf, "batched.csv")
+        tracking.log_table(run_id, bdf, "batched.parquet")
+        tracking.log_text(run_id, bmd, "batched.md")
+        bsd = bdf[bdf["method"] == "sd"]
+        for b, group in bsd.groupby("batch"):
+            metrics[f"batched.b{int(b)}.best_speedup"] = float(group["speedup"].max())
+        md += "\nBatched greedy decoding (tokens/s over all prompts; speedup over batched target.generate):\n\n" + bmd
     tracking.log_metrics(run_id, metrics)
     return md

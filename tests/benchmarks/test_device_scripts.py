@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.test_sd_scripts import table_rows
+
 ROOT = Path(__file__).resolve().parents[2]
 GUARD = [sys.executable, str(ROOT / "benchmarks" / "_without_services.py")]
 
@@ -38,5 +40,6 @@ def test_device_check_runs_every_gpu_benchmark_without_services_at_toy_sizes(tmp
     out = tmp_path / "out"
     assert "| ours, hybrid step |" in (out / "pretrain_eager.md").read_text()
     assert "engine_sd" in (out / "sd_engine.md").read_text()
-    batched = (out / "sd_batched.md").read_text().splitlines()
-    assert sum(line.split()[-1] == "True" for line in batched if line.split()[:1] == ["2"]) == 3
+    batched = table_rows((out / "sd_batched.md").read_text())
+    assert [r[:2] for r in batched if r[0] == "2"] == [["2", "hf_generate"], ["2", "sd"], ["2", "sd_b1"]]
+    assert all(r[-1] == "True" for r in batched)

@@ -13,10 +13,14 @@ TINY = ["--d-model", "32", "--d-ff", "64", "--heads", "4", "--target-layers", "2
         "--vocab", "64", "--prompt-len", "8", "--max-new-tokens", "6", "--repeats", "1", "--warmup", "0"]
 
 
+def table_rows(text: str) -> list[list[str]]:
+    """Cells of the data rows of a markdown table."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")][1:]  # skip the header
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
 def test_batched_sd_script_prints_a_row_per_batch_and_method_all_exact(capsys):
     sd_batched.main(["--batches", "1", "3", "--rounds", "1", *TINY])
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] in (["1"], ["3"])]
-    assert [(r[0], r[1]) for r in rows] == [
-        (b, m) for b in ("1", "3") for m in ("hf_generate", "engine_sd_b1", "engine_sd")
-    ]
+    rows = table_rows(capsys.readouterr().out)
+    assert [(r[0], r[1]) for r in rows] == [(b, m) for b in ("1", "3") for m in ("hf_generate", "sd", "sd_b1")]
     assert all(r[-1] == "True" for r in rows)  # every method's outputs equal batched target.generate

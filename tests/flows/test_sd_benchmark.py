@@ -55,7 +55,7 @@ def test_flow_logs_table_and_plots_and_greedy_sd_equals_target_only_decoding(pre
     # The target itself, registered in MLflow, is a draft that is always right (alpha = 1).
     with tracking.start_run("sd-bench-test-models", "register") as rid:
         self_uri = tracking.register_model(rid, pair["target"], "sd-test-self")
-    cfg = _config(target=pair["target"], corpus_dir=tiny_corpus, experiment="sd-bench-test",
+    cfg = _config(target=pair["target"], corpus_dir=tiny_corpus, experiment="sd-bench-test", batch_sizes=[2],
                   drafts=[{"label": "random", "model": pair["draft"]}, {"label": "self", "model": self_uri}])
     res = sd_benchmark(config=cfg)
     df = res.table
@@ -94,6 +94,11 @@ def test_flow_logs_table_and_plots_and_greedy_sd_equals_target_only_decoding(pre
 
     assert len(pd.read_parquet(art / "results.parquet")) == len(df)
     assert "| mode | method | draft | gamma |" in res.summary() and res.run_id in res.summary()
+    # batched greedy SD at B = 2: hf_generate + 2 drafts x 2 gammas, outputs identical to batched generate
+    batched = res.batched
+    assert len(batched) == 1 + 2 * 2 and batched["exact"].all() and (batched["batch"] == 2).all()
+    assert (batched[batched["draft"] == "self"]["alpha"] == 1.0).all()
+    assert len(pd.read_parquet(art / "batched.parquet")) == len(batched) and "| B | method |" in res.summary()
 
 
 def test_draft_with_another_vocabulary_is_refused_before_any_run_or_timing(prefect_harness, tiny_corpus, pair):

@@ -116,3 +116,23 @@ def test_static_cache_benchmark_times_the_static_path_and_stays_exact():
     df = to_frame(run_benchmark(target, {"other": other}, prompts, settings))
     assert set(df["method"]) == {"target", "hf_generate", "sd", "hf_assisted"}
     assert df["exact"].dropna().all() and (df["verify_ratio"].dropna() > 0).all()
+
+
+def test_batched_benchmark_rows_per_batch_size_with_exact_outputs_and_paired_speedups():
+    from models.sd_bench import BATCH_COLUMNS, BATCH_SUMMARY, run_batched_benchmark, to_batched_frame
+
+    target, other = _t5(0, 32, 2), _t5(1, 16, 1)
+    rng = torch.Generator().manual_seed(2)
+    prompts = [BenchPrompt(input_ids=torch.randint(2, 96, (int(n),), generator=rng).tolist() + [1])
+               for n in torch.randint(3, 12, (5,), generator=rng)]
+    settings = BenchSettings(gammas=(1, 3), max_new_tokens=8, repeats=2, warmup=0)
+    df = to_batched_frame(run_batched_benchmark(target, {"self": target, "other": other}, prompts, settings,
+                                                batch_sizes=[1, 3]))
+    assert list(df.columns) == BATCH_COLUMNS and len(df) == 2 * (1 + 2 * 2)
+    assert df["exact"].all() and (df["tokens_per_s"] > 0).all()
+    hf = df[df["method"] == "hf_generate"]
+    assert (hf["speedup"] == 1.0).all() and hf["alpha"].isna().all()
+    assert (df[(df["method"] == "sd") & (df["draft"] == "self")]["alpha"] == 1.0).all()
+    assert markdown_table(df, BATCH_SUMMARY).count("\n") == len(df) + 2
+    with pytest.raises(ValueError, match="batch_sizes"):
+        run_batched_benchmark(target, {"other": other}, prompts, settings, batch_sizes=[0])
