@@ -456,6 +456,18 @@ def _timed_pass(case: _Case, n_prompts: int, device: torch.device, keep: bool) -
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_inputs(target: nn.Module, drafts: Mapping[str, nn.Module], prompts: Sequence[BenchPrompt],
+                  log: Callable[[str], None] | None) -> tuple[Callable[[str], None], torch.device]:
+    """Refuse an empty prompt set, no drafts or a mismatched vocabulary; (progress logger, model device)."""
+    if not prompts:
+        raise ValueError("no prompts to benchmark: the prompt set is empty")
+    if not drafts:
+        raise ValueError("no drafts to benchmark: give at least one draft model")
+    for label, draft in drafts.items():
+        check_compatible(target, draft, label=label)
+    return log or (lambda _msg: None), next(target.parameters()).device
+
+
 def run_benchmark(
     target: nn.Module,
     drafts: Mapping[str, nn.Module],
@@ -472,14 +484,7 @@ def run_benchmark(
     Models must live on one device; the prompts are moved there.
     """
     s = settings
-    if not prompts:
-        raise ValueError("no prompts to benchmark: the prompt set is empty")
-    if not drafts:
-        raise ValueError("no drafts to benchmark: give at least one draft model")
-    for label, draft in drafts.items():
-        check_compatible(target, draft, label=label)
-    say = log or (lambda _msg: None)
-    device = next(target.parameters()).device
+    say, device = _check_inputs(target, drafts, prompts, log)
     ids = [torch.tensor([p.input_ids], dtype=torch.long, device=device) for p in prompts]
     rng = np.random.default_rng(s.seed)
     with _bench_environment(s.threads, [target, *drafts.values()]):
@@ -591,12 +596,7 @@ def run_batched_benchmark(
     s = settings
     if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes={list(batch_sizes)} must be ints >= 1")
-    if not prompts:
-        raise ValueError("no prompts to benchmark: the prompt set is empty")
-    for label, draft in drafts.items():
-        check_compatible(target, draft, label=label)
-    say = log or (lambda _msg: None)
-    device = next(target.parameters()).device
+    say, device = _check_inputs(target, drafts, prompts, log)
     pad = target.generation_config.pad_token_id
     pad = target.config.pad_token_id if pad is None else pad
     pad = 0 if pad is None else int(pad)
