@@ -410,6 +410,14 @@ def compiled_forward(model: nn.Module, **compile_kwargs):
     cached = getattr(model, "_spactor_compiled", None)
     if cached is not None:
         return cached
+    # Target and draft share T5's forward code, and so one dynamo cache: (target, draft) x (first
+    # call, later calls) x (1, 2, ..., gamma + 1 new tokens) x generate's own compiled calls exceeds
+    # the default limit of 8 graphs, past which dynamo silently falls back to eager.
+    config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), 64))
+            break
     device = next(model.parameters()).device
     compile_kwargs.setdefault("mode", "reduce-overhead" if device.type == "cuda" else "default")
     compile_kwargs.setdefault("dynamic", False)

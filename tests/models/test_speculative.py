@@ -572,6 +572,7 @@ def test_compiled_static_cache_sd_equals_greedy_generate_and_reuses_its_graphs()
         assert speculative_generate(target, draft, ids, **kw).sequences.tolist() == expected
     assert target._spactor_compiled is not None and draft._spactor_compiled is not target._spactor_compiled
     assert "_spactor_compiled" not in "".join(target.state_dict())
+    assert torch._dynamo.config.recompile_limit >= 64  # target + draft graphs do not fall back to eager
 
 
 # ------------------------------------------------------------------------------------------------
