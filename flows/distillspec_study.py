@@ -102,7 +102,7 @@ def distillspec_study(preset: str = "tiny", overrides: Optional[dict[str, Any]] 
             best = (table[(table["mode"] == "greedy") & (table["draft"] != "undistilled")]
                     .sort_values("ms_per_token").iloc[0]["draft"])
             t_cfg = sd_cfg.model_copy(update={"target": cfg.teacher, "drafts": [refs[0]], "hf_baselines": False,
-                                              "modes": ["greedy"]})
+                                              "modes": ["greedy"], "batch_sizes": []})
             t_rows = sd_mod.sd_benchmark(config=t_cfg, parent_run_id=run_id).table.to_dict("records")
             garden = garden_row(t_rows, rows, best)
         markdown = log_study(run_id, table, garden)
