@@ -138,3 +138,9 @@ def test_config_refuses_two_prompt_sources_and_out_of_range_grids():
         build_config(SDBenchmarkConfig, PRESETS, "tiny", {"gammas": [0]})
     cfg = build_config(SDBenchmarkConfig, PRESETS, "small", {"drafts": ["d=models:/draft@best", "models:/t5/3"]})
     assert [(d.label, d.model) for d in cfg.drafts] == [("d", "models:/draft@best"), ("t5/3", "models:/t5/3")]
+    with pytest.raises(ConfigError, match="compile=true needs cache_implementation=static"):
+        build_config(SDBenchmarkConfig, PRESETS, "tiny", {"compile": True})
+    with pytest.raises(ConfigError, match="batch_sizes.0"):
+        build_config(SDBenchmarkConfig, PRESETS, "tiny", {"batch_sizes": [0]})
+    # the GPU presets time every decoder on the static-cache compiled path, and batched SD too
+    assert (cfg.cache_implementation, cfg.compile, cfg.batch_sizes) == ("static", True, [1, 4, 16])
