@@ -105,10 +105,16 @@ def _t5(args: argparse.Namespace, layers: int) -> T5ForConditionalGeneration:
 
 
 def synthetic_pair(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """Target = draft layers + extra residual layers scaled by --perturbation (see module doc)."""
+    """Target = draft layers + extra residual layers scaled by --perturbation (see module doc).
+
+    Built directly on ``--device`` (default cpu): a T5-XL-shaped pair initialises in seconds on a GPU
+    instead of minutes on its host's CPU. The same seed gives the same weights on a given device type.
+    """
+    device = torch.device(getattr(args, "device", "cpu"))
     torch.manual_seed(args.seed)
-    target = _t5(args, args.target_layers)
-    generator = torch.Generator().manual_seed(args.seed)
+    with device:
+        target = _t5(args, args.target_layers)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
     with torch.no_grad():
         # T5's default init makes a random model repeat one token; wider weights give varied text.
         for param in target.parameters():
@@ -121,7 +127,8 @@ def synthetic_pair(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.
                         for module in layer.modules():
                             if hasattr(module, proj) and isinstance(getattr(module, proj), torch.nn.Linear):
                                 getattr(module, proj).weight.mul_(args.perturbation)
-    draft = _t5(args, args.draft_layers)
+    with device:
+        draft = _t5(args, args.draft_layers)
     # Every draft parameter has the same name in the target (blocks 0..draft_layers-1).
     draft.load_state_dict({k: v for k, v in target.state_dict().items() if k in draft.state_dict()})
     return target, draft
