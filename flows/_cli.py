@@ -25,7 +25,7 @@ class FlowConfig(BaseModel):
 
 
 class TrainRunFields(FlowConfig):
-    """Fields every Ray-trained flow shares (fine-tuning, distillation): where and how the run executes."""
+    """Fields every Ray-trained flow shares (pretraining, fine-tuning, distillation): where and how the run executes."""
 
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
     threads_per_worker: int = Field(0, ge=0, description="torch threads per worker (0 = torch default)")
@@ -173,3 +173,12 @@ def run_cli(
     elif result is not None:
         print(result)
     return result
+
+
+def run_footer(run_id: str, *, model_uri: str | None = None, files: str = "") -> str:
+    """The last lines of every flow summary: the registered model (if any), the MLflow run id and where
+    its artifacts are (``files`` names the notable ones)."""
+    from tasks.tracking import artifact_local_path
+
+    model = f"registered model: {model_uri}\n" if model_uri else ""
+    return f"{model}MLflow run id: {run_id}\nartifacts: {artifact_local_path(run_id)}{f' ({files})' if files else ''}"

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, model_validator
 from prefect import flow, get_run_logger
 
-from flows._cli import FlowConfig, build_config, run_cli
+from flows._cli import FlowConfig, build_config, run_cli, run_footer
 from tasks.corpus import build_corpus, fingerprint_source, is_complete, log_corpus
 
 
@@ -82,11 +82,8 @@ class CorpusPrepResult:
         return f"{self.corpus_dir}/tokenizer"
 
     def summary(self) -> str:
-        from tasks.tracking import artifact_local_path
-
         state = "reused the cached corpus" if self.cached else "built the corpus"
-        return (f"corpus-prep: {state} at {self.corpus_dir}\n"
-                f"MLflow run id: {self.run_id}\nartifacts: {artifact_local_path(self.run_id)}")
+        return f"corpus-prep: {state} at {self.corpus_dir}\n" + run_footer(self.run_id)
 
 
 @flow(name="corpus-prep")

@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field, field_validator
 
-from flows._cli import TrainRunFields, build_config, run_cli
+from flows._cli import TrainRunFields, build_config, run_cli, run_footer
 from tasks.downstream import TaskSpec
 
 
@@ -88,11 +88,8 @@ class DistillResult:
     final: dict
 
     def summary(self) -> str:
-        from tasks.tracking import artifact_local_path
-
         m = ", ".join(f"{k}={v:.4f}" for k, v in self.final.items() if isinstance(v, float))
-        return (f"distill ({self.alias}): {m}\nregistered model: {self.model_uri}\n"
-                f"MLflow run id: {self.run_id}\nartifacts: {artifact_local_path(self.run_id)}")
+        return f"distill ({self.alias}): {m}\n" + run_footer(self.run_id, model_uri=self.model_uri)
 
 
 @flow(name="distill")

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from flows import distill as distill_mod
 from flows import sd_benchmark as sd_mod
-from flows._cli import FlowConfig, build_config, run_cli
+from flows._cli import FlowConfig, build_config, run_cli, run_footer
 from tasks.downstream import TaskSpec
 
 
@@ -64,9 +64,7 @@ class StudyResult:
     drafts: dict
 
     def summary(self) -> str:
-        from tasks.tracking import artifact_local_path
-
-        return f"{self.markdown}\nMLflow run id: {self.run_id}\nartifacts: {artifact_local_path(self.run_id)}"
+        return f"{self.markdown}\n" + run_footer(self.run_id)
 
 
 @flow(name="distillspec-study")

@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field
 
-from flows._cli import FlowConfig, build_config, run_cli
+from flows._cli import FlowConfig, build_config, run_cli, run_footer
 from tasks.downstream import TaskSpec
 
 
@@ -50,10 +50,8 @@ class EvaluateResult:
     metrics: dict
 
     def summary(self) -> str:
-        from tasks.tracking import artifact_local_path
-
         m = "\n".join(f"  {k}: {v:.4f}" for k, v in self.metrics.items())
-        return f"evaluation:\n{m}\nMLflow run id: {self.run_id}\nartifacts: {artifact_local_path(self.run_id)}"
+        return f"evaluation:\n{m}\n" + run_footer(self.run_id)
 
 
 @flow(name="evaluate")

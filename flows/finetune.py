@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field
 
-from flows._cli import TrainRunFields, build_config, run_cli
+from flows._cli import TrainRunFields, build_config, run_cli, run_footer
 from tasks.downstream import TaskSpec
 
 
@@ -74,11 +74,8 @@ class FinetuneResult:
     task: str
 
     def summary(self) -> str:
-        from tasks.tracking import artifact_local_path
-
         m = ", ".join(f"{k}={v:.4f}" for k, v in self.metrics.items() if not k.endswith(("examples", "_per_s")))
-        return (f"finetune {self.task}: {m}\nregistered model: {self.model_uri}\n"
-                f"MLflow run id: {self.run_id}\nartifacts: {artifact_local_path(self.run_id)}")
+        return f"finetune {self.task}: {m}\n" + run_footer(self.run_id, model_uri=self.model_uri)
 
 
 @flow(name="finetune")

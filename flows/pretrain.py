@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flows._cli import FlowConfig, build_config, run_cli
+from flows._cli import TrainRunFields, build_config, run_cli, run_footer
 
 
 class T5Shape(BaseModel):
@@ -45,7 +45,7 @@ class SpacTorSettings(BaseModel):
     share_embeddings: bool = True
 
 
-class PretrainConfig(FlowConfig):
+class PretrainConfig(TrainRunFields):
     preset: str = Field("tiny", description="name recorded in tags and the registered model name")
     corpus_dir: Optional[str] = Field(None, description="a corpus-prep output folder (default: run corpus prep)")
     model: T5Shape = Field(default_factory=T5Shape)
@@ -62,22 +62,14 @@ class PretrainConfig(FlowConfig):
     schedule: Literal["cosine", "linear", "rsqrt", "constant"] = "cosine"
     weight_decay: float = Field(0.0, ge=0.0)
     clip_norm: float = Field(1.0, ge=0.0)
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
-    threads_per_worker: int = Field(0, ge=0, description="torch threads per worker (0 = torch default)")
-    use_gpu: bool = False
-    bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
     compile: bool = Field(False, description="torch.compile the model (GPU presets)")
     checkpoint_every: int = Field(20, ge=0)
     keep_checkpoints: int = Field(2, ge=1)
-    max_failures: int = Field(2, ge=0, description="worker-group restarts Ray may do")
     eval_every: int = Field(10, ge=0)
     eval_batches: int = Field(4, ge=1)
     log_every: int = Field(5, ge=1)
     cosine_every: int = Field(10, ge=0, description="log the SC/RTD gradient cosine every K steps (0 = never)")
-    seed: int = 0
     register_as: Optional[str] = Field(None, description="registered model name (default t5-<preset>-<arm>)")
-    output_root: Optional[str] = Field(None, description="checkpoint root (default <state>/runs)")
-    fault_kill_at_step: Optional[int] = Field(None, description="test hook: SIGKILL a worker once at this step")
 
     @model_validator(mode="after")
     def _check(self):
@@ -138,12 +130,9 @@ class PretrainResult:
     cum_flops: int
 
     def summary(self) -> str:
-        from tasks.tracking import artifact_local_path
-
         last = self.evals[-1]["val_sc_loss"] if self.evals else float("nan")
         return (f"pretrain ({self.arm}): final validation SC loss {last:.4f}, {self.cum_flops:.3e} training FLOPs\n"
-                f"registered model: {self.model_uri}\nMLflow run id: {self.run_id}\n"
-                f"artifacts: {artifact_local_path(self.run_id)}")
+                + run_footer(self.run_id, model_uri=self.model_uri))
 
 
 @flow(name="pretrain")

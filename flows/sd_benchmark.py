@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Optional
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows._cli import FlowConfig, build_config, run_cli
+from flows._cli import FlowConfig, build_config, run_cli, run_footer
 
 
 class DraftRef(BaseModel):
@@ -136,11 +136,9 @@ class SDBenchmarkResult:
     batched: Any = None  # pandas DataFrame, columns models.sd_bench.BATCH_COLUMNS, when batch_sizes was set
 
     def summary(self) -> str:
-        from tasks.tracking import artifact_local_path
-
-        return (f"{self.markdown}\nMLflow run id: {self.run_id}\n"
-                f"artifacts: {artifact_local_path(self.run_id)} (results.csv/.parquet/.md, speedup_vs_gamma.png"
-                f"{', batched.csv/.parquet/.md' if self.batched is not None else ''})")
+        files = "results.csv/.parquet/.md, speedup_vs_gamma.png"
+        files += ", batched.csv/.parquet/.md" if self.batched is not None else ""
+        return f"{self.markdown}\n" + run_footer(self.run_id, files=files)
 
 
 @flow(name="sd-benchmark")

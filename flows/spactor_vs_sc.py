@@ -17,7 +17,7 @@ from pydantic import Field, model_validator
 from flows import corpus_prep as corpus_mod
 from flows import pretrain as pretrain_mod
 from flows import finetune as finetune_mod
-from flows._cli import FlowConfig, build_config, run_cli
+from flows._cli import FlowConfig, build_config, run_cli, run_footer
 from tasks.downstream import TaskSpec
 
 
@@ -61,8 +61,6 @@ class ComparisonResult:
     task_scores: dict
 
     def summary(self) -> str:
-        from tasks.tracking import artifact_local_path
-
         n = self.numbers
         reach = (f"SpacTor reached the SC arm's final validation loss ({n['sc_final_val_sc_loss']:.4f}) at "
                  f"{n['steps_fraction']:.0%} of its steps and {n['flops_fraction']:.0%} of its FLOPs"
@@ -72,7 +70,7 @@ class ComparisonResult:
         scores = "".join(f"\n  {task} {metric}: SC {v['sc']:.4f}  SpacTor {v['spactor']:.4f}"
                          for task, ms in self.task_scores.items() for metric, v in ms.items())
         return (f"{reach}{scores}\nmodels: SC {self.sc_model_uri}, SpacTor {self.spactor_model_uri}\n"
-                f"MLflow run id: {self.run_id}\nartifacts: {artifact_local_path(self.run_id)} (comparison.png)")
+                + run_footer(self.run_id, files="comparison.png"))
 
 
 @flow(name="spactor-vs-sc")

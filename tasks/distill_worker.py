@@ -24,7 +24,7 @@ import torch
 
 from models.distillation import divergence, greedy_agreement, token_acceptance_rate
 from models.training import global_batch_rows, step_seed
-from tasks.finetune_worker import encode, load_model_and_tokenizer, pad
+from tasks.finetune_worker import encode, load_model_and_tokenizer, load_task_data, pad
 from tasks.train_loop import run, settings_from
 
 SOURCES = ("fixed", "teacher", "student")
@@ -39,16 +39,12 @@ def check_pair(teacher, student, where: str) -> None:
 
 class DistillObjective:
     def __init__(self, cfg: dict[str, Any]):
-        import datasets
-
         self.cfg = cfg
         self.teacher, self.tok = load_model_and_tokenizer(cfg["teacher_dir"])
         self.model, _ = load_model_and_tokenizer(cfg["student_dir"])
         check_pair(self.teacher, self.model, f"{cfg['teacher_dir']} vs {cfg['student_dir']}")
         self.teacher.requires_grad_(False).eval()
-        data = datasets.load_from_disk(str(Path(cfg["task_dir"]) / "data"))
-        self.train_x = encode(self.tok, list(data["train"]["input"]), cfg["max_input_length"])
-        self.train_y = encode(self.tok, list(data["train"]["target"]), cfg["max_target_length"])
+        data, self.train_x, self.train_y = load_task_data(self.tok, cfg)
         val = data["validation"] if len(data["validation"]) else data["test"]
         n = min(len(val), cfg["eval_examples"])
         self.val_x = encode(self.tok, list(val["input"])[:n], cfg["max_input_length"])

@@ -46,6 +46,16 @@ def encode(tok, texts: list[str], max_length: int) -> list[list[int]]:
     return tok(texts, max_length=max_length, truncation=True, add_special_tokens=True).input_ids
 
 
+def load_task_data(tok, cfg: dict[str, Any]):
+    """(the task's DatasetDict, encoded training inputs, encoded training targets) from ``cfg["task_dir"]``."""
+    import datasets
+
+    data = datasets.load_from_disk(str(Path(cfg["task_dir"]) / "data"))
+    train = data["train"]
+    return (data, encode(tok, list(train["input"]), cfg["max_input_length"]),
+            encode(tok, list(train["target"]), cfg["max_target_length"]))
+
+
 def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
     n = max(len(s) for s in seqs)
     out = torch.full((len(seqs), n), value, dtype=torch.long)
@@ -56,17 +66,13 @@ def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
 
 class FinetuneObjective:
     def __init__(self, cfg: dict[str, Any]):
-        import datasets
-
         self.cfg = cfg
         self.model, self.tok = load_model_and_tokenizer(cfg["model_dir"], cfg["init"], cfg["seed"])
         self.model.config.dropout_rate = cfg["dropout_rate"]
         for m in self.model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = cfg["dropout_rate"]
-        data = datasets.load_from_disk(str(Path(cfg["task_dir"]) / "data"))
-        self.train_x = encode(self.tok, list(data["train"]["input"]), cfg["max_input_length"])
-        self.train_y = encode(self.tok, list(data["train"]["target"]), cfg["max_target_length"])
+        data, self.train_x, self.train_y = load_task_data(self.tok, cfg)
         val = data["validation"] if len(data["validation"]) else data["train"]
         n_val = min(len(val), cfg["eval_examples"])
         self.val_x = encode(self.tok, list(val["input"])[:n_val], cfg["max_input_length"])
