@@ -60,6 +60,8 @@ from torch import nn
 
 from models.speculative import (
     CACHE_IMPLEMENTATIONS,
+    pad_id,
+    token_ids,
     compiled_forward,
     CachedDecoder,
     SpeculativeOutput,
@@ -566,10 +568,11 @@ BATCH_COLUMNS = ["batch", "method", "draft", "gamma", "tokens_per_s", "tokens_pe
 """Columns of the batched table: one row per (batch size, method[, draft, gamma]); greedy decoding."""
 
 
-def _generated(row: list[int], eos: int | None) -> list[int]:
-    """A decoded row without its start token and without the padding after EOS."""
+def _generated(row: list[int], eos: frozenset[int]) -> list[int]:
+    """A decoded row without its start token and without the padding after its first EOS."""
     body = row[1:]
-    return body[: body.index(eos) + 1] if eos is not None and eos in body else body
+    cut = next((i for i, t in enumerate(body) if t in eos), None)
+    return body if cut is None else body[: cut + 1]
 
 
 def run_batched_benchmark(
@@ -597,11 +600,8 @@ def run_batched_benchmark(
     if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes={list(batch_sizes)} must be ints >= 1")
     say, device = _check_inputs(target, drafts, prompts, log)
-    pad = target.generation_config.pad_token_id
-    pad = target.config.pad_token_id if pad is None else pad
-    pad = 0 if pad is None else int(pad)
-    eos = target.generation_config.eos_token_id
-    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    _, eos = token_ids(target)  # the engine's own reading of EOS and pad
+    pad = pad_id(target, eos)
     n = s.max_new_tokens
     rng = np.random.default_rng(s.seed)
     rows: list[dict[str, Any]] = []

@@ -57,11 +57,13 @@ __all__ = [
     "expected_block_efficiency",
     "expected_speedup",
     "greedy_verify",
+    "pad_id",
     "rejection_sample",
     "residual_distribution",
     "sampling_distribution",
     "speculative_generate",
     "target_generate",
+    "token_ids",
 ]
 
 
@@ -480,7 +482,8 @@ class SpeculativeOutput:
         return sum(self.accepted) / trials if trials else float("nan")
 
 
-def _token_ids(model: nn.Module, eos_token_id: int | Sequence[int] | None) -> tuple[int, frozenset[int]]:
+def token_ids(model: nn.Module, eos_token_id: int | Sequence[int] | None = None) -> tuple[int, frozenset[int]]:
+    """(decoder start token, EOS ids) as ``generate`` reads them; ``eos_token_id`` overrides the model's."""
     gen = getattr(model, "generation_config", None)
     start = getattr(gen, "decoder_start_token_id", None)
     if start is None:
@@ -612,7 +615,7 @@ def target_generate(
     ``speculative_generate``, no draft. Greedy output equals ``target.generate(..., do_sample=False)``.
     ``cache_implementation`` and ``compile`` are as in ``speculative_generate``.
     """
-    start, eos = _token_ids(target, eos_token_id)
+    start, eos = token_ids(target, eos_token_id)
     _check_common(max_new_tokens, do_sample, temperature, top_k, top_p)
     _check_cache_args(cache_implementation, compile)
     attention_mask = _check_prompt(target, input_ids, attention_mask, eos)
@@ -705,7 +708,7 @@ def speculative_generate(
             f"lenience={lenience} only applies with do_sample=True; greedy verification is exact argmax "
             "matching (use lenience=1.0)"
         )
-    start, eos = _token_ids(target, eos_token_id)
+    start, eos = token_ids(target, eos_token_id)
     _check_common(max_new_tokens, do_sample, temperature, top_k, top_p)
     _check_cache_args(cache_implementation, compile)
     attention_mask = _check_prompt(target, input_ids, attention_mask, eos, allow_batch=True)
@@ -884,7 +887,8 @@ class _BatchedDecoder:
         self.valid, self.width = valid, width
 
 
-def _pad_id(model: nn.Module, eos: frozenset[int]) -> int:
+def pad_id(model: nn.Module, eos: frozenset[int]) -> int:
+    """The token that fills rows after EOS: the pad token, else the smallest EOS id, else 0."""
     pad = getattr(getattr(model, "generation_config", None), "pad_token_id", None)
     if pad is None:
         pad = model.config.pad_token_id
@@ -925,7 +929,7 @@ def _speculative_generate_batched(
     ``acceptance_rate`` is the alpha over all rows; ``num_target_calls`` counts batched calls.
     """
     batch = input_ids.shape[0]
-    pad = _pad_id(target, eos)
+    pad = pad_id(target, eos)
     out = SpeculativeOutput(sequences=input_ids.new_zeros((batch, 0)), num_target_calls=0, num_draft_calls=0)
     t_begin = time.perf_counter()
     device = input_ids.device
