@@ -28,7 +28,7 @@ class TrainRunFields(FlowConfig):
     """Fields every Ray-trained flow shares (pretraining, fine-tuning, distillation): where and how the run executes."""
 
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
-    threads_per_worker: int = Field(0, ge=0, description="torch threads per worker (0 = torch default)")
+    threads_per_worker: int = Field(0, ge=0, description="torch threads per worker (0 = the CPUs divided among the workers)")
     use_gpu: bool = False
     bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
     max_failures: int = Field(2, ge=0, description="worker-group restarts Ray may do")

@@ -50,6 +50,13 @@ def tiny() -> FinetuneConfig:
     return FinetuneConfig()
 
 
+def laptop() -> FinetuneConfig:
+    """wiki_description-sized fine-tuning on 2 cores: up to 500 steps with early stopping, every test example."""
+    return FinetuneConfig(preset="laptop", total_steps=500, batch_size=16, lr=1e-3, warmup_steps=20,
+                          max_input_length=128, max_target_length=24, eval_every=100, eval_examples=128,
+                          checkpoint_every=100, test_examples=None)
+
+
 def small() -> FinetuneConfig:
     return FinetuneConfig(preset="small", total_steps=3000, batch_size=64, lr=5e-4, max_input_length=512,
                           max_target_length=32, eval_every=250, eval_examples=1000, checkpoint_every=500,
@@ -62,7 +69,7 @@ def base() -> FinetuneConfig:
                           test_examples=None, num_beams=4, use_gpu=True, num_workers=8)
 
 
-PRESETS = {"tiny": tiny, "small": small, "base": base}
+PRESETS = {"tiny": tiny, "laptop": laptop, "small": small, "base": base}
 
 
 @dataclass

@@ -61,11 +61,12 @@ class PipelineConfig(FlowConfig):
 
 
 def _preset(name: str, corpus: Callable, pre: Callable, ft: Callable, di: Callable, sd: Callable,
-            sizes: Sizes) -> Callable[[], PipelineConfig]:
+            sizes: Sizes, task: str = "bbc_headline") -> Callable[[], PipelineConfig]:
     def make() -> PipelineConfig:
         p = pre()
         d = di()
-        return PipelineConfig(preset=name, corpus=corpus().model_copy(update={"pack_length": p.tokens_length}),
+        return PipelineConfig(preset=name, task=TaskSpec(name=task),
+                              corpus=corpus().model_copy(update={"pack_length": p.tokens_length}),
                               pretrain=p, sizes=sizes, finetune=ft(),
                               distill_target=d.model_copy(update={"mode": "target",
                                                                   "data_mix": {"teacher": 0.5, "student": 0.5}}),
@@ -80,6 +81,15 @@ tiny = _preset("tiny", corpus_mod.tiny, pretrain_mod.tiny, finetune_mod.tiny, di
     teacher=S(d_model=96, d_ff=192, d_kv=16, num_heads=6, num_layers=3, num_decoder_layers=3, tie_word_embeddings=True),
     target=S(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2, tie_word_embeddings=True),
     draft=S(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=1, num_decoder_layers=1, tie_word_embeddings=True)))
+# laptop: sizes chosen so that a draft can pay off on a CPU (c = draft step / target step well below the
+# break-even of the closed form) and a task whose outputs a small model can learn (wiki_description).
+laptop = _preset("laptop", corpus_mod.laptop, pretrain_mod.laptop, finetune_mod.laptop, distill_mod.laptop,
+                 sd_mod.laptop, Sizes(
+                     teacher=S(d_model=384, d_ff=1024, d_kv=64, num_heads=6, num_layers=6, num_decoder_layers=6),
+                     target=S(d_model=256, d_ff=1024, d_kv=64, num_heads=4, num_layers=4, num_decoder_layers=4),
+                     draft=S(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=1, num_decoder_layers=1,
+                             tie_word_embeddings=True)),
+                 task="wiki_description")
 small = _preset("small", corpus_mod.small, pretrain_mod.small, finetune_mod.small, distill_mod.small, sd_mod.small,
                 Sizes(teacher=S(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12, num_decoder_layers=12),
                       target=S(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8, num_decoder_layers=8),
@@ -88,7 +98,7 @@ base = _preset("base", corpus_mod.base, pretrain_mod.base, finetune_mod.base, di
                Sizes(teacher=S(d_model=2048, d_ff=5120, d_kv=64, num_heads=32, num_layers=24, num_decoder_layers=24),
                      target=S(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12, num_decoder_layers=12),
                      draft=S(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8, num_decoder_layers=8)))
-PRESETS = {"tiny": tiny, "small": small, "base": base}
+PRESETS = {"tiny": tiny, "laptop": laptop, "small": small, "base": base}
 
 
 @dataclass
@@ -212,7 +222,7 @@ def _distill(cfg: PipelineConfig, dcfg: distill_mod.DistillConfig, teacher: str,
     d = dcfg.model_copy(update={"teacher": teacher, "student": student, "task": cfg.task,
                                 "register_as": f"t5-{cfg.preset}-{cfg.task.name}-{dcfg.mode}"})
     r = distill_mod.distill_flow(config=d, parent_run_id=parent)
-    return {"run_id": r.run_id, "model_uri": r.model_uri, "alias": r.alias, "final": r.final}
+    return {"run_id": r.run_id, "model_uri": r.model_uri, "alias": r.alias, "final": r.final, "metrics": r.metrics}
 
 
 def _sd(cfg: PipelineConfig, target: str, ft: dict[str, Any], dd: dict[str, Any], parent: str) -> dict[str, Any]:

@@ -102,6 +102,12 @@ def tiny() -> SDBenchmarkConfig:
                              lenience=[1.0, 0.5, 0.2])
 
 
+def laptop() -> SDBenchmarkConfig:
+    """The task's test prompts on one CPU thread: 60 prompts of up to 128 tokens, 5 gammas, lossy lenience."""
+    return tiny().model_copy(update=dict(preset="laptop", num_prompts=60, prompt_tokens=128, max_new_tokens=24,
+                                         gammas=[1, 2, 3, 4, 6], lenience=[1.0, 0.5, 0.2, 0.1], repeats=3))
+
+
 def small() -> SDBenchmarkConfig:
     """T5-small-class pair on one GPU: 50 prompts of 256 tokens, static cache + torch.compile for every decoder."""
     return tiny().model_copy(update=dict(preset="small", num_prompts=50, prompt_tokens=256, max_new_tokens=128,
@@ -115,7 +121,7 @@ def base() -> SDBenchmarkConfig:
     return small().model_copy(update=dict(preset="base", num_prompts=100, prompt_tokens=512))
 
 
-PRESETS = {"tiny": tiny, "small": small, "base": base}
+PRESETS = {"tiny": tiny, "laptop": laptop, "small": small, "base": base}
 
 
 def require_inputs(cfg: SDBenchmarkConfig) -> SDBenchmarkConfig:

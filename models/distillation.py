@@ -13,7 +13,7 @@ draft / student distribution, both at the same temperature ``T``::
     tvd  = 1/2 sum_x |p(x) - q(x)|
 
 Each divergence is summed over the vocabulary at a position, then averaged over the unmasked
-positions. The teacher is detached: gradients reach the student only. No ``T**2`` gradient
+positions: per token (the default) or per sequence first (``reduction="sequence"``, the paper's). The teacher is detached: gradients reach the student only. No ``T**2`` gradient
 rescaling is applied (Hinton et al.); multiply the loss by ``temperature**2`` yourself if you want it.
 
 The probability that speculative sampling accepts the draft token at one position is
@@ -33,7 +33,7 @@ import numbers
 import torch
 import torch.nn.functional as F
 
-__all__ = ["KINDS", "divergence", "token_acceptance_rate", "greedy_agreement"]
+__all__ = ["KINDS", "REDUCTIONS", "divergence", "rollout_labels", "token_acceptance_rate", "greedy_agreement"]
 
 KINDS = ("fkl", "rkl", "jsd", "tvd")
 
@@ -91,9 +91,46 @@ def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     return terms.sum(dim=-1)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    weights = mask.to(values.dtype)
-    return (values * weights).sum() / weights.sum()
+REDUCTIONS = ("token", "sequence")
+
+
+def _select(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The unmasked positions of ``logits`` as ``(N, V)``.
+
+    Selecting (rather than multiplying by the mask) keeps whatever a masked position holds (-inf,
+    NaN, garbage from padding) out of the loss *and* out of its gradient: ``0 * nan`` is nan, and the
+    backward pass of a softmax over a row of -inf is nan even when its upstream gradient is 0.
+    """
+    return logits[mask]
+
+
+def _sequence_ids(mask: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """For each unmasked position (in ``mask[mask]`` order), the index of its sequence.
+
+    A sequence is one index of every dimension but the last of the positions shape: a ``(B, T)`` mask
+    has B sequences, a ``(T,)`` mask one.
+    """
+    if mask.ndim <= 1:
+        return torch.zeros(int(mask.sum()), dtype=torch.long, device=mask.device), 1
+    n_seq = math.prod(mask.shape[:-1])
+    ids = torch.arange(n_seq, device=mask.device).reshape(mask.shape[:-1]).unsqueeze(-1).expand(mask.shape)
+    return ids[mask], n_seq
+
+
+def _reduce(per_position: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Mean of the selected per-position values: over tokens, or over sequences of per-sequence means."""
+    if reduction == "token":
+        return per_position.mean()
+    ids, n_seq = _sequence_ids(mask)
+    sums = torch.zeros(n_seq, dtype=per_position.dtype, device=per_position.device).index_add(0, ids, per_position)
+    counts = torch.bincount(ids, minlength=n_seq)
+    keep = counts > 0  # sequences with no unmasked position do not count
+    return (sums[keep] / counts[keep].to(sums.dtype)).mean()
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; choose one of {REDUCTIONS}")
 
 
 def divergence(
@@ -104,6 +141,7 @@ def divergence(
     *,
     beta: float = 0.5,
     temperature: float = 1.0,
+    reduction: str = "token",
 ) -> torch.Tensor:
     """Mean token-level divergence between teacher (p) and student (q) distributions.
 
@@ -117,9 +155,20 @@ def divergence(
             must still lie in [0, 1] (a value outside is always a config mistake).
             With beta = 0.5, 0 <= jsd <= ln 2.
         temperature: T > 0, applied to both logits before the softmax.
+        reduction: ``"token"`` (default) averages over all unmasked positions of the batch, so a
+            long sequence weighs more than a short one; ``"sequence"`` is DistillSpec's sequence-level
+            average (Zhou et al. 2023, eq. 2: the mean over each sequence's tokens, then the mean over
+            sequences), so every sequence weighs the same. A sequence is one row of ``mask`` (every
+            dimension but the last); rows with no unmasked position are left out. The two agree when
+            every row has the same number of unmasked positions. The token mean is the default
+            because it is the usual distillation loss (the teacher-forced cross-entropy of
+            fine-tuning averages the same way) and its gradient scale does not depend on how the
+            batch's lengths are spread.
 
     Returns:
-        Scalar tensor: per-position divergence (summed over V) averaged over unmasked positions.
+        Scalar tensor: per-position divergence (summed over V) averaged over unmasked positions
+        (see ``reduction``). Masked positions are selected out before anything is computed, so
+        -inf or NaN logits there reach neither the loss nor its gradient.
         Differentiable w.r.t. ``student_logits`` only.
     """
     if kind not in KINDS:
@@ -132,11 +181,12 @@ def divergence(
             "use 'fkl'/'rkl' for the one-sided divergences"
         )
     _check_temperature(temperature)
+    _check_reduction(reduction)
     _check_pair(teacher_logits, student_logits)
     mask = _prepare_mask(mask, teacher_logits.shape[:-1], teacher_logits.device)
 
-    log_p = _log_probs(teacher_logits.detach(), temperature)  # (..., V), target / teacher
-    log_q = _log_probs(student_logits, temperature)  # (..., V), draft / student
+    log_p = _log_probs(_select(teacher_logits.detach(), mask), temperature)  # (N, V), target / teacher
+    log_q = _log_probs(_select(student_logits, mask), temperature)  # (N, V), draft / student
 
     if kind == "fkl":
         per_position = _kl(log_p, log_q)
@@ -150,7 +200,7 @@ def divergence(
         per_position = beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
     else:  # tvd
         per_position = 0.5 * (log_p.exp() - log_q.exp()).abs().sum(dim=-1)
-    return _masked_mean(per_position, mask)
+    return _reduce(per_position, mask, reduction)
 
 
 @torch.no_grad()
@@ -168,9 +218,9 @@ def token_acceptance_rate(
     _check_temperature(temperature)
     _check_pair(teacher_logits, student_logits)
     mask = _prepare_mask(mask, teacher_logits.shape[:-1], teacher_logits.device)
-    p = _log_probs(teacher_logits, temperature).exp()
-    q = _log_probs(student_logits, temperature).exp()
-    return _masked_mean(torch.minimum(p, q).sum(dim=-1), mask)
+    p = _log_probs(_select(teacher_logits, mask), temperature).exp()
+    q = _log_probs(_select(student_logits, mask), temperature).exp()
+    return torch.minimum(p, q).sum(dim=-1).mean()
 
 
 @torch.no_grad()
@@ -186,5 +236,19 @@ def greedy_agreement(
     """
     _check_pair(teacher_logits, student_logits)
     mask = _prepare_mask(mask, teacher_logits.shape[:-1], teacher_logits.device)
-    agree = teacher_logits.argmax(dim=-1) == student_logits.argmax(dim=-1)
-    return _masked_mean(agree.to(torch.float32), mask)
+    agree = _select(teacher_logits, mask).argmax(dim=-1) == _select(student_logits, mask).argmax(dim=-1)
+    return agree.to(torch.float32).mean()
+
+
+def rollout_labels(sequences: torch.Tensor, eos_token_id: int, ignore_index: int = -100) -> torch.Tensor:
+    """Distillation labels from sampled sequences (decoder start token already dropped).
+
+    Only the positions *after the first EOS* of a row are padding (set to ``ignore_index``); the EOS
+    itself is kept. A pad id that the model sampled before its EOS is a token like any other and stays:
+    splicing it out would train on a sequence nobody sampled. A row without EOS keeps every position.
+    """
+    y = sequences.clone()
+    eos = (y == eos_token_id).to(torch.int32)
+    after = (eos.cumsum(-1) - eos) > 0
+    y[after] = ignore_index
+    return y

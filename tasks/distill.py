@@ -55,9 +55,22 @@ def distill(cfg: dict[str, Any], teacher_dir: str, student_dir: str, task_dir: s
         state = json.loads((final / "trainer_state.json").read_text())
         last = state["evals"][-1] if state["evals"] else {}
         tracking.log_metrics(run_id, {f"final.{k}": v for k, v in last.items() if isinstance(v, (int, float))})
+        test = evaluate_test(str(final / "model"), task_dir, run_id, cfg)
         name = cfg["register_as"] or f"t5-{cfg['preset']}-{cfg['task']['name']}"
         model_uri = tracking.register_model(run_id, final / "model", name, aliases=[alias],
                                             tags={"stage": f"distill_{cfg['mode']}", "alias": alias,
                                                   **{f"lineage.{k}": v for k, v in lineage.items()}})
     return {"run_id": run_id, "model_uri": model_uri, "model_dir": str(final / "model"), "alias": alias,
-            "final": last}
+            "final": last, "metrics": test}
+
+
+def evaluate_test(model_dir: str, task_dir: str, run_id: str, cfg: dict[str, Any]) -> dict[str, float]:
+    """The student's test-split quality beside the task's trivial baseline, logged as ``test.*``."""
+    from tasks.evaluate import evaluate_dir
+
+    metrics, table = evaluate_dir(model_dir, task_dir, split="test", batch_size=cfg["batch_size"],
+                                  max_input_length=cfg["max_input_length"], max_new_tokens=cfg["max_target_length"],
+                                  max_examples=cfg.get("test_examples"), threads=cfg.get("threads_per_worker") or None)
+    tracking.log_metrics(run_id, metrics)
+    tracking.log_table(run_id, table.head(200), "predictions-test.csv")
+    return metrics

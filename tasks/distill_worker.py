@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.distillation import divergence, greedy_agreement, token_acceptance_rate
+from models.distillation import divergence, greedy_agreement, rollout_labels, token_acceptance_rate
 from models.training import global_batch_rows, step_seed
 from tasks.finetune_worker import encode, load_model_and_tokenizer, load_task_data, pad
-from tasks.train_loop import run, settings_from
+from tasks.train_loop import run, settings_from, use_worker_threads
 
 SOURCES = ("fixed", "teacher", "student")
 
@@ -59,7 +59,7 @@ class DistillObjective:
     # --- data ---------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, model, x: torch.Tensor, seed: int, *, do_sample: bool = True) -> torch.Tensor:
-        """Sequences from ``model`` (eval mode, KV cache), as labels: decoder start dropped, pad -> -100."""
+        """Sequences from ``model`` (eval mode, KV cache), as labels: decoder start dropped, after EOS -> -100."""
         was = model.training
         model.eval()
         torch.manual_seed(seed)
@@ -68,12 +68,8 @@ class DistillObjective:
                              top_k=0 if do_sample else None, max_new_tokens=self.cfg["max_target_length"],
                              use_cache=True)
         model.train(was)
-        y = out[:, 1:].clone()
-        # positions after the first EOS are padding; keep the EOS itself
-        eos = (y == self.tok.eos_token_id).int()
-        after = (eos.cumsum(1) - eos) > 0
-        y[after | (y == self.tok.pad_token_id)] = -100
-        return y
+        # only the positions after the first EOS are padding; a sampled pad id before it is kept
+        return rollout_labels(out[:, 1:], self.tok.eos_token_id)
 
     def batch(self, model, step: int, micro: int, rank: int, world: int):
         c = self.cfg
@@ -110,7 +106,7 @@ class DistillObjective:
         mask = y != -100
         c = self.cfg
         loss = divergence(c["divergence"], t_logits.float(), s_logits.float(), mask, beta=c["beta"],
-                          temperature=c["temperature"])
+                          temperature=c["temperature"], reduction=c.get("reduction", "token"))
         on_policy = sum(s == "student" for s in self.last_sources) / max(1, len(self.last_sources))
         return loss, {"distill_loss": loss.detach(), "on_policy_fraction": torch.tensor(on_policy)}
 
@@ -177,7 +173,7 @@ def _unwrap(model):
 
 
 def distill_worker(cfg: dict[str, Any]) -> dict[str, Any]:
-    torch.set_num_threads(max(1, int(cfg.get("threads_per_worker") or torch.get_num_threads())))
+    use_worker_threads(cfg)
     objective = DistillObjective(cfg)
     settings = settings_from(cfg, keep_checkpoints=2, weight_decay=0.0)
     return run(objective, settings)

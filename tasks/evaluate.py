@@ -1,7 +1,9 @@
 """Prefect task: generation-based evaluation of a T5 on a task split, logged to MLflow under stable names.
 
 Metrics: ``<split>.rouge1/rouge2/rougeL`` (generation tasks), ``<split>.accuracy`` and ``<split>.macro_f1``
-(classification tasks), ``<split>.examples_per_s``; a sample of predictions is logged as
+(classification tasks), ``<split>.examples_per_s``; beside them the task's trivial baseline on the same
+examples, ``<split>.baseline.<metric>`` (lead-N with N chosen on validation, ``<split>.baseline.lead_n``; or the
+majority class), and ``<split>.beats_baseline`` (1.0 when the model's ROUGE-L / accuracy is above it); a sample of predictions is logged as
 ``predictions.csv``.
 """
 
@@ -25,7 +27,7 @@ def evaluate_dir(model_dir: str, task_dir: str, *, split: str = "test", batch_si
     import torch
 
     from models.generation import batched_generate
-    from models.metrics import classification, rouge
+    from models.metrics import beats_baseline, classification, rouge
     from tasks.finetune_worker import load_model_and_tokenizer
 
     if threads:
@@ -36,6 +38,7 @@ def evaluate_dir(model_dir: str, task_dir: str, *, split: str = "test", batch_si
         raise ValueError(f"the {split} split of {task_dir} is empty")
     if max_examples:
         data = data.select(range(min(max_examples, len(data))))
+    all_splits = datasets.load_from_disk(str(Path(task_dir) / "data"))
     model, tok = load_model_and_tokenizer(model_dir)
     preds, eps = batched_generate(model, tok, list(data["input"]), batch_size=batch_size, num_beams=num_beams,
                                   max_input_length=max_input_length, max_new_tokens=max_new_tokens)
@@ -45,10 +48,41 @@ def evaluate_dir(model_dir: str, task_dir: str, *, split: str = "test", batch_si
     else:
         metrics = rouge(preds, refs)
     metrics = {f"{split}.{k}": v for k, v in metrics.items()}
+    base, base_preds = baseline_metrics(all_splits, info, split, list(data["input"]), refs)
+    metrics.update({f"{split}.{k}": v for k, v in base.items()})
+    metrics[f"{split}.beats_baseline"] = float(beats_baseline(metrics, info["kind"], f"{split}."))
     metrics[f"{split}.examples_per_s"] = eps
     metrics[f"{split}.examples"] = len(refs)
-    table = pd.DataFrame({"input": [x[:300] for x in list(data["input"])], "reference": refs, "prediction": preds})
+    table = pd.DataFrame({"input": [x[:300] for x in list(data["input"])], "reference": refs, "prediction": preds,
+                          "baseline": base_preds})
     return metrics, table
+
+
+def baseline_metrics(splits, info: dict[str, Any], split: str, inputs: list[str], refs: list[str],
+                     *, choose_on: int = 200) -> tuple[dict[str, float], list[str]]:
+    """The task's trivial baseline scored on ``inputs``/``refs``: ``baseline.<metric>`` and its predictions.
+
+    Generation: lead-N, with N chosen on (up to ``choose_on`` examples of) the validation split, or the
+    train split when there is no validation split (never on the split scored). Classification: the
+    majority class of the train split.
+    """
+    from models.metrics import choose_lead_n, classification, lead_n, majority_class, rouge
+
+    if info["kind"] == "classification":
+        label = majority_class(list(splits["train"]["target"]))
+        preds = [label] * len(refs)
+        out = {f"baseline.{k}": v for k, v in classification(preds, refs, info["labels"]).items()}
+        return out, preds
+    pick = next((s for s in ("validation", "train") if s != split and s in splits and len(splits[s])), None)
+    if pick is None:
+        raise ValueError("lead-N needs a validation or train split to choose N on")
+    held = splits[pick].select(range(min(choose_on, len(splits[pick]))))
+    prefix = info.get("prefix") or ""
+    n, _ = choose_lead_n(list(held["input"]), list(held["target"]), prefix)
+    preds = lead_n(inputs, n, prefix)
+    out = {f"baseline.{k}": v for k, v in rouge(preds, refs).items()}
+    out["baseline.lead_n"] = float(n)
+    return out, preds
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=2)

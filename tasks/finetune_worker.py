@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from models.training import global_batch_rows
-from tasks.train_loop import run, settings_from
+from tasks.train_loop import run, settings_from, use_worker_threads
 
 
 def check_tokenizer_matches(model, tokenizer, where: str) -> None:
@@ -122,7 +122,7 @@ class FinetuneObjective:
 
 
 def finetune_worker(cfg: dict[str, Any]) -> dict[str, Any]:
-    torch.set_num_threads(max(1, int(cfg.get("threads_per_worker") or torch.get_num_threads())))
+    use_worker_threads(cfg)
     objective = FinetuneObjective(cfg)
     settings = settings_from(cfg, keep_checkpoints=2, early_stop_metric="val_loss")
     return run(objective, settings)

@@ -19,7 +19,7 @@ from models.flops import spactor_step_flops
 from models.span_corruption import SpanCorruptionCollator
 from models.spactor import SpacTorConfig, SpacTorModel, curriculum_is_hybrid, generator_t5_config, sc_rtd_gradient_cosine
 from models.training import global_batch_rows, step_seed
-from tasks.train_loop import run, settings_from
+from tasks.train_loop import run, settings_from, use_worker_threads
 
 T5_FIELDS = ("d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "num_heads", "feed_forward_proj",
              "dropout_rate", "tie_word_embeddings", "relative_attention_num_buckets", "relative_attention_max_distance")
@@ -170,7 +170,7 @@ class PretrainObjective:
 
 def pretrain_worker(cfg: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker entry point (also callable directly with ``cfg["in_ray"] = False``)."""
-    torch.set_num_threads(max(1, int(cfg.get("threads_per_worker") or torch.get_num_threads())))
+    use_worker_threads(cfg)
     objective = PretrainObjective(cfg)
     settings = settings_from(cfg, diag_every=cfg["cosine_every"])
     return run(objective, settings)

@@ -80,6 +80,27 @@ class LoopSettings:
     extra_state: dict = field(default_factory=dict)
 
 
+def worker_threads(threads_per_worker: int | None, num_workers: int = 1) -> int:
+    """Torch threads for one training worker: the configured number, or (0/None) this machine's CPUs
+    divided among the workers.
+
+    Ray sets ``OMP_NUM_THREADS=1`` in its workers, so "torch's default" there is one thread and a single
+    worker would leave every other core idle; dividing the CPUs keeps the whole machine busy without
+    oversubscribing it when several workers share a node.
+    """
+    if threads_per_worker:
+        return int(threads_per_worker)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // max(1, int(num_workers)))
+
+
+def use_worker_threads(cfg: dict[str, Any]) -> int:
+    """Apply :func:`worker_threads` for a worker config (``threads_per_worker``, ``num_workers``); returns it."""
+    n = worker_threads(cfg.get("threads_per_worker"), cfg.get("num_workers") or 1)
+    torch.set_num_threads(n)
+    return n
+
+
 def settings_from(cfg: dict[str, Any], **overrides: Any) -> LoopSettings:
     """LoopSettings from a flow config dict: every field of the same name is taken, overrides win."""
     import dataclasses

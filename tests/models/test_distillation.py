@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.distillation import KINDS, divergence, greedy_agreement, token_acceptance_rate
+from models.distillation import KINDS, divergence, greedy_agreement, rollout_labels, token_acceptance_rate
 
 
 def _softmax(x: np.ndarray, t: float = 1.0) -> np.ndarray:
@@ -108,6 +108,64 @@ def test_mask_averages_over_unmasked_positions_only(kind):
     # 0/1 integer masks mean the same as bool masks.
     as_int = divergence(kind, torch.tensor(t), torch.tensor(s), torch.tensor(mask.astype(np.int64)))
     assert as_int.item() == pytest.approx(got.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("poison", [float("-inf"), float("nan"), float("inf")])
+def test_masked_positions_holding_inf_or_nan_leave_the_loss_and_gradient_finite(kind, poison):
+    t, s = _random_logits(seed=11, shape=(2, 4, 5))
+    mask = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=bool)
+    want = _reference(kind, t, s, 0.5, 1.0)[mask].mean()
+    t_bad, s_bad = t.copy(), s.copy()
+    t_bad[~mask] = poison
+    s_bad[~mask] = poison
+    s_t = torch.tensor(s_bad, requires_grad=True)
+    loss = divergence(kind, torch.tensor(t_bad), s_t, torch.tensor(mask))
+    loss.backward()
+    assert loss.item() == pytest.approx(want, rel=1e-10)
+    assert torch.isfinite(s_t.grad).all()
+    assert (s_t.grad[torch.tensor(~mask)] == 0).all()
+    assert torch.isfinite(token_acceptance_rate(torch.tensor(t_bad), torch.tensor(s_bad), torch.tensor(mask)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sequence_reduction_is_the_mean_over_sequences_of_each_sequence_mean(kind):
+    t, s = _random_logits(seed=12, shape=(3, 5, 6))
+    mask = np.array([[1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=bool)  # last row: empty
+    per = _reference(kind, t, s, 0.5, 1.0)
+    want = np.mean([per[0][mask[0]].mean(), per[1][mask[1]].mean()])
+    got = divergence(kind, torch.tensor(t), torch.tensor(s), torch.tensor(mask), reduction="sequence")
+    assert got.item() == pytest.approx(want, rel=1e-10)
+    token = divergence(kind, torch.tensor(t), torch.tensor(s), torch.tensor(mask))
+    assert token.item() == pytest.approx(per[mask].mean(), rel=1e-10)
+    assert got.item() != pytest.approx(token.item(), rel=1e-6)  # they differ when lengths differ
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sequence_and_token_reductions_agree_when_every_sequence_has_the_same_length(kind):
+    t, s = (torch.tensor(x) for x in _random_logits(seed=13, shape=(3, 4, 6)))
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0], [1, 0, 0, 1]], dtype=torch.bool)
+    a = divergence(kind, t, s, mask, reduction="sequence")
+    b = divergence(kind, t, s, mask, reduction="token")
+    assert a.item() == pytest.approx(b.item(), rel=1e-12)
+
+
+def test_unknown_reduction_is_refused():
+    t, s = (torch.tensor(x) for x in _random_logits(seed=14))
+    with pytest.raises(ValueError, match="reduction"):
+        divergence("fkl", t, s, reduction="batch")
+
+
+def test_rollout_labels_pad_only_after_the_first_eos_and_keep_a_sampled_pad_id():
+    pad, eos = 0, 1
+    seqs = torch.tensor([[5, pad, 7, eos, pad, pad],   # a pad id sampled before EOS is a real token
+                         [5, 6, eos, 8, eos, 9],       # everything after the first EOS is padding
+                         [pad, 4, 4, 4, 4, 4]])        # no EOS: nothing is padding
+    got = rollout_labels(seqs, eos)
+    assert got.tolist() == [[5, pad, 7, eos, -100, -100],
+                            [5, 6, eos, -100, -100, -100],
+                            [pad, 4, 4, 4, 4, 4]]
+    assert seqs[0, 1] == pad  # the input is not modified
 
 
 @pytest.mark.parametrize("kind", KINDS)
