@@ -106,6 +106,7 @@ class PipelineResult:
     run_id: str
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    verdict: str = ""
 
     def summary(self) -> str:
         from tasks.tracking import artifact_local_path
@@ -118,6 +119,8 @@ class PipelineResult:
             lines.append(f"  {name:<15} {state:<17} {refs}")
         if "sd_benchmark" in self.stages and self.stages["sd_benchmark"].get("markdown"):
             lines.append(self.stages["sd_benchmark"]["markdown"])
+        if self.verdict:
+            lines.append(self.verdict)
         return "\n".join(lines)
 
 
@@ -178,11 +181,40 @@ def pipeline(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
         if dd is None:
             return result
         stage("sd_benchmark", cfg.sd_benchmark.model_dump(),
-              {"target": dt["model_uri"], "drafts": [ft["models"]["draft_base"], dd["model_uri"]]},
+              {"target": dt["model_uri"], "drafts": [ft["models"]["draft_base"], dd["model_uri"]],
+               "teacher": ft["models"]["teacher"]},
               lambda: _sd(cfg, dt["model_uri"], ft, dd, run_id))
         tracking.log_metrics(run_id, {"stages_skipped": len(result.skipped),
                                       "stages_run": len(result.stages) - len(result.skipped)})
+        _verdict(cfg, result, logger)
     return result
+
+
+def _verdict(cfg: PipelineConfig, result: PipelineResult, logger) -> None:
+    """Compare every number with what it must be compared with; print, log summary.md, post to Prefect."""
+    from tasks import tracking
+    from tasks.orchestration import post_markdown
+    from tasks.verdict import pipeline_verdict
+
+    st = result.stages
+    quality: dict[str, dict[str, float]] = dict((st.get("finetune") or {}).get("metrics", {}))
+    labels = {"teacher": "teacher (fine-tuned)", "draft_base": "draft-base (fine-tuned, undistilled)",
+              "target": "target (distilled from the teacher)"}
+    if st.get("distill_target", {}).get("metrics"):
+        quality["target"] = st["distill_target"]["metrics"]
+    if st.get("distill_draft", {}).get("metrics"):
+        quality["draft"] = st["distill_draft"]["metrics"]
+        labels["draft"] = f"draft ({st['distill_draft']['alias']}, distilled from the target)"
+    sd = st.get("sd_benchmark") or {}
+    text, metrics = pipeline_verdict(
+        preset=cfg.preset, task_kind=cfg.task.info()["kind"], quality=quality, sd_rows=sd.get("rows") or [],
+        distilled_draft=(st.get("distill_draft") or {}).get("alias"), undistilled_draft="draft-base",
+        garden=sd.get("garden"), pretrain=(st.get("pretrain") or {}).get("summary"), labels=labels)
+    result.verdict = text
+    logger.info("verdict:\n%s", text)
+    tracking.log_text(result.run_id, text, "summary.md")
+    tracking.log_metrics(result.run_id, metrics)
+    post_markdown("pipeline-verdict", text, f"verdict of pipeline run {result.run_id} ({cfg.preset} preset)")
 
 
 def _corpus(cfg: PipelineConfig, parent: str) -> dict[str, Any]:
@@ -191,13 +223,14 @@ def _corpus(cfg: PipelineConfig, parent: str) -> dict[str, Any]:
 
 
 def _pretrain(cfg: PipelineConfig, corpus_dir: str, parent: str) -> dict[str, Any]:
-    models, runs = {}, {}
+    models, runs, summary = {}, {}, {}
     for size in ("teacher", "target", "draft"):
         p = cfg.pretrain.model_copy(update={"corpus_dir": corpus_dir, "model": getattr(cfg.sizes, size),
                                             "register_as": f"t5-{cfg.preset}-{size}-pretrained"})
         r = pretrain_mod.pretrain_flow(config=p, parent_run_id=parent)
         models[size], runs[size] = r.model_uri, r.run_id
-    return {"models": models, "run_ids": runs}
+        summary[size] = {"val_sc_loss": r.evals[-1]["val_sc_loss"] if r.evals else None, "cum_flops": r.cum_flops}
+    return {"models": models, "run_ids": runs, "summary": summary}
 
 
 def _finetune(cfg: PipelineConfig, pretrained: dict[str, str], parent: str) -> dict[str, Any]:
@@ -234,7 +267,24 @@ def _sd(cfg: PipelineConfig, target: str, ft: dict[str, Any], dd: dict[str, Any]
         "drafts": [sd_mod.DraftRef(label="draft-base", model=ft["models"]["draft_base"]),
                    sd_mod.DraftRef(label=dd["alias"], model=dd["model_uri"])]})
     r = sd_mod.sd_benchmark(config=s, parent_run_id=parent)
-    return {"run_id": r.run_id, "markdown": r.markdown}
+    rows = _records(r.table)
+    # the model garden: the teacher decoding alone on the same prompts (greedy), against the distilled
+    # target with the distilled draft
+    t = sd_mod.sd_benchmark(config=s.model_copy(update={
+        "target": ft["models"]["teacher"], "drafts": [sd_mod.DraftRef(label="draft-base", model=ft["models"]["draft_base"])],
+        "gammas": [1], "lenience": [1.0], "modes": ["greedy"], "hf_baselines": False, "batch_sizes": []}),
+        parent_run_id=parent)
+    from tasks.study import garden_row
+
+    garden = garden_row(_records(t.table), rows, dd["alias"])
+    return {"run_id": r.run_id, "markdown": r.markdown, "rows": rows, "teacher_run_id": t.run_id, "garden": garden}
+
+
+def _records(df) -> list[dict[str, Any]]:
+    """A results DataFrame as JSON-safe records (missing values -> None), for the stage record."""
+    import json
+
+    return json.loads(df.to_json(orient="records"))
 
 
 if __name__ == "__main__":

@@ -100,14 +100,15 @@ def tiny() -> PretrainConfig:
 
 
 def laptop() -> PretrainConfig:
-    """The pipeline's laptop scale: 600 steps of 16 x 128 tokens (tau = 300), all cores of one machine.
+    """The pipeline's laptop scale: 400 steps of 16 x 128 tokens (tau = 200), all cores of one machine.
 
     Measured on 2 cores (benchmarks/pretrain_throughput.py): SC steps of a d_model 256, 4+4-layer T5 take
-    0.8 s, of d_model 384, 6+6 layers 2.1 s; the three pipeline sizes pretrain in about 35 minutes."""
+    0.8 s, of d_model 384, 6+6 layers 2.1 s (hybrid steps 1.3x more); the three pipeline sizes pretrain in
+    about 25 minutes."""
     return PretrainConfig(preset="laptop", model=T5Shape(d_model=256, d_ff=1024, d_kv=64, num_heads=4, num_layers=4,
                                                          num_decoder_layers=4),
-                          inputs_length=128, batch_size=16, total_steps=600, tau=300, lr=2e-3, warmup_steps=30,
-                          checkpoint_every=150, eval_every=100, eval_batches=8, log_every=20, cosine_every=100)
+                          inputs_length=128, batch_size=16, total_steps=400, tau=200, lr=2e-3, warmup_steps=20,
+                          checkpoint_every=100, eval_every=100, eval_batches=8, log_every=20, cosine_every=100)
 
 
 def small() -> PretrainConfig:

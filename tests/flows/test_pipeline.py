@@ -40,7 +40,23 @@ def test_tiny_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage(prefect_har
                                   filter_string=f"tags.mlflow.parentRunId = '{first.run_id}'")
     assert {r.data.tags.get("stage") for r in children} >= {"corpus_prep", "pretrain", "finetune",
                                                             "distill_target", "distill_draft"}
+    # the verdict: computed from the results, printed, logged as summary.md, posted to Prefect
+    verdict = first.verdict
+    assert "Best lossless SD" in verdict and "trivial baseline" in verdict and "majority class" in verdict
+    assert "PRESET=laptop" in verdict  # the tiny preset says where meaningful numbers come from
+    assert verdict in first.summary()
+    assert "summary.md" in [f.path for f in client.list_artifacts(first.run_id)]
+    assert {"verdict.sd_best_speedup", "verdict.sd_best_c", "quality.teacher.accuracy", "quality.target.baseline.accuracy"} <= set(
+        client.get_run(first.run_id).data.metrics)
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as pc:
+        art = pc.read_latest_artifacts()
+    assert any(a.key == "pipeline-verdict" for a in art)
+    garden = first.stages["sd_benchmark"]["garden"]
+    assert garden["teacher_ms_per_token"] > 0 and garden["latency_reduction"] > 0
     second = pipeline(config=cfg)
     assert second.skipped == list(STAGES)
+    assert second.verdict == first.verdict  # computed again from the cached stage results
     forced = pipeline(config=cfg.model_copy(update={"from_stage": "sd_benchmark"}))
     assert forced.skipped == list(STAGES[:-1])

@@ -23,3 +23,37 @@ def test_macro_f1_averages_per_label_f1_and_counts_unknown_predictions_as_wrong(
 def test_mismatched_lengths_are_refused():
     with pytest.raises(ValueError, match="2 predictions for 1 references"):
         rouge(["a", "b"], ["a"])
+
+
+def test_lead_n_takes_the_first_n_words_after_the_task_prefix():
+    from models.metrics import lead_n
+
+    assert lead_n(["describe: Paris is  the capital of France.", "x y"], 3, "describe: ") == ["Paris is the", "x y"]
+    with pytest.raises(ValueError):
+        lead_n(["a"], 0)
+
+
+def test_choose_lead_n_picks_the_n_with_the_best_validation_rouge_l():
+    from models.metrics import choose_lead_n
+
+    inputs = ["p: the cat sat on the mat today", "p: a dog ran in the park at noon"]
+    refs = ["the cat sat", "a dog ran"]  # the first three words are exactly the reference
+    n, score = choose_lead_n(inputs, refs, "p: ", candidates=range(1, 8))
+    assert n == 3 and score == pytest.approx(1.0)
+
+
+def test_majority_class_is_the_most_frequent_label_with_ties_broken_by_name():
+    from models.metrics import majority_class
+
+    assert majority_class(["b", "a", "b", "c"]) == "b"
+    assert majority_class(["b", "a"]) == "a"
+    with pytest.raises(ValueError):
+        majority_class([])
+
+
+def test_beats_baseline_compares_the_primary_metric_strictly():
+    from models.metrics import beats_baseline
+
+    assert beats_baseline({"test.rougeL": 0.3, "test.baseline.rougeL": 0.2}, "generation", "test.") is True
+    assert beats_baseline({"test.accuracy": 0.4, "test.baseline.accuracy": 0.4}, "classification", "test.") is False
+    assert beats_baseline({"test.accuracy": 0.4}, "classification", "test.") is None

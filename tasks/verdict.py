@@ -1,0 +1,226 @@
+"""The verdict of a pipeline run: what its numbers show, each beside what it must be compared with.
+
+Pure functions over the stages' results (no Prefect, no MLflow): the flow prints the text, logs it to the
+parent MLflow run as ``summary.md`` and posts it as a Prefect markdown artifact.
+
+What is compared with what:
+- **SD.** The best lossless speedup (``method == "sd"``, lenience 1) over the faster of our target-only
+  decoder and ``target.generate``, per mode, with its alpha and c. When SD does not pay off, the reason is
+  computed: the closed form (Leviathan et al. 2023, Theorem 3.8) gives ``E[tokens per call] / (gamma c + 1)``,
+  so SD can pay off only for ``c < (E - 1) / gamma`` (the break-even c at the measured alpha); with the
+  measured cost of the (gamma+1)-token verification call ``v`` in place of 1 it is ``(E - v) / gamma``.
+- **Distilled vs undistilled draft** (DistillSpec's claim: +10-45% speed): alpha and speedup of the
+  distilled draft against the undistilled one at the same mode and gamma.
+- **Task quality.** Each model's test metric (ROUGE-L or accuracy) beside the task's trivial baseline
+  (lead-N or the majority class); a model that does not beat it is flagged.
+- **Model garden** (DistillSpec's 6-10x claim): the teacher decoding alone vs the distilled target with the
+  distilled draft, latency and quality side by side.
+- **Lossy SD.** Quality and speedup over lenience (sampling), with the verdict on the quality cost.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+from models.metrics import PRIMARY
+from models.speculative import expected_block_efficiency
+
+#: the presets whose numbers are meant to be read; the others check that the plumbing works
+MEANINGFUL_PRESETS = ("laptop", "small", "base")
+#: the laptop preset's SD target (issue: lossless greedy SD with the distilled draft at batch 1)
+SD_TARGET_SPEEDUP = 1.5
+#: DistillSpec's reported ranges
+PAPER_DRAFT_GAIN = (0.10, 0.45)
+PAPER_GARDEN_RATIO = (6.0, 10.0)
+
+
+def _num(x: Any) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+    return v
+
+
+def _ok(x: Any) -> bool:
+    return not math.isnan(_num(x))
+
+
+def break_even_c(alpha: float, gamma: int, verify_ratio: float = 1.0) -> float:
+    """The largest c at which SD still pays off at this alpha and gamma: ``(E - v) / gamma``.
+
+    ``E = (1 - alpha**(gamma+1)) / (1 - alpha)`` is the expected tokens per target call and ``v`` the cost of
+    the verification call in target steps (1 in the closed form). Negative when no draft can pay off.
+    """
+    return (expected_block_efficiency(alpha, gamma) - verify_ratio) / gamma
+
+
+def lossless_sd(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [r for r in rows if r.get("method") == "sd" and _num(r.get("lenience")) == 1.0 and _ok(r.get("speedup"))]
+
+
+def best_row(rows: Sequence[Mapping[str, Any]], **match: Any) -> Mapping[str, Any] | None:
+    cand = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    return max(cand, key=lambda r: _num(r["speedup"])) if cand else None
+
+
+def explain_sd(row: Mapping[str, Any]) -> str:
+    """Whether this SD row paid off and, if not, why (c against the break-even c at its alpha)."""
+    s, a, c, g = _num(row["speedup"]), _num(row.get("alpha")), _num(row.get("c")), int(row["gamma"])
+    v = _num(row.get("verify_ratio"))
+    if s > 1.0:
+        return f"SD pays off: {s:.2f}x"
+    if not _ok(a) or not _ok(c):
+        return f"SD does not pay off ({s:.2f}x); alpha or c was not measured"
+    be = break_even_c(a, g)
+    if c >= be:
+        why = (f"c = {c:.2f} is above the break-even c = {be:.2f} of the closed form at alpha {a:.2f}, gamma {g}: "
+               "the draft costs too much per token relative to the target for this acceptance rate")
+    elif _ok(v) and c >= break_even_c(a, g, v):
+        why = (f"c = {c:.2f} is below the closed form's break-even {be:.2f}, but the target's (gamma+1)-token "
+               f"verification costs {v:.2f} target steps (the closed form assumes 1), which moves the break-even "
+               f"to {break_even_c(a, g, v):.2f}")
+    else:
+        why = ("alpha and c predict a gain, so per-token overhead (sampling, cache cropping, the draft's encoder, "
+               "Python) eats it")
+    return f"SD does not pay off ({s:.2f}x): {why}"
+
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    return format(_num(x), spec) if _ok(x) else "n/a"
+
+
+def quality_lines(quality: Mapping[str, Mapping[str, float]], kind: str, split: str = "test",
+                  labels: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """Markdown table lines of each model's primary metric beside the baseline, and the flagged roles."""
+    m = PRIMARY[kind]
+    lines = [f"| model | {split} {m} | trivial baseline | beats it |", "|---|---:|---:|---|"]
+    flagged = []
+    for role, metrics in quality.items():
+        model, base = metrics.get(f"{split}.{m}"), metrics.get(f"{split}.baseline.{m}")
+        beats = _ok(model) and _ok(base) and _num(model) > _num(base)
+        label = (labels or {}).get(role, role)
+        if not beats:
+            flagged.append(label)
+        name = "lead-N" if kind == "generation" else "majority class"
+        n = metrics.get(f"{split}.baseline.lead_n")
+        if kind == "generation" and _ok(n):
+            name = f"lead-{int(_num(n))}"
+        lines.append(f"| {label} | {_fmt(model)} | {_fmt(base)} ({name}) | {'yes' if beats else '**NO**'} |")
+    return lines, flagged
+
+
+def pipeline_verdict(*, preset: str, task_kind: str, quality: Mapping[str, Mapping[str, float]],
+                     sd_rows: Sequence[Mapping[str, Any]] = (), distilled_draft: str | None = None,
+                     undistilled_draft: str | None = "draft-base", garden: Mapping[str, Any] | None = None,
+                     pretrain: Mapping[str, Mapping[str, Any]] | None = None,
+                     labels: Mapping[str, str] | None = None) -> tuple[str, dict[str, float]]:
+    """The verdict as markdown, and the headline numbers as flat metrics (for the parent MLflow run).
+
+    ``quality`` maps a role id (``teacher``, ``target``...; used in metric names) to its evaluation metrics
+    (``test.<metric>`` and ``test.baseline.<metric>``); ``labels`` gives the roles' names in the text.
+    """
+    out: list[str] = [f"## Verdict ({preset} preset)", ""]
+    metrics: dict[str, float] = {}
+    # 1. speculative decoding
+    sd = lossless_sd(sd_rows)
+    if sd:
+        best = max(sd, key=lambda r: _num(r["speedup"]))
+        out.append(f"**Best lossless SD:** {_fmt(best['speedup'], '.2f')}x over the faster target-only decoder "
+                   f"({best.get('baseline')}), draft `{best['draft']}`, gamma {best['gamma']}, {best['mode']}; "
+                   f"alpha {_fmt(best.get('alpha'))}, c {_fmt(best.get('c'))}. {explain_sd(best)}.")
+        metrics.update({"verdict.sd_best_speedup": _num(best["speedup"]), "verdict.sd_best_alpha": _num(best.get("alpha")),
+                        "verdict.sd_best_c": _num(best.get("c")), "verdict.sd_pays_off": float(_num(best["speedup"]) > 1)})
+        for mode in ("greedy", "sampling"):
+            for draft in sorted({r["draft"] for r in sd}):
+                b = best_row(sd, mode=mode, draft=draft)
+                if b is None:
+                    continue
+                key = f"verdict.sd.{draft}.{mode}"
+                metrics.update({f"{key}.speedup": _num(b["speedup"]), f"{key}.alpha": _num(b.get("alpha")),
+                                f"{key}.c": _num(b.get("c")), f"{key}.gamma": float(b["gamma"])})
+                exact = "" if mode != "greedy" else (", outputs identical to greedy target decoding"
+                                                     if b.get("exact") else ", OUTPUTS DIFFER from the target's")
+                out.append(f"- {mode}, `{draft}`: best {_fmt(b['speedup'], '.2f')}x at gamma {b['gamma']} "
+                           f"(alpha {_fmt(b.get('alpha'))}, c {_fmt(b.get('c'))}){exact}. {explain_sd(b)}.")
+        if distilled_draft:
+            g = best_row(sd, mode="greedy", draft=distilled_draft)
+            if g is not None:
+                hit = _num(g["speedup"]) >= SD_TARGET_SPEEDUP
+                out.append(f"- Target of {SD_TARGET_SPEEDUP}x (lossless greedy, distilled draft, batch 1): "
+                           f"{'**met**' if hit else '**not met**'} ({_fmt(g['speedup'], '.2f')}x).")
+                metrics["verdict.sd_target_met"] = float(hit)
+        out.append("")
+        # 2. distilled vs undistilled draft
+        if distilled_draft and undistilled_draft:
+            out.append(f"**Distilled vs undistilled draft** (DistillSpec reports +{PAPER_DRAFT_GAIN[0]:.0%} to "
+                       f"+{PAPER_DRAFT_GAIN[1]:.0%} speed):")
+            for mode in ("greedy", "sampling"):
+                d, u = best_row(sd, mode=mode, draft=distilled_draft), best_row(sd, mode=mode, draft=undistilled_draft)
+                if d is None or u is None:
+                    continue
+                gain = _num(d["speedup"]) / _num(u["speedup"]) - 1
+                ua = next((r for r in sd if r["mode"] == mode and r["draft"] == undistilled_draft
+                           and r["gamma"] == d["gamma"]), u)
+                higher = _num(d.get("alpha")) > _num(ua.get("alpha")) and gain > 0
+                metrics[f"verdict.distill_gain.{mode}"] = gain
+                out.append(f"- {mode}: alpha {_fmt(d.get('alpha'))} vs {_fmt(ua.get('alpha'))} at gamma {d['gamma']}; "
+                           f"best speedup {_fmt(d['speedup'], '.2f')}x vs {_fmt(u['speedup'], '.2f')}x ({gain:+.0%}): "
+                           f"{'distillation helps' if higher else '**distillation does not help here**'}.")
+            out.append("")
+        # 3. lossy SD over lenience
+        lossy = sorted((r for r in sd_rows if r.get("method") == "sd" and r.get("mode") == "sampling"
+                        and r.get("draft") == (distilled_draft or best["draft"]) and _ok(r.get("speedup"))),
+                       key=lambda r: (-_num(r["lenience"]), r["gamma"]))
+        if len({_num(r["lenience"]) for r in lossy}) > 1:
+            out.append("**Lossy SD** (sampling, best gamma per lenience; lenience < 1 no longer samples the target):")
+            out.append("| lenience | speedup | ROUGE-L |")
+            out.append("|---:|---:|---:|")
+            for lam in sorted({_num(r["lenience"]) for r in lossy}, reverse=True):
+                b = max((r for r in lossy if _num(r["lenience"]) == lam), key=lambda r: _num(r["speedup"]))
+                out.append(f"| {lam:g} | {_fmt(b['speedup'], '.2f')}x | {_fmt(b.get('rougeL'))} |")
+            out.append("")
+    elif sd_rows is not None:
+        out.append("**SD:** no lossless SD rows were measured.")
+        out.append("")
+    # 4. quality against the trivial baseline
+    if quality:
+        lines, flagged = quality_lines(quality, task_kind, labels=labels)
+        out.append("**Task quality against the trivial baseline:**")
+        out += lines
+        for role, m in quality.items():
+            for k in (f"test.{PRIMARY[task_kind]}", f"test.baseline.{PRIMARY[task_kind]}"):
+                if _ok(m.get(k)):
+                    metrics[f"quality.{role}.{k.removeprefix('test.')}"] = _num(m[k])
+        if flagged:
+            out.append(f"\nFlagged: {', '.join(flagged)} do(es) **not** beat the trivial baseline, so "
+                       "its task numbers (and SD quality columns) show no learning yet.")
+        metrics["verdict.models_below_baseline"] = float(len(flagged))
+        out.append("")
+    # 5. model garden
+    if garden:
+        ratio = _num(garden.get("latency_reduction"))
+        lo, hi = PAPER_GARDEN_RATIO
+        out.append(f"**Model garden:** teacher alone {_fmt(garden.get('teacher_ms_per_token'), '.2f')} ms/token "
+                   f"(ROUGE-L {_fmt(garden.get('teacher_rougeL'))}) vs distilled target + `{garden.get('garden_draft')}` "
+                   f"with SD at gamma {garden.get('garden_gamma')} {_fmt(garden.get('garden_ms_per_token'), '.2f')} "
+                   f"ms/token (ROUGE-L {_fmt(garden.get('garden_rougeL'))}): {_fmt(ratio, '.2f')}x lower latency "
+                   f"(DistillSpec reports {lo:g}-{hi:g}x): {'holds' if ratio >= lo else '**does not hold at this scale**'}.")
+        metrics["verdict.garden_latency_ratio"] = ratio
+        out.append("")
+    # 6. pretraining
+    if pretrain:
+        parts = [f"{size} {_fmt(p.get('val_sc_loss'))} ({_num(p.get('cum_flops')):.2e} FLOPs)"
+                 for size, p in pretrain.items()]
+        out.append("**Pretraining**, final validation SC loss: " + "; ".join(parts) + ".")
+        for size, p in pretrain.items():
+            metrics[f"pretrain.{size}.val_sc_loss"] = _num(p.get("val_sc_loss"))
+            metrics[f"pretrain.{size}.cum_flops"] = _num(p.get("cum_flops"))
+        out.append("")
+    if preset not in MEANINGFUL_PRESETS:
+        out.append(f"_The `{preset}` preset checks that every stage runs and chains; its models are too small and "
+                   "too briefly trained for these numbers to mean anything (a target this small costs almost as much "
+                   "per token as its draft, so SD cannot pay off). Meaningful numbers: `make run PRESET=laptop` "
+                   "(about 80 minutes on 2 cores, see docs/results.md) and the GPU presets `small` and `base`._")
+    return "\n".join(out).rstrip() + "\n", {k: v for k, v in metrics.items() if _ok(v)}
