@@ -1,14 +1,19 @@
-"""SpacTor vs SC: both arms from the same corpus, seed and data order; one comparison run in MLflow.
+"""SpacTor vs SC: both arms from the same corpus, seeds and data order; one comparison run in MLflow.
 
     python -m flows.spactor_vs_sc --preset tiny [--set pretrain.tau=50]
+    python -m flows.spactor_vs_sc --preset laptop          # 3 seeds, tau sweep, shorter SpacTor budgets
 
-Logs validation SC loss against steps and against FLOPs for both arms (``comparison.png``), the table
-behind it, and the steps/FLOPs at which SpacTor first reaches the SC arm's final validation loss.
+For every seed it trains the SC arm (tau = 0), one SpacTor arm per ``taus`` value (``pretrain.tau`` when
+empty) and, for each of ``budget_fractions``, a SpacTor arm (tau = ``pretrain.tau``) with that fraction of
+the steps. Logs validation SC loss against steps and against FLOPs, mean over seeds with the min-max band
+(``comparison.png``), the table behind it, and the claim in its own terms (``summary.md``): the fraction
+of steps and of FLOPs at which SpacTor first reaches SC's final validation loss, and the smallest budget
+at which fine-tuned SpacTor reaches fine-tuned SC's downstream score, with the spread across seeds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from prefect import flow
@@ -29,13 +34,42 @@ class SpacTorVsSCConfig(FlowConfig):
     finetune_tasks: list[TaskSpec] = Field(default_factory=lambda: [TaskSpec(name="bbc_topic")],
                                            description="downstream tasks both arms are fine-tuned on ([] = none)")
     finetune: finetune_mod.FinetuneConfig = Field(default_factory=finetune_mod.tiny)
+    seeds: list[int] = Field([0], min_length=1, description="one SC and SpacTor arm set per seed (data order and init)")
+    taus: list[int] = Field([], description="tau sweep: one full-budget SpacTor arm per value ([] = pretrain.tau); "
+                                            "include pretrain.total_steps for hybrid to the end")
+    budget_fractions: list[float] = Field([], description="extra SpacTor arms (tau = pretrain.tau) with this fraction "
+                                                          "of the steps, fine-tuned to find where SpacTor reaches SC's "
+                                                          "downstream score (1.0 is always there)")
     experiment: str = "spactor-vs-sc"
 
     @model_validator(mode="after")
     def _check(self):
         if self.pretrain.tau == 0:
             raise ValueError("pretrain.tau must be > 0 for the SpacTor arm (the SC arm uses tau=0)")
+        total = self.pretrain.total_steps
+        for t in self.taus:
+            if not 0 < t <= total:
+                raise ValueError(f"taus: every tau must be in (0, pretrain.total_steps={total}], got {t}")
+        for f in self.budget_fractions:
+            if not 0.0 < f < 1.0:
+                raise ValueError(f"budget_fractions must lie in (0, 1), got {f}")
+            if self.pretrain.tau > round(f * total):
+                raise ValueError(f"budget_fractions: {f} of {total} steps is {round(f * total)}, below "
+                                 f"pretrain.tau={self.pretrain.tau}; use a larger fraction or a smaller tau")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
         return self
+
+    def sweep(self) -> list[int]:
+        taus = list(dict.fromkeys(self.taus or [self.pretrain.tau]))
+        return taus if self.pretrain.tau in taus else [self.pretrain.tau, *taus]
+
+    def arms(self) -> list[tuple[str, int, int]]:
+        """(arm label, tau, total steps) of every arm trained per seed."""
+        total = self.pretrain.total_steps
+        out = [("sc", 0, total)] + [(f"tau{t}", t, total) for t in self.sweep()]
+        return out + [(f"tau{self.pretrain.tau}-x{f:g}", self.pretrain.tau, round(f * total))
+                      for f in self.budget_fractions]
 
 
 def _preset(name, corpus, pre):
@@ -46,8 +80,21 @@ def _preset(name, corpus, pre):
     return make
 
 
+def laptop() -> SpacTorVsSCConfig:
+    """3 seeds x (SC, tau 60 / 150 / 600 = hybrid to the end, tau 150 at 50% and 75% of the steps) on 2 cores.
+
+    A d_model 128, 3+3-layer T5 (the laptop corpus, 600 steps of 16 x 128 tokens), fine-tuned on bbc_topic;
+    about 70 minutes (see docs/results.md)."""
+    p = pretrain_mod.laptop().model_copy(update=dict(
+        model=pretrain_mod.T5Shape(d_model=128, d_ff=512, d_kv=32, num_heads=4, num_layers=3, num_decoder_layers=3),
+        total_steps=600, tau=150, checkpoint_every=150, eval_every=50))
+    return SpacTorVsSCConfig(preset="laptop", corpus=corpus_mod.laptop().model_copy(update={"pack_length": p.tokens_length}),
+                             pretrain=p, finetune=finetune_mod.tiny().model_copy(update={"preset": "laptop"}),
+                             seeds=[0, 1, 2], taus=[60, 150, 600], budget_fractions=[0.5, 0.75])
+
+
 FINETUNE = {"tiny": finetune_mod.tiny, "small": finetune_mod.small, "base": finetune_mod.base}
-PRESETS = {"tiny": _preset("tiny", corpus_mod.tiny, pretrain_mod.tiny),
+PRESETS = {"tiny": _preset("tiny", corpus_mod.tiny, pretrain_mod.tiny), "laptop": laptop,
            "small": _preset("small", corpus_mod.small, pretrain_mod.small),
            "base": _preset("base", corpus_mod.base, pretrain_mod.base)}
 
@@ -59,8 +106,13 @@ class ComparisonResult:
     sc_model_uri: str
     spactor_model_uri: str
     task_scores: dict
+    study: dict = field(default_factory=dict)
+    verdict: str = ""
 
     def summary(self) -> str:
+        if self.verdict:
+            return (f"{self.verdict}\nmodels (seed {self.study.get('seeds', [0])[0]}): SC {self.sc_model_uri}, "
+                    f"SpacTor {self.spactor_model_uri}\n" + run_footer(self.run_id, files="comparison.png, summary.md"))
         n = self.numbers
         reach = (f"SpacTor reached the SC arm's final validation loss ({n['sc_final_val_sc_loss']:.4f}) at "
                  f"{n['steps_fraction']:.0%} of its steps and {n['flops_fraction']:.0%} of its FLOPs"
@@ -77,30 +129,58 @@ class ComparisonResult:
 def spactor_vs_sc(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
                   config: Optional[SpacTorVsSCConfig] = None, parent_run_id: Optional[str] = None) -> ComparisonResult:
     from tasks import tracking
-    from tasks.compare import compare_arms, log_task_scores
+    from tasks.compare import comparison_numbers, log_study, log_task_scores, study_numbers, study_verdict
 
     cfg = config or build_config(SpacTorVsSCConfig, PRESETS, preset, overrides)
+    main = f"tau{cfg.pretrain.tau}"
     with tracking.start_run(cfg.experiment, f"{cfg.preset}-tau{cfg.pretrain.tau}", params=cfg.model_dump(),
                             tags={"stage": "spactor_vs_sc", "preset": cfg.preset},
                             parent_run_id=parent_run_id) as run_id:
         corpus_dir = corpus_mod.corpus_prep(config=cfg.corpus, parent_run_id=run_id).corpus_dir
-        arms = {}
-        for arm, tau in (("sc", 0), ("spactor", cfg.pretrain.tau)):
-            p = cfg.pretrain.model_copy(update={"tau": tau, "corpus_dir": corpus_dir})
-            arms[arm] = pretrain_mod.pretrain_flow(config=p, parent_run_id=run_id).__dict__
-        numbers = compare_arms(arms["sc"], arms["spactor"], cfg.pretrain.tau, run_id)
-        # fine-tune both arms on the same task(s) with the same budget; compare task scores
-        scores: dict[str, dict[str, dict[str, float]]] = {}
+        # 1. every arm for every seed, from the same corpus; a seed fixes the init and the data order
+        runs: dict[tuple[str, int], dict[str, Any]] = {}
+        for seed in cfg.seeds:
+            for label, tau, steps in cfg.arms():
+                p = cfg.pretrain.model_copy(update={"tau": tau, "total_steps": steps, "seed": seed,
+                                                    "corpus_dir": corpus_dir,
+                                                    "register_as": f"t5-{cfg.preset}-{label}-seed{seed}"})
+                runs[(label, seed)] = pretrain_mod.pretrain_flow(config=p, parent_run_id=run_id).__dict__
+        # 2. fine-tune every arm on the same task(s) with the same budget
+        per_arm: dict[str, dict[tuple[str, int], dict[str, float]]] = {}
         for spec in cfg.finetune_tasks:
-            for arm in ("sc", "spactor"):
-                f = cfg.finetune.model_copy(update={"model": arms[arm]["model_uri"], "task": spec,
-                                                    "register_as": f"t5-{cfg.preset}-{arm}-{spec.name}"})
+            for (label, seed), r in runs.items():
+                f = cfg.finetune.model_copy(update={"model": r["model_uri"], "task": spec, "seed": seed,
+                                                    "register_as": f"t5-{cfg.preset}-{label}-seed{seed}-{spec.name}"})
                 res = finetune_mod.finetune_flow(config=f, parent_run_id=run_id)
-                for metric, value in res.metrics.items():
-                    if metric.endswith(("rouge1", "rouge2", "rougeL", "accuracy", "macro_f1")):
-                        scores.setdefault(spec.name, {}).setdefault(metric, {})[arm] = value
+                per_arm.setdefault(spec.name, {})[(label, seed)] = res.metrics
+        # 3. the claim in its own terms, across seeds (downstream: the first task)
+        first_task = per_arm.get(cfg.finetune_tasks[0].name) if cfg.finetune_tasks else None
+        numbers = study_numbers(runs, cfg.sweep(), cfg.pretrain.tau, cfg.budget_fractions,
+                                scores=first_task, total_steps=cfg.pretrain.total_steps)
+        verdict = study_verdict(numbers, cfg.pretrain.tau)
+        log_study(run_id, runs, ["sc", *(f"tau{t}" for t in cfg.sweep())], numbers, verdict, cfg.pretrain.total_steps)
+        first = cfg.seeds[0]
+        headline = comparison_numbers(runs[("sc", first)], runs[(main, first)])
+        tracking.log_metrics(run_id, headline)
+        scores = _mean_scores(cfg, per_arm, main)
         log_task_scores(run_id, scores)
-    return ComparisonResult(run_id, numbers, arms["sc"]["model_uri"], arms["spactor"]["model_uri"], scores)
+    return ComparisonResult(run_id, headline, runs[("sc", first)]["model_uri"], runs[(main, first)]["model_uri"],
+                            scores, study=numbers, verdict=verdict)
+
+
+def _mean_scores(cfg: SpacTorVsSCConfig, per_arm: dict, main: str) -> dict[str, dict[str, dict[str, float]]]:
+    """task -> metric -> {"sc": mean over seeds, "spactor": mean over seeds (the main tau, full budget)}."""
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for spec in cfg.finetune_tasks:
+        for arm, label in (("sc", "sc"), ("spactor", main)):
+            vals: dict[str, list[float]] = {}
+            for seed in cfg.seeds:
+                for metric, value in per_arm.get(spec.name, {}).get((label, seed), {}).items():
+                    if metric.endswith(("rouge1", "rouge2", "rougeL", "accuracy", "macro_f1")) and ".baseline." not in metric:
+                        vals.setdefault(metric, []).append(value)
+            for metric, v in vals.items():
+                scores.setdefault(spec.name, {}).setdefault(metric, {})[arm] = sum(v) / len(v)
+    return scores
 
 
 if __name__ == "__main__":

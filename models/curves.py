@@ -26,3 +26,25 @@ def first_reach(xs: Sequence[float], ys: Sequence[float], target: float, *, lowe
                 return float(x)
             return float(x0 + (target - y0) * (x - x0) / (y - y0))
     return None
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (0 for one value), min, max and count of per-seed values."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return {"n": 0}
+    mean = sum(vals) / len(vals)
+    std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5 if len(vals) > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(vals), "max": max(vals), "n": len(vals)}
+
+
+def first_fraction_reaching(candidates: Sequence[tuple[float, float, float]], target: float, *,
+                            higher_is_better: bool = True) -> tuple[float, float] | None:
+    """Of ``(steps_fraction, flops_fraction, score)`` runs, the smallest steps fraction whose score reaches
+    ``target`` (>= when higher is better), with its FLOPs fraction; None if none does.
+
+    This is the downstream form of the SpacTor claim: separately trained runs of a shorter budget, each
+    fine-tuned, against the baseline's score at its full budget.
+    """
+    ok = [(s, f) for s, f, v in candidates if (v >= target if higher_is_better else v <= target)]
+    return min(ok) if ok else None
