@@ -21,7 +21,7 @@ C = TypeVar("C", bound="FlowConfig")
 class FlowConfig(BaseModel):
     """Base of every flow config: unknown keys are an error, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 class TrainRunFields(FlowConfig):

@@ -34,7 +34,7 @@ from flows._cli import FlowConfig, build_config, run_cli
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DataSettings(_Strict):

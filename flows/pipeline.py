@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flows import corpus_prep as corpus_mod
 from flows import distill as distill_mod
@@ -37,7 +37,7 @@ Stage = Literal["corpus", "pretrain", "finetune", "distill_target", "distill_dra
 class Sizes(BaseModel):
     """Architectures of the three model sizes (the pretraining settings are shared)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     teacher: pretrain_mod.T5Shape
     target: pretrain_mod.T5Shape
     draft: pretrain_mod.T5Shape
@@ -58,6 +58,14 @@ class PipelineConfig(FlowConfig):
     stages: list[Stage] = Field(list(STAGES), description="stages to run (a prefix of the full list)")
     from_stage: Optional[Stage] = Field(None, description="force this stage and all later ones to run even if cached")
     experiment: str = Field("pipeline", description="MLflow experiment of the parent run")
+
+    @field_validator("stages")
+    @classmethod
+    def _prefix(cls, v: list[str]) -> list[str]:
+        if not v or list(v) != list(STAGES[:len(v)]):
+            raise ValueError(f"stages must be a non-empty prefix of {list(STAGES)} (each stage needs the ones "
+                             f"before it), got {v}")
+        return v
 
 
 def _preset(name: str, corpus: Callable, pre: Callable, ft: Callable, di: Callable, sd: Callable,

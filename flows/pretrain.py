@@ -20,7 +20,7 @@ from flows._cli import TrainRunFields, build_config, run_cli, run_footer
 class T5Shape(BaseModel):
     """T5 architecture (T5 v1.1 conventions: gated-GELU, untied LM head, no dropout in pretraining)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     d_model: int = Field(64, ge=8)
     d_ff: int = Field(128, ge=8)
     d_kv: int = Field(16, ge=4)
@@ -35,7 +35,7 @@ class T5Shape(BaseModel):
 class SpacTorSettings(BaseModel):
     """Hybrid-objective settings (see models/spactor.py for what each does and why the defaults)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     mask_rate: float = Field(0.15, gt=0.0, lt=1.0)
     gen_weight: float = Field(1.0, ge=0.0)
     disc_weight: float = Field(50.0, ge=0.0)

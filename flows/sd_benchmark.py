@@ -25,7 +25,7 @@ from flows._cli import FlowConfig, build_config, run_cli, run_footer
 class DraftRef(BaseModel):
     """One draft: a label for the table and a model reference (models:/ or runs:/ URI, or a folder)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     label: str = Field(..., min_length=1)
     model: str = Field(..., min_length=1)
 

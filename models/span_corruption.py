@@ -227,9 +227,14 @@ class SpanCorruptionCollator:
     """Mean noise-span length in tokens (T5 default 3)."""
     eos_id: int = 1
     pad_id: int = 0
+    num_sentinels: int = 100
+    """Sentinel ids ``<extra_id_0..num_sentinels-1>`` the vocabulary has (T5: 100). A full row may not have
+    more noise spans than this: ids below the sentinels would collide with the vocabulary (and ``<mask>``)."""
 
     def __post_init__(self) -> None:
         _check_density_and_span(self.noise_density, self.mean_noise_span_length)
+        if self.num_sentinels < 1 or self.num_sentinels >= self.vocab_size:
+            raise ValueError(f"num_sentinels={self.num_sentinels} must be in [1, vocab_size={self.vocab_size})")
         if self.vocab_size <= max(self.eos_id, self.pad_id) + 1:
             raise ValueError(
                 f"vocab_size={self.vocab_size} must exceed eos_id={self.eos_id} and "
@@ -239,6 +244,14 @@ class SpanCorruptionCollator:
             self.inputs_length, self.noise_density, self.mean_noise_span_length
         )
         self._tokens_length, self._targets_length = tokens_length, targets_length
+        _, spans = noise_counts(tokens_length, self.noise_density, self.mean_noise_span_length)
+        if spans > self.num_sentinels:
+            raise ValueError(
+                f"inputs_length={self.inputs_length} with noise_density={self.noise_density}, "
+                f"mean_noise_span_length={self.mean_noise_span_length} gives {spans} noise spans per row, more "
+                f"than the {self.num_sentinels} sentinels: lower inputs_length or noise_density, or raise "
+                "mean_noise_span_length (or num_sentinels, with a vocabulary that has that many)."
+            )
         # A full row is the longest case (both lengths are non-decreasing in the row length), and
         # its lengths do not depend on the random draw. T5's helper counts in float64 without
         # clipping, the mask in float32 with clipping; refuse settings where they disagree upward.

@@ -47,7 +47,7 @@ SENTIMENT_FILES = ("movieReviewSnippets", "tweets", "amazonReviewSnippets", "nyt
 class TaskSpec(BaseModel):
     """Which task: a built-in name, local jsonl files, or a Hugging Face dataset."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field("bbc_topic", description=f"built-in: {', '.join(BUILTIN)}; or any name with jsonl/hf_name")
     jsonl: Optional[dict[str, str]] = Field(None, description="split -> jsonl path with input/target fields")
     hf_name: Optional[str] = Field(None, description="Hugging Face dataset name or local data folder")

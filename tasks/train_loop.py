@@ -32,6 +32,10 @@ from tasks import checkpoints
 log = logging.getLogger(__name__)
 
 
+class NonFiniteTrainingError(RuntimeError):
+    """The loss or the gradient norm stopped being finite; training stops before the update is applied."""
+
+
 class Objective(Protocol):
     model: torch.nn.Module
 
@@ -188,6 +192,15 @@ def run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
             tok_window += objective.tokens_per_micro()
         grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip_norm) if s.clip_norm > 0
                      else grad_global_norm(model.parameters()))
+        # Never apply (let alone checkpoint or register) a non-finite update. One host sync per step; every
+        # rank sees the same all-reduced gradient norm, so all stop together.
+        finite = torch.isfinite(torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(())]))
+        if not bool(finite.all()):
+            last = checkpoints.latest_valid(s.checkpoint_dir) if s.checkpoint_dir else None
+            raise NonFiniteTrainingError(
+                f"training stopped at step {step + 1}: loss {loss.item():.4g}, grad norm {grad_norm.item():.4g} "
+                f"(not finite); nothing was saved from this step, the last good checkpoint is "
+                f"{last.name if last else 'none'}. Lower lr or check the data.")
         window.setdefault("grad_norm", []).append(grad_norm.detach().float())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

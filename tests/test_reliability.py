@@ -127,6 +127,16 @@ def test_unknown_config_keys_are_refused_by_name(key):
     ("sd_benchmark", "lenience=[0]", "lenience"),
     ("distill", "divergence=kl", "divergence"),
     ("corpus_prep", "vocab_size=10", "vocab_size"),
+    ("finetune", "lr=Infinity", "lr"),
+    ("distill", "temperature=NaN", "temperature"),
+    ("distill", "lr=-Infinity", "lr"),
+    ("pretrain", "spactor.disc_weight=Infinity", "spactor.disc_weight"),
+    ("sd_benchmark", "temperature=Infinity", "temperature"),
+    ("pipeline", 'stages=["pretrain"]', "stages"),
+    ("pipeline", 'stages=["corpus", "finetune"]', "stages"),
+    ("pipeline", "stages=[]", "stages"),
+    ("pipeline", "pretrain.lr=NaN", "pretrain.lr"),
+    ("pretrain", "inputs_length=1810", "inputs_length"),
 ])
 def test_out_of_range_or_mistyped_values_are_refused_naming_the_field(flow, override, field):
     import importlib
@@ -137,7 +147,7 @@ def test_out_of_range_or_mistyped_values_are_refused_naming_the_field(flow, over
     with pytest.raises(ConfigError) as err:
         build_config(config_cls, mod.PRESETS, "tiny", [override])
     msg = str(err.value)
-    assert f"'{field}" in msg or (field == "tau" and "tau=" in msg), msg
+    assert f"'{field}" in msg or (field in ("tau", "inputs_length") and f"{field}=" in msg), msg
     assert "\n" not in msg
 
 

@@ -305,3 +305,16 @@ def test_collator_rejects_lengths_where_t5_helper_and_mask_disagree():
     # inputs_length 172: the helper's 190 * 0.15 rounds to 28 (float64), the mask's to 29 (float32).
     with pytest.raises(ValueError, match="neighbouring inputs_length"):
         SpanCorruptionCollator(vocab_size=T5_VOCAB, inputs_length=172)
+
+
+def test_more_noise_spans_than_sentinels_is_refused_at_construction():
+    # 1810 inputs -> 2006 raw tokens at 0.15 / 3.0: 100.3 -> 100 spans fit; 1830 -> 101 spans do not
+    from models.span_corruption import SpanCorruptionCollator, noise_counts
+
+    n_tokens = SpanCorruptionCollator(vocab_size=32100, inputs_length=1700).tokens_length
+    assert noise_counts(n_tokens, 0.15, 3.0)[1] <= 100
+    with pytest.raises(ValueError, match="more than the 100 sentinels"):
+        SpanCorruptionCollator(vocab_size=32100, inputs_length=1810)
+    SpanCorruptionCollator(vocab_size=32100, inputs_length=1810, num_sentinels=200)  # a vocabulary with 200
+    with pytest.raises(ValueError, match="num_sentinels"):
+        SpanCorruptionCollator(vocab_size=100, inputs_length=64, num_sentinels=100)
