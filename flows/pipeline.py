@@ -93,8 +93,12 @@ tiny = _preset("tiny", corpus_mod.tiny, pretrain_mod.tiny, finetune_mod.tiny, di
 # break-even of the closed form) and a task whose outputs a small model can learn (wiki_description).
 laptop = _preset("laptop", corpus_mod.laptop, pretrain_mod.laptop, finetune_mod.laptop, distill_mod.laptop,
                  sd_mod.laptop, Sizes(
-                     teacher=S(d_model=384, d_ff=1024, d_kv=64, num_heads=6, num_layers=6, num_decoder_layers=6),
-                     target=S(d_model=256, d_ff=1024, d_kv=64, num_heads=4, num_layers=4, num_decoder_layers=4),
+                     # tied embeddings: T5 then scales the decoder output by d_model^-0.5, which gives a sane
+                     # initial loss (untied, the initial SC loss of the 384-wide teacher is ~80 nats)
+                     teacher=S(d_model=384, d_ff=1024, d_kv=64, num_heads=6, num_layers=6, num_decoder_layers=6,
+                               tie_word_embeddings=True),
+                     target=S(d_model=256, d_ff=1024, d_kv=64, num_heads=4, num_layers=4, num_decoder_layers=4,
+                              tie_word_embeddings=True),
                      draft=S(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=1, num_decoder_layers=1,
                              tie_word_embeddings=True)),
                  task="wiki_description")

@@ -106,7 +106,7 @@ def laptop() -> PretrainConfig:
     0.8 s, of d_model 384, 6+6 layers 2.1 s (hybrid steps 1.3x more); the three pipeline sizes pretrain in
     about 25 minutes."""
     return PretrainConfig(preset="laptop", model=T5Shape(d_model=256, d_ff=1024, d_kv=64, num_heads=4, num_layers=4,
-                                                         num_decoder_layers=4),
+                                                         num_decoder_layers=4, tie_word_embeddings=True),
                           inputs_length=128, batch_size=16, total_steps=400, tau=200, lr=2e-3, warmup_steps=20,
                           checkpoint_every=100, eval_every=100, eval_batches=8, log_every=20, cosine_every=100)
 

@@ -86,7 +86,8 @@ def laptop() -> SpacTorVsSCConfig:
     A d_model 128, 3+3-layer T5 (the laptop corpus, 600 steps of 16 x 128 tokens), fine-tuned on bbc_topic;
     about 70 minutes (see docs/results.md)."""
     p = pretrain_mod.laptop().model_copy(update=dict(
-        model=pretrain_mod.T5Shape(d_model=128, d_ff=512, d_kv=32, num_heads=4, num_layers=3, num_decoder_layers=3),
+        model=pretrain_mod.T5Shape(d_model=128, d_ff=512, d_kv=32, num_heads=4, num_layers=3, num_decoder_layers=3,
+                                   tie_word_embeddings=True),
         total_steps=600, tau=150, checkpoint_every=150, eval_every=50))
     return SpacTorVsSCConfig(preset="laptop", corpus=corpus_mod.laptop().model_copy(update={"pack_length": p.tokens_length}),
                              pretrain=p, finetune=finetune_mod.tiny().model_copy(update={"preset": "laptop"}),

@@ -252,7 +252,10 @@ def is_complete(path: str | Path) -> bool:
 
 @task(name="fingerprint-source", retries=2, retry_delay_seconds=1)
 def fingerprint_source(cfg: dict[str, Any]) -> str:
-    return source_fingerprint(cfg)
+    """The source content's fingerprint plus the corpus code's (its import closure): either change -> a new corpus."""
+    from tasks.stages import code_version
+
+    return f"{source_fingerprint(cfg)}-code{code_version('tasks.corpus')}"
 
 
 @task(name="build-corpus", cache_policy=INPUTS + TASK_SOURCE, persist_result=True, result_serializer="json")

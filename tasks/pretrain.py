@@ -18,9 +18,17 @@ from tasks import tracking
 from tasks.env import state_dir
 
 
+#: the worker module whose import closure (project code) a training kind depends on
+WORKERS = {"pretrain": "tasks.pretrain_worker", "finetune": "tasks.finetune_worker", "distill": "tasks.distill_worker"}
+
+
 def run_key(kind: str, cfg: dict[str, Any], *inputs: str) -> str:
+    """The checkpoint folder's key: the config, the inputs and the fingerprint of the code the worker runs
+    (its import closure), so a fix in ``models/`` or the loop retrains instead of re-registering old weights."""
+    from tasks.stages import code_version
+
     payload = json.dumps({k: v for k, v in cfg.items() if k not in ("mlflow_run_id", "fault_kill_at_step")},
-                         sort_keys=True) + "|".join(inputs)
+                         sort_keys=True) + "|".join(inputs) + "|code:" + code_version(WORKERS.get(kind, f"tasks.{kind}"))
     return f"{kind}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 
