@@ -196,12 +196,13 @@ def iqr(values: Sequence[float]) -> float:
 
 
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
-    """Mean ROUGE-L F1 (``rouge_score``, its default tokenizer: lower-cased alphanumeric words)."""
-    from rouge_score import rouge_scorer
+    """Mean ROUGE-L F1: the one ROUGE-L of the project (``models.metrics.rouge``, Porter-stemmed), so the SD
+    table's quality column and the evaluation's ``test.rougeL`` mean the same thing."""
+    from models.metrics import rouge
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"])
-    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references, strict=True)]
-    return float(statistics.fmean(scores)) if scores else float("nan")
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    return float(rouge(predictions, references)["rougeL"]) if predictions else float("nan")
 
 
 def prompts_from_texts(

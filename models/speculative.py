@@ -79,6 +79,14 @@ def _check_alpha_gamma(alpha: float, gamma: int) -> None:
         raise ValueError(f"gamma={gamma!r} must be an int >= 0 (draft tokens per target call)")
 
 
+def _now(device: torch.device) -> float:
+    """A wall clock read that means something on an accelerator: CUDA kernels run asynchronously, so
+    synchronise first there (a launch-time reading would hide the work). On CPU no sync is added."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def expected_block_efficiency(alpha: float, gamma: int) -> float:
     """Expected tokens emitted per target call, ``(1 - alpha^(gamma+1)) / (1 - alpha)`` (Eq. 1).
 
@@ -619,7 +627,7 @@ def target_generate(
     _check_common(max_new_tokens, do_sample, temperature, top_k, top_p)
     _check_cache_args(cache_implementation, compile)
     attention_mask = _check_prompt(target, input_ids, attention_mask, eos)
-    t_begin = time.perf_counter()
+    t_begin = _now(input_ids.device)
     with _eval_mode(target):
         dec = _decoder(target, input_ids, attention_mask, cache_implementation, compile, max_new_tokens)
         tokens = [start]
@@ -635,7 +643,7 @@ def target_generate(
             tokens.append(token)
             if token in eos:
                 break
-    total = time.perf_counter() - t_begin
+    total = _now(input_ids.device) - t_begin
     return SpeculativeOutput(
         sequences=torch.tensor([tokens], dtype=torch.long, device=input_ids.device),
         num_target_calls=calls,
@@ -729,14 +737,14 @@ def speculative_generate(
         )
 
     out = SpeculativeOutput(sequences=input_ids.new_zeros((1, 0)), num_target_calls=0, num_draft_calls=0)
-    t_begin = time.perf_counter()
+    t_begin = _now(input_ids.device)
     with _eval_mode(target, draft):
-        t0 = time.perf_counter()
+        t0 = _now(input_ids.device)
         target_dec = _decoder(target, input_ids, attention_mask, cache_implementation, compile, max_new_tokens)
-        t1 = time.perf_counter()
+        t1 = _now(input_ids.device)
         draft_dec = _decoder(draft, input_ids, attention_mask, cache_implementation, compile, max_new_tokens)
         out.target_time_s += t1 - t0
-        out.draft_time_s += time.perf_counter() - t1
+        out.draft_time_s += _now(input_ids.device) - t1
 
         tokens = [start]
         block = gamma
@@ -745,7 +753,7 @@ def speculative_generate(
             remaining = max_new_tokens - (len(tokens) - 1)
             # 1. Draft: a block short enough that accepted + 1 target token fit in the budget;
             #    stop drafting at EOS (nothing after it can be emitted).
-            t0 = time.perf_counter()
+            t0 = _now(input_ids.device)
             draft_tokens: list[int] = []
             q_rows: list[torch.Tensor] = []
             for _ in range(min(block, remaining - 1)):
@@ -760,13 +768,13 @@ def speculative_generate(
                 draft_tokens.append(token)
                 if token in eos:
                     break
-            t1 = time.perf_counter()
+            t1 = _now(input_ids.device)
             out.draft_time_s += t1 - t0
 
             # 2. Verify: one target call scores the last committed token and every draft token.
             target_logits = target_dec.advance(tokens + draft_tokens)  # (len(draft)+1, V)
             out.num_target_calls += 1
-            t2 = time.perf_counter()
+            t2 = _now(input_ids.device)
             out.target_time_s += t2 - t1
             assert target_logits.shape[0] == len(draft_tokens) + 1
             draft_t = torch.tensor(draft_tokens, dtype=torch.long, device=target_logits.device)
@@ -798,7 +806,7 @@ def speculative_generate(
                 block = min(block + 1, 2 * gamma) if full else max(block - 1, 1)
 
     out.sequences = torch.tensor([tokens], dtype=torch.long, device=input_ids.device)
-    out.total_time_s = time.perf_counter() - t_begin
+    out.total_time_s = _now(input_ids.device) - t_begin
     return out
 
 
@@ -931,15 +939,15 @@ def _speculative_generate_batched(
     batch = input_ids.shape[0]
     pad = pad_id(target, eos)
     out = SpeculativeOutput(sequences=input_ids.new_zeros((batch, 0)), num_target_calls=0, num_draft_calls=0)
-    t_begin = time.perf_counter()
+    t_begin = _now(input_ids.device)
     device = input_ids.device
     with _eval_mode(target, draft):
-        t0 = time.perf_counter()
+        t0 = _now(input_ids.device)
         target_dec = _BatchedDecoder(target, input_ids, attention_mask)
-        t1 = time.perf_counter()
+        t1 = _now(input_ids.device)
         draft_dec = _BatchedDecoder(draft, input_ids, attention_mask)
         out.target_time_s += t1 - t0
-        out.draft_time_s += time.perf_counter() - t1
+        out.draft_time_s += _now(input_ids.device) - t1
 
         tokens: list[list[int]] = [[start] for _ in range(batch)]
         active = list(range(batch))  # original row ids, in the caches' row order
@@ -950,7 +958,7 @@ def _speculative_generate_batched(
             n_draft = min(block, max(remaining) - 1)
             # 1. Draft n_draft tokens for every active row. The first call re-reads the last two
             #    committed tokens (one on the first round).
-            t0 = time.perf_counter()
+            t0 = _now(input_ids.device)
             width_in = 1 if first_round else 2
             feed = torch.tensor([tokens[r][-width_in:] for r in active], dtype=torch.long, device=device)
             drafted = torch.zeros((len(active), 0), dtype=torch.long, device=device)
@@ -966,14 +974,14 @@ def _speculative_generate_batched(
                     nxt = logits.argmax(dim=-1, keepdim=True)
                 drafted = torch.cat([drafted, nxt], dim=1)
                 feed = nxt
-            t1 = time.perf_counter()
+            t1 = _now(input_ids.device)
             out.draft_time_s += t1 - t0
 
             # 2. Verify every row in one target call: the last committed token, then the block.
             last = torch.tensor([[tokens[r][-1]] for r in active], dtype=torch.long, device=device)
             target_logits = target_dec.advance(torch.cat([last, drafted], dim=1))  # (B', n+1, V)
             out.num_target_calls += 1
-            t2 = time.perf_counter()
+            t2 = _now(input_ids.device)
             out.target_time_s += t2 - t1
 
             # 3. Per row: accepted prefix + one target token, cut at EOS and at the budget.
@@ -1022,5 +1030,5 @@ def _speculative_generate_batched(
     width = max(len(t) for t in tokens)
     out.sequences = torch.tensor([t + [pad] * (width - len(t)) for t in tokens], dtype=torch.long, device=device)
     out.new_tokens_per_row = [len(t) - 1 for t in tokens]
-    out.total_time_s = time.perf_counter() - t_begin
+    out.total_time_s = _now(input_ids.device) - t_begin
     return out

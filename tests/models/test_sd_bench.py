@@ -136,3 +136,12 @@ def test_batched_benchmark_rows_per_batch_size_with_exact_outputs_and_paired_spe
     assert markdown_table(df, BATCH_SUMMARY).count("\n") == len(df) + 2
     with pytest.raises(ValueError, match="batch_sizes"):
         run_batched_benchmark(target, {"other": other}, prompts, settings, batch_sizes=[0])
+
+
+def test_the_sd_tables_rouge_l_is_the_evaluations_stemmed_rouge_l():
+    from models.metrics import rouge
+    from models.sd_bench import rouge_l
+
+    preds, refs = ["the dogs were running home"], ["a dog runs home"]  # equal only after stemming
+    assert rouge_l(preds, refs) == pytest.approx(rouge(preds, refs)["rougeL"])
+    assert rouge_l(preds, refs) > 0.5

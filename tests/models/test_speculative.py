@@ -706,3 +706,14 @@ def test_batched_greedy_sd_equals_per_row_greedy_for_any_batch_shape(target, len
     width = max(len(e) for e in expected)
     assert out.sequences.tolist() == [e + [PAD] * (width - len(e)) for e in expected]
     assert all(0 <= a <= d <= gamma for a, d in zip(out.accepted, out.drafted))
+
+
+def test_engine_clocks_synchronise_on_cuda_and_add_no_sync_on_cpu(monkeypatch):
+    from models import speculative
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    speculative._now(torch.device("cpu"))
+    assert calls == []
+    speculative._now(torch.device("cuda", 0))
+    assert calls == [torch.device("cuda", 0)]
