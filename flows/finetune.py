@@ -51,10 +51,10 @@ def tiny() -> FinetuneConfig:
 
 
 def laptop() -> FinetuneConfig:
-    """wiki_description-sized fine-tuning on 2 cores: up to 300 steps with early stopping, every test example."""
-    return FinetuneConfig(preset="laptop", total_steps=300, batch_size=16, lr=1e-3, warmup_steps=20,
-                          max_input_length=128, max_target_length=24, eval_every=100, eval_examples=128,
-                          checkpoint_every=100, test_examples=None)
+    """wiki_description-sized fine-tuning on 2 cores: up to 200 steps with early stopping, every test example."""
+    return FinetuneConfig(preset="laptop", total_steps=200, batch_size=16, lr=1e-3, warmup_steps=20,
+                          max_input_length=128, max_target_length=24, eval_every=50, eval_examples=128,
+                          checkpoint_every=50, test_examples=None)
 
 
 def small() -> FinetuneConfig:
