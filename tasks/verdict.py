@@ -222,5 +222,5 @@ def pipeline_verdict(*, preset: str, task_kind: str, quality: Mapping[str, Mappi
         out.append(f"_The `{preset}` preset checks that every stage runs and chains; its models are too small and "
                    "too briefly trained for these numbers to mean anything (a target this small costs almost as much "
                    "per token as its draft, so SD cannot pay off). Meaningful numbers: `make run PRESET=laptop` "
-                   "(about 80 minutes on 2 cores, see docs/results.md) and the GPU presets `small` and `base`._")
+                   "(about 100 minutes on 2 cores, see docs/results.md) and the GPU presets `small` and `base`._")
     return "\n".join(out).rstrip() + "\n", {k: v for k, v in metrics.items() if _ok(v)}
