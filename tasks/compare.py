@@ -80,7 +80,9 @@ PAPER_STEPS_FRACTION, PAPER_FLOPS_FRACTION = 0.5, 0.6
 
 def primary_metric(metrics: dict[str, float]) -> str | None:
     """The metric a downstream comparison reads: test accuracy (classification) or test ROUGE-L (generation)."""
-    for name in ("test.accuracy", "test.rougeL"):
+    from models.metrics import PRIMARY
+
+    for name in (f"test.{PRIMARY['classification']}", f"test.{PRIMARY['generation']}"):
         if name in metrics:
             return name
     return None

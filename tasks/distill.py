@@ -66,11 +66,8 @@ def distill(cfg: dict[str, Any], teacher_dir: str, student_dir: str, task_dir: s
 
 def evaluate_test(model_dir: str, task_dir: str, run_id: str, cfg: dict[str, Any]) -> dict[str, float]:
     """The student's test-split quality beside the task's trivial baseline, logged as ``test.*``."""
-    from tasks.evaluate import evaluate_dir
+    from tasks.evaluate import evaluate_and_log
 
-    metrics, table = evaluate_dir(model_dir, task_dir, split="test", batch_size=cfg["batch_size"],
-                                  max_input_length=cfg["max_input_length"], max_new_tokens=cfg["max_target_length"],
-                                  max_examples=cfg.get("test_examples"), threads=cfg.get("threads_per_worker") or None)
-    tracking.log_metrics(run_id, metrics)
-    tracking.log_table(run_id, table.head(200), "predictions-test.csv")
-    return metrics
+    return evaluate_and_log(model_dir, task_dir, run_id, batch_size=cfg["batch_size"],
+                            max_input_length=cfg["max_input_length"], max_new_tokens=cfg["max_target_length"],
+                            max_examples=cfg.get("test_examples"), threads=cfg.get("threads_per_worker") or None)

@@ -33,12 +33,12 @@ def evaluate_dir(model_dir: str, task_dir: str, *, split: str = "test", batch_si
     if threads:
         torch.set_num_threads(threads)
     info = json.loads(Path(task_dir, "task.json").read_text())["info"]
-    data = datasets.load_from_disk(str(Path(task_dir) / "data"))[split]
+    all_splits = datasets.load_from_disk(str(Path(task_dir) / "data"))
+    data = all_splits[split]
     if len(data) == 0:
         raise ValueError(f"the {split} split of {task_dir} is empty")
     if max_examples:
         data = data.select(range(min(max_examples, len(data))))
-    all_splits = datasets.load_from_disk(str(Path(task_dir) / "data"))
     model, tok = load_model_and_tokenizer(model_dir)
     preds, eps = batched_generate(model, tok, list(data["input"]), batch_size=batch_size, num_beams=num_beams,
                                   max_input_length=max_input_length, max_new_tokens=max_new_tokens)
@@ -85,13 +85,18 @@ def baseline_metrics(splits, info: dict[str, Any], split: str, inputs: list[str]
     return out, preds
 
 
+def evaluate_and_log(model_dir: str, task_dir: str, run_id: str, *, split: str = "test", **kwargs: Any) -> dict[str, float]:
+    """``evaluate_dir`` (keyword arguments passed on), its metrics and first 200 predictions logged to ``run_id``."""
+    metrics, table = evaluate_dir(model_dir, task_dir, split=split, **kwargs)
+    tracking.log_metrics(run_id, metrics)
+    tracking.log_table(run_id, table.head(200), f"predictions-{split}.csv")
+    return metrics
+
+
 @task(name="evaluate", retries=1, retry_delay_seconds=2)
 def evaluate(model_dir: str, task_dir: str, run_id: str, *, split: str = "test", batch_size: int = 32,
              num_beams: int = 1, max_input_length: int = 512, max_new_tokens: int = 32,
              max_examples: int | None = None) -> dict[str, float]:
-    metrics, table = evaluate_dir(model_dir, task_dir, split=split, batch_size=batch_size, num_beams=num_beams,
-                                  max_input_length=max_input_length, max_new_tokens=max_new_tokens,
-                                  max_examples=max_examples)
-    tracking.log_metrics(run_id, metrics)
-    tracking.log_table(run_id, table.head(200), f"predictions-{split}.csv")
-    return metrics
+    return evaluate_and_log(model_dir, task_dir, run_id, split=split, batch_size=batch_size, num_beams=num_beams,
+                            max_input_length=max_input_length, max_new_tokens=max_new_tokens,
+                            max_examples=max_examples)

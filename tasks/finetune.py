@@ -65,15 +65,11 @@ def finetune(cfg: dict[str, Any], model_dir: str, task_dir: str, *, model_ref: s
 
 
 def _evaluate_final(model_dir: str, task_dir: str, run_id: str, cfg: dict[str, Any]) -> dict[str, float]:
-    from tasks.evaluate import evaluate_dir
+    from tasks.evaluate import evaluate_and_log
 
-    metrics, table = evaluate_dir(model_dir, task_dir, split="test", batch_size=cfg["eval_batch_size"],
-                                  num_beams=cfg["num_beams"], max_input_length=cfg["max_input_length"],
-                                  max_new_tokens=cfg["max_target_length"], max_examples=cfg["test_examples"],
-                                  threads=cfg.get("threads_per_worker") or None)
-    tracking.log_metrics(run_id, metrics)
-    tracking.log_table(run_id, table.head(200), "predictions-test.csv")
-    return metrics
+    return evaluate_and_log(model_dir, task_dir, run_id, batch_size=cfg["eval_batch_size"], num_beams=cfg["num_beams"],
+                            max_input_length=cfg["max_input_length"], max_new_tokens=cfg["max_target_length"],
+                            max_examples=cfg["test_examples"], threads=cfg.get("threads_per_worker") or None)
 
 
 def _source_run(model_ref: str) -> str | None:

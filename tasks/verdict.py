@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from models.metrics import PRIMARY
+from models.metrics import PRIMARY, beats_baseline
 from models.speculative import expected_block_efficiency
 
 #: the presets whose numbers are meant to be read; the others check that the plumbing works
@@ -99,7 +99,7 @@ def quality_lines(quality: Mapping[str, Mapping[str, float]], kind: str, split: 
     flagged = []
     for role, metrics in quality.items():
         model, base = metrics.get(f"{split}.{m}"), metrics.get(f"{split}.baseline.{m}")
-        beats = _ok(model) and _ok(base) and _num(model) > _num(base)
+        beats = bool(beats_baseline(metrics, kind, f"{split}."))
         label = (labels or {}).get(role, role)
         if not beats:
             flagged.append(label)
