@@ -4,7 +4,7 @@
 
 Same model shape, batch and data for all rows. "plain HF" is a bare single-process loop over
 ``T5ForConditionalGeneration`` (pre-collated span-corruption batches, forward, backward, clip, AdamW).
-"ours" is ``tasks/train_loop.run`` with the pretraining objective (collation included) in one process,
+"ours" is ``engine/train_loop.run`` with the pretraining objective (collation included) in one process,
 without Ray. The last column compares the measured hybrid/SC step-time ratio with the FLOP counter's.
 Runs on CPU by default; ``--device cuda --bf16 --compile`` on a GPU machine.
 
@@ -63,7 +63,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[dict, str]:
 
 def export_bundle(cfg: dict, corpus: str, out: Path) -> None:
     """config.json + tokenizer/ + packed/{train,validation}/rows.npy, written to a temporary folder first."""
-    from tasks.pretrain_worker import export_rows
+    from engine.pretrain_worker import export_rows
 
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -104,8 +104,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from tasks.pretrain_worker import PretrainObjective
-    from tasks.train_loop import LoopSettings, run
+    from engine.pretrain_worker import PretrainObjective
+    from engine.train_loop import LoopSettings, run
 
     total = args.steps + args.warmup
     with tempfile.TemporaryDirectory() as tmp:

@@ -3,7 +3,7 @@
 Transformers' assisted generation is batch-1 only. ``speculative_generate`` with B > 1 verifies
 every row in one target call and lets each row accept its own number of draft tokens (the caches
 are realigned per row). This script measures, for each batch size B, with
-``models.sd_bench.run_batched_benchmark`` (the code behind the flow's ``batch_sizes`` field):
+``engine.sd_bench.run_batched_benchmark`` (the code behind the flow's ``batch_sizes`` field):
 
   hf_generate   target.generate(B prompts, do_sample=False)        batched greedy, the reference
   sd            speculative_generate(B prompts)                       batched SD
@@ -30,7 +30,7 @@ from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.sd_engine import load_pair, parse_args as engine_args  # noqa: E402
-from models.sd_bench import (BATCH_SUMMARY, BenchPrompt, BenchSettings, markdown_table,  # noqa: E402
+from engine.sd_bench import (BATCH_SUMMARY, BenchPrompt, BenchSettings, markdown_table,  # noqa: E402
                              run_batched_benchmark)
 
 

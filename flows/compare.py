@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import re
 import sys
 from pathlib import Path
 from typing import Iterable, Optional

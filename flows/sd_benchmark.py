@@ -6,7 +6,7 @@ quality, and transformers' generate / assisted generation as baselines -> one ML
     python -m flows.sd_benchmark --preset tiny --set target=ckpt/target --set 'drafts=["ckpt/draft"]' \\
         --set prompts_jsonl=data/task.jsonl
 
-The measurement is ``models/sd_bench.py`` (see its docstring for the method); docs/sd_benchmark.md has
+The measurement is ``engine/sd_bench.py`` (see its docstring for the method); docs/sd_benchmark.md has
 the columns, what is logged, and measured numbers.
 """
 
@@ -139,7 +139,7 @@ class SDBenchmarkResult:
     run_id: str
     table: Any  # pandas DataFrame, columns models.sd_bench.COLUMNS
     markdown: str
-    batched: Any = None  # pandas DataFrame, columns models.sd_bench.BATCH_COLUMNS, when batch_sizes was set
+    batched: Any = None  # pandas DataFrame, columns engine.sd_bench.BATCH_COLUMNS, when batch_sizes was set
 
     def summary(self) -> str:
         files = "results.csv/.parquet/.md, speedup_vs_gamma.png"
@@ -151,7 +151,7 @@ class SDBenchmarkResult:
 def sd_benchmark(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
                  config: Optional[SDBenchmarkConfig] = None, parent_run_id: Optional[str] = None) -> SDBenchmarkResult:
     """Benchmark speculative decoding for a target and its drafts (see module docstring)."""
-    from models.sd_bench import to_batched_frame, to_frame
+    from engine.sd_bench import to_batched_frame, to_frame
     from tasks import sd_benchmark as t
     from tasks import tracking
 

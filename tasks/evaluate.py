@@ -28,7 +28,7 @@ def evaluate_dir(model_dir: str, task_dir: str, *, split: str = "test", batch_si
 
     from models.generation import batched_generate
     from models.metrics import beats_baseline, classification, rouge
-    from tasks.finetune_worker import load_model_and_tokenizer
+    from engine.finetune_worker import load_model_and_tokenizer
 
     if threads:
         torch.set_num_threads(threads)

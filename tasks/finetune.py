@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 
 from tasks import tracking
-from tasks.env import state_dir
-from tasks.pretrain import mark_interrupted_runs, run_key
+from tasks.tracked_run import resumable_run
 
 
 @task(name="prepare-task-data", retries=1, retry_delay_seconds=1)
@@ -28,39 +25,26 @@ def resolve(ref: str) -> str:
 @task(name="finetune")
 def finetune(cfg: dict[str, Any], model_dir: str, task_dir: str, *, model_ref: str, parent_run_id: str | None = None,
              experiment: str = "finetune") -> dict[str, Any]:
-    from tasks.finetune_worker import finetune_worker, load_model_and_tokenizer
-    from tasks.ray_train import fit
+    from engine.finetune_worker import finetune_worker, load_model_and_tokenizer
 
-    logger = get_run_logger()
     load_model_and_tokenizer(model_dir, cfg["init"])  # refuse a mismatched tokenizer before any work
     task_name = cfg["task"]["name"]
-    key = run_key("finetune", cfg, model_dir, task_dir)
-    root = Path(cfg.get("output_root") or state_dir() / "runs") / key
-    final = root / "checkpoints" / "final"
-    worker_cfg = {**cfg, "model_dir": model_dir, "task_dir": task_dir, "checkpoint_dir": str(root / "checkpoints")}
-    previous = mark_interrupted_runs(experiment, key)
     lineage = {"pretrained_model": model_ref, "init": cfg["init"], "task": task_name, "task_data": task_dir,
                "pretrain_run_id": _source_run(model_ref)}
-    tags = {"stage": "finetune", "task": task_name, "run_key": key, "preset": cfg["preset"],
-            **{f"lineage.{k}": v for k, v in lineage.items() if v}}
-    if previous:
-        tags["resumed_from"] = previous
-    with tracking.start_run(experiment, f"{task_name}-{cfg['init']}", params=cfg, tags=tags,
-                            parent_run_id=parent_run_id) as run_id:
-        worker_cfg["mlflow_run_id"] = run_id
-        if not (final / "trainer_state.json").exists():
-            logger.info("fine-tuning %s on %s (%s init) on %d Ray worker(s)", model_ref, task_name, cfg["init"],
-                        cfg["num_workers"])
-            fit(finetune_worker, worker_cfg, name=key, storage_path=root / "ray", num_workers=cfg["num_workers"],
-                use_gpu=cfg["use_gpu"], max_failures=cfg["max_failures"])
-        state = json.loads((final / "trainer_state.json").read_text())
-        tracking.log_metrics(run_id, {"steps_trained": state["step"], "stopped_early": float(state["stopped_early"])})
-        metrics = _evaluate_final(str(final / "model"), task_dir, run_id, cfg)
+    lineage_tags = {f"lineage.{k}": v for k, v in lineage.items() if v}
+    tags = {"stage": "finetune", "task": task_name, "preset": cfg["preset"], **lineage_tags}
+    with resumable_run("finetune", cfg, {"model_dir": model_dir, "task_dir": task_dir}, worker=finetune_worker,
+                       experiment=experiment, run_name=f"{task_name}-{cfg['init']}", tags=tags,
+                       parent_run_id=parent_run_id,
+                       describe=f"fine-tuning {model_ref} on {task_name} ({cfg['init']} init)") as run:
+        tracking.log_metrics(run.run_id, {"steps_trained": run.state["step"],
+                                          "stopped_early": float(run.state["stopped_early"])})
+        metrics = _evaluate_final(str(run.model_dir), task_dir, run.run_id, cfg)
         name = cfg["register_as"] or f"t5-{cfg['preset']}-{task_name}" + ("" if cfg["init"] == "pretrained" else "-scratch")
-        model_uri = tracking.register_model(run_id, final / "model", name,
+        model_uri = tracking.register_model(run.run_id, run.model_dir, name,
                                             tags={"task": task_name, "stage": "finetune", "preset": cfg["preset"],
-                                                  **{f"lineage.{k}": v for k, v in lineage.items() if v}})
-    return {"run_id": run_id, "model_uri": model_uri, "model_dir": str(final / "model"), "metrics": metrics,
+                                                  **lineage_tags})
+    return {"run_id": run.run_id, "model_uri": model_uri, "model_dir": str(run.model_dir), "metrics": metrics,
             "task": task_name}
 
 

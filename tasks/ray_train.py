@@ -91,14 +91,3 @@ def fit(worker_fn: Callable[[dict], None], config: dict[str, Any], *, name: str,
     if result.error:
         raise result.error
     return result
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) inside a Ray Train worker; (0, 1) outside one."""
-    try:
-        import ray.train
-
-        ctx = ray.train.get_context()
-        return ctx.get_world_rank(), ctx.get_world_size()
-    except Exception:  # noqa: BLE001 - plain process (benchmarks, tests)
-        return 0, 1

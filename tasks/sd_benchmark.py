@@ -1,6 +1,6 @@
 """Prefect tasks of the SD latency benchmark: resolve and check models, load prompts, measure, log.
 
-The measurement itself is ``models.sd_bench.run_benchmark`` (pure torch); these tasks do the I/O around
+The measurement itself is ``engine.sd_bench.run_benchmark`` (the runtime layer: torch, no Prefect or MLflow); these tasks do the I/O around
 it. Models are MLflow registered-model URIs (``models:/name/1``, ``models:/name@alias``), ``runs:/``
 URIs or ``save_pretrained`` folders, resolved by ``tasks.tracking.resolve_model``.
 """
@@ -14,7 +14,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from models.sd_bench import (BATCH_SUMMARY, BenchPrompt, BenchSettings, check_compatible, markdown_table,
+from engine.sd_bench import (BATCH_SUMMARY, BenchPrompt, BenchSettings, check_compatible, markdown_table,
                              prompts_from_texts, run_batched_benchmark, run_benchmark, to_batched_frame, to_frame)
 from tasks import tracking
 
@@ -138,7 +138,7 @@ def _read_corpus_docs(corpus_dir: Path, split: str, tok: Any, prompt_tokens: int
 def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: dict[str, Any], *,
             tokenizer_dir: str, device: str = "cpu", dtype: str = "float32",
             batch_sizes: list[int] | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Load the models and run ``models.sd_bench.run_benchmark`` (batch 1), then, for ``batch_sizes``,
+    """Load the models and run ``engine.sd_bench.run_benchmark`` (batch 1), then, for ``batch_sizes``,
     ``run_batched_benchmark``. Returns ``{"rows": [...], "batched": [...]}``."""
     import torch
     from transformers import AutoModelForSeq2SeqLM

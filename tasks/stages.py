@@ -1,7 +1,7 @@
 """Pipeline stage bookkeeping: a stage that completed with the same inputs, config and code is skipped.
 
 A stage's key hashes its config, the references it consumes (paths, model URIs) and the code version
-(the source of ``models/``, ``tasks/`` and ``flows/``), so editing a later stage's config reruns only that
+(the source of ``models/``, ``engine/``, ``tasks/`` and ``flows/``), so editing a later stage's config reruns only that
 stage and what follows. Records are small JSON files under ``<state>/stages``, written atomically.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from tasks.env import PROJECT_ROOT, state_dir
 
 
-PACKAGES = ("models", "tasks", "flows")
+PACKAGES = ("models", "engine", "tasks", "flows")
 
 
 def _module_file(name: str) -> Path | None:

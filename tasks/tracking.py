@@ -19,6 +19,7 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -166,6 +167,17 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = No
     batch = [Metric(k, float(v), ts, step or 0) for k, v in _flatten(metrics).items() if v is not None]
     ok = _retry(MlflowClient().log_batch, run_id, metrics=batch, what=f"log metrics at step {step}")
     return ok is not None or not batch
+
+
+@dataclass(frozen=True)
+class MetricsSink:
+    """The training loop's metrics sink for one MLflow run: ``sink(metrics, step)`` logs them (picklable,
+    so it travels to the Ray workers inside their config)."""
+
+    run_id: str
+
+    def __call__(self, metrics: Mapping[str, float], step: int) -> None:
+        log_metrics(self.run_id, metrics, step=step)
 
 
 def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:
@@ -346,10 +358,6 @@ def search_runs(experiment: str, filter_string: str = "", max_results: int = 100
     if exp is None:
         return pd.DataFrame()
     return mlflow.search_runs([exp.experiment_id], filter_string=filter_string, max_results=max_results)
-
-
-def run_status(run_id: str) -> str:
-    return MlflowClient().get_run(run_id).info.status
 
 
 def mark_status(run_id: str, status: str) -> None:

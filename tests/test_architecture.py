@@ -1,12 +1,16 @@
-"""The dependency rules of the layout: models/ is pure; only tasks/tracking.py imports mlflow."""
+"""The dependency rules of the layout: flows -> tasks -> engine -> models; models/ is pure maths, engine/ has
+neither Prefect nor MLflow, only tasks/tracking.py imports mlflow."""
 
 import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LAYERS = ("models", "engine", "tasks", "flows")  # each may import only the ones before it
+#: module-level ``__getattr__`` aliases kept for names that moved down a layer (deprecated, lazy)
+DEPRECATED_ALIASES = {"models/sd_bench.py": {"engine"}}
 
 
-def _imports(path: Path) -> set[str]:
+def _imports(path: Path, *, skip_aliases: bool = False) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     out = set()
     for node in ast.walk(tree):
@@ -14,21 +18,53 @@ def _imports(path: Path) -> set[str]:
             out.update(a.name.split(".")[0] for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             out.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module" and node.args:
+            arg = node.args[0]
+            if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+                out.add(arg.value.split(".")[0])
+    rel = str(path.relative_to(ROOT))
+    if skip_aliases:
+        out -= DEPRECATED_ALIASES.get(rel, set())
     return out
 
 
-def test_models_never_import_prefect_mlflow_or_ray():
-    bad = {str(p.relative_to(ROOT)): sorted(_imports(p) & {"prefect", "mlflow", "ray", "tasks", "flows"})
-           for p in (ROOT / "models").rglob("*.py")}
+def _files(*dirs: str):
+    return [p for d in dirs for p in (ROOT / d).rglob("*.py")]
+
+
+def test_models_never_import_prefect_mlflow_ray_pandas_or_a_higher_layer():
+    bad = {str(p.relative_to(ROOT)): sorted(_imports(p, skip_aliases=True)
+                                            & {"prefect", "mlflow", "ray", "pandas", "engine", "tasks", "flows"})
+           for p in _files("models")}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_the_engine_has_neither_prefect_nor_mlflow_and_never_imports_tasks_or_flows():
+    bad = {str(p.relative_to(ROOT)): sorted(_imports(p) & {"prefect", "mlflow", "tasks", "flows"})
+           for p in _files("engine")}
     assert {k: v for k, v in bad.items() if v} == {}
 
 
 def test_only_the_tracking_module_imports_mlflow():
-    users = sorted(str(p.relative_to(ROOT)) for d in ("tasks", "flows", "models")
-                   for p in (ROOT / d).rglob("*.py") if "mlflow" in _imports(p))
+    users = sorted(str(p.relative_to(ROOT)) for p in _files("tasks", "flows", "models", "engine", "benchmarks")
+                   if "mlflow" in _imports(p))
     assert users == ["tasks/tracking.py"]
 
 
-def test_dependencies_point_from_flows_to_tasks_to_models():
-    back = {str(p.relative_to(ROOT)) for p in (ROOT / "tasks").rglob("*.py") if "flows" in _imports(p)}
-    assert back == set(), back
+def test_dependencies_point_from_flows_to_tasks_to_engine_to_models():
+    back = {}
+    for i, layer in enumerate(LAYERS):
+        higher = set(LAYERS[i + 1:])
+        for p in _files(layer):
+            wrong = _imports(p, skip_aliases=True) & higher
+            if wrong:
+                back[str(p.relative_to(ROOT))] = sorted(wrong)
+    assert back == {}
+
+
+def test_the_deprecated_alias_is_lazy_and_the_only_downward_exception():
+    src = (ROOT / "models/sd_bench.py").read_text()
+    tree = ast.parse(src)
+    top_level = {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
+    assert "engine" not in top_level
+    assert any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)

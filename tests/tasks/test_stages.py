@@ -21,7 +21,7 @@ def test_a_stage_key_changes_with_config_or_inputs_and_records_round_trip(tmp_pa
 def test_training_run_keys_and_the_corpus_key_change_with_the_code_they_run(monkeypatch):
     from tasks import corpus, pretrain
 
-    closure = {p.name for p in stages.import_closure("tasks.pretrain_worker")}
+    closure = {p.name for p in stages.import_closure("engine.pretrain_worker")}
     assert {"span_corruption.py", "spactor.py", "train_loop.py", "checkpoints.py"} <= closure
     cfg = {"lr": 1e-3, "tau": 3}
     before = pretrain.run_key("pretrain", cfg, "/corpus")

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks import checkpoints
-from tasks.train_loop import LoopSettings, NonFiniteTrainingError, run, worker_threads
+from engine import checkpoints
+from engine.train_loop import LoopSettings, NonFiniteTrainingError, run, worker_threads
 
 
 class _Toy:

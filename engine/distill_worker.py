@@ -24,8 +24,8 @@ import torch
 
 from models.distillation import divergence, greedy_agreement, rollout_labels, token_acceptance_rate
 from models.training import global_batch_rows, step_seed
-from tasks.finetune_worker import encode, load_model_and_tokenizer, load_task_data, pad
-from tasks.train_loop import run, settings_from, use_worker_threads
+from engine.finetune_worker import encode, load_model_and_tokenizer, load_task_data, pad
+from engine.train_loop import run, settings_from, use_worker_threads
 
 SOURCES = ("fixed", "teacher", "student")
 

@@ -1,6 +1,6 @@
 """Fine-tuning objective (text-to-text cross-entropy) on the shared training loop; Ray worker entry point.
 
-The same loop as pretraining (``tasks/train_loop.py``): schedule, accumulation, clipping, DDP,
+The same loop as pretraining (``engine/train_loop.py``): schedule, accumulation, clipping, DDP,
 checkpoints with exact resume, early stopping on validation loss, rank-0 MLflow logging.
 """
 
@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from models.training import global_batch_rows
-from tasks.train_loop import run, settings_from, use_worker_threads
+from engine.train_loop import run, settings_from, use_worker_threads
 
 
 def check_tokenizer_matches(model, tokenizer, where: str) -> None:

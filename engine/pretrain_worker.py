@@ -2,7 +2,7 @@
 
 ``pretrain_worker(cfg)`` runs on every Ray Train worker (or as a plain function with
 ``cfg["in_ray"] = False``): it builds the T5 + generator + RTD head from the config and the corpus'
-tokenizer, and hands a :class:`PretrainObjective` to the shared loop in ``tasks/train_loop.py``.
+tokenizer, and hands a :class:`PretrainObjective` to the shared loop in ``engine/train_loop.py``.
 No Prefect import here; Ray is imported only by the loop.
 """
 
@@ -19,7 +19,7 @@ from models.flops import spactor_step_flops
 from models.span_corruption import SpanCorruptionCollator
 from models.spactor import SpacTorConfig, SpacTorModel, curriculum_is_hybrid, generator_t5_config, sc_rtd_gradient_cosine
 from models.training import global_batch_rows, step_seed
-from tasks.train_loop import run, settings_from, use_worker_threads
+from engine.train_loop import run, settings_from, use_worker_threads
 
 T5_FIELDS = ("d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "num_heads", "feed_forward_proj",
              "dropout_rate", "tie_word_embeddings", "relative_attention_num_buckets", "relative_attention_max_distance")

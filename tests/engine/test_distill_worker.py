@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from tasks.distill_worker import DistillObjective, distill_worker
+from engine.distill_worker import DistillObjective, distill_worker
 from tasks.downstream import TaskSpec, task_dir
 from tests.conftest import make_t5_dir
 

@@ -3,9 +3,11 @@
 An *objective* supplies the model, the batches and the loss; this loop owns everything else:
 optimizer and schedule, gradient accumulation, clipping, data parallelism (DDP through
 ``ray.train.torch.prepare_model`` when there are several workers), bf16 autocast on GPU, checkpoints
-with checksums and exact resume, progress, and MLflow logging from rank 0 only.
+with checksums and exact resume, progress, and metrics from rank 0 only, handed to a *metrics sink* (``LoopSettings.metrics_sink``: any
+callable ``sink(metrics, step)``; the tasks layer passes one that logs to MLflow, a plain script passes
+none or its own).
 
-It has no Prefect import and imports Ray lazily, so it also runs as a plain function in a single
+It has neither Prefect nor MLflow imports and imports Ray lazily, so it also runs as a plain function in a single
 process (benchmarks, the GPU machine): ``run(objective, settings)`` with ``settings.in_ray=False``.
 
 Resume is exact: the data a step reads and the objective's random numbers are functions of (seed,
@@ -22,12 +24,12 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 
 from models.training import grad_global_norm, lr_at, make_optimizer, set_lr
-from tasks import checkpoints
+from engine import checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class LoopSettings:
     eval_every: int = 0
     log_every: int = 10
     diag_every: int = 0
-    mlflow_run_id: str | None = None
+    metrics_sink: Callable[[dict, int], None] | None = None  # sink(metrics, step), called on rank 0 only
     use_gpu: bool = False
     bf16: bool = True
     compile: bool = False
@@ -124,18 +126,24 @@ def _report(metrics: dict, checkpoint_dir: Path | None, in_ray: bool) -> None:
     ray.train.report(metrics, checkpoint=ckpt)
 
 
-def _log(run_id: str | None, metrics: dict, step: int) -> None:
-    if run_id is None:
-        return
-    from tasks import tracking
+def world() -> tuple[int, int]:
+    """(rank, world size) inside a Ray Train worker; (0, 1) outside one."""
+    try:
+        import ray.train
 
-    tracking.log_metrics(run_id, metrics, step=step)
+        ctx = ray.train.get_context()
+        return ctx.get_world_rank(), ctx.get_world_size()
+    except Exception:  # noqa: BLE001 - plain process (benchmarks, tests)
+        return 0, 1
+
+
+def _log(sink: Callable[[dict, int], None] | None, metrics: dict, step: int) -> None:
+    if sink is not None and metrics:
+        sink(metrics, step)
 
 
 def run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
     """Train ``objective.model`` for ``s.total_steps`` optimizer steps; returns the final trainer state."""
-    from tasks.ray_train import world
-
     rank, world_size = world() if s.in_ray else (0, 1)
     device = torch.device("cuda" if s.use_gpu and torch.cuda.is_available() else "cpu")
     model = objective.model.to(device)
@@ -216,18 +224,18 @@ def run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
             logged = {k: torch.stack(v).mean().item() for k, v in window.items()}
             logged.update(lr=optimizer.param_groups[0]["lr"], tokens_per_s=tok_window * world_size / max(dt, 1e-9),
                           step_time_s=dt / max(1, len(window.get("grad_norm", [1]))), cum_flops=state["cum_flops"])
-            _log(s.mlflow_run_id, logged, step + 1)
+            _log(s.metrics_sink, logged, step + 1)
             if progress is not None:
                 progress.set_postfix({k: f"{logged[k]:.3g}" for k in list(logged)[:3]})
             window, t_window, tok_window = {}, time.perf_counter(), 0
         if rank == 0 and s.diag_every and (step + 1) % s.diag_every == 0:
-            _log(s.mlflow_run_id, objective.periodic(step + 1), step + 1)
+            _log(s.metrics_sink, objective.periodic(step + 1), step + 1)
         evaluated = rank == 0 and (done or (s.eval_every and (step + 1) % s.eval_every == 0))
         if evaluated:
             ev = objective.evaluate(step + 1)
             if ev:
                 state["evals"].append({"step": step + 1, "cum_flops": state["cum_flops"], **ev})
-                _log(s.mlflow_run_id, ev, step + 1)
+                _log(s.metrics_sink, ev, step + 1)
                 if s.early_stop_metric and s.early_stop_patience:
                     val = ev[s.early_stop_metric]
                     if state["best"] is None or val < state["best"]:

@@ -1,4 +1,4 @@
-"""Tests for models/sd_bench.py: the alpha estimator, prompt building, vocabulary checks, the plain-script run."""
+"""Tests for the SD benchmark (engine/sd_bench.py and its pure half models/sd_bench.py): the alpha estimator, prompt building, vocabulary checks, the plain-script run."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from models.sd_bench import (
+from engine.sd_bench import (
     COLUMNS,
     BenchPrompt,
     BenchSettings,
@@ -119,7 +119,7 @@ def test_static_cache_benchmark_times_the_static_path_and_stays_exact():
 
 
 def test_batched_benchmark_rows_per_batch_size_with_exact_outputs_and_paired_speedups():
-    from models.sd_bench import BATCH_COLUMNS, BATCH_SUMMARY, run_batched_benchmark, to_batched_frame
+    from engine.sd_bench import BATCH_COLUMNS, BATCH_SUMMARY, run_batched_benchmark, to_batched_frame
 
     target, other = _t5(0, 32, 2), _t5(1, 16, 1)
     rng = torch.Generator().manual_seed(2)
@@ -145,3 +145,14 @@ def test_the_sd_tables_rouge_l_is_the_evaluations_stemmed_rouge_l():
     preds, refs = ["the dogs were running home"], ["a dog runs home"]  # equal only after stemming
     assert rouge_l(preds, refs) == pytest.approx(rouge(preds, refs)["rougeL"])
     assert rouge_l(preds, refs) > 0.5
+
+
+def test_the_harness_names_that_lived_in_models_sd_bench_still_resolve_to_the_engine_with_a_warning():
+    import engine.sd_bench as engine_bench
+    import models.sd_bench as pure
+
+    with pytest.warns(DeprecationWarning, match="engine.sd_bench.run_batched_benchmark"):
+        assert pure.run_batched_benchmark is engine_bench.run_batched_benchmark
+    assert pure.rouge_l is engine_bench.rouge_l and pure.BenchSettings is engine_bench.BenchSettings
+    with pytest.raises(AttributeError):
+        pure.no_such_name  # noqa: B018

@@ -8,8 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tasks import checkpoints
-from tasks.pretrain_worker import pretrain_worker
+from engine import checkpoints
+from engine.pretrain_worker import pretrain_worker
 from tests.conftest import tiny_pretrain_config
 
 

@@ -1,0 +1,107 @@
+"""One resumable, tracked training run: what pretraining, fine-tuning and distillation share.
+
+A training run's folder is keyed on (config, inputs, code) by :func:`run_key`, so rerunning the same stage
+after a crash resumes from its last valid checkpoint and a run of another config never touches it. The
+sequence, written once here:
+
+1. the key and the folder ``<output_root or state>/runs/<key>``;
+2. MLflow runs of the same key left RUNNING by a killed process are marked KILLED, and the new run is
+   tagged ``resumed_from`` with the newest such id;
+3. the MLflow run is started (nested under ``parent_run_id``);
+4. the engine's worker is fitted on Ray Train unless ``final/trainer_state.json`` already exists, with a
+   metrics sink that logs to that run from rank 0;
+5. the trainer state is read back and handed to the caller, who logs, evaluates and registers inside the
+   still-open run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from tasks import tracking
+from tasks.env import state_dir
+
+#: the engine module whose import closure (project code) a training kind depends on
+WORKERS = {"pretrain": "engine.pretrain_worker", "finetune": "engine.finetune_worker",
+           "distill": "engine.distill_worker"}
+
+
+def run_key(kind: str, cfg: dict[str, Any], *inputs: str) -> str:
+    """The checkpoint folder's key: the config, the inputs and the fingerprint of the code the worker runs
+    (its import closure), so a fix in ``models/`` or the loop retrains instead of re-registering old weights."""
+    from tasks.stages import code_version
+
+    payload = json.dumps({k: v for k, v in cfg.items() if k not in ("mlflow_run_id", "fault_kill_at_step")},
+                         sort_keys=True) + "|".join(inputs) + "|code:" + code_version(WORKERS.get(kind, f"tasks.{kind}"))
+    return f"{kind}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
+
+
+def mark_interrupted_runs(experiment: str, key: str) -> str | None:
+    """Runs of the same key left RUNNING by a killed process -> KILLED; returns the newest such id."""
+    runs = tracking.search_runs(experiment, f"tags.run_key = '{key}' and attributes.status = 'RUNNING'")
+    last = None
+    for rid in list(runs.get("run_id", [])):
+        tracking.mark_status(rid, "KILLED")
+        last = last or rid
+    return last
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished training run, inside its open MLflow run."""
+
+    run_id: str
+    key: str
+    final: Path  # <root>/checkpoints/final: model/, trainer_state.json, ...
+    state: dict[str, Any]  # the trainer state (step, cum_flops, evals, stopped_early, ...)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.final / "model"
+
+
+def _logger():
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a flow (tests, scripts)
+        return logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def resumable_run(kind: str, cfg: dict[str, Any], inputs: Mapping[str, str], *, worker: Callable[[dict], Any],
+                  experiment: str, run_name: str, tags: Mapping[str, Any], parent_run_id: str | None = None,
+                  describe: str = "training") -> Iterator[TrainedRun]:
+    """Train ``worker`` on ``{**cfg, **inputs}`` once per key and yield the result inside its MLflow run.
+
+    ``inputs`` are the paths the worker reads (they are part of the key, in order); ``describe`` names the
+    work in the log line ("fine-tuning X on Y")."""
+    from tasks.ray_train import fit
+
+    logger = _logger()
+    key = run_key(kind, cfg, *inputs.values())
+    root = Path(cfg.get("output_root") or state_dir() / "runs") / key
+    final = root / "checkpoints" / "final"
+    tags = {**tags, "run_key": key}
+    previous = mark_interrupted_runs(experiment, key)
+    if previous:
+        tags["resumed_from"] = previous
+        logger.info("resuming the interrupted run %s from its last checkpoint", previous)
+    with tracking.start_run(experiment, run_name, params=cfg, tags=tags, parent_run_id=parent_run_id) as run_id:
+        if (final / "trainer_state.json").exists():
+            logger.info("training already finished at %s; logging its result", final)
+        else:
+            logger.info("%s on %d Ray worker(s)", describe, cfg["num_workers"])
+            worker_cfg = {**cfg, **inputs, "checkpoint_dir": str(root / "checkpoints"),
+                          "metrics_sink": tracking.MetricsSink(run_id)}
+            fit(worker, worker_cfg, name=key, storage_path=root / "ray", num_workers=cfg["num_workers"],
+                use_gpu=cfg["use_gpu"], max_failures=cfg["max_failures"])
+        state = json.loads((final / "trainer_state.json").read_text())
+        yield TrainedRun(run_id=run_id, key=key, final=final, state=state)

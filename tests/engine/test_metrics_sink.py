@@ -1,0 +1,56 @@
+"""The loop reports its metrics to the sink it is given (rank 0), and needs none."""
+
+import pickle
+from pathlib import Path
+
+import torch
+
+from engine.train_loop import LoopSettings, run, settings_from
+
+
+class _Toy:
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = torch.nn.Linear(4, 1)
+
+    def loss(self, model, step, micro, rank, world):
+        loss = model(torch.ones(8, 4)).pow(2).mean()
+        return loss, {"loss": loss.detach()}
+
+    def tokens_per_micro(self):
+        return 8
+
+    def step_flops(self, step, world):
+        return 1
+
+    def evaluate(self, step):
+        return {"val_loss": 1.0 / step}
+
+    def periodic(self, step):
+        return {}
+
+    def save_final(self, out_dir: Path):
+        torch.save(self.model.state_dict(), out_dir / "w.pt")
+
+
+def test_the_loop_hands_training_and_validation_metrics_to_its_sink_with_their_steps(tmp_path):
+    got = []
+    settings = LoopSettings(total_steps=6, lr=1e-2, log_every=2, eval_every=3, checkpoint_dir=str(tmp_path),
+                            in_ray=False, metrics_sink=lambda metrics, step: got.append((step, dict(metrics))))
+    run(_Toy(), settings)
+    assert [s for s, m in got if "loss" in m] == [2, 4, 6]
+    assert [(s, m["val_loss"]) for s, m in got if "val_loss" in m] == [(3, 1 / 3), (6, 1 / 6)]
+    assert all({"lr", "tokens_per_s", "cum_flops"} <= set(m) for s, m in got if "loss" in m)
+
+
+def test_without_a_sink_the_loop_runs_and_keeps_its_curve_in_the_trainer_state(tmp_path):
+    state = run(_Toy(), LoopSettings(total_steps=4, lr=1e-2, eval_every=2, checkpoint_dir=str(tmp_path), in_ray=False))
+    assert [e["step"] for e in state["evals"]] == [2, 4]
+
+
+def test_the_mlflow_sink_of_the_tasks_layer_travels_to_workers_inside_their_config():
+    from tasks.tracking import MetricsSink
+
+    sink = pickle.loads(pickle.dumps(MetricsSink("abc")))
+    assert sink == MetricsSink("abc")
+    assert settings_from({"total_steps": 3, "lr": 0.1, "metrics_sink": sink}).metrics_sink == sink
