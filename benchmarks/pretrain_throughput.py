@@ -146,12 +146,13 @@ def main() -> None:
             return float(statistics.median(dts)), obj.tokens_per_micro(), obj.step_flops(0, 1)
 
         def plain() -> float:
-            from transformers import T5Config, T5ForConditionalGeneration
+            from transformers import T5ForConditionalGeneration
+
+            from models.spactor import t5_config
 
             cfg = {**base_cfg, **common}
             obj = PretrainObjective(cfg)  # only for the collator and the data
-            config = T5Config(vocab_size=obj.vocab_size, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-                              **shape)
+            config = t5_config(obj.vocab_size, **shape)
             torch.manual_seed(0)
             model = T5ForConditionalGeneration(config).to(args.device)
             opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

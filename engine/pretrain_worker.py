@@ -17,20 +17,16 @@ import torch
 
 from models.flops import spactor_step_flops
 from models.span_corruption import SpanCorruptionCollator
-from models.spactor import SpacTorConfig, SpacTorModel, curriculum_is_hybrid, generator_t5_config, sc_rtd_gradient_cosine
+from models.spactor import (SpacTorConfig, SpacTorModel, curriculum_is_hybrid, generator_t5_config,
+                            sc_rtd_gradient_cosine, t5_config)
 from models.training import global_batch_rows, step_seed
 from engine.train_loop import run, settings_from, use_worker_threads
 
-T5_FIELDS = ("d_model", "d_ff", "d_kv", "num_layers", "num_decoder_layers", "num_heads", "feed_forward_proj",
-             "dropout_rate", "tie_word_embeddings", "relative_attention_num_buckets", "relative_attention_max_distance")
-
-
 def build_t5(model_cfg: dict[str, Any], vocab_size: int):
-    from transformers import T5Config, T5ForConditionalGeneration
+    """A randomly initialised T5 of the pretraining config's shape (``models.spactor.t5_config``)."""
+    from transformers import T5ForConditionalGeneration
 
-    config = T5Config(vocab_size=vocab_size, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-                      **{k: model_cfg[k] for k in T5_FIELDS if k in model_cfg})
-    return T5ForConditionalGeneration(config)
+    return T5ForConditionalGeneration(t5_config(vocab_size, **model_cfg))
 
 
 ROWS_NPY = "rows.npy"

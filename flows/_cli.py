@@ -8,6 +8,7 @@ and prints where the results went.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 import json
 import sys
@@ -111,6 +112,9 @@ def describe_fields(config_cls: type[BaseModel], indent: str = "  ") -> str:
         sub = field.annotation
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             out.append(describe_fields(sub, indent + "    "))
+        elif isinstance(sub, type) and dataclasses.is_dataclass(sub):  # a models/ dataclass used as a section
+            out += [f"{indent}    {f.name}: {getattr(f.type, '__name__', f.type)} = {f.default!r}"
+                    for f in dataclasses.fields(sub)]
     return "\n".join(out)
 
 

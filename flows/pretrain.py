@@ -15,6 +15,7 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows._cli import TrainRunFields, build_config, run_cli, run_footer
+from models.spactor import SpacTorConfig
 
 
 class T5Shape(BaseModel):
@@ -32,24 +33,12 @@ class T5Shape(BaseModel):
     tie_word_embeddings: bool = False
 
 
-class SpacTorSettings(BaseModel):
-    """Hybrid-objective settings (see models/spactor.py for what each does and why the defaults)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    mask_rate: float = Field(0.15, gt=0.0, lt=1.0)
-    gen_weight: float = Field(1.0, ge=0.0)
-    disc_weight: float = Field(50.0, ge=0.0)
-    sample_temperature: float = Field(1.0, gt=0.0)
-    generator_depth_ratio: float = Field(0.25, gt=0.0, le=1.0)
-    generator_width_ratio: float = Field(1.0, gt=0.0, le=1.0)
-    share_embeddings: bool = True
-
-
 class PretrainConfig(TrainRunFields):
     preset: str = Field("tiny", description="name recorded in tags and the registered model name")
     corpus_dir: Optional[str] = Field(None, description="a corpus-prep output folder (default: run corpus prep)")
     model: T5Shape = Field(default_factory=T5Shape)
-    spactor: SpacTorSettings = Field(default_factory=SpacTorSettings)
+    spactor: SpacTorConfig = Field(default_factory=SpacTorConfig,
+                                   description="the hybrid objective's settings (models.spactor.SpacTorConfig, validated there)")
     tau: int = Field(30, ge=0, description="hybrid steps before plain SC (0 = SC baseline arm)")
     total_steps: int = Field(60, ge=1)
     inputs_length: int = Field(128, ge=8, description="encoder tokens after corruption (T5: 512)")
@@ -75,10 +64,8 @@ class PretrainConfig(TrainRunFields):
     def _check(self):
         if self.tau > self.total_steps:
             raise ValueError(f"tau={self.tau} exceeds total_steps={self.total_steps}; use tau <= total_steps")
-        from models.spactor import SpacTorConfig
         from models.span_corruption import SpanCorruptionCollator
 
-        SpacTorConfig(**self.spactor.model_dump())
         SpanCorruptionCollator(vocab_size=1000, inputs_length=self.inputs_length, noise_density=self.noise_density,
                                mean_noise_span_length=self.mean_noise_span_length)
         return self

@@ -81,6 +81,24 @@ class SpacTorConfig:
                 )
 
 
+PAD_ID, EOS_ID, DECODER_START_ID = 0, 1, 0
+"""T5's special ids (SentencePiece: pad 0, EOS 1; the decoder starts from pad), as every tokenizer here has them."""
+
+
+def t5_config(vocab_size: int, **shape) -> T5Config:
+    """The one builder of a T5Config from a shape (``d_model``, ``d_ff``, ``d_kv``, ``num_heads``,
+    ``num_layers``, ``num_decoder_layers``, ``feed_forward_proj``, ``dropout_rate``,
+    ``tie_word_embeddings``, ...: the pretraining flow's ``T5Shape`` fields) with T5's special ids.
+
+    An unknown shape key is an error (T5Config would silently keep it as an attribute)."""
+    known = set(T5Config().to_dict())
+    unknown = sorted(set(shape) - known)
+    if unknown:
+        raise ValueError(f"not T5Config fields: {unknown}")
+    return T5Config(vocab_size=vocab_size, pad_token_id=PAD_ID, eos_token_id=EOS_ID,
+                    decoder_start_token_id=DECODER_START_ID, **shape)
+
+
 def generator_t5_config(t5_config: T5Config, config: SpacTorConfig) -> T5Config:
     """The generator's encoder-only T5Config: same ``d_model``/``d_kv``/vocab, fewer layers, and
     ``d_ff``/``num_heads`` scaled by ``generator_width_ratio`` (rounded, at least 1)."""
