@@ -23,9 +23,10 @@ vocabulary); prompts are random token ids either way.
 
 Timings: ``torch.set_num_threads(--threads)``, ``--warmup`` untimed passes, then the median of
 ``--repeats`` passes over all prompts. ms/token = wall time / generated tokens; speedup is against
-hf_generate. alpha = accepted / verified positions (models.sd_bench.estimate_alpha), block efficiency = tokens per target call; the
+hf_generate. alpha = accepted / verified positions (engine.sd_bench.estimate_alpha), block efficiency = tokens per target call; the
 predicted column is Leviathan et al.'s expected_speedup(alpha, gamma, c), a speedup over
-engine_target, with c measured as (draft time per draft call) / (target time per call).
+engine_target, with c = draft step / target step measured directly on one-token KV-cached steps
+(``engine.sd_bench.measure_step_costs``, the SD benchmark's definition).
 
     python benchmarks/sd_engine.py                 # ~15-25 s on one CPU thread
     python benchmarks/sd_engine.py --perturbation 0.03 --gamma 3    # lower alpha
@@ -49,7 +50,7 @@ from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from models.speculative import expected_speedup, speculative_generate, target_generate  # noqa: E402
-from models.sd_bench import estimate_alpha  # noqa: E402
+from engine.sd_bench import estimate_alpha, measure_step_costs, sync  # noqa: E402
 
 EOS, PAD, START = 1, 0, 0
 
@@ -147,11 +148,6 @@ def load_pair(args: argparse.Namespace) -> tuple[torch.nn.Module, torch.nn.Modul
     return target.to(args.device, dtype), draft.to(args.device, dtype), vocab
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn: Callable[[torch.Tensor], object], prompts: list[torch.Tensor], warmup: int, repeats: int):
     """Median wall time of one pass over the prompts, and the outputs of the last pass."""
     for _ in range(warmup):
@@ -161,11 +157,11 @@ def timed(fn: Callable[[torch.Tensor], object], prompts: list[torch.Tensor], war
     device = prompts[0].device
     for _ in range(repeats):
         outputs = []
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for ids in prompts:
             outputs.append(fn(ids))
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), outputs
 
@@ -216,15 +212,21 @@ def main(argv: list[str] | None = None) -> None:
     reference = [as_seq(o) for o in results["hf_generate"][1]]
     tokens = sum(len(s[0]) - 1 for s in reference)
     base_ms = 1e3 * results["hf_generate"][0] / tokens
-    def ms_per_call(outs, attr: str, calls: str) -> float:
-        return 1e3 * sum(getattr(o, attr) for o in outs) / max(sum(getattr(o, calls) for o in outs), 1)
-
     def paths():  # (suffix, our target-only method, our SD method) of each decoding path that was timed
         yield "", "engine_target", "engine_sd"
         if args.fast_path:
             yield " (static, compiled)", "engine_target_compiled", "engine_sd_compiled"
 
-    step_ms = {sd: ms_per_call(results[t][1], "target_time_s", "num_target_calls") for _, t, sd in paths()}
+    # c as the SD benchmark defines it (engine.sd_bench.measure_step_costs): one-token KV-cached decoder steps
+    # of each model, timed directly; verify_ratio = the target's (gamma+1)-token verification call / one step
+    costs = {}
+    with torch.inference_mode():
+        for _, _, sd_method in paths():
+            fast = sd_method.endswith("compiled")
+            costs[sd_method] = measure_step_costs(
+                target, {"draft": draft}, prompts, steps=min(16, n), gammas=[args.gamma], repeats=1, warmup=1,
+                cache_implementation="static" if fast else "dynamic", compile=fast)
+    c_of = {k: v["draft_step_ms"]["draft"] / v["target_step_ms"] for k, v in costs.items()}
 
     print(
         f"target {n_params(target):.1f}M params, draft {n_params(draft):.1f}M params; {args.prompts} prompts x "
@@ -242,17 +244,15 @@ def main(argv: list[str] | None = None) -> None:
             # alpha per verified position (verification stops at the first rejection), as in Eq. 1
             a = estimate_alpha([x for o in outs for x in o.accepted], [x for o in outs for x in o.drafted])
             path = "engine_sd_compiled" if name.endswith("compiled") else "engine_sd"
-            c = ms_per_call(outs, "draft_time_s", "num_draft_calls") / step_ms[path]
+            c = c_of[path]
             alpha, block = f"{a:.2f}", f"{tokens / calls:.2f}"
             predicted = f"{expected_speedup(a, args.gamma, c):.2f}x"
         print(f"{name:<23} {ms:>9.2f} {base_ms / ms:>7.2f}x {alpha:>6} {block:>9} {predicted:>9} {str(exact):>6}")
     for suffix, target_method, sd_method in paths():
-        sd = results[sd_method][1]
-        c = ms_per_call(sd, "draft_time_s", "num_draft_calls") / step_ms[sd_method]
-        verify_ms = ms_per_call(sd, "target_time_s", "num_target_calls")
+        k = costs[sd_method]
         print(
-            f"c{suffix} = draft / target cost per call = {c:.3f}; target ms per call: {step_ms[sd_method]:.2f} "
-            f"scoring 1 token, {verify_ms:.2f} verifying up to gamma+1 (the closed form assumes equal)"
+            f"c{suffix} = draft step / target step = {c_of[sd_method]:.3f}; target step {k['target_step_ms']:.2f} ms, "
+            f"verifying gamma+1 tokens costs {k['verify_ratio'][args.gamma]:.2f} target steps (the closed form assumes 1)"
         )
     print(
         "predicted = expected_speedup(alpha, gamma, c), a speedup over our target-only decoding on the same path; "

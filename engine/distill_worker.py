@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.speculative import check_compatible
 from models.distillation import divergence, greedy_agreement, rollout_labels, token_acceptance_rate
 from models.training import global_batch_rows, step_seed
 from engine.finetune_worker import encode, load_model_and_tokenizer, load_task_data, pad
@@ -31,10 +32,12 @@ SOURCES = ("fixed", "teacher", "student")
 
 
 def check_pair(teacher, student, where: str) -> None:
-    vt, vs = teacher.config.vocab_size, student.config.vocab_size
-    if vt != vs:
-        raise ValueError(f"{where}: teacher vocabulary ({vt}) differs from the student's ({vs}); "
-                         "distillation and speculative decoding need one shared tokenizer")
+    """Refuse a student whose vocabulary differs from the teacher's (``models.speculative.check_compatible``):
+    the student is the draft of speculative decoding later, so the rule is the same."""
+    try:
+        check_compatible(teacher, student, label="student")
+    except ValueError as err:
+        raise ValueError(f"{where}: {err} (distillation needs one shared vocabulary too)") from None
 
 
 class DistillObjective:

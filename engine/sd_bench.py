@@ -98,6 +98,7 @@ __all__ = [
     "rouge_l",
     "run_batched_benchmark",
     "run_benchmark",
+    "sync",
     "to_batched_frame",
     "to_frame",
 ]
@@ -108,7 +109,8 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued kernels (CUDA runs asynchronously), so a clock read after it means something."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -160,10 +162,10 @@ def measure_step_costs(
     device = next(target.parameters()).device
 
     def timed(fn: Callable[[], object]) -> float:
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         fn()
-        _sync(device)
+        sync(device)
         return 1e3 * (time.perf_counter() - t0)
 
     for r in range(warmup + repeats):
@@ -272,10 +274,10 @@ def _timed_pass(case: _Case, n_prompts: int, device: torch.device, keep: bool) -
     seconds, tokens = 0.0, 0
     outputs, stats = [], []
     for i in range(n_prompts):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         seq, out = case.call(i)
-        _sync(device)
+        sync(device)
         seconds += time.perf_counter() - t0
         tokens += len(seq) - 1
         outputs.append(seq)
@@ -478,13 +480,13 @@ def run_batched_benchmark(
                 for k in rng.permutation(len(cases)):
                     fn = cases[k][3]
                     decoded, outs = [], []
-                    _sync(device)
+                    sync(device)
                     t0 = time.perf_counter()
                     for ids, mask in batches:
                         seqs, out = fn(ids, mask)
                         decoded.extend(seqs)
                         outs.extend(out or [])
-                    _sync(device)
+                    sync(device)
                     seconds = time.perf_counter() - t0
                     decoded = [_generated(row, eos) for row in decoded]
                     if r >= s.warmup:

@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from torch import nn
 
-from models.speculative import CACHE_IMPLEMENTATIONS
+from models.speculative import CACHE_IMPLEMENTATIONS, check_compatible  # noqa: F401 - re-exported
 
 __all__ = [
     "COLUMNS",
@@ -174,41 +173,6 @@ def prompts_from_texts(
             reference = tokenizer.decode(rest, skip_special_tokens=True) if rest else None
         out.append(BenchPrompt(input_ids=body + ([eos] if eos is not None else []), reference=reference))
     return out
-
-
-def _model_vocab(model: nn.Module) -> int:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return int(head.out_features) if isinstance(head, nn.Linear) else int(model.config.vocab_size)
-
-
-def check_compatible(
-    target: nn.Module | None,
-    draft: nn.Module | None,
-    *,
-    label: str = "draft",
-    target_vocab_size: int | None = None,
-    draft_vocab_size: int | None = None,
-    target_tokenizer: Any = None,
-    draft_tokenizer: Any = None,
-) -> None:
-    """Refuse a draft that cannot speculate for the target: another vocabulary size or tokenizer.
-
-    Pass models, or their vocabulary sizes (from their configs, before loading them). Tokenizers,
-    when both are given, must map the same strings to the same ids. Raises ValueError naming the draft.
-    """
-    tv = target_vocab_size if target_vocab_size is not None else _model_vocab(target)
-    dv = draft_vocab_size if draft_vocab_size is not None else _model_vocab(draft)
-    if tv != dv:
-        raise ValueError(
-            f"draft '{label}' has vocab size {dv} but the target has {tv}: speculative decoding needs a draft "
-            "trained with the target's tokenizer (same vocabulary)"
-        )
-    if target_tokenizer is not None and draft_tokenizer is not None:
-        if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
-            raise ValueError(
-                f"draft '{label}' has a tokenizer with another vocabulary than the target's (same size {tv}, "
-                "different token ids): use a draft trained with the target's tokenizer"
-            )
 
 
 _MOVED_TO_ENGINE = frozenset({"BATCH_COLUMNS", "BATCH_SUMMARY", "SUMMARY", "markdown_table", "measure_step_costs", "run_batched_benchmark", "run_benchmark", "to_batched_frame", "to_frame"})

@@ -44,6 +44,7 @@ import inspect
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -547,6 +548,37 @@ def _vocab_size(model: nn.Module) -> int:
     return int(head.out_features) if isinstance(head, nn.Linear) else int(model.config.vocab_size)
 
 
+def check_compatible(
+    target: nn.Module | None,
+    draft: nn.Module | None,
+    *,
+    label: str = "draft",
+    target_vocab_size: int | None = None,
+    draft_vocab_size: int | None = None,
+    target_tokenizer: Any = None,
+    draft_tokenizer: Any = None,
+) -> None:
+    """Refuse a draft that cannot speculate for the target: another vocabulary size or tokenizer. The one
+    vocabulary check of the project (the SD engine, the SD benchmark and distillation's teacher/student pair).
+
+    Pass models, or their vocabulary sizes (from their configs, before loading them). Tokenizers,
+    when both are given, must map the same strings to the same ids. Raises ValueError naming the draft.
+    """
+    tv = target_vocab_size if target_vocab_size is not None else _vocab_size(target)
+    dv = draft_vocab_size if draft_vocab_size is not None else _vocab_size(draft)
+    if tv != dv:
+        raise ValueError(
+            f"draft '{label}' has vocab size {dv} but the target has {tv}: speculative decoding needs a draft "
+            "trained with the target's tokenizer (same vocabulary)"
+        )
+    if target_tokenizer is not None and draft_tokenizer is not None:
+        if target_tokenizer.get_vocab() != draft_tokenizer.get_vocab():
+            raise ValueError(
+                f"draft '{label}' has a tokenizer with another vocabulary than the target's (same size {tv}, "
+                "different token ids): use a draft trained with the target's tokenizer"
+            )
+
+
 @contextlib.contextmanager
 def _eval_mode(*models: nn.Module) -> Iterator[None]:
     """Dropout would make decoding random; switch to eval for the call and restore afterwards."""
@@ -705,11 +737,7 @@ def speculative_generate(
     """
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma={gamma!r} must be an int >= 1 (draft tokens per target call)")
-    if _vocab_size(target) != _vocab_size(draft):
-        raise ValueError(
-            f"draft vocab size {_vocab_size(draft)} != target vocab size {_vocab_size(target)}: "
-            "speculative decoding needs a draft with the target's tokenizer and vocabulary"
-        )
+    check_compatible(target, draft)
     _check_lenience(lenience)
     if not do_sample and lenience != 1.0:
         raise ValueError(
