@@ -526,8 +526,8 @@ def _check_prompt(
         raise ValueError(f"input_ids must be (batch>0, length>0), got shape {tuple(input_ids.shape)}")
     if input_ids.shape[0] != 1 and not allow_batch:
         raise ValueError(
-            f"batch size {input_ids.shape[0]} is not supported: speculative decoding here is batch-1; "
-            "loop over the prompts"
+            f"batch size {input_ids.shape[0]} is not supported: target_generate decodes one prompt (the latency "
+            "baseline); loop over the prompts, or use speculative_generate, which takes B > 1"
         )
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
@@ -604,6 +604,12 @@ def _first_eos(tokens: Sequence[int], eos: frozenset[int]) -> int | None:
         if t in eos:
             return i
     return None
+
+
+def adapt_block(block: int, gamma: int, *, full: bool) -> int:
+    """``adaptive_gamma``'s rule, shared by the batch-1 and batched loops: after a fully accepted block, draft
+    one more token next time (at most ``2 * gamma``); after any rejection, one fewer (at least 1)."""
+    return min(block + 1, 2 * gamma) if full else max(block - 1, 1)
 
 
 def _check_cache_args(cache_implementation: str, compile: bool) -> None:
@@ -830,8 +836,7 @@ def speculative_generate(
                 target_dec.crop(len(tokens) - 1)
                 draft_dec.crop(min(draft_dec.length, len(tokens) - 1))
             if adaptive_gamma:
-                full = n_matches == len(draft_tokens) == block
-                block = min(block + 1, 2 * gamma) if full else max(block - 1, 1)
+                block = adapt_block(block, gamma, full=n_matches == len(draft_tokens) == block)
 
     out.sequences = torch.tensor([tokens], dtype=torch.long, device=input_ids.device)
     out.total_time_s = _now(input_ids.device) - t_begin
@@ -1040,8 +1045,7 @@ def _speculative_generate_batched(
                     keep_rows.append(i)
                     n_kept.append(n)
             if adaptive_gamma:
-                full = all(a == n_draft == block for a in out.accepted[-len(active):])
-                block = min(block + 1, 2 * gamma) if full else max(block - 1, 1)
+                block = adapt_block(block, gamma, full=all(a == n_draft == block for a in out.accepted[-len(active):]))
             if not keep_rows:
                 break
             assert n_draft > 0, "a round without draft tokens ends every row"

@@ -717,3 +717,14 @@ def test_engine_clocks_synchronise_on_cuda_and_add_no_sync_on_cpu(monkeypatch):
     assert calls == []
     speculative._now(torch.device("cuda", 0))
     assert calls == [torch.device("cuda", 0)]
+
+
+def test_adaptive_gamma_grows_after_full_acceptance_shrinks_after_a_rejection_and_stays_in_1_to_2_gamma():
+    from models.speculative import adapt_block
+
+    assert adapt_block(4, 4, full=True) == 5 and adapt_block(4, 4, full=False) == 3
+    block = 3
+    for full in [True] * 10 + [False] * 10:
+        block = adapt_block(block, 3, full=full)
+        assert 1 <= block <= 6
+    assert block == 1 and adapt_block(6, 3, full=True) == 6
