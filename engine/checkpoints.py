@@ -5,6 +5,16 @@ A checkpoint is a folder ``step-XXXXXXXX`` written as a temporary folder and ren
 newest first and returns the first whose checksums match, warning about each corrupted one it skips, so
 a checkpoint cut in half makes training fall back to the previous good one. Nothing is unpickled:
 weights load with safetensors, the optimizer with ``torch.load(weights_only=True)``.
+
+Crash and concurrency hygiene (:func:`publish`, used for every step checkpoint and for ``final/``):
+- each writer fills a private temporary folder ``.tmp-<what>-<host>-<pid>-*``, fsyncs every file and the
+  folder, then renames it into place and fsyncs the parent, so a power cut leaves either the old state
+  or the complete new one;
+- a folder that is already in place and valid is never deleted: two writers of the same checkpoint (two
+  runs of one config) both succeed, the second one discarding its identical copy;
+- temporary folders left by a killed writer on this host (its pid is gone) are removed by the next
+  writer; another live writer's folder is left alone;
+- ``final/`` carries ``checksums.json`` over all its files (recursively), checked by :func:`verify`.
 """
 
 from __future__ import annotations
@@ -14,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,24 +44,119 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save(root: str | Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
-         state: dict[str, Any], keep: int = 3) -> Path:
-    """Write checkpoint ``root/step-<step>`` atomically; keep the newest ``keep`` checkpoints."""
+def _checksums(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != CHECKSUMS}
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (bottom up), so a rename after it publishes durable data."""
+    for p in sorted(folder.rglob("*"), key=lambda q: len(q.parts), reverse=True):
+        _fsync(p)
+    _fsync(folder)
+
+
+def _tmp_prefix(what: str) -> str:
+    return f".tmp-{what}-{socket.gethostname()}-{os.getpid()}-"
+
+
+def private_tmp(root: str | Path, what: str) -> Path:
+    """A fresh temporary folder under ``root`` that only this process writes (its name holds host and pid)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step:08d}-", dir=root))
+    clean_stale_tmp(root)
+    return Path(tempfile.mkdtemp(prefix=_tmp_prefix(what), dir=root))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(root: str | Path, *, legacy_age_s: float = 3600.0) -> list[Path]:
+    """Remove ``.tmp-*`` folders under ``root`` left by killed writers on this host; returns what was removed.
+
+    A folder whose name carries this host and a pid that no longer runs is stale. One of another host is
+    kept (its writer may be alive); one without host and pid (an older layout) is stale after
+    ``legacy_age_s``."""
+    import time
+
+    root, host, removed = Path(root), socket.gethostname(), []
+    if not root.is_dir():
+        return removed
+    for d in root.iterdir():
+        if not (d.is_dir() and d.name.startswith(".tmp-")):
+            continue
+        stale = False
+        marker = f"-{host}-"
+        if marker in d.name:
+            pid_text = d.name.split(marker, 1)[1].split("-", 1)[0]
+            stale = pid_text.isdigit() and int(pid_text) != os.getpid() and not _pid_alive(int(pid_text))
+        elif d.name.count("-") < 4:  # no host/pid in the name: the layout before this one
+            try:
+                stale = time.time() - d.stat().st_mtime > legacy_age_s
+            except FileNotFoundError:
+                continue
+        if stale:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+            log.info("removed %s, left by a writer that was killed", d)
+    return removed
+
+
+def publish(tmp: Path, final: Path) -> Path:
+    """Write ``checksums.json`` into ``tmp``, make it durable and rename it to ``final``, atomically.
+
+    If ``final`` already holds a valid folder (an earlier run, or a concurrent writer of the same config) it
+    is kept and ``tmp`` is discarded; an invalid one is moved aside first, never deleted in place."""
+    (tmp / CHECKSUMS).write_text(json.dumps(_checksums(tmp), indent=2))
+    _fsync_tree(tmp)
+    if final.exists():
+        if verify(final) is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return final
+        aside = Path(tempfile.mkdtemp(prefix=_tmp_prefix("invalid"), dir=final.parent))
+        try:
+            os.replace(final, aside / final.name)
+        except FileNotFoundError:
+            pass  # another writer moved it first
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.replace(tmp, final)
+    except OSError:  # a concurrent writer published first (non-empty target)
+        if final.exists() and verify(final) is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return final
+        raise
+    _fsync(final.parent)
+    return final
+
+
+def save(root: str | Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
+         state: dict[str, Any], keep: int = 3) -> Path:
+    """Write checkpoint ``root/step-<step>`` atomically (:func:`publish`); keep the newest ``keep``."""
+    root = Path(root)
+    tmp = private_tmp(root, f"step-{step:08d}")
     try:
         save_model(model, str(tmp / "model.safetensors"))
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save({"torch_rng": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
-        sums = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
-        (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        final = publish(tmp, root / f"step-{step:08d}")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -59,13 +165,34 @@ def save(root: str | Path, step: int, *, model: torch.nn.Module, optimizer: torc
     return final
 
 
+def save_final(checkpoint_dir: str | Path, write, state: dict[str, Any]) -> Path:
+    """``checkpoint_dir/final``: ``write(folder)`` fills it (the objective's ``save_final``), then the trainer
+    state and checksums are added and it is published atomically (:func:`publish`)."""
+    root = Path(checkpoint_dir)
+    tmp = private_tmp(root, "final")
+    try:
+        write(tmp)
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
+        return publish(tmp, root / "final")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def list_checkpoints(root: str | Path) -> list[Path]:
     """Complete checkpoint folders under ``root`` (searched recursively), oldest first by step."""
     root = Path(root)
-    if not root.exists():
-        return []
-    found = [p.parent for p in root.rglob("state.json") if p.parent.name.startswith("step-") and
-             not p.parent.name.startswith(".tmp")]
+    for _ in range(5):  # another writer may remove a folder while we walk the tree
+        if not root.exists():
+            return []
+        try:
+            found = [p.parent for p in root.rglob("state.json") if p.parent.name.startswith("step-") and
+                     not any(part.startswith(".tmp") for part in p.relative_to(root).parts)]
+            break
+        except FileNotFoundError:
+            continue
+    else:
+        found = []
     return sorted(found, key=lambda p: (int(p.name.split("-")[1]), str(p)))
 
 
@@ -73,18 +200,18 @@ def verify(path: str | Path) -> str | None:
     """None if the checkpoint's files match their checksums, else what is wrong."""
     path = Path(path)
     sums_file = path / CHECKSUMS
-    if not sums_file.exists():
-        return "no checksums.json"
     try:
         sums = json.loads(sums_file.read_text())
+    except FileNotFoundError:
+        return "no checksums.json"
     except json.JSONDecodeError:
         return "checksums.json is corrupted"
     for name, digest in sums.items():
-        f = path / name
-        if not f.exists():
+        try:
+            if _sha256(path / name) != digest:
+                return f"{name} does not match its checksum (truncated or corrupted)"
+        except FileNotFoundError:  # missing, or removed while we read it (another writer pruning)
             return f"{name} is missing"
-        if _sha256(f) != digest:
-            return f"{name} does not match its checksum (truncated or corrupted)"
     return None
 
 

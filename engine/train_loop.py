@@ -17,7 +17,6 @@ step) (see ``models/training.py``), and the checkpoint holds model, optimizer an
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import signal
@@ -263,14 +262,5 @@ def run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
         progress.close()
     state["stopped_early"] = stopped_early
     if rank == 0 and s.checkpoint_dir:
-        final = Path(s.checkpoint_dir) / "final"
-        tmp = Path(s.checkpoint_dir) / ".tmp-final"
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        objective.save_final(tmp)
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        checkpoints.save_final(s.checkpoint_dir, objective.save_final, state)
     return state

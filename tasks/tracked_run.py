@@ -8,8 +8,8 @@ sequence, written once here:
 2. MLflow runs of the same key left RUNNING by a killed process are marked KILLED, and the new run is
    tagged ``resumed_from`` with the newest such id;
 3. the MLflow run is started (nested under ``parent_run_id``);
-4. the engine's worker is fitted on Ray Train unless ``final/trainer_state.json`` already exists, with a
-   metrics sink that logs to that run from rank 0;
+4. the engine's worker is fitted on Ray Train unless a valid ``final/`` (its checksums match) already
+   exists, with a metrics sink that logs to that run from rank 0;
 5. the trainer state is read back and handed to the caller, who logs, evaluates and registers inside the
    still-open run.
 """
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from engine import checkpoints
 from tasks import tracking
 from tasks.env import state_dir
 
@@ -95,9 +96,13 @@ def resumable_run(kind: str, cfg: dict[str, Any], inputs: Mapping[str, str], *, 
         tags["resumed_from"] = previous
         logger.info("resuming the interrupted run %s from its last checkpoint", previous)
     with tracking.start_run(experiment, run_name, params=cfg, tags=tags, parent_run_id=parent_run_id) as run_id:
-        if (final / "trainer_state.json").exists():
+        problem = checkpoints.verify(final) if final.exists() else "not trained yet"
+        if problem is None:
             logger.info("training already finished at %s; logging its result", final)
         else:
+            if final.exists():
+                logger.warning("%s is not a complete result (%s); training again from the last valid checkpoint",
+                               final, problem)
             logger.info("%s on %d Ray worker(s)", describe, cfg["num_workers"])
             worker_cfg = {**cfg, **inputs, "checkpoint_dir": str(root / "checkpoints"),
                           "metrics_sink": tracking.MetricsSink(run_id)}
