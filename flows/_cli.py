@@ -15,6 +15,7 @@ import sys
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tasks.paths import LocalPath
 
 C = TypeVar("C", bound="FlowConfig")
 
@@ -35,7 +36,7 @@ class TrainRunFields(FlowConfig):
     max_failures: int = Field(2, ge=0, description="worker-group restarts Ray may do")
     seed: int = 0
     register_as: Optional[str] = Field(None, description="registered model name (default: from preset and task)")
-    output_root: Optional[str] = Field(None, description="checkpoint root (default <state>/runs)")
+    output_root: Optional[LocalPath] = Field(None, description="checkpoint root (default <state>/runs)")
     fault_kill_at_step: Optional[int] = Field(None, description="test hook: SIGKILL a worker once at this step")
 
 

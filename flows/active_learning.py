@@ -31,6 +31,7 @@ from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows._cli import FlowConfig, build_config, run_cli
+from tasks.paths import LocalPath
 
 
 class _Strict(BaseModel):
@@ -39,7 +40,7 @@ class _Strict(BaseModel):
 
 class DataSettings(_Strict):
     source: Literal["orchid", "segmented"] = Field("orchid", description="labelled corpus (ORCHID or word|word files)")
-    paths: list[str] = Field(default_factory=list, description="files/globs (orchid: optional, default the package's)")
+    paths: list[LocalPath] = Field(default_factory=list, description="files/globs (orchid: optional, default the package's)")
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of sentences in held-out test documents")
     split_seed: int = Field(0, description="seed of the document split (fixes the test set)")
     max_pool: int = Field(0, ge=0, description="subsample the initial pool to this many sentences (0 = all)")
@@ -90,7 +91,7 @@ class GuidelineChange(_Event):
 class PoolChange(_Event):
     kind: Literal["pool"] = "pool"
     source: Literal["wiki_titles", "text", "segmented"] = "wiki_titles"
-    paths: list[str] = Field(default_factory=list, description="text/segmented: files or globs")
+    paths: list[LocalPath] = Field(default_factory=list, description="text/segmented: files or globs")
     max_items: int = Field(500, ge=1)
 
 
@@ -144,7 +145,7 @@ class ActiveLearningConfig(FlowConfig):
     stop_after_round: Optional[int] = Field(None, ge=0, description="stop (resumably) after this round")
     rounds_per_call: int = Field(0, ge=0, description="stop (resumably) after this many rounds per call "
                                  "(0 = no limit); with resume='auto', one scheduled run = N rounds")
-    output_root: Optional[str] = Field(None, description="default <state>/active_learning")
+    output_root: Optional[LocalPath] = Field(None, description="default <state>/active_learning")
     register_models: bool = Field(True, description="register both final segmenters as thai-seg-<preset>-<arm>")
 
     @field_validator("segmenter")

@@ -14,13 +14,14 @@ from prefect import flow, get_run_logger
 
 from flows._cli import FlowConfig, build_config, run_cli, run_footer
 from tasks.corpus import build_corpus, fingerprint_source, is_complete, log_corpus
+from tasks.paths import LocalPath
 
 
 class CorpusPrepConfig(FlowConfig):
     name: str = Field("corpus", description="name of the corpus (output folder and MLflow run name)")
     source: Literal["packaged", "files", "hf"] = Field("packaged", description="where documents come from")
     packaged: list[str] = Field(["wiki", "news", "parl", "bbc", "dialog"], description="packaged sources to mix")
-    paths: list[str] = Field([], description="globs of local .txt/.jsonl/.parquet files (source=files)")
+    paths: list[LocalPath] = Field([], description="globs of local .txt/.jsonl/.parquet files (source=files)")
     txt_unit: Literal["file", "paragraph", "line"] = Field("file", description="what one document is in a .txt file")
     on_decode_error: Literal["skip", "fail"] = Field("skip", description="undecodable/binary files: count+skip or refuse")
     hf_name: Optional[str] = Field(None, description="Hugging Face dataset name or local folder (source=hf)")
@@ -39,7 +40,7 @@ class CorpusPrepConfig(FlowConfig):
     tokenizer_sample_sentences: int = Field(1_000_000, ge=1000, description="sentences sampled to train the tokenizer")
     pack_length: int = Field(568, ge=8, description="tokens per packed row (span corruption's tokens_length)")
     num_proc: int = Field(2, ge=1, description="processes for tokenization")
-    output_root: Optional[str] = Field(None, description="where corpora are written (default <state>/corpus)")
+    output_root: Optional[LocalPath] = Field(None, description="where corpora are written (default <state>/corpus)")
 
     @model_validator(mode="after")
     def _check_source(self):

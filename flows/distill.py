@@ -23,13 +23,14 @@ from pydantic import Field, field_validator
 
 from flows._cli import TrainRunFields, build_config, run_cli, run_footer
 from tasks.downstream import TaskSpec
+from tasks.paths import ModelRef
 
 
 class DistillConfig(TrainRunFields):
     preset: str = "tiny"
     mode: Literal["target", "draft"] = "draft"
-    teacher: Optional[str] = Field(None, description="teacher model (URI or folder): the big model, or the target")
-    student: Optional[str] = Field(None, description="student initialisation (URI or folder)")
+    teacher: Optional[ModelRef] = Field(None, description="teacher model (URI or folder): the big model, or the target")
+    student: Optional[ModelRef] = Field(None, description="student initialisation (URI or folder)")
     task: TaskSpec = Field(default_factory=TaskSpec)
     divergence: Literal["fkl", "rkl", "jsd", "tvd"] = "fkl"
     beta: float = Field(0.5, gt=0.0, lt=1.0, description="JSD weight")

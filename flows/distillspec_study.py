@@ -22,13 +22,14 @@ from flows import distill as distill_mod
 from flows import sd_benchmark as sd_mod
 from flows._cli import FlowConfig, build_config, run_cli, run_footer
 from tasks.downstream import TaskSpec
+from tasks.paths import ModelRef
 
 
 class StudyConfig(FlowConfig):
     preset: str = "tiny"
-    target: Optional[str] = Field(None, description="the target model (URI or folder)")
-    draft: Optional[str] = Field(None, description="the undistilled draft (URI or folder); also the student's init")
-    teacher: Optional[str] = Field(None, description="optional large teacher for the model-garden row")
+    target: Optional[ModelRef] = Field(None, description="the target model (URI or folder)")
+    draft: Optional[ModelRef] = Field(None, description="the undistilled draft (URI or folder); also the student's init")
+    teacher: Optional[ModelRef] = Field(None, description="optional large teacher for the model-garden row")
     task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="bbc_topic"))
     divergences: list[str] = Field(["fkl", "tvd"], min_length=1)
     data_sources: dict[str, dict[str, float]] = Field(

@@ -13,11 +13,12 @@ from pydantic import Field
 
 from flows._cli import FlowConfig, build_config, run_cli, run_footer
 from tasks.downstream import TaskSpec
+from tasks.paths import ModelRef
 
 
 class EvaluateConfig(FlowConfig):
     preset: str = "tiny"
-    model: Optional[str] = Field(None, description="models:/name/version, models:/name@alias, or a folder")
+    model: Optional[ModelRef] = Field(None, description="models:/name/version, models:/name@alias, or a folder")
     task: TaskSpec = Field(default_factory=TaskSpec)
     split: Literal["test", "validation", "train"] = "test"
     batch_size: int = Field(32, ge=1)

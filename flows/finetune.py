@@ -18,11 +18,12 @@ from pydantic import Field
 
 from flows._cli import TrainRunFields, build_config, run_cli, run_footer
 from tasks.downstream import TaskSpec
+from tasks.paths import ModelRef
 
 
 class FinetuneConfig(TrainRunFields):
     preset: str = "tiny"
-    model: Optional[str] = Field(None, description="models:/name/version, models:/name@alias, or a save_pretrained folder")
+    model: Optional[ModelRef] = Field(None, description="models:/name/version, models:/name@alias, or a save_pretrained folder")
     init: Literal["pretrained", "random"] = Field("pretrained", description="random = same architecture, no pretraining")
     task: TaskSpec = Field(default_factory=TaskSpec)
     total_steps: int = Field(150, ge=1)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows._cli import TrainRunFields, build_config, run_cli, run_footer
 from models.spactor import SpacTorConfig
+from tasks.paths import LocalPath
 
 
 class T5Shape(BaseModel):
@@ -35,7 +36,7 @@ class T5Shape(BaseModel):
 
 class PretrainConfig(TrainRunFields):
     preset: str = Field("tiny", description="name recorded in tags and the registered model name")
-    corpus_dir: Optional[str] = Field(None, description="a corpus-prep output folder (default: run corpus prep)")
+    corpus_dir: Optional[LocalPath] = Field(None, description="a corpus-prep output folder (default: run corpus prep)")
     model: T5Shape = Field(default_factory=T5Shape)
     spactor: SpacTorConfig = Field(default_factory=SpacTorConfig,
                                    description="the hybrid objective's settings (models.spactor.SpacTorConfig, validated there)")

@@ -20,6 +20,7 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows._cli import FlowConfig, build_config, run_cli, run_footer
+from tasks.paths import LocalPath, ModelRef
 
 
 class DraftRef(BaseModel):
@@ -27,19 +28,19 @@ class DraftRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     label: str = Field(..., min_length=1)
-    model: str = Field(..., min_length=1)
+    model: ModelRef = Field(..., min_length=1)
 
 
 class SDBenchmarkConfig(FlowConfig):
     preset: str = Field("tiny", description="name recorded in tags and the run name")
-    target: Optional[str] = Field(None, description="target model: models:/name/version, models:/name@alias, "
+    target: Optional[ModelRef] = Field(None, description="target model: models:/name/version, models:/name@alias, "
                                                     "runs:/id/path or a save_pretrained folder (required)")
     drafts: list[DraftRef] = Field([], description='drafts: [{"label": ..., "model": ...}] or ["label=ref" | "ref"]')
-    tokenizer: Optional[str] = Field(None, description="tokenizer folder (default: the target's folder)")
-    prompts_jsonl: Optional[str] = Field(None, description="jsonl prompts with input_field (+ target_field reference)")
+    tokenizer: Optional[LocalPath] = Field(None, description="tokenizer folder (default: the target's folder)")
+    prompts_jsonl: Optional[LocalPath] = Field(None, description="jsonl prompts with input_field (+ target_field reference)")
     input_field: str = "input"
     target_field: str = "target"
-    corpus_dir: Optional[str] = Field(None, description="corpus-prep output folder: prompts from docs/<split>")
+    corpus_dir: Optional[LocalPath] = Field(None, description="corpus-prep output folder: prompts from docs/<split>")
     split: str = Field("validation", description="corpus split whose documents become prompts")
     continuation_reference: bool = Field(True, description="corpus prompts: score outputs against the document's "
                                                            "next max_new_tokens tokens (a proxy reference)")

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks import sources
 from tasks.env import state_dir
+from tasks.paths import LocalPath
 
 BUILTIN = {
     "bbc_headline": {"kind": "generation", "prefix": "summarize: "},
@@ -49,7 +50,7 @@ class TaskSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     name: str = Field("bbc_topic", description=f"built-in: {', '.join(BUILTIN)}; or any name with jsonl/hf_name")
-    jsonl: Optional[dict[str, str]] = Field(None, description="split -> jsonl path with input/target fields")
+    jsonl: Optional[dict[str, LocalPath]] = Field(None, description="split -> jsonl path with input/target fields")
     hf_name: Optional[str] = Field(None, description="Hugging Face dataset name or local data folder")
     hf_config: Optional[str] = None
     input_field: str = "input"

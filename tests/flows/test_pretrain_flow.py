@@ -55,3 +55,30 @@ def test_ray_worker_sigkill_mid_training_resumes_to_the_same_parameters(prefect_
     b = load_file(str(Path(killed.model_dir) / "model.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.reliability
+def test_relative_corpus_and_output_paths_are_resolved_where_the_command_runs(prefect_harness, tiny_corpus, tmp_path,
+                                                                              monkeypatch):
+    import os
+    import shutil
+
+    shutil.copytree(tiny_corpus, tmp_path / "corpus")
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_pretrain_config(corpus_dir="corpus", output_root="./out", total_steps=4, tau=2)
+    assert cfg.corpus_dir == str(tmp_path / "corpus") and cfg.output_root == str(tmp_path / "out")
+    res = pretrain_flow(config=cfg)
+    assert Path(res.model_dir).is_relative_to(tmp_path / "out") and os.path.isdir(res.model_dir)
+
+
+def test_model_references_keep_uris_and_hub_names_and_make_local_folders_absolute(tmp_path, monkeypatch):
+    from tasks.paths import model_reference
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-model").mkdir()
+    assert model_reference("models:/t5/1") == "models:/t5/1"
+    assert model_reference("runs:/abc/model") == "runs:/abc/model"
+    assert model_reference("s3://bucket/model") == "s3://bucket/model"
+    assert model_reference("google/t5-small") == "google/t5-small"
+    assert model_reference("my-model") == str(tmp_path / "my-model")
+    assert model_reference("./later") == str(tmp_path / "later")
