@@ -60,20 +60,30 @@ def check_reachable(timeout_s: float = 5.0) -> None:
         ) from None
 
 
+#: MLflow 3's UI opens an experiment on its GenAI overview (traces, sessions) unless the experiment says it
+#: is a machine-learning one; this tag value ("Machine learning" in the UI) makes it open on the runs table.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def ensure_experiment(name: str) -> str:
-    """Get or create an experiment; local stores get an explicit artifact root under the state folder."""
+    """Get or create an experiment, tagged as a training experiment (:data:`EXPERIMENT_KIND`); local stores get
+    an explicit artifact root under the state folder."""
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    artifact_location = None
-    if not tracking_uri().startswith(("http://", "https://", "databricks")):
-        root = Path(os.environ.get("SPACTOR_ARTIFACT_ROOT", state_dir() / "mlartifacts"))
-        artifact_location = (root / name).resolve().as_uri()
-    try:
-        return client.create_experiment(name, artifact_location=artifact_location)
-    except mlflow.exceptions.MlflowException:  # created concurrently by another run
-        return client.get_experiment_by_name(name).experiment_id
+    if exp is None:
+        artifact_location = None
+        if not tracking_uri().startswith(("http://", "https://", "databricks")):
+            root = Path(os.environ.get("SPACTOR_ARTIFACT_ROOT", state_dir() / "mlartifacts"))
+            artifact_location = (root / name).resolve().as_uri()
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location,
+                                              tags=dict([EXPERIMENT_KIND]))
+        except mlflow.exceptions.MlflowException:  # created concurrently by another run
+            exp_id = client.get_experiment_by_name(name).experiment_id
+        return exp_id
+    if exp.tags.get(EXPERIMENT_KIND[0]) is None:  # made before this tag was set
+        _retry(client.set_experiment_tag, exp.experiment_id, *EXPERIMENT_KIND, what="tag the experiment kind")
+    return exp.experiment_id
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
