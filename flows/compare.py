@@ -6,8 +6,9 @@
 
 Reads whatever MLFLOW_TRACKING_URI points at (the local SQLite store by default, or the server that
 ``infra/services.sh up`` starts). A pipeline run is a parent run tagged ``stage=pipeline`` with a
-``<stage>.skipped`` tag per stage; its stage runs are the runs nested under it (``mlflow.parentRunId``) in
-the stages' experiments. Not a Prefect flow: it only reads.
+``<stage>.skipped`` tag per stage; its stage runs are the runs nested under it (``mlflow.parentRunId``), in
+the pipeline's own experiment (one run tree per pipeline run) or, for runs made before that, in the stages'
+experiments. Not a Prefect flow: it only reads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Iterable, Optional
 
 import pandas as pd
 
-# Where stage runs are looked for (the stage flows' default experiments).
+# Where older stage runs are looked for (the stage flows' default experiments), besides the pipeline's own.
 STAGE_EXPERIMENTS = ("corpus-prep", "pretrain", "finetune", "evaluate", "distill", "sd-benchmark")
 # The pipeline's stages in order; others follow alphabetically. A stage run's `stage` tag names its stage.
 STAGE_ORDER = ("corpus", "pretrain", "finetune", "distill_target", "distill_draft", "sd_benchmark")
@@ -211,7 +212,8 @@ def compare(experiment: str = "pipeline", max_runs: int = 20, preset: Optional[s
         which = f" with preset '{preset}'" if preset else ""
         raise ValueError(f"no pipeline runs{which} in MLflow experiment '{experiment}' at {tracking.tracking_uri()}; "
                          "run `python -m flows.pipeline` first or pass --experiment")
-    return comparison_table(parents, stage_runs(parents), extra=extra, all_metrics=all_metrics)
+    return comparison_table(parents, stage_runs(parents, (experiment, *STAGE_EXPERIMENTS)), extra=extra,
+                            all_metrics=all_metrics)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -91,7 +91,7 @@ def resumable_run(kind: str, cfg: dict[str, Any], inputs: Mapping[str, str], *, 
     root = Path(cfg.get("output_root") or state_dir() / "runs") / key
     final = root / "checkpoints" / "final"
     tags = {**tags, "run_key": key}
-    previous = mark_interrupted_runs(experiment, key)
+    previous = mark_interrupted_runs(tracking.experiment_for(experiment, parent_run_id), key)
     if previous:
         tags["resumed_from"] = previous
         logger.info("resuming the interrupted run %s from its last checkpoint", previous)

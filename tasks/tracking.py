@@ -121,10 +121,13 @@ def start_run(
 ) -> Iterator[str]:
     """Open a run (nested under ``parent_run_id`` if given); yield its id.
 
+    A nested run goes into its parent's experiment, whatever ``experiment`` says (:func:`experiment_for`):
+    MLflow's UI draws a run tree only inside one experiment, so a pipeline run and its stage runs form one
+    tree there, while a stage flow run alone keeps its own experiment.
     An exception marks the run FAILED with the error in the ``error`` tag, then propagates.
     """
     check_reachable()
-    exp_id = ensure_experiment(experiment)
+    exp_id = ensure_experiment(experiment_for(experiment, parent_run_id))
     client = MlflowClient()
     all_tags = {k: str(v) for k, v in (tags or {}).items()}  # REST stores need string tag values
     flow_run_id = _prefect_flow_run_id()
@@ -147,6 +150,14 @@ def start_run(
         raise
     else:
         client.set_terminated(run_id, "FINISHED")
+
+
+def experiment_for(experiment: str, parent_run_id: str | None) -> str:
+    """The experiment a run goes into: its parent's when it is nested, else ``experiment``."""
+    if not parent_run_id:
+        return experiment
+    client = MlflowClient()
+    return client.get_experiment(client.get_run(parent_run_id).info.experiment_id).name
 
 
 def _prefect_flow_run_id() -> str | None:

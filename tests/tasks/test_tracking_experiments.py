@@ -15,3 +15,20 @@ def test_new_and_older_experiments_are_tagged_as_machine_learning_experiments():
     assert "mlflow.experimentKind" not in client.get_experiment(old).tags
     assert tracking.ensure_experiment(client.get_experiment(old).name) == old
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_a_nested_run_joins_its_parents_experiment_so_the_ui_draws_one_tree_and_a_lone_run_keeps_its_own():
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+
+    client = MlflowClient()
+    pipe, stage = f"pipe-{uuid.uuid4().hex[:8]}", f"stage-{uuid.uuid4().hex[:8]}"
+    with tracking.start_run(pipe, "parent") as parent:
+        with tracking.start_run(stage, "child", parent_run_id=parent) as child:
+            pass
+    with tracking.start_run(stage, "alone") as alone:
+        pass
+    exp_of = lambda rid: client.get_experiment(client.get_run(rid).info.experiment_id).name  # noqa: E731
+    assert exp_of(child) == exp_of(parent) == pipe and exp_of(alone) == stage
+    assert client.get_run(child).data.tags["mlflow.parentRunId"] == parent
