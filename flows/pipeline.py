@@ -16,6 +16,7 @@ resume from their last checkpoint when rerun after a crash.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional
 
@@ -142,13 +143,14 @@ def pipeline(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
     """Run the stages in order (see module docstring)."""
     from tasks import stages as stage_store
     from tasks import tracking
-    from tasks.orchestration import tag_current_flow_run
+    from tasks.orchestration import post_markdown, stage_markdown, tag_current_flow_run
 
     cfg = config or build_config(PipelineConfig, PRESETS, preset, overrides)
     logger = get_run_logger()
     forced = set(STAGES[STAGES.index(cfg.from_stage):]) if cfg.from_stage else set()
     result = PipelineResult(run_id="")
-    with tracking.start_run(cfg.experiment, f"pipeline-{cfg.preset}", params={"preset": cfg.preset},
+    # every config value is a param, so MLflow's Compare of two pipeline runs shows what differs
+    with tracking.start_run(cfg.experiment, f"pipeline-{cfg.preset}", params=cfg.model_dump(),
                             tags={"stage": "pipeline", "preset": cfg.preset}) as run_id:
         result.run_id = run_id
         tag_current_flow_run(f"mlflow_run_id:{run_id}", f"preset:{cfg.preset}")
@@ -165,10 +167,19 @@ def pipeline(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
                 out = done
             else:
                 logger.info("stage %s: running", name)
+                t0 = time.perf_counter()
                 out = run()
+                out["wall_s"] = time.perf_counter() - t0
                 stage_store.record(key, out)
             result.stages[name] = out
             tracking.set_tags(run_id, {f"{name}.skipped": done is not None})
+            # the stage's wall time (when it ran; for a skipped stage, the time of the run it reuses)
+            if out.get("wall_s") is not None:
+                tracking.log_metrics(run_id, {f"wall_s.{name}": out["wall_s"]})
+            post_markdown(f"stage-{name.replace('_', '-')}",
+                          stage_markdown(name, out, skipped_key=key if done is not None else None,
+                                         wall_s=out.get("wall_s"), mlflow_url=tracking.run_url(run_id)),
+                          f"pipeline stage {name}" + (" (skipped, reused)" if done is not None else ""))
             return out
 
         corpus = stage("corpus", cfg.corpus.model_dump(), {}, lambda: _corpus(cfg, run_id))
@@ -197,7 +208,11 @@ def pipeline(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
                "teacher": ft["models"]["teacher"]},
               lambda: _sd(cfg, dt["model_uri"], ft, dd, run_id))
         tracking.log_metrics(run_id, {"stages_skipped": len(result.skipped),
-                                      "stages_run": len(result.stages) - len(result.skipped)})
+                                      "stages_run": len(result.stages) - len(result.skipped),
+                                      "wall_s.total": sum(o.get("wall_s") or 0.0 for n, o in result.stages.items()
+                                                          if n not in result.skipped)})
+        if (result.stages.get("sd_benchmark") or {}).get("markdown"):
+            tracking.log_text(run_id, result.stages["sd_benchmark"]["markdown"], "sd_table.md")
         _verdict(cfg, result, logger)
     return result
 

@@ -37,3 +37,39 @@ def post_markdown(key: str, markdown: str, description: str) -> None:
         create_markdown_artifact(markdown=markdown, key=key, description=description)
     except Exception as err:  # noqa: BLE001 - a missing artifact must not fail the pipeline
         log.warning("could not post the Prefect artifact %s: %s", key, err)
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def stage_markdown(name: str, out: dict, *, skipped_key: str | None, wall_s: float | None,
+                   mlflow_url: str | None = None) -> str:
+    """A Prefect artifact for one pipeline stage: whether it ran or reused an earlier result (and which), its
+    wall time, the models and runs it produced, its headline metrics, and the MLflow link when there is one."""
+    lines = [f"### stage `{name}`", ""]
+    if skipped_key:
+        lines.append(f"**Skipped:** reuses the earlier completed stage `{skipped_key}` (same config, inputs and code); "
+                     "nothing was recomputed.")
+    else:
+        lines.append(f"**Ran** in {wall_s:.1f} s." if wall_s is not None else "**Ran.**")
+    if mlflow_url:
+        lines.append(f"MLflow run: [{mlflow_url}]({mlflow_url})")
+    rows = []
+    for key in ("corpus_dir", "model_uri", "alias", "run_id"):
+        if out.get(key):
+            rows.append((key, out[key]))
+    for role, uri in (out.get("models") or {}).items():
+        rows.append((f"model[{role}]", uri))
+    metrics = out.get("metrics") or {}
+    flat = metrics if all(not isinstance(v, dict) for v in metrics.values()) else {
+        f"{role}.{k}": v for role, ms in metrics.items() if isinstance(ms, dict) for k, v in ms.items()}
+    rows += [(k, v) for k, v in flat.items() if isinstance(v, (int, float)) and not k.endswith("examples")]
+    if rows:
+        lines += ["", "| what | value |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in rows]
+    if out.get("markdown"):
+        lines += ["", out["markdown"]]
+    return "\n".join(lines)

@@ -261,6 +261,15 @@ def artifact_uri(run_id: str, path: str = "") -> str:
     return f"{base}/{path}" if path else base
 
 
+def run_url(run_id: str) -> str | None:
+    """The run's page in the MLflow UI when a tracking server is used (http/https), else None."""
+    uri = tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return None
+    run = MlflowClient().get_run(run_id)
+    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+
+
 def artifact_local_path(run_id: str, path: str = "") -> str:
     """Where a run's artifacts are, as a local path when the store is local, else the URI."""
     uri = artifact_uri(run_id, path)

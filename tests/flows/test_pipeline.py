@@ -53,10 +53,20 @@ def test_tiny_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage(prefect_har
     with get_client(sync_client=True) as pc:
         art = pc.read_latest_artifacts()
     assert any(a.key == "pipeline-verdict" for a in art)
+    # one tree, comparable parents: the stage runs sit in the parent's experiment; the parent carries every
+    # config value as a param, each stage's wall time and the SD table; every stage posts a Prefect artifact
+    assert {r.info.experiment_id for r in children} == {parent.info.experiment_id}
+    assert {f"wall_s.{s}" for s in STAGES} <= set(client.get_run(first.run_id).data.metrics)
+    assert "sd_table.md" in [f.path for f in client.list_artifacts(first.run_id)]
+    assert parent.data.params["pretrain.total_steps"] == str(cfg.pretrain.total_steps)
+    assert {f"stage-{s.replace('_', '-')}" for s in STAGES} <= {a.key for a in art}
     garden = first.stages["sd_benchmark"]["garden"]
     assert garden["teacher_ms_per_token"] > 0 and garden["latency_reduction"] > 0
     second = pipeline(config=cfg)
     assert second.skipped == list(STAGES)
+    with get_client(sync_client=True) as pc:
+        latest = {a.key: a for a in pc.read_latest_artifacts()}
+    assert "Skipped:** reuses the earlier completed stage" in latest["stage-pretrain"].data
     assert second.verdict == first.verdict  # computed again from the cached stage results
     forced = pipeline(config=cfg.model_copy(update={"from_stage": "sd_benchmark"}))
     assert forced.skipped == list(STAGES[:-1])
