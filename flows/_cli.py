@@ -8,7 +8,10 @@ and prints where the results went.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import logging
+import os
 from pathlib import Path
 import json
 import sys
@@ -137,6 +140,54 @@ def check_services(timeout_s: float = 5.0) -> None:
                                   "or unset PREFECT_API_URL to use the temporary local API") from None
 
 
+class _OneLineErrors(logging.Filter):
+    """Prefect logs a failing task or flow with its traceback (``exc_info``); on the terminal keep one line
+    per record (the full traceback goes to ``<state>/logs/last-error.txt``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.name.startswith("prefect"):
+            exc = record.exc_info[1]
+            head = (record.getMessage().splitlines() or [""])[0]
+            if exc is not None and str(exc) and str(exc) not in head:
+                head = f"{head} ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            record.msg, record.args, record.exc_info, record.exc_text = head, (), None, None
+        return True
+
+
+@contextlib.contextmanager
+def _one_line_errors():
+    """Install :class:`_OneLineErrors` on every handler of the prefect loggers and the root logger, unless
+    ``SPACTOR_TRACEBACKS=1`` asks for the tracebacks."""
+    if os.environ.get("SPACTOR_TRACEBACKS") == "1":
+        yield
+        return
+    flt = _OneLineErrors()
+    names = [n for n in logging.Logger.manager.loggerDict if n.startswith("prefect")]
+    handlers = {h for n in names for h in logging.getLogger(n).handlers} | set(logging.getLogger().handlers)
+    for h in handlers:
+        h.addFilter(flt)
+    try:
+        yield
+    finally:
+        for h in handlers:
+            h.removeFilter(flt)
+
+
+def _save_traceback() -> str | None:
+    """Write the current exception's traceback to ``<state>/logs/last-error.txt``; returns the path."""
+    import traceback
+
+    try:
+        from tasks.env import state_dir
+
+        path = state_dir() / "logs" / "last-error.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(traceback.format_exc())
+        return str(path)
+    except Exception:  # noqa: BLE001 - never hide the error itself
+        return None
+
+
 def run_cli(
     flow_fn: Callable[[C], Any],
     config_cls: type[C],
@@ -167,10 +218,13 @@ def run_cli(
         return None
     try:
         check_services()
-        result = flow_fn(config)
+        with _one_line_errors():
+            result = flow_fn(config)
     except (ValueError, FileNotFoundError, ConnectionError) as err:
         # user errors raised by our own checks: one line, no traceback wall
-        print(f"error: {err}", file=sys.stderr)
+        saved = _save_traceback()
+        print(f"error: {err or type(err).__name__}"
+              + (f"\n(traceback: {saved}; SPACTOR_TRACEBACKS=1 prints it)" if saved else ""), file=sys.stderr)
         raise SystemExit(2)
     summary = getattr(result, "summary", None)
     if callable(summary):

@@ -8,6 +8,7 @@ from prefect import task
 
 from models.curves import first_reach
 from tasks import tracking
+from tasks.orchestration import retry_transient
 
 
 def comparison_numbers(sc: dict[str, Any], spactor: dict[str, Any]) -> dict[str, float]:
@@ -47,7 +48,7 @@ def comparison_figure(sc: dict[str, Any], spactor: dict[str, Any], tau: int):
     return fig
 
 
-@task(name="compare-arms", retries=2, retry_delay_seconds=2)
+@task(name="compare-arms", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2)
 def compare_arms(sc: dict[str, Any], spactor: dict[str, Any], tau: int, run_id: str) -> dict[str, float]:
     import pandas as pd
 
@@ -59,7 +60,7 @@ def compare_arms(sc: dict[str, Any], spactor: dict[str, Any], tau: int, run_id: 
     return numbers
 
 
-@task(name="log-task-scores", retries=2, retry_delay_seconds=2)
+@task(name="log-task-scores", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2)
 def log_task_scores(run_id: str, scores: dict[str, dict[str, dict[str, float]]]) -> None:
     """Downstream scores of both arms, side by side: ``<task>.<metric>.<arm>`` metrics and a table."""
     import pandas as pd
@@ -218,7 +219,7 @@ def study_figure(runs: dict[tuple[str, int], dict[str, Any]], arms: list[str], t
     return fig
 
 
-@task(name="log-spactor-study", retries=2, retry_delay_seconds=2)
+@task(name="log-spactor-study", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2)
 def log_study(run_id: str, runs: dict[tuple[str, int], dict[str, Any]], arms: list[str], numbers: dict[str, Any],
               verdict: str, total_steps: int) -> None:
     import pandas as pd

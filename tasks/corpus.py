@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from models.corpus import SPLITS, assign_split, clean_document, pack_sequences, split_long_line, text_hash
 from tasks import sources
 from tasks.env import state_dir
+from tasks.orchestration import retry_transient
 
 COMPLETE = "_COMPLETE"
 
@@ -250,7 +251,7 @@ def is_complete(path: str | Path) -> bool:
     return Path(path, COMPLETE).exists()
 
 
-@task(name="fingerprint-source", retries=2, retry_delay_seconds=1)
+@task(name="fingerprint-source", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=1)
 def fingerprint_source(cfg: dict[str, Any]) -> str:
     """The source content's fingerprint plus the corpus code's (its import closure): either change -> a new corpus."""
     from tasks.stages import code_version
@@ -298,7 +299,7 @@ def build_corpus(cfg: dict[str, Any], fingerprint: str) -> str:
     return str(out)
 
 
-@task(name="log-corpus", retries=2, retry_delay_seconds=2)
+@task(name="log-corpus", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2)
 def log_corpus(corpus_dir: str, cfg: dict[str, Any], *, cached: bool, parent_run_id: str | None = None,
                experiment: str = "corpus-prep") -> str:
     """Params, stats, tokenizer, dataset card and dataset inputs of a corpus -> one MLflow run."""

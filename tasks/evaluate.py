@@ -16,6 +16,7 @@ from typing import Any
 from prefect import task
 
 from tasks import tracking
+from tasks.orchestration import retry_transient
 
 
 def evaluate_dir(model_dir: str, task_dir: str, *, split: str = "test", batch_size: int = 32, num_beams: int = 1,
@@ -93,7 +94,7 @@ def evaluate_and_log(model_dir: str, task_dir: str, run_id: str, *, split: str =
     return metrics
 
 
-@task(name="evaluate", retries=1, retry_delay_seconds=2)
+@task(name="evaluate", retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=2)
 def evaluate(model_dir: str, task_dir: str, run_id: str, *, split: str = "test", batch_size: int = 32,
              num_beams: int = 1, max_input_length: int = 512, max_new_tokens: int = 32,
              max_examples: int | None = None) -> dict[str, float]:

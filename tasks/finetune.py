@@ -8,18 +8,24 @@ from prefect import task
 
 from tasks import tracking
 from tasks.tracked_run import resumable_run
+from tasks.orchestration import retry_transient
 
 
-@task(name="prepare-task-data", retries=1, retry_delay_seconds=1)
+@task(name="prepare-task-data", retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=1)
 def prepare_task(spec: dict[str, Any]) -> str:
     from tasks.downstream import TaskSpec, task_dir
 
     return str(task_dir(TaskSpec(**spec)))
 
 
-@task(name="resolve-model", retries=2, retry_delay_seconds=2)
+@task(name="resolve-model", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2)
 def resolve(ref: str) -> str:
-    return str(tracking.resolve_model(ref))
+    """A local folder for a T5 reference (folder, models:/ or runs:/ URI); refuses a folder that is not a model."""
+    folder = tracking.resolve_model(ref)
+    if folder.is_dir() and not (folder / "config.json").exists():
+        raise FileNotFoundError(f"'{ref}' is a folder but not a model: no config.json (pass a save_pretrained "
+                                "folder or a models:/ URI)")
+    return str(folder)
 
 
 @task(name="finetune")

@@ -6,6 +6,22 @@ import logging
 
 log = logging.getLogger(__name__)
 
+#: errors that a rerun cannot fix (bad input, a missing file or model, a refused config): never retried
+DETERMINISTIC_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                        PermissionError)
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry a failed task only when its error may be transient (a network or
+    server hiccup), never for :data:`DETERMINISTIC_ERRORS`."""
+    exc = state.data if isinstance(getattr(state, "data", None), BaseException) else None
+    if exc is None:
+        try:
+            exc = state.result(raise_on_failure=False)
+        except Exception:  # noqa: BLE001 - unknown: keep Prefect's default (retry)
+            return True
+    return not isinstance(exc, DETERMINISTIC_ERRORS)
+
 
 def tag_current_flow_run(*tags: str) -> None:
     """Add tags (e.g. ``mlflow_run_id:<id>``) to the running Prefect flow run; never fails the flow."""

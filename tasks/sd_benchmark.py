@@ -17,6 +17,7 @@ from prefect.cache_policies import NONE
 from engine.sd_bench import (BATCH_SUMMARY, BenchPrompt, BenchSettings, check_compatible, markdown_table,
                              prompts_from_texts, run_batched_benchmark, run_benchmark, to_batched_frame, to_frame)
 from tasks import tracking
+from tasks.orchestration import retry_transient
 
 
 def _logger():
@@ -35,7 +36,7 @@ def _tokenizer(folder: str | Path):
     return AutoTokenizer.from_pretrained(str(folder)) if any(Path(folder, f).exists() for f in files) else None
 
 
-@task(name="resolve-models", retries=1, retry_delay_seconds=2, cache_policy=NONE)
+@task(name="resolve-models", retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NONE)
 def resolve_models(target: str, drafts: dict[str, str]) -> dict[str, str]:
     """Local folders of the target and each draft: ``{"target": dir, "draft:<label>": dir}``."""
     out = {"target": str(tracking.resolve_model(target))}
@@ -218,7 +219,7 @@ def quality_figure(df):
     return fig
 
 
-@task(name="log-sd-results", retries=2, retry_delay_seconds=2, cache_policy=NONE)
+@task(name="log-sd-results", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NONE)
 def log_results(run_id: str, rows: list[dict[str, Any]], batched: list[dict[str, Any]] | None = None) -> str:
     """Tables (CSV, Parquet, markdown), plots and headline metrics -> the MLflow run; returns the markdown.
 

@@ -10,6 +10,7 @@ from typing import Any
 from prefect import task
 
 from tasks import tracking
+from tasks.orchestration import retry_transient
 
 
 def study_table(sd_rows, undistilled: str):
@@ -73,7 +74,7 @@ def study_figure(table):
     return fig
 
 
-@task(name="log-study", retries=2, retry_delay_seconds=2)
+@task(name="log-study", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2)
 def log_study(run_id: str, table, garden: dict[str, Any] | None) -> str:
     tracking.log_table(run_id, table, "study.csv")
     tracking.log_figure(run_id, study_figure(table), "study.png")

@@ -354,12 +354,19 @@ def resolve_model(ref: str | Path, dst_root: str | Path | None = None) -> Path:
     source = ref
     if ref.startswith("models:/"):
         body = ref[len("models:/"):]
-        if "@" in body:
-            name, alias = body.split("@", 1)
-            mv = client.get_model_version_by_alias(name, alias)
-        else:
-            name, version = body.rsplit("/", 1)
-            mv = client.get_model_version(name, version)
+        try:
+            if "@" in body:
+                name, alias = body.split("@", 1)
+                mv = client.get_model_version_by_alias(name, alias)
+            elif "/" in body:
+                name, version = body.rsplit("/", 1)
+                mv = client.get_model_version(name, version)
+            else:
+                raise FileNotFoundError(f"model '{ref}' names no version: use models:/{body}/<version> or "
+                                        f"models:/{body}@<alias>")
+        except mlflow.exceptions.MlflowException as err:  # not registered: the user's input, not a crash
+            raise FileNotFoundError(f"model '{ref}' is not in the model registry at {tracking_uri()} "
+                                    f"({str(err).splitlines()[0]})") from None
         expected_sha = mv.tags.get(SHA_TAG)
         source = mv.source
     dst_root = Path(dst_root or state_dir() / "model-cache")

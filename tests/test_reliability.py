@@ -229,3 +229,23 @@ def test_local_ray_and_a_training_worker_listen_only_on_loopback(tmp_path):
         time.sleep(0.3)
     assert any("RayTrainWorker" in cmd for _, _, cmd in seen), "never saw the training worker"
     assert [x for x in seen if not loopback(x[0])] == []
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("args, says", [
+    (["flows.finetune", "--set", "model=models:/nope/1"], "is not in the model registry"),
+    (["flows.finetune", "--set", "model=models:/nope"], "names no version"),
+    (["flows.finetune", "--set", "model={tmp}"], "is a folder but not a model"),
+    (["flows.corpus_prep", "--set", "source=files", "--set", 'paths=["/nonexistent/*.txt"]'], "no files match"),
+])
+def test_bad_input_inside_a_flow_gives_one_error_line_no_traceback_and_no_retry(tmp_path, args, says):
+    env = {**os.environ, "SPACTOR_STATE_DIR": str(tmp_path / "state")}
+    env.pop("SPACTOR_TRACEBACKS", None)
+    cmd = [sys.executable, "-m", *[a.replace("{tmp}", str(tmp_path)) for a in args]]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and says in errors[0], p.stderr[-2000:]
+    assert "Traceback" not in p.stderr and "Retrying" not in p.stderr, p.stderr[-2000:]
+    assert len(p.stderr.splitlines()) <= 15, p.stderr
+    assert "Traceback" in (tmp_path / "state" / "logs" / "last-error.txt").read_text()  # kept for whoever needs it

@@ -32,3 +32,14 @@ def test_a_nested_run_joins_its_parents_experiment_so_the_ui_draws_one_tree_and_
     exp_of = lambda rid: client.get_experiment(client.get_run(rid).info.experiment_id).name  # noqa: E731
     assert exp_of(child) == exp_of(parent) == pipe and exp_of(alone) == stage
     assert client.get_run(child).data.tags["mlflow.parentRunId"] == parent
+
+
+def test_prefect_retries_transient_errors_but_never_bad_input():
+    from prefect.states import Failed
+
+    from tasks.orchestration import retry_transient
+
+    assert retry_transient(None, None, Failed(data=ConnectionError("server hiccup")))
+    assert retry_transient(None, None, Failed(data=TimeoutError("slow")))
+    for exc in (ValueError("bad value"), FileNotFoundError("no such model"), KeyError("field")):
+        assert not retry_transient(None, None, Failed(data=exc))
