@@ -240,9 +240,27 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(table.to_string(index=False))
     out = Path(args.out) if args.out else state_dir() / "compare" / f"{args.experiment}-comparison.png"
     out.parent.mkdir(parents=True, exist_ok=True)
-    comparison_figure(table).savefig(out, dpi=110)
+    fig = comparison_figure(table)
+    fig.savefig(out, dpi=110)
     print(f"comparison plot: {out.resolve()}")
+    run_id = log_comparison(args.experiment, table, fig, compared=[str(r) for r in table.get("run", [])])
+    print(f"logged to MLflow run {run_id} (experiment {args.experiment}): comparison.csv, comparison.md, comparison.png")
     return 0
+
+
+def log_comparison(experiment: str, table: pd.DataFrame, fig, *, compared: list[str]) -> str:
+    """Log the table (csv and markdown) and the plot as a ``compare`` run in the pipeline runs' experiment."""
+    from tasks import tracking
+
+    with tracking.start_run(experiment, "compare", tags={"stage": "compare", "compared_runs": ",".join(compared)[:4000]},
+                            params={"runs_compared": len(table)}) as run_id:
+        tracking.log_table(run_id, table, "comparison.csv")
+        cells = [["" if pd.isna(v) else str(v) for v in row] for row in table.itertuples(index=False)]
+        md = "\n".join(["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+                       + ["| " + " | ".join(row) + " |" for row in cells])
+        tracking.log_text(run_id, md + "\n", "comparison.md")
+        tracking.log_figure(run_id, fig, "comparison.png")
+    return run_id
 
 
 if __name__ == "__main__":

@@ -94,6 +94,14 @@ def test_main_prints_the_table_and_writes_a_png_plot(runs, tmp_path, capsys):
     assert ids[0] in printed and "pretrain[teacher].final_val_sc_loss" in printed
     assert f"comparison plot: {out.resolve()}" in printed
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    # the same table and plot are logged to MLflow, as a `compare` run beside the pipeline runs
+    from mlflow import MlflowClient
+
+    logged = printed.split("logged to MLflow run ")[1].split()[0]
+    client = MlflowClient()
+    assert {f.path for f in client.list_artifacts(logged)} >= {"comparison.csv", "comparison.md", "comparison.png"}
+    assert client.get_run(logged).data.tags["stage"] == "compare"
+    assert len(compare.pipeline_runs(exp)) == len(ids)  # the compare run is not counted as a pipeline run
 
 
 def test_an_experiment_without_pipeline_runs_is_a_one_line_error(capsys):
