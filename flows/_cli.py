@@ -18,6 +18,8 @@ import sys
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tasks.tracked_run import RunLockedError
 from tasks.paths import LocalPath
 
 C = TypeVar("C", bound="FlowConfig")
@@ -220,8 +222,8 @@ def run_cli(
         check_services()
         with _one_line_errors():
             result = flow_fn(config)
-    except (ValueError, FileNotFoundError, ConnectionError) as err:
-        # user errors raised by our own checks: one line, no traceback wall
+    except (ValueError, FileNotFoundError, ConnectionError, RunLockedError) as err:
+        # user errors raised by our own checks (and a run already in progress): one line, no traceback wall
         saved = _save_traceback()
         print(f"error: {err or type(err).__name__}"
               + (f"\n(traceback: {saved}; SPACTOR_TRACEBACKS=1 prints it)" if saved else ""), file=sys.stderr)

@@ -5,8 +5,10 @@ after a crash resumes from its last valid checkpoint and a run of another config
 sequence, written once here:
 
 1. the key and the folder ``<output_root or state>/runs/<key>``;
-2. MLflow runs of the same key left RUNNING by a killed process are marked KILLED, and the new run is
-   tagged ``resumed_from`` with the newest such id;
+2. the run folder's lock is taken (:func:`run_lock`): a second run of the same key while the first is
+   training is refused, naming the holder, instead of racing it on one checkpoint folder; then MLflow runs
+   of the same key left RUNNING by a killed process are marked KILLED (never a live run: it would hold
+   the lock), and the new run is tagged ``resumed_from`` with the newest such id;
 3. the MLflow run is started (nested under ``parent_run_id``);
 4. the engine's worker is fitted on Ray Train unless a valid ``final/`` (its checksums match) already
    exists, with a metrics sink that logs to that run from rank 0;
@@ -17,9 +19,13 @@ sequence, written once here:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
+import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -53,6 +59,37 @@ def mark_interrupted_runs(experiment: str, key: str) -> str | None:
     return last
 
 
+class RunLockedError(RuntimeError):
+    """Another process is training the same run (same config, inputs and code) right now."""
+
+
+@contextlib.contextmanager
+def run_lock(root: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder ``root`` (``root/.lock``, ``flock``) for the whole run.
+
+    The lock dies with its process, so a killed run never leaves it behind. Raises RunLockedError, naming
+    the holder (pid, host, start time), when another process holds it."""
+    root.mkdir(parents=True, exist_ok=True)
+    f = open(root / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise RunLockedError(f"the same run is being trained right now by {holder} in {root}: wait for it to "
+                             "finish (its result is then reused), or set output_root to train a separate copy") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        f.flush()
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
 @dataclass(frozen=True)
 class TrainedRun:
     """A finished training run, inside its open MLflow run."""
@@ -84,13 +121,20 @@ def resumable_run(kind: str, cfg: dict[str, Any], inputs: Mapping[str, str], *, 
 
     ``inputs`` are the paths the worker reads (they are part of the key, in order); ``describe`` names the
     work in the log line ("fine-tuning X on Y")."""
-    from tasks.ray_train import fit
-
     logger = _logger()
     key = run_key(kind, cfg, *inputs.values())
     root = Path(cfg.get("output_root") or state_dir() / "runs") / key
     final = root / "checkpoints" / "final"
     tags = {**tags, "run_key": key}
+    with run_lock(root):
+        yield from _locked_run(kind, cfg, inputs, key, root, final, tags, worker=worker, experiment=experiment,
+                               run_name=run_name, parent_run_id=parent_run_id, describe=describe, logger=logger)
+
+
+def _locked_run(kind, cfg, inputs, key, root, final, tags, *, worker, experiment, run_name, parent_run_id, describe,
+                logger) -> Iterator[TrainedRun]:
+    from tasks.ray_train import fit
+
     previous = mark_interrupted_runs(tracking.experiment_for(experiment, parent_run_id), key)
     if previous:
         tags["resumed_from"] = previous
