@@ -142,7 +142,19 @@ def _log(sink: Callable[[dict, int], None] | None, metrics: dict, step: int) -> 
 
 
 def run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
-    """Train ``objective.model`` for ``s.total_steps`` optimizer steps; returns the final trainer state."""
+    """Train ``objective.model`` for ``s.total_steps`` optimizer steps; returns the final trainer state.
+
+    A sink that logs in the background (``tasks.tracking.MetricsSink``) is flushed at the end, also when
+    training stops with an error."""
+    try:
+        return _run(objective, s)
+    finally:
+        close = getattr(s.metrics_sink, "close", None)
+        if callable(close):
+            close()
+
+
+def _run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
     rank, world_size = world() if s.in_ray else (0, 1)
     device = torch.device("cuda" if s.use_gpu and torch.cuda.is_available() else "cpu")
     model = objective.model.to(device)

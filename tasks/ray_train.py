@@ -19,8 +19,16 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
                  "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "SPACTOR_ARTIFACT_ROOT", "SPACTOR_FAULT_INJECT")
 
 
+#: MLflow's own HTTP retries on workers: its default (7 retries, 120 s timeout each) can hold one log call for
+#: about 12 minutes during an outage; metrics are logged from a background thread (tasks.tracking.MetricsSink)
+#: with the project's 3 tries anyway, so a short client timeout is enough. A user's own setting wins.
+WORKER_MLFLOW_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
 def worker_env() -> dict[str, str]:
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    for k, v in WORKER_MLFLOW_HTTP.items():
+        env[k] = os.environ.get(k, v)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))
     return env
 

@@ -19,7 +19,6 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -190,15 +189,76 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = No
     return ok is not None or not batch
 
 
-@dataclass(frozen=True)
 class MetricsSink:
-    """The training loop's metrics sink for one MLflow run: ``sink(metrics, step)`` logs them (picklable,
-    so it travels to the Ray workers inside their config)."""
+    """The training loop's metrics sink for one MLflow run: ``sink(metrics, step)`` hands them to a background
+    thread that logs them, so an MLflow outage never stalls a training step. Picklable (it travels to the Ray
+    workers inside their config; the thread starts on first use there).
 
-    run_id: str
+    The queue holds ``max_pending`` batches; when MLflow is down long enough to fill it, new batches are
+    dropped and counted (one warning each 100). :meth:`close` (the loop calls it at the end) waits up to
+    ``flush_s`` seconds for what is queued."""
+
+    def __init__(self, run_id: str, *, max_pending: int = 1000, flush_s: float = 60.0):
+        self.run_id, self.max_pending, self.flush_s = run_id, max_pending, flush_s
+        self._q = self._thread = None
+        self.dropped = 0
+
+    def __getstate__(self):
+        return {"run_id": self.run_id, "max_pending": self.max_pending, "flush_s": self.flush_s}
+
+    def __setstate__(self, state):
+        self.__init__(state["run_id"], max_pending=state["max_pending"], flush_s=state["flush_s"])
+
+    def __eq__(self, other):
+        return isinstance(other, MetricsSink) and self.__getstate__() == other.__getstate__()
+
+    def __hash__(self):
+        return hash(self.run_id)
+
+    def __repr__(self):
+        return f"MetricsSink({self.run_id!r})"
+
+    def _drain(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                if item is None:
+                    return
+                log_metrics(self.run_id, item[0], step=item[1])
+            finally:
+                self._q.task_done()
 
     def __call__(self, metrics: Mapping[str, float], step: int) -> None:
-        log_metrics(self.run_id, metrics, step=step)
+        import queue
+        import threading
+
+        if self._thread is None:
+            self._q = queue.Queue(maxsize=self.max_pending)
+            self._thread = threading.Thread(target=self._drain, name=f"mlflow-metrics-{self.run_id[:8]}", daemon=True)
+            self._thread.start()
+        try:
+            self._q.put_nowait((dict(metrics), step))
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped % 100 == 1:
+                log.warning("MLflow is not keeping up: %d metric batches of run %s dropped so far", self.dropped,
+                            self.run_id)
+
+    def close(self) -> None:
+        """Log what is still queued (waiting at most ``flush_s`` seconds), then stop the thread."""
+        if self._thread is None:
+            return
+        deadline = time.monotonic() + self.flush_s
+        while self._q.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._q.unfinished_tasks:
+            log.warning("gave up waiting for MLflow: %d metric batches of run %s not logged", self._q.unfinished_tasks,
+                        self.run_id)
+        try:
+            self._q.put_nowait(None)
+        except Exception:  # noqa: BLE001 - full: the daemon thread dies with the process
+            pass
+        self._thread = None
 
 
 def set_tags(run_id: str, tags: Mapping[str, Any]) -> None:

@@ -54,3 +54,28 @@ def test_the_mlflow_sink_of_the_tasks_layer_travels_to_workers_inside_their_conf
     sink = pickle.loads(pickle.dumps(MetricsSink("abc")))
     assert sink == MetricsSink("abc")
     assert settings_from({"total_steps": 3, "lr": 0.1, "metrics_sink": sink}).metrics_sink == sink
+
+
+def test_the_mlflow_sink_never_blocks_a_training_step_when_mlflow_is_down_and_flushes_at_the_end(monkeypatch):
+    import threading
+    import time
+
+    from tasks import tracking
+
+    gate, logged = threading.Event(), []
+
+    def slow_log(run_id, metrics, step=None):  # an MLflow outage: every call hangs until the gate opens
+        gate.wait(30)
+        logged.append((step, dict(metrics)))
+        return True
+
+    monkeypatch.setattr(tracking, "log_metrics", slow_log)
+    sink = tracking.MetricsSink("run-x", max_pending=5, flush_s=10)
+    t0 = time.perf_counter()
+    for step in range(1, 21):
+        sink({"loss": 1.0 / step}, step)
+    assert time.perf_counter() - t0 < 1.0  # 20 calls while MLflow hangs: none waited for it
+    assert sink.dropped >= 20 - 5 - 1  # the queue is bounded: the overflow is counted, not buffered forever
+    gate.set()
+    sink.close()
+    assert logged and logged[0][0] == 1 and len(logged) + sink.dropped == 20
