@@ -209,7 +209,12 @@ def run_cli(
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config field (value parsed as JSON, else a string)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="print full tracebacks on stderr (default: one error line; the traceback goes to "
+                             "<state>/logs/last-error.txt)")
     args = parser.parse_args(argv)
+    if args.debug:
+        os.environ["SPACTOR_TRACEBACKS"] = "1"
     try:
         config = build_config(config_cls, presets, args.preset, args.overrides)
     except ConfigError as err:
@@ -226,7 +231,7 @@ def run_cli(
         # user errors raised by our own checks (and a run already in progress): one line, no traceback wall
         saved = _save_traceback()
         print(f"error: {err or type(err).__name__}"
-              + (f"\n(traceback: {saved}; SPACTOR_TRACEBACKS=1 prints it)" if saved else ""), file=sys.stderr)
+              + (f"\n(traceback: {saved}; --debug prints it)" if saved else ""), file=sys.stderr)
         raise SystemExit(2)
     summary = getattr(result, "summary", None)
     if callable(summary):

@@ -194,14 +194,16 @@ class MetricsSink:
     thread that logs them, so an MLflow outage never stalls a training step. Picklable (it travels to the Ray
     workers inside their config; the thread starts on first use there).
 
-    The queue holds ``max_pending`` batches; when MLflow is down long enough to fill it, new batches are
-    dropped and counted (one warning each 100). :meth:`close` (the loop calls it at the end) waits up to
-    ``flush_s`` seconds for what is queued."""
+    The queue holds ``max_pending`` batches. A batch that MLflow refuses after the retries of
+    :func:`log_metrics`, or that does not fit in the queue, is appended to :attr:`unlogged_path` (JSON
+    lines) with a warning naming the file, so nothing is lost. :meth:`close` (the loop calls it at the end)
+    waits up to ``flush_s`` seconds for what is queued."""
 
     def __init__(self, run_id: str, *, max_pending: int = 1000, flush_s: float = 60.0):
         self.run_id, self.max_pending, self.flush_s = run_id, max_pending, flush_s
         self._q = self._thread = None
-        self.dropped = 0
+        self.dropped = 0  # batches that did not fit in the queue
+        self.kept = 0  # batches written to unlogged_path (did not fit, or MLflow refused them)
 
     def __getstate__(self):
         return {"run_id": self.run_id, "max_pending": self.max_pending, "flush_s": self.flush_s}
@@ -218,13 +220,29 @@ class MetricsSink:
     def __repr__(self):
         return f"MetricsSink({self.run_id!r})"
 
+    @property
+    def unlogged_path(self) -> Path:
+        """Where batches that MLflow did not take are kept (JSON lines: step, metrics), nothing is lost."""
+        return state_dir() / "unlogged-metrics" / f"{self.run_id}.jsonl"
+
+    def _keep(self, metrics: Mapping[str, float], step: int) -> None:
+        path = self.unlogged_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "metrics": {k: float(v) for k, v in _flatten(metrics).items()}}) + "\n")
+        self.kept += 1
+        if self.kept % 100 == 1:
+            log.warning("MLflow did not take %d metric batches of run %s; they are kept in %s",
+                        self.kept, self.run_id, path)
+
     def _drain(self) -> None:
         while True:
             item = self._q.get()
             try:
                 if item is None:
                     return
-                log_metrics(self.run_id, item[0], step=item[1])
+                if not log_metrics(self.run_id, item[0], step=item[1]):
+                    self._keep(*item)
             finally:
                 self._q.task_done()
 
@@ -238,11 +256,9 @@ class MetricsSink:
             self._thread.start()
         try:
             self._q.put_nowait((dict(metrics), step))
-        except queue.Full:
+        except queue.Full:  # MLflow is far behind: keep the batch on disk instead of waiting for it
             self.dropped += 1
-            if self.dropped % 100 == 1:
-                log.warning("MLflow is not keeping up: %d metric batches of run %s dropped so far", self.dropped,
-                            self.run_id)
+            self._keep(metrics, step)
 
     def close(self) -> None:
         """Log what is still queued (waiting at most ``flush_s`` seconds), then stop the thread."""

@@ -1,6 +1,7 @@
 """The loop reports its metrics to the sink it is given (rank 0), and needs none."""
 
 import pickle
+import uuid
 from pathlib import Path
 
 import torch
@@ -70,12 +71,30 @@ def test_the_mlflow_sink_never_blocks_a_training_step_when_mlflow_is_down_and_fl
         return True
 
     monkeypatch.setattr(tracking, "log_metrics", slow_log)
-    sink = tracking.MetricsSink("run-x", max_pending=5, flush_s=10)
+    sink = tracking.MetricsSink(f"run-x-{uuid.uuid4().hex}", max_pending=5, flush_s=10)
     t0 = time.perf_counter()
     for step in range(1, 21):
         sink({"loss": 1.0 / step}, step)
     assert time.perf_counter() - t0 < 1.0  # 20 calls while MLflow hangs: none waited for it
-    assert sink.dropped >= 20 - 5 - 1  # the queue is bounded: the overflow is counted, not buffered forever
+    assert sink.dropped >= 20 - 5 - 1  # the queue is bounded: the overflow goes to disk, not to memory
     gate.set()
     sink.close()
-    assert logged and logged[0][0] == 1 and len(logged) + sink.dropped == 20
+    import json
+
+    kept = [json.loads(line) for line in sink.unlogged_path.read_text().splitlines()]
+    assert logged and logged[0][0] == 1
+    assert sorted([s for s, _ in logged] + [k["step"] for k in kept]) == list(range(1, 21))  # nothing lost
+
+
+def test_batches_mlflow_refuses_are_kept_on_disk_with_their_steps(monkeypatch):
+    import json
+
+    from tasks import tracking
+
+    monkeypatch.setattr(tracking, "log_metrics", lambda run_id, metrics, step=None: False)  # MLflow down
+    sink = tracking.MetricsSink(f"run-down-{uuid.uuid4().hex}", flush_s=10)
+    for step in (1, 2, 3):
+        sink({"loss": float(step)}, step)
+    sink.close()
+    kept = [json.loads(line) for line in sink.unlogged_path.read_text().splitlines()]
+    assert [(k["step"], k["metrics"]["loss"]) for k in kept] == [(1, 1.0), (2, 2.0), (3, 3.0)]
