@@ -455,12 +455,26 @@ def resolve_model(ref: str | Path, dst_root: str | Path | None = None) -> Path:
         if expected_sha and folder_sha256(local) != expected_sha:
             raise ValueError(f"model {ref}: sha256 of the downloaded files does not match its registry tag")
         Path(local, ".complete").touch()
-        if dst.exists():
+        try:
+            os.replace(local, dst)  # an empty or missing dst is replaced atomically
+        except OSError:  # dst is there and not empty: a concurrent download won, or a half one was left
             import shutil
 
-            shutil.rmtree(dst)
-        os.replace(local, dst)
+            if (dst / ".complete").exists():  # never delete a complete copy another process may be reading
+                shutil.rmtree(tmp, ignore_errors=True)
+                return dst
+            aside = Path(tempfile.mkdtemp(dir=dst_root, prefix=".stale-"))
+            os.replace(dst, aside / "old")
+            os.replace(local, dst)
+            shutil.rmtree(aside, ignore_errors=True)
+        _rmtree_quiet(tmp)
     return dst
+
+
+def _rmtree_quiet(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def search_runs(experiment: str, filter_string: str = "", max_results: int = 1000):

@@ -26,3 +26,34 @@ def test_the_lock_dies_with_a_killed_process(tmp_path):
     assert p.returncode == -9, p.stderr
     with run_lock(tmp_path / "run"):  # nothing left behind
         pass
+
+
+def test_the_model_cache_replaces_a_half_written_copy_reuses_a_complete_one_and_leaves_no_temporary_folders(
+        tmp_path, monkeypatch):
+    """The cache folder is swapped in by rename; a complete copy is never deleted (another process may read it)."""
+    import mlflow
+
+    from tasks import tracking
+
+    calls = []
+
+    def fake_download(source, dst_path):  # stands in for the artifact store: writes a model folder
+        import pathlib
+
+        out = pathlib.Path(dst_path) / "model"
+        out.mkdir()
+        (out / "config.json").write_text("{}")
+        calls.append(out)
+        return str(out)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", fake_download)
+    first = tracking.resolve_model("runs:/abc/model", dst_root=tmp_path)
+    marker = first / "in-use"
+    marker.write_text("a reader has this open")
+    (first / ".complete").unlink()  # as if the first copy were half-written: the next download replaces it
+    second = tracking.resolve_model("runs:/abc/model", dst_root=tmp_path)
+    assert second == first and not marker.exists() and (second / ".complete").exists()
+    (second / "in-use").write_text("a reader has this open")
+    assert tracking.resolve_model("runs:/abc/model", dst_root=tmp_path) == second and (second / "in-use").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [second.name]  # no tmp* or .stale-* folders left
+    assert len(calls) == 2
