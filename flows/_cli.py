@@ -229,9 +229,8 @@ def run_cli(
             result = flow_fn(config)
     except (ValueError, FileNotFoundError, ConnectionError, RunLockedError) as err:
         # user errors raised by our own checks (and a run already in progress): one line, no traceback wall
-        saved = _save_traceback()
-        print(f"error: {err or type(err).__name__}"
-              + (f"\n(traceback: {saved}; --debug prints it)" if saved else ""), file=sys.stderr)
+        _save_traceback()  # <state>/logs/last-error.txt; --debug prints it instead
+        print(f"error: {err or type(err).__name__}", file=sys.stderr)
         raise SystemExit(2)
     summary = getattr(result, "summary", None)
     if callable(summary):
