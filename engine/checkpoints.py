@@ -1,6 +1,6 @@
 """Training checkpoints: safetensors weights, weights-only optimizer state, JSON trainer state, checksums.
 
-A checkpoint is a folder ``step-XXXXXXXX`` written as a temporary folder and renamed into place, with
+A checkpoint is a folder ``step-<step, 8 digits>`` written as a temporary folder and renamed into place, with
 ``checksums.json`` (sha256 of every file) beside the files. :func:`latest_valid` walks the checkpoints
 newest first and returns the first whose checksums match, warning about each corrupted one it skips, so
 a checkpoint cut in half makes training fall back to the previous good one. Nothing is unpickled:
@@ -124,25 +124,24 @@ def publish(tmp: Path, final: Path) -> Path:
     is kept and ``tmp`` is discarded; an invalid one is moved aside first, never deleted in place."""
     (tmp / CHECKSUMS).write_text(json.dumps(_checksums(tmp), indent=2))
     _fsync_tree(tmp)
-    if final.exists():
-        if verify(final) is None:
-            shutil.rmtree(tmp, ignore_errors=True)
-            return final
-        aside = Path(tempfile.mkdtemp(prefix=_tmp_prefix("invalid"), dir=final.parent))
+    for _ in range(10):  # another writer may be publishing or pruning the same folder at this moment
+        if final.exists():
+            if verify(final) is None:
+                shutil.rmtree(tmp, ignore_errors=True)
+                return final
+            aside = Path(tempfile.mkdtemp(prefix=_tmp_prefix("invalid"), dir=final.parent))
+            try:
+                os.replace(final, aside / final.name)
+            except FileNotFoundError:
+                pass  # another writer moved or removed it first
+            shutil.rmtree(aside, ignore_errors=True)
         try:
-            os.replace(final, aside / final.name)
-        except FileNotFoundError:
-            pass  # another writer moved it first
-        shutil.rmtree(aside, ignore_errors=True)
-    try:
-        os.replace(tmp, final)
-    except OSError:  # a concurrent writer published first (non-empty target)
-        if final.exists() and verify(final) is None:
-            shutil.rmtree(tmp, ignore_errors=True)
-            return final
-        raise
-    _fsync(final.parent)
-    return final
+            os.replace(tmp, final)
+        except OSError:  # a concurrent writer put a folder there first (non-empty target): look again
+            continue
+        _fsync(final.parent)
+        return final
+    raise OSError(f"could not publish {final}: another writer kept replacing it")
 
 
 def save(root: str | Path, step: int, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
