@@ -17,25 +17,20 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from tqdm.auto import tqdm
 
 from models.corpus import SPLITS, assign_split, clean_document, pack_sequences, split_long_line, text_hash
 from tasks import sources
 from tasks.env import state_dir
-from tasks.orchestration import retry_transient
+from tasks.orchestration import retry_transient, run_logger
 
 COMPLETE = "_COMPLETE"
 
 
 def _logger():
-    try:
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - called outside a Prefect run (benchmarks, tests)
-        import logging
-
-        return logging.getLogger("corpus_prep")
+    return run_logger("corpus_prep")
 
 
 def source_fingerprint(cfg: dict[str, Any]) -> str:

@@ -6,6 +6,16 @@ import logging
 
 log = logging.getLogger(__name__)
 
+def run_logger(fallback: str):
+    """Prefect's run logger inside a flow or task run, else the standard logger ``fallback`` (tests, scripts)."""
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # noqa: BLE001 - outside a Prefect run
+        return logging.getLogger(fallback)
+
+
 #: errors that a rerun cannot fix (bad input, a missing file or model, a refused config): never retried
 DETERMINISTIC_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                         PermissionError)

@@ -22,7 +22,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import logging
 import os
 import socket
 import time
@@ -32,6 +31,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from engine import checkpoints
 from tasks import tracking
+from tasks.orchestration import run_logger
 from tasks.env import state_dir
 
 #: the engine module whose import closure (project code) a training kind depends on
@@ -104,15 +104,6 @@ class TrainedRun:
         return self.final / "model"
 
 
-def _logger():
-    try:
-        from prefect import get_run_logger
-
-        return get_run_logger()
-    except Exception:  # noqa: BLE001 - outside a flow (tests, scripts)
-        return logging.getLogger(__name__)
-
-
 @contextlib.contextmanager
 def resumable_run(kind: str, cfg: dict[str, Any], inputs: Mapping[str, str], *, worker: Callable[[dict], Any],
                   experiment: str, run_name: str, tags: Mapping[str, Any], parent_run_id: str | None = None,
@@ -121,17 +112,17 @@ def resumable_run(kind: str, cfg: dict[str, Any], inputs: Mapping[str, str], *, 
 
     ``inputs`` are the paths the worker reads (they are part of the key, in order); ``describe`` names the
     work in the log line ("fine-tuning X on Y")."""
-    logger = _logger()
+    logger = run_logger(__name__)
     key = run_key(kind, cfg, *inputs.values())
     root = Path(cfg.get("output_root") or state_dir() / "runs") / key
     final = root / "checkpoints" / "final"
     tags = {**tags, "run_key": key}
     with run_lock(root):
-        yield from _locked_run(kind, cfg, inputs, key, root, final, tags, worker=worker, experiment=experiment,
+        yield from _locked_run(cfg, inputs, key, root, final, tags, worker=worker, experiment=experiment,
                                run_name=run_name, parent_run_id=parent_run_id, describe=describe, logger=logger)
 
 
-def _locked_run(kind, cfg, inputs, key, root, final, tags, *, worker, experiment, run_name, parent_run_id, describe,
+def _locked_run(cfg, inputs, key, root, final, tags, *, worker, experiment, run_name, parent_run_id, describe,
                 logger) -> Iterator[TrainedRun]:
     from tasks.ray_train import fit
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -458,8 +459,6 @@ def resolve_model(ref: str | Path, dst_root: str | Path | None = None) -> Path:
         try:
             os.replace(local, dst)  # an empty or missing dst is replaced atomically
         except OSError:  # dst is there and not empty: a concurrent download won, or a half one was left
-            import shutil
-
             if (dst / ".complete").exists():  # never delete a complete copy another process may be reading
                 shutil.rmtree(tmp, ignore_errors=True)
                 return dst
@@ -467,14 +466,8 @@ def resolve_model(ref: str | Path, dst_root: str | Path | None = None) -> Path:
             os.replace(dst, aside / "old")
             os.replace(local, dst)
             shutil.rmtree(aside, ignore_errors=True)
-        _rmtree_quiet(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
     return dst
-
-
-def _rmtree_quiet(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def search_runs(experiment: str, filter_string: str = "", max_results: int = 1000):
