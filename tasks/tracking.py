@@ -186,8 +186,14 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = No
 
     ts = int(time.time() * 1000)
     batch = [Metric(k, float(v), ts, step or 0) for k, v in _flatten(metrics).items() if v is not None]
-    ok = _retry(MlflowClient().log_batch, run_id, metrics=batch, what=f"log metrics at step {step}")
-    return ok is not None or not batch
+    if not batch:
+        return True
+
+    def send() -> bool:  # MlflowClient.log_batch returns None when it succeeds (synchronous logging)
+        MlflowClient().log_batch(run_id, metrics=batch)
+        return True
+
+    return _retry(send, what=f"log metrics at step {step}") is True
 
 
 class MetricsSink:

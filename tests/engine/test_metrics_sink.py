@@ -98,3 +98,19 @@ def test_batches_mlflow_refuses_are_kept_on_disk_with_their_steps(monkeypatch):
     sink.close()
     kept = [json.loads(line) for line in sink.unlogged_path.read_text().splitlines()]
     assert [(k["step"], k["metrics"]["loss"]) for k in kept] == [(1, 1.0), (2, 2.0), (3, 3.0)]
+
+
+def test_batches_the_real_mlflow_store_takes_are_logged_once_and_not_kept_on_disk():
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+
+    with tracking.start_run("sink-test", "sink") as run_id:
+        assert tracking.log_metrics(run_id, {"loss": 2.0}, step=1) is True
+        sink = tracking.MetricsSink(run_id, flush_s=30)
+        for step in (2, 3):
+            sink({"loss": float(step)}, step)
+        sink.close()
+    history = MlflowClient().get_metric_history(run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(1, 2.0), (2, 2.0), (3, 3.0)]
+    assert sink.kept == 0 and not sink.unlogged_path.exists()
