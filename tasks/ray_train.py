@@ -50,8 +50,23 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     tmp = state_dir() / "ray"
     # Unix socket paths are limited to 107 bytes: a deep project folder falls back to Ray's default
     temp_dir = str(tmp) if len(str(tmp)) < 48 else None
+    runtime_env["worker_process_setup_hook"] = "tasks.ray_train.quiet_state_api_warnings"
     ray.init(include_dashboard=False, num_cpus=num_cpus or os.cpu_count(), runtime_env=runtime_env,
              _temp_dir=temp_dir, _node_ip_address="127.0.0.1", configure_logging=True, log_to_driver=True)
+
+
+#: Ray Train's placement-group cleaner asks the state API (served by the dashboard) every second whether the
+#: controller is alive. The local cluster runs without a dashboard, so each query fails and logs a warning:
+#: about 500 lines in a `make run`. A local cluster dies with the driver, so nothing is left to clean.
+QUIETED_LOGGERS = ("ray.train.v2._internal.execution.controller.placement_group_cleaner",)
+
+
+def quiet_state_api_warnings() -> None:
+    """Runs in every worker process of the local cluster (Ray's ``worker_process_setup_hook``)."""
+    import logging
+
+    for name in QUIETED_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def fit(worker_fn: Callable[[dict], None], config: dict[str, Any], *, name: str, storage_path: str | Path,

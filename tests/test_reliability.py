@@ -231,6 +231,27 @@ def test_local_ray_and_a_training_worker_listen_only_on_loopback(tmp_path):
     assert [x for x in seen if not loopback(x[0])] == []
 
 
+def test_local_ray_workers_and_detached_actors_do_not_log_the_dashboardless_state_api_warning():
+    import logging
+
+    import ray
+
+    from tasks.ray_train import QUIETED_LOGGERS, ensure_ray
+
+    ensure_ray()
+
+    @ray.remote(num_cpus=0)
+    class Probe:  # Ray Train's placement-group cleaner is a detached actor like this one
+        def levels(self):
+            return [logging.getLogger(name).getEffectiveLevel() for name in QUIETED_LOGGERS]
+
+    probe = Probe.options(lifetime="detached").remote()
+    try:
+        assert ray.get(probe.levels.remote(), timeout=120) == [logging.ERROR] * len(QUIETED_LOGGERS)
+    finally:
+        ray.kill(probe)
+
+
 @pytest.mark.reliability
 @pytest.mark.parametrize("args, says", [
     (["flows.finetune", "--set", "model=models:/nope/1"], "is not in the model registry"),
