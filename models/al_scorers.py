@@ -13,12 +13,20 @@ so they rank single characters identically; they differ once aggregated over a s
 
 Sentence score, for a text of n characters with probabilities p_0 .. p_{n-1}::
 
-    u_i   = uncertainty(p_i) over the decision positions i = 1 .. n-1
-            (position 0 always starts a word: it is no decision and is left out)
-    A     = mean(u) | max(u) | sum(u)                      (``aggregate``; 0 when n <= 1)
+    D     = the decision positions: i in 1 .. n-1 where decision_mask[i] is True
+            (decision_mask=None: every i in 1 .. n-1; position 0 always starts a word, so it is
+            never a decision, whatever the mask says)
+    u_i   = uncertainty(p_i) for i in D
+    A     = mean(u) | max(u) | sum(u)                      (``aggregate``; 0 when D is empty)
     score = A                                              (default)
-          = A / (n - 1)  if length_normalize               (per decision position)
+          = A / |D|      if length_normalize               (per decision position)
           = A / n        if cost_aware                     (per character the annotator reads)
+
+Why the mask matters: a segmenter with orthographic rules fixes P(boundary) = 0 where a word cannot
+start (before a following vowel or a tone mark, after a leading vowel). Those positions have zero
+uncertainty, so averaging over them ranks a sentence rich in vowels and tone marks lower at equal
+real uncertainty: ``[1, .5, .5]`` scores 1.0, ``[1, .5, 0, 0, .5]`` only 0.5. With the model's
+decision mask both score 1.0.
 
 ``cost_aware`` with ``aggregate="sum"`` is "total uncertainty per annotated character": the
 annotation cost of a sentence is its length in characters, and ranking by value / cost spends a
@@ -26,9 +34,9 @@ character budget best (Settles et al. 2008, "Active learning with real annotatio
 ``length_normalize`` with ``"sum"`` equals ``"mean"``; with ``"max"`` it favours short sentences.
 The two divisions are alternatives: asking for both raises ``ValueError``.
 
-``rank`` scores texts with any model that has ``boundary_probs(texts) -> list[np.ndarray]``
-(``models.thai_segmenter.ThaiSegmenter``) and returns indices best first, ties broken by the
-lower index.
+``rank`` scores texts with any model that has ``boundary_probs(texts) -> list[np.ndarray]`` and
+``decision_masks(texts) -> list[np.ndarray]`` (``models.thai_segmenter.ThaiSegmenter``) and returns
+indices best first, ties broken by the lower index. ``sentence_scores`` gives the scores themselves.
 
 Run the tests: ``python -m pytest tests/models/test_al_scorers.py -q``.
 """
@@ -40,14 +48,18 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["METHODS", "AGGREGATES", "char_uncertainty", "sentence_score", "rank", "BoundaryModel"]
+__all__ = ["METHODS", "AGGREGATES", "char_uncertainty", "sentence_score", "sentence_scores", "rank", "BoundaryModel"]
 
 METHODS = ("entropy", "margin", "least_confidence")
 AGGREGATES = ("mean", "max", "sum")
 
 
 class BoundaryModel(Protocol):
-    def boundary_probs(self, texts: list[str]) -> list[np.ndarray]: ...
+    def boundary_probs(self, texts: list[str]) -> list[np.ndarray]:
+        """Per text, P(a word starts at character i), one float per character."""
+
+    def decision_masks(self, texts: list[str]) -> list[np.ndarray]:
+        """Per text, a bool array as long as the text: True where the model really decides."""
 
 
 def char_uncertainty(probs, method: str = "entropy") -> np.ndarray:
@@ -73,9 +85,28 @@ def char_uncertainty(probs, method: str = "entropy") -> np.ndarray:
     return 1.0 - np.maximum(p, 1.0 - p)
 
 
+def _mask(decision_mask, n: int) -> np.ndarray:
+    """The decision positions 1 .. n-1 as a bool array of length n (position 0 is never one)."""
+    if decision_mask is None:
+        m = np.ones(n, dtype=bool)
+    else:
+        m = np.asarray(decision_mask)
+        if m.shape != (n,):
+            raise ValueError(f"decision_mask must have one entry per character ({n}), got shape {m.shape}")
+        if m.dtype != bool:
+            if m.size and not (np.issubdtype(m.dtype, np.integer) and np.isin(m, (0, 1)).all()):
+                raise ValueError(f"decision_mask must be boolean (True where the model decides), got {m.dtype}")
+            m = m.astype(bool)
+        m = m.copy()
+    if n:
+        m[0] = False
+    return m
+
+
 def sentence_score(
     probs,
     *,
+    decision_mask=None,
     method: str = "entropy",
     aggregate: str = "mean",
     length_normalize: bool = False,
@@ -84,7 +115,9 @@ def sentence_score(
     """Acquisition score of one sentence from its per-character boundary probabilities.
 
     ``probs`` has one entry per character (``ThaiSegmenter.boundary_probs`` output); entry 0 is
-    ignored. Higher = more worth annotating. See the module docstring for the exact definition.
+    ignored. ``decision_mask`` (bool, as long as ``probs``) keeps only the positions where the model
+    really decides (``ThaiSegmenter.decision_masks``); None means every position 1 .. n-1. Higher =
+    more worth annotating. See the module docstring for the exact definition.
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"unknown aggregate {aggregate!r}; choose one of {AGGREGATES}")
@@ -97,7 +130,7 @@ def sentence_score(
     if p.ndim != 1:
         raise ValueError(f"probs must be 1-D (one value per character), got shape {p.shape}")
     n = p.shape[0]
-    u = char_uncertainty(p[1:], method)
+    u = char_uncertainty(p[_mask(decision_mask, n)], method)
     if u.size == 0:
         return 0.0
     if aggregate == "mean":
@@ -107,10 +140,37 @@ def sentence_score(
     else:
         score = float(u.sum())
     if length_normalize:
-        score /= n - 1
+        score /= u.size
     elif cost_aware:
         score /= n
     return score
+
+
+def sentence_scores(
+    texts: Sequence[str],
+    model: BoundaryModel,
+    *,
+    method: str = "entropy",
+    aggregate: str = "mean",
+    length_normalize: bool = False,
+    cost_aware: bool = False,
+) -> np.ndarray:
+    """float64 (len(texts),): :func:`sentence_score` of each text over the model's own decision positions.
+
+    A model without ``decision_masks`` is scored over every position 1 .. n-1."""
+    texts = list(texts)
+    if not texts:
+        return np.zeros(0, dtype=np.float64)
+    probs = model.boundary_probs(texts)
+    if len(probs) != len(texts):
+        raise ValueError(f"model returned {len(probs)} probability arrays for {len(texts)} texts")
+    masks_of = getattr(model, "decision_masks", None)
+    masks = masks_of(texts) if masks_of is not None else [None] * len(texts)
+    if len(masks) != len(texts):
+        raise ValueError(f"model returned {len(masks)} decision masks for {len(texts)} texts")
+    return np.array([sentence_score(p, decision_mask=m, method=method, aggregate=aggregate,
+                                    length_normalize=length_normalize, cost_aware=cost_aware)
+                     for p, m in zip(probs, masks)], dtype=np.float64)
 
 
 def rank(
@@ -122,18 +182,10 @@ def rank(
     length_normalize: bool = False,
     cost_aware: bool = False,
 ) -> list[int]:
-    """Indices of ``texts``, most informative first; equal scores keep the lower index first."""
-    texts = list(texts)
-    probs = model.boundary_probs(texts)
-    if len(probs) != len(texts):
-        raise ValueError(f"model returned {len(probs)} probability arrays for {len(texts)} texts")
-    scores = np.array(
-        [
-            sentence_score(p, method=method, aggregate=aggregate,
-                           length_normalize=length_normalize, cost_aware=cost_aware)
-            for p in probs
-        ],
-        dtype=np.float64,
-    )
+    """Indices of ``texts``, most informative first; equal scores keep the lower index first.
+
+    Scores use the model's decision masks (:func:`sentence_scores`)."""
+    scores = sentence_scores(texts, model, method=method, aggregate=aggregate,
+                             length_normalize=length_normalize, cost_aware=cost_aware)
     # lexsort sorts by the last key first: descending score, then ascending index.
-    return np.lexsort((np.arange(len(texts)), -scores)).tolist()
+    return np.lexsort((np.arange(len(scores)), -scores)).tolist()

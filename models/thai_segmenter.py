@@ -545,6 +545,17 @@ class ThaiSegmenter(nn.Module):
         finally:
             self.train(was_training)
 
+    def decision_masks(self, texts: list[str]) -> list[np.ndarray]:
+        """Per text, bool (len(text),): True where the model decides a boundary.
+
+        False at index 0 (a text always starts with a word) and, with ``orthographic_constraints``,
+        where a word cannot start; ``boundary_probs`` fixes those positions at 1.0 and 0.0. The same
+        mask selects the positions the training loss sees, and ``models.al_scorers`` scores a
+        sentence over them only."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a list of str; for one text use [text]")
+        return [self._decision_mask(t) for t in texts]
+
     def _predict_batch(self, texts: list[str], indices: list[int], out: list) -> None:
         chars, classes, lengths = self._pad([self._encode(t) for t in texts])
         probs = torch.sigmoid(self(chars, classes, lengths).float()).cpu().numpy()  # (B, T)

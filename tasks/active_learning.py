@@ -24,7 +24,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NONE
 
-from models.al_scorers import sentence_score
+from models.al_scorers import sentence_scores
 from models.curves import first_reach
 from models.thai_segmenter import SegmenterConfig, ThaiSegmenter, boundary_prf, word_f1
 from tasks import tracking
@@ -97,14 +97,12 @@ def select_batch(arm: str, model: ThaiSegmenter, unlabelled: Sequence[PoolItem],
     else:
         idx = (np.arange(len(unlabelled)) if not candidates or candidates >= len(unlabelled)
                else np.sort(rng.choice(len(unlabelled), size=candidates, replace=False)))
-        probs = model.boundary_probs([unlabelled[i].text for i in idx])
-        scores = np.array([sentence_score(p, **scorer) for p in probs])
+        scores = sentence_scores([unlabelled[i].text for i in idx], model, **scorer)
         order = idx[np.lexsort((np.arange(len(idx)), -scores))]
         batch = [unlabelled[i] for i in _take(order, unlabelled, batch_size, batch_chars)]
         stats["candidates_score_mean"] = float(scores.mean()) if scores.size else 0.0
         stats["candidates"] = float(len(idx))
-    probs = model.boundary_probs([it.text for it in batch])
-    s = np.array([sentence_score(p, **scorer) for p in probs]) if batch else np.zeros(1)
+    s = sentence_scores([it.text for it in batch], model, **scorer) if batch else np.zeros(1)
     stats.update(sel_score_mean=float(s.mean()), sel_score_min=float(s.min()), sel_score_max=float(s.max()),
                  sel_score_std=float(s.std()), select_seconds=time.perf_counter() - t0)
     return batch, stats

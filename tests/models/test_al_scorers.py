@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.al_scorers import AGGREGATES, METHODS, char_uncertainty, rank, sentence_score
+from models.al_scorers import AGGREGATES, METHODS, char_uncertainty, rank, sentence_score, sentence_scores
 
 GRID = np.linspace(0.0, 1.0, 1001)
 
@@ -153,3 +153,71 @@ def test_rank_rejects_a_model_that_drops_texts():
 
     with pytest.raises(ValueError, match="probability arrays"):
         rank(["a"], Broken())
+
+
+# -- decision masks: only the positions where the model really decides count -----------------------
+
+def test_equal_uncertainty_scores_equal_whatever_the_forced_positions_with_the_decision_mask():
+    plain, forced = [1.0, 0.5, 0.5], [1.0, 0.5, 0.0, 0.0, 0.5]
+    forced_mask = np.array([False, True, False, False, True])
+    assert sentence_score(forced) == pytest.approx(0.5)  # without the mask the forced zeros dilute the mean
+    for aggregate in AGGREGATES:
+        for method in METHODS:
+            assert sentence_score(forced, decision_mask=forced_mask, method=method, aggregate=aggregate) == \
+                pytest.approx(sentence_score(plain, method=method, aggregate=aggregate))
+    assert sentence_score(forced, decision_mask=forced_mask, aggregate="sum", length_normalize=True) == \
+        pytest.approx(1.0)  # per decision position: 2 decisions, not 4
+    assert sentence_score(forced, decision_mask=forced_mask, aggregate="sum", cost_aware=True) == \
+        pytest.approx(2.0 / 5)  # per character the annotator reads: all 5
+
+
+def test_no_mask_means_every_position_after_the_first_and_position_0_is_never_a_decision():
+    probs = np.array([1.0, 0.3, 0.9, 0.5])
+    assert sentence_score(probs, decision_mask=None) == sentence_score(probs)
+    assert sentence_score(probs, decision_mask=np.ones(4, dtype=bool)) == pytest.approx(sentence_score(probs))
+    assert sentence_score([0.5, 1.0], decision_mask=[True, False]) == 0.0  # only position 0 left: no decision
+
+
+def test_a_mask_with_no_decision_scores_zero_for_every_aggregate():
+    for aggregate in AGGREGATES:
+        assert sentence_score([1.0, 0.5, 0.5], decision_mask=np.zeros(3, dtype=bool), aggregate=aggregate) == 0.0
+        assert sentence_score([1.0, 0.5], decision_mask=[False, False], aggregate=aggregate,
+                              length_normalize=True) == 0.0
+
+
+def test_a_mask_of_the_wrong_length_or_kind_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="one entry per character"):
+        sentence_score([1.0, 0.5, 0.5], decision_mask=[False, True])
+    with pytest.raises(ValueError, match="boolean"):
+        sentence_score([1.0, 0.5, 0.5], decision_mask=[0.0, 0.5, 1.0])
+    assert sentence_score([1.0, 0.5, 0.0], decision_mask=[0, 1, 0]) == pytest.approx(1.0)  # 0/1 ints are bools
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.0, 1.0), st.booleans()), min_size=1, max_size=40))
+def test_masked_positions_never_change_the_score(rows):
+    probs = np.array([p for p, _ in rows])
+    mask = np.array([m for _, m in rows])
+    other = np.where(mask, probs, 1.0 - probs)  # change only the positions the mask leaves out
+    for aggregate in AGGREGATES:
+        assert sentence_score(probs, decision_mask=mask, aggregate=aggregate) == pytest.approx(
+            sentence_score(other, decision_mask=mask, aggregate=aggregate))
+
+
+class _MaskedTableModel(_TableModel):
+    def __init__(self, table, masks):
+        super().__init__(table)
+        self.masks = masks
+
+    def decision_masks(self, texts):
+        return [np.asarray(self.masks[t], dtype=bool) for t in texts]
+
+
+def test_rank_takes_the_decision_masks_from_the_model():
+    table = {"vowels": [1.0, 0.45, 0.0, 0.0, 0.45], "plain": [1.0, 0.4, 0.4]}
+    masks = {"vowels": [False, True, False, False, True], "plain": [False, True, True]}
+    texts = ["plain", "vowels"]
+    assert rank(texts, _TableModel(table)) == [0, 1]  # unmasked: the forced zeros sink the vowel-rich text
+    assert rank(texts, _MaskedTableModel(table, masks)) == [1, 0]  # masked: p = 0.45 is the more uncertain
+    assert sentence_scores(texts, _MaskedTableModel(table, masks)).tolist() == pytest.approx(
+        [sentence_score(table["plain"]), sentence_score([1.0, 0.45, 0.45])])

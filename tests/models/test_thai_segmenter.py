@@ -229,3 +229,18 @@ def test_cnn_trained_briefly_on_orchid_beats_trivial_baselines_on_unseen_documen
     assert f1 > 0.8
     assert f1 > boundary_prf(gold, every_char)[2] + 0.3
     assert f1 > boundary_prf(gold, no_boundary)[2] + 0.8
+
+
+def test_decision_masks_are_false_exactly_where_boundary_probs_are_forced(toy_model):
+    texts = ["เขาไปโรงเรียน", "ก่อนที่จะกิน", "abc 123", "", "ไ"]
+    masks = toy_model.decision_masks(texts)
+    for text, mask, probs in zip(texts, masks, toy_model.boundary_probs(texts)):
+        assert mask.shape == (len(text),) and mask.dtype == bool
+        if text:
+            assert not mask[0]
+            forced = ~mask
+            forced[0] = False
+            assert np.all(probs[forced] == 0.0)  # the orthographic rules fix these at 0
+    assert not masks[1][1] and not masks[1][5]  # a tone mark (่) or a following vowel (ี) never starts a word
+    with pytest.raises(ValueError, match="list of str"):
+        toy_model.decision_masks("เขาไป")
