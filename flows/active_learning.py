@@ -21,7 +21,6 @@ continues a stopped or failed run from the last finished round, into the same ML
 from __future__ import annotations
 
 import contextlib
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,55 +242,6 @@ class ActiveLearningResult:
         return "\n".join(lines)
 
 
-def _environment(cfg: ActiveLearningConfig, round_no: int) -> dict[str, Any]:
-    """Annotator guideline/noise and segmenter config in force at ``round_no`` (schedule applied in order)."""
-    env = {"guideline": cfg.annotator.guideline, "noise_rate": cfg.annotator.noise_rate,
-           "segmenter": dict(cfg.segmenter)}
-    for ev in sorted(cfg.schedule, key=lambda e: e.round):
-        if ev.round > round_no:
-            break
-        if isinstance(ev, GuidelineChange):
-            env["guideline"] = ev.guideline
-        elif isinstance(ev, AnnotatorChange):
-            env["noise_rate"] = ev.noise_rate
-        elif isinstance(ev, ModelChange):
-            env["segmenter"].update(ev.segmenter)
-    return env
-
-
-def _pool_at(cfg, initial, round_no: int, cache: dict):
-    """The initial pool plus every pool change up to ``round_no`` (deterministic, so resumable)."""
-    from tasks.active_learning import rng_for
-    from tasks.thai_data import load_segmented_files, load_text_pool, load_wiki_titles
-
-    pool, seen = list(initial), {it.id for it in initial}
-    for i, ev in enumerate(cfg.schedule):
-        if isinstance(ev, PoolChange) and ev.round <= round_no:
-            if i not in cache:
-                if ev.source == "wiki_titles":
-                    cache[i] = load_wiki_titles(ev.max_items, rng=rng_for(cfg.seed, ev.round, "pool"))
-                elif ev.source == "text":
-                    cache[i] = load_text_pool(ev.paths)[: ev.max_items]
-                else:
-                    cache[i] = load_segmented_files(ev.paths)[: ev.max_items]
-            pool += [it for it in cache[i] if it.id not in seen]
-            seen.update(it.id for it in cache[i])
-    return pool
-
-
-def _describe(ev, before: dict[str, Any]) -> str:
-    if isinstance(ev, GuidelineChange):
-        return f"guideline {before['guideline']} -> {ev.guideline}"
-    if isinstance(ev, AnnotatorChange):
-        return f"annotator noise_rate {before['noise_rate']} -> {ev.noise_rate}"
-    if isinstance(ev, ModelChange):
-        from models.thai_segmenter import SegmenterConfig
-
-        old = SegmenterConfig(**before["segmenter"])
-        return "segmenter " + ", ".join(f"{k}: {getattr(old, k)} -> {v}" for k, v in ev.segmenter.items())
-    return f"pool + {ev.max_items} items from {ev.source}" + (f" {ev.paths}" if ev.paths else "")
-
-
 def _annotator(cfg: ActiveLearningConfig, env: dict[str, Any], run_dir: Path):
     from tasks.annotators import HumanAnnotator, SimulatedAnnotator
 
@@ -374,6 +324,21 @@ def _open_run(cfg: ActiveLearningConfig) -> tuple[Path, dict[str, Any]]:
     return run_dir, {"config": cfg.model_dump(mode="json"), "round_done": -1, "events": []}
 
 
+@dataclass
+class _Run:
+    """What every round of one run reads and writes."""
+
+    cfg: ActiveLearningConfig
+    run_dir: Path
+    state: dict[str, Any]
+    runs: dict[str, str]  # MLflow run ids: parent, random, ranked
+    initial: list  # the initial pool (PoolItem)
+    test: list
+    reference: dict[str, Any]  # newmm on the test set, and the newmm-guideline gold
+    schedule: Any  # tasks.active_learning.Schedule
+    log: Any
+
+
 @flow(name="active-learning")
 def active_learning(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
                     config: Optional[ActiveLearningConfig] = None,
@@ -386,124 +351,162 @@ def active_learning(preset: str = "tiny", overrides: Optional[dict[str, Any]] = 
     from tasks.thai_data import load_experiment
 
     cfg = config or build_config(ActiveLearningConfig, PRESETS, preset, overrides)
-    log = get_run_logger()
     torch.set_num_threads(cfg.torch_threads)
     run_dir, state = _open_run(cfg)
     d = cfg.data
     initial, test = load_experiment(d.source, d.paths, test_fraction=d.test_fraction, split_seed=d.split_seed,
                                     max_pool=d.max_pool, max_test=d.max_test, min_chars=d.min_chars)
     reference = al.newmm_reference(test, run_dir / "newmm_test.json")
-    with_guideline = any(isinstance(e, GuidelineChange) for e in cfg.schedule) or cfg.annotator.guideline != "orchid"
-    scorer, pool_cache = cfg.scorer.model_dump(), {}
+    schedule = al.Schedule(cfg.schedule, seed=cfg.seed, guideline=cfg.annotator.guideline,
+                           noise_rate=cfg.annotator.noise_rate, segmenter=cfg.segmenter)
+    log = get_run_logger()
     log.info("pool %d sentences, test %d sentences; newmm on test: word F1 %.4f, boundary F1 %.4f",
              len(initial), len(test), reference["scores"]["newmm_test_f1"], reference["scores"]["newmm_test_boundary_f1"])
 
     with _mlflow_runs(cfg, state, run_dir, parent_run_id) as runs:
+        run = _Run(cfg, run_dir, state, runs, initial, test, reference, schedule, log)
         tracking.log_metrics(runs["parent"], reference["scores"])
         start, state["stopped"] = state["round_done"] + 1, False
         arms = al.restore_arms(state) if start > 0 else {}
         if start > 0:
-            state["events"].append({"round": start, "kind": "resumed", "detail": f"resumed at round {start}",
-                                    "time": time.time()})
-            al.log_event(list(runs.values()), state["events"][-1], state["events"])
+            _record(run, {"round": start, "kind": "resumed", "detail": f"resumed at round {start}", "time": time.time()})
         for r in range(start, cfg.rounds + 1):
-            env = _environment(cfg, r)
-            annotator = _annotator(cfg, env, run_dir)
-            before = _environment(cfg, r - 1)
-            for ev in (e for e in cfg.schedule if e.round == r):
-                event = {"round": r, "kind": ev.kind, "detail": _describe(ev, before), "time": time.time()}
-                state["events"].append(event)
-                al.log_event(list(runs.values()), event, state["events"])
-                log.info("round %d: environment change: %s", r, event["detail"])
-            fresh = r == 0 or cfg.retrain == "scratch" or any(e.round == r and e.kind == "model" for e in cfg.schedule)
-            gold = reference["guideline_gold"] if with_guideline and env["guideline"] == "newmm" else None
-            if with_guideline and gold is None:
-                gold = [list(it.words) for it in test]
-
-            # 1. selection (the seed round: one shared random seed set)
-            pool = _pool_at(cfg, initial, r, pool_cache)
-            if r == 0:
-                pick = al.rng_for(cfg.seed, 0, "seed_set").choice(len(pool), size=min(cfg.seed_size, len(pool)),
-                                                                 replace=False)
-                batches = {"random": [pool[i] for i in sorted(pick.tolist())]}
-                stats = {"random": {}}
-            else:
-                futures = {name: al.select_batch.submit(
-                    name, arm.model, [it for it in pool if it.id not in arm.labelled], cfg.batch_size, scorer,
-                    cfg.candidates, al.rng_for(cfg.seed, r, "select", name), cfg.batch_chars)
-                    for name, arm in arms.items()}
-                picked = {name: f.result() for name, f in futures.items()}
-                batches = {name: p[0] for name, p in picked.items()}
-                stats = {name: p[1] for name, p in picked.items()}
-
-            # 2. annotation (one blind batch for both arms)
-            answers = al.annotate(annotator, batches, r, al.rng_for(cfg.seed, r, "annotate"))
-
-            # 3. retraining, both arms concurrently
-            epochs = cfg.fresh_epochs if fresh else cfg.round_epochs
-            if r == 0:
-                arms = {"random": al.Arm("random", None)}  # trained once, copied to the ranked arm below
-            for name, arm in arms.items():
-                arm.labelled.update(answers[name])
-                arm.sentences += len(batches[name])
-                arm.chars += sum(len(it.text) for it in batches[name])
-                arm.proxy += sum(it.words is None for it in batches[name])
-            fits = {name: al.retrain.submit(None if fresh else arm.model, arm.labelled, segmenter=env["segmenter"],
-                                            epochs=epochs, init_generator=al.torch_generator_for(cfg.seed, r, "init"),
-                                            fit_generator=al.torch_generator_for(cfg.seed, r, "fit"))
-                    for name, arm in arms.items()}
-            fit_stats = {}
-            for name, f in fits.items():
-                arms[name].model, fit_stats[name] = f.result()
-
-            # 4. evaluation
-            evals = {name: al.evaluate.submit(arm.model, test, gold) for name, arm in arms.items()}
-            scores = {name: f.result() for name, f in evals.items()}
-            if r == 0:
-                twin = copy.deepcopy(arms["random"])
-                twin.name = "ranked"
-                arms["ranked"] = twin
-                for d_ in (batches, stats, fit_stats, scores, answers):
-                    d_["ranked"] = d_["random"]
-
-            # 5. logging and state
-            for name, arm in arms.items():
-                agreement = al.annotation_agreement(batches[name], answers[name])
-                row = {"round": float(r), "annotated_sentences": float(arm.sentences),
-                       "annotated_chars": float(arm.chars), "batch_sentences": float(len(batches[name])),
-                       "batch_chars": float(sum(len(it.text) for it in batches[name])),
-                       "pool_size": float(len(pool)), "proxy_sentences": float(arm.proxy),
-                       **stats[name], **fit_stats[name], **scores[name]}
-                if agreement is not None:
-                    row["annotation_gold_boundary_f1"] = agreement
-                arm.history.append(row)
-                al.log_round(runs[name], row, r)
-            log.info("round %d: word F1 random %.4f (%d chars), ranked %.4f (%d chars)", r,
-                     arms["random"].history[-1]["test_f1"], arms["random"].chars,
-                     arms["ranked"].history[-1]["test_f1"], arms["ranked"].chars)
-            histories = {name: arm.history for name, arm in arms.items()}
-            al.log_learning_curve(runs["parent"], histories, state["events"],
-                                  reference["scores"]["newmm_test_f1"])
+            arms = _seed_round(run) if r == 0 else _round(run, r, arms)
             al.save_state(run_dir, state, arms, r)
-            done_here = r - start + 1
-            if r < cfg.rounds and ((cfg.stop_after_round is not None and r >= cfg.stop_after_round)
-                                   or (cfg.rounds_per_call and done_here >= cfg.rounds_per_call)):
+            if _planned_stop(cfg, r, done_here=r - start + 1):
                 state["stopped"] = True
                 tracking.set_tags(runs["parent"], {"stopped_after_round": r})
                 return ActiveLearningResult(runs["parent"], str(run_dir), r, True, arm_run_ids=runs)
-
-        numbers = {**al.comparison_numbers({n: a.history for n, a in arms.items()}), **reference["scores"],
-                   "environment_changes": float(len(cfg.schedule))}
-        tracking.log_metrics(runs["parent"], numbers)
-        tracking.log_dict(runs["parent"], state["events"], "events.json")
-        uris = {}
-        if cfg.register_models:
-            for name, arm in arms.items():
-                uris[name] = al.register_segmenter(
-                    runs[name], arm.model, f"thai-seg-{cfg.preset}-{name}",
-                    {"preset": cfg.preset, "arm": name, "test_f1": f"{arm.history[-1]['test_f1']:.4f}",
-                     "annotated_chars": arm.chars}, run_dir)
+        numbers, uris = _finish(run, arms)
     return ActiveLearningResult(runs["parent"], str(run_dir), cfg.rounds, False, numbers, uris, runs)
+
+
+def _record(run: _Run, event: dict[str, Any]) -> None:
+    from tasks import active_learning as al
+
+    run.state["events"].append(event)
+    al.log_event(list(run.runs.values()), event, run.state["events"])
+
+
+def _seed_round(run: _Run) -> dict:
+    """Round 0: one random seed set, annotated and trained once, shared by both arms."""
+    import copy
+
+    from tasks import active_learning as al
+
+    pool = run.schedule.pool(run.initial, 0)
+    pick = al.rng_for(run.cfg.seed, 0, "seed_set").choice(len(pool), size=min(run.cfg.seed_size, len(pool)),
+                                                          replace=False)
+    seed = al.Arm("random", None)
+    rows = _annotate_train_evaluate(run, 0, {"random": seed}, {"random": [pool[i] for i in sorted(pick.tolist())]},
+                                    {"random": {}}, pool, fresh=True)
+    twin = copy.deepcopy(seed)
+    twin.name = "ranked"
+    arms = {"random": seed, "ranked": twin}
+    _log_round(run, 0, arms, {"random": rows["random"], "ranked": rows["random"]})
+    return arms
+
+
+def _round(run: _Run, r: int, arms: dict) -> dict:
+    """Round r >= 1: environment changes, then each arm selects from the same pool; one blind annotation;
+    both arms retrain and are evaluated concurrently."""
+    from tasks import active_learning as al
+
+    for event in run.schedule.changes(r):
+        _record(run, event)
+        run.log.info("round %d: environment change: %s", r, event["detail"])
+    cfg, pool = run.cfg, run.schedule.pool(run.initial, r)
+    futures = {name: al.select_batch.submit(
+        name, arm.model, [it for it in pool if it.id not in arm.labelled], cfg.batch_size, cfg.scorer.model_dump(),
+        cfg.candidates, al.rng_for(cfg.seed, r, "select", name), cfg.batch_chars) for name, arm in arms.items()}
+    picked = {name: f.result() for name, f in futures.items()}
+    fresh = cfg.retrain == "scratch" or run.schedule.new_model_at(r)
+    rows = _annotate_train_evaluate(run, r, arms, {n: p[0] for n, p in picked.items()},
+                                    {n: p[1] for n, p in picked.items()}, pool, fresh=fresh)
+    _log_round(run, r, arms, rows)
+    return arms
+
+
+def _annotate_train_evaluate(run: _Run, r: int, arms: dict, batches: dict, stats: dict, pool: list, *,
+                             fresh: bool) -> dict[str, dict[str, float]]:
+    """Annotate the arms' batches at once (blind to the arm), retrain and evaluate every arm concurrently;
+    returns each arm's row of the learning curve."""
+    from tasks import active_learning as al
+
+    cfg, env = run.cfg, run.schedule.environment(r)
+    answers = al.annotate(_annotator(cfg, env, run.run_dir), batches, r, al.rng_for(cfg.seed, r, "annotate"))
+    for name, arm in arms.items():
+        arm.labelled.update(answers[name])
+        arm.sentences += len(batches[name])
+        arm.chars += sum(len(it.text) for it in batches[name])
+        arm.proxy += sum(it.words is None for it in batches[name])
+    fits = {name: al.retrain.submit(None if fresh else arm.model, arm.labelled, segmenter=env["segmenter"],
+                                    epochs=cfg.fresh_epochs if fresh else cfg.round_epochs,
+                                    init_generator=al.torch_generator_for(cfg.seed, r, "init"),
+                                    fit_generator=al.torch_generator_for(cfg.seed, r, "fit"))
+            for name, arm in arms.items()}
+    fit_stats = {}
+    for name, f in fits.items():
+        arms[name].model, fit_stats[name] = f.result()
+    evals = {name: al.evaluate.submit(arm.model, run.test, _gold(run, env)) for name, arm in arms.items()}
+    rows = {}
+    for name, arm in arms.items():
+        rows[name] = {"round": float(r), "annotated_sentences": float(arm.sentences),
+                      "annotated_chars": float(arm.chars), "batch_sentences": float(len(batches[name])),
+                      "batch_chars": float(sum(len(it.text) for it in batches[name])),
+                      "pool_size": float(len(pool)), "proxy_sentences": float(arm.proxy),
+                      **stats[name], **fit_stats[name], **evals[name].result()}
+        agreement = al.annotation_agreement(batches[name], answers[name])
+        if agreement is not None:
+            rows[name]["annotation_gold_boundary_f1"] = agreement
+    return rows
+
+
+def _gold(run: _Run, env: dict[str, Any]):
+    """The test set's gold under the guideline in force (None: ORCHID's own, the default)."""
+    if not run.schedule.changes_guideline():
+        return None
+    if env["guideline"] == "newmm":
+        return run.reference["guideline_gold"]
+    return [list(it.words) for it in run.test]
+
+
+def _log_round(run: _Run, r: int, arms: dict, rows: dict[str, dict[str, float]]) -> None:
+    from tasks import active_learning as al
+
+    for name, arm in arms.items():
+        arm.history.append(rows[name])
+        al.log_round(run.runs[name], rows[name], r)
+    run.log.info("round %d: word F1 random %.4f (%d chars), ranked %.4f (%d chars)", r,
+                 arms["random"].history[-1]["test_f1"], arms["random"].chars,
+                 arms["ranked"].history[-1]["test_f1"], arms["ranked"].chars)
+    al.log_learning_curve(run.runs["parent"], {name: arm.history for name, arm in arms.items()}, run.state["events"],
+                          run.reference["scores"]["newmm_test_f1"])
+
+
+def _planned_stop(cfg: ActiveLearningConfig, r: int, *, done_here: int) -> bool:
+    return r < cfg.rounds and ((cfg.stop_after_round is not None and r >= cfg.stop_after_round)
+                               or bool(cfg.rounds_per_call and done_here >= cfg.rounds_per_call))
+
+
+def _finish(run: _Run, arms: dict) -> tuple[dict[str, float], dict[str, str]]:
+    """The comparison numbers on the parent run, the events file, and both segmenters registered."""
+    from tasks import active_learning as al
+    from tasks import tracking
+
+    cfg, runs = run.cfg, run.runs
+    numbers = {**al.comparison_numbers({n: a.history for n, a in arms.items()}), **run.reference["scores"],
+               "environment_changes": float(len(cfg.schedule))}
+    tracking.log_metrics(runs["parent"], numbers)
+    tracking.log_dict(runs["parent"], run.state["events"], "events.json")
+    uris = {}
+    if cfg.register_models:
+        for name, arm in arms.items():
+            uris[name] = al.register_segmenter(
+                runs[name], arm.model, f"thai-seg-{cfg.preset}-{name}",
+                {"preset": cfg.preset, "arm": name, "test_f1": f"{arm.history[-1]['test_f1']:.4f}",
+                 "annotated_chars": arm.chars}, run.run_dir)
+    return numbers, uris
 
 
 if __name__ == "__main__":

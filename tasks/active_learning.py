@@ -61,6 +61,84 @@ class Arm:
 
 
 # ------------------------------------------------------------------------------------------------
+# the environment schedule
+# ------------------------------------------------------------------------------------------------
+
+
+class Schedule:
+    """The environment of the experiment round by round: the base settings plus the changes in force.
+
+    ``events`` are the config's schedule entries (``kind`` guideline | pool | annotator | model, and
+    ``round``, the first round they hold for). Everything is a function of the round, so a resumed
+    run sees the same environment and pool as an uninterrupted one."""
+
+    def __init__(self, events: Sequence[Any], *, seed: int, guideline: str, noise_rate: float,
+                 segmenter: dict[str, Any]):
+        self.listed = list(events)  # config order: the pool grows in this order
+        self.events = sorted(self.listed, key=lambda e: e.round)
+        self.seed = seed
+        self.base = {"guideline": guideline, "noise_rate": noise_rate, "segmenter": dict(segmenter)}
+        self._pools: dict[int, list[PoolItem]] = {}
+
+    def environment(self, round_no: int) -> dict[str, Any]:
+        """Annotator guideline and noise, and the segmenter config, in force at ``round_no``."""
+        env = {**self.base, "segmenter": dict(self.base["segmenter"])}
+        for ev in self.events:
+            if ev.round > round_no:
+                break
+            if ev.kind == "guideline":
+                env["guideline"] = ev.guideline
+            elif ev.kind == "annotator":
+                env["noise_rate"] = ev.noise_rate
+            elif ev.kind == "model":
+                env["segmenter"].update(ev.segmenter)
+        return env
+
+    def changes(self, round_no: int) -> list[dict[str, Any]]:
+        """The changes that take effect at ``round_no``, as events: round, kind, detail, time."""
+        before = self.environment(round_no - 1)
+        return [{"round": round_no, "kind": ev.kind, "detail": self.describe(ev, before), "time": time.time()}
+                for ev in self.events if ev.round == round_no]
+
+    def new_model_at(self, round_no: int) -> bool:
+        """True where a model change starts a fresh segmenter."""
+        return any(ev.round == round_no and ev.kind == "model" for ev in self.events)
+
+    def changes_guideline(self) -> bool:
+        return self.base["guideline"] != "orchid" or any(ev.kind == "guideline" for ev in self.events)
+
+    @staticmethod
+    def describe(ev: Any, before: dict[str, Any]) -> str:
+        if ev.kind == "guideline":
+            return f"guideline {before['guideline']} -> {ev.guideline}"
+        if ev.kind == "annotator":
+            return f"annotator noise_rate {before['noise_rate']} -> {ev.noise_rate}"
+        if ev.kind == "model":
+            old = SegmenterConfig(**before["segmenter"])
+            return "segmenter " + ", ".join(f"{k}: {getattr(old, k)} -> {v}" for k, v in ev.segmenter.items())
+        return f"pool + {ev.max_items} items from {ev.source}" + (f" {ev.paths}" if ev.paths else "")
+
+    def pool(self, initial: Sequence[PoolItem], round_no: int) -> list[PoolItem]:
+        """The initial pool plus every pool change up to ``round_no``."""
+        from tasks.thai_data import load_segmented_files, load_text_pool, load_wiki_titles
+
+        pool, seen = list(initial), {it.id for it in initial}
+        for i, ev in enumerate(self.listed):
+            if ev.kind != "pool" or ev.round > round_no:
+                continue
+            if i not in self._pools:
+                if ev.source == "wiki_titles":
+                    self._pools[i] = load_wiki_titles(ev.max_items, rng=rng_for(self.seed, ev.round, "pool"))
+                elif ev.source == "text":
+                    self._pools[i] = load_text_pool(ev.paths)[: ev.max_items]
+                else:
+                    self._pools[i] = load_segmented_files(ev.paths)[: ev.max_items]
+            pool += [it for it in self._pools[i] if it.id not in seen]
+            seen.update(it.id for it in self._pools[i])
+        return pool
+
+
+# ------------------------------------------------------------------------------------------------
 # selection
 # ------------------------------------------------------------------------------------------------
 
