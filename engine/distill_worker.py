@@ -26,7 +26,8 @@ from models.speculative import check_compatible
 from models.distillation import divergence, greedy_agreement, rollout_labels, token_acceptance_rate
 from models.training import global_batch_rows, step_seed
 from engine.finetune_worker import encode, load_model_and_tokenizer, load_task_data, pad
-from engine.train_loop import run, settings_from, use_worker_threads
+from engine.jobs import DistillJob
+from engine.train_loop import run, use_worker_threads
 
 SOURCES = ("fixed", "teacher", "student")
 
@@ -41,20 +42,20 @@ def check_pair(teacher, student, where: str) -> None:
 
 
 class DistillObjective:
-    def __init__(self, cfg: dict[str, Any]):
-        self.cfg = cfg
-        self.teacher, self.tok = load_model_and_tokenizer(cfg["teacher_dir"])
-        self.model, _ = load_model_and_tokenizer(cfg["student_dir"])
-        check_pair(self.teacher, self.model, f"{cfg['teacher_dir']} vs {cfg['student_dir']}")
+    def __init__(self, cfg: DistillJob | dict[str, Any]):
+        self.cfg = cfg = DistillJob.of(cfg)
+        self.teacher, self.tok = load_model_and_tokenizer(cfg.teacher_dir)
+        self.model, _ = load_model_and_tokenizer(cfg.student_dir)
+        check_pair(self.teacher, self.model, f"{cfg.teacher_dir} vs {cfg.student_dir}")
         self.teacher.requires_grad_(False).eval()
         data, self.train_x, self.train_y = load_task_data(self.tok, cfg)
         val = data["validation"] if len(data["validation"]) else data["test"]
-        n = min(len(val), cfg["eval_examples"])
-        self.val_x = encode(self.tok, list(val["input"])[:n], cfg["max_input_length"])
+        n = min(len(val), cfg.eval_examples)
+        self.val_x = encode(self.tok, list(val["input"])[:n], cfg.max_input_length)
         self.val_refs = list(val["target"])[:n]
-        info = json.loads((Path(cfg["task_dir"]) / "task.json").read_text())["info"]
+        info = json.loads((Path(cfg.task_dir) / "task.json").read_text())["info"]
         self.task_info = info
-        mix = np.array([cfg["data_mix"].get(s, 0.0) for s in SOURCES], dtype=np.float64)
+        mix = np.array([cfg.data_mix.get(s, 0.0) for s in SOURCES], dtype=np.float64)
         self.mix = mix / mix.sum()
         self.device = torch.device("cpu")
         self.last_sources: list[str] = []
@@ -67,8 +68,8 @@ class DistillObjective:
         model.eval()
         torch.manual_seed(seed)
         out = model.generate(input_ids=x, attention_mask=x != self.tok.pad_token_id, do_sample=do_sample,
-                             temperature=self.cfg["sample_temperature"] if do_sample else None,
-                             top_k=0 if do_sample else None, max_new_tokens=self.cfg["max_target_length"],
+                             temperature=self.cfg.sample_temperature if do_sample else None,
+                             top_k=0 if do_sample else None, max_new_tokens=self.cfg.max_target_length,
                              use_cache=True)
         model.train(was)
         # only the positions after the first EOS are padding; a sampled pad id before it is kept
@@ -76,9 +77,9 @@ class DistillObjective:
 
     def batch(self, model, step: int, micro: int, rank: int, world: int):
         c = self.cfg
-        idx = global_batch_rows(n_rows=len(self.train_x), step=step, micro=micro, grad_accum=c["grad_accum"],
-                                rank=rank, world_size=world, batch_size=c["batch_size"], seed=c["seed"])
-        rng = np.random.default_rng(step_seed(c["seed"], step, micro, rank, stream=5))
+        idx = global_batch_rows(n_rows=len(self.train_x), step=step, micro=micro, grad_accum=c.grad_accum,
+                                rank=rank, world_size=world, batch_size=c.batch_size, seed=c.seed)
+        rng = np.random.default_rng(step_seed(c.seed, step, micro, rank, stream=5))
         sources = rng.choice(len(SOURCES), size=len(idx), p=self.mix)
         self.last_sources = [SOURCES[s] for s in sources]
         x = pad([self.train_x[i] for i in idx], self.tok.pad_token_id).to(self.device)
@@ -89,7 +90,7 @@ class DistillObjective:
             if len(rows) == 0 or name == "fixed":
                 continue
             src_model = self.teacher if name == "teacher" else _unwrap(model)
-            generated[name] = (rows, self.sample(src_model, x[rows], step_seed(c["seed"], step, micro, rank, 6 + s_id)))
+            generated[name] = (rows, self.sample(src_model, x[rows], step_seed(c.seed, step, micro, rank, 6 + s_id)))
         per_row: dict[int, list[int]] = {}
         for name, (rows, y) in generated.items():
             for r, seq in zip(rows, y.tolist()):
@@ -108,26 +109,26 @@ class DistillObjective:
         s_logits = model(input_ids=x, attention_mask=attn, labels=y).logits
         mask = y != -100
         c = self.cfg
-        loss = divergence(c["divergence"], t_logits.float(), s_logits.float(), mask, beta=c["beta"],
-                          temperature=c["temperature"], reduction=c.get("reduction", "token"))
+        loss = divergence(c.divergence, t_logits.float(), s_logits.float(), mask, beta=c.beta,
+                          temperature=c.temperature, reduction=c.reduction)
         on_policy = sum(s == "student" for s in self.last_sources) / max(1, len(self.last_sources))
         return loss, {"distill_loss": loss.detach(), "on_policy_fraction": torch.tensor(on_policy)}
 
     def tokens_per_micro(self) -> int:
-        return self.cfg["batch_size"] * (self.cfg["max_input_length"] + self.cfg["max_target_length"])
+        return self.cfg.batch_size * (self.cfg.max_input_length + self.cfg.max_target_length)
 
     def step_flops(self, step, world) -> int:
         n_s = sum(p.numel() for p in self.model.parameters())
         n_t = sum(p.numel() for p in self.teacher.parameters())
-        return (6 * n_s + 2 * n_t) * self.tokens_per_micro() * self.cfg["grad_accum"] * world
+        return (6 * n_s + 2 * n_t) * self.tokens_per_micro() * self.cfg.grad_accum * world
 
     # --- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()
     def acceptance(self, do_sample: bool, seed: int = 0) -> dict[str, float]:
         """SD acceptance on the student's own rollouts of held-out prompts (p = teacher, q = student)."""
-        bs = self.cfg["batch_size"]
+        bs = self.cfg.batch_size
         acc, agree, n = 0.0, 0.0, 0
-        temp = self.cfg["sample_temperature"] if do_sample else 1.0
+        temp = self.cfg.sample_temperature if do_sample else 1.0
         for i in range(0, len(self.val_x), bs):
             x = pad(self.val_x[i:i + bs], self.tok.pad_token_id).to(self.device)
             y = self.sample(self.model, x, seed + i, do_sample=do_sample)
@@ -153,9 +154,9 @@ class DistillObjective:
         out = {f"greedy.{k}": v for k, v in self.acceptance(False).items()}
         out.update({f"sampled.{k}": v for k, v in self.acceptance(True, seed=step).items()})
         texts = self.tok.batch_decode([[t for t in x] for x in self.val_x], skip_special_tokens=True)
-        preds, _ = batched_generate(self.model, self.tok, texts, batch_size=self.cfg["batch_size"],
-                                    max_input_length=self.cfg["max_input_length"],
-                                    max_new_tokens=self.cfg["max_target_length"])
+        preds, _ = batched_generate(self.model, self.tok, texts, batch_size=self.cfg.batch_size,
+                                    max_input_length=self.cfg.max_input_length,
+                                    max_new_tokens=self.cfg.max_target_length)
         if self.task_info["kind"] == "classification":
             out.update({f"val.{k}": v for k, v in classification(preds, self.val_refs, self.task_info["labels"]).items()})
         else:
@@ -175,8 +176,11 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def distill_worker(cfg: dict[str, Any]) -> dict[str, Any]:
-    use_worker_threads(cfg)
-    objective = DistillObjective(cfg)
-    settings = settings_from(cfg, keep_checkpoints=2, weight_decay=0.0)
-    return run(objective, settings)
+def distill_worker(job: DistillJob | dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker entry point (also callable directly, with ``in_ray=False`` in the job's loop)."""
+    job = DistillJob.of(job)
+    use_worker_threads(job)
+    return run(DistillObjective(job), job.loop)
+
+
+distill_worker.job_type = DistillJob  # what tasks.tracked_run builds on the driver for this worker

@@ -1,7 +1,7 @@
 """SpacTor / SC pretraining objective and the Ray Train worker entry point.
 
-``pretrain_worker(cfg)`` runs on every Ray Train worker (or as a plain function with
-``cfg["in_ray"] = False``): it builds the T5 + generator + RTD head from the config and the corpus'
+``pretrain_worker(job)`` runs on every Ray Train worker (or as a plain function with
+``in_ray=False``): it takes an :class:`engine.jobs.PretrainJob` (or a config dict, made into one), builds the T5 + generator + RTD head from the config and the corpus'
 tokenizer, and hands a :class:`PretrainObjective` to the shared loop in ``engine/train_loop.py``.
 No Prefect import here; Ray is imported only by the loop.
 """
@@ -17,10 +17,13 @@ import torch
 
 from models.flops import spactor_step_flops
 from models.span_corruption import SpanCorruptionCollator
-from models.spactor import (SpacTorConfig, SpacTorModel, curriculum_is_hybrid, generator_t5_config,
+from models.spactor import (SpacTorModel, curriculum_is_hybrid, generator_t5_config,
                             sc_rtd_gradient_cosine, t5_config)
 from models.training import global_batch_rows, step_seed
-from engine.train_loop import run, settings_from, use_worker_threads
+import dataclasses
+
+from engine.jobs import PretrainJob
+from engine.train_loop import run, use_worker_threads
 
 def build_t5(model_cfg: dict[str, Any], vocab_size: int):
     """A randomly initialised T5 of the pretraining config's shape (``models.spactor.t5_config``)."""
@@ -75,30 +78,30 @@ def export_rows(packed_dir: str | Path, out_dir: str | Path, max_rows: int | Non
 
 
 class PretrainObjective:
-    def __init__(self, cfg: dict[str, Any]):
+    def __init__(self, cfg: PretrainJob | dict[str, Any]):
         from transformers import AutoTokenizer
 
-        self.cfg = cfg
-        tok = AutoTokenizer.from_pretrained(cfg["tokenizer_dir"])
+        self.cfg = cfg = PretrainJob.of(cfg)
+        tok = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
         self.vocab_size = len(tok)
         sentinel0 = tok.convert_tokens_to_ids("<extra_id_0>")
         if sentinel0 != self.vocab_size - 1 or tok.mask_token_id is None:
-            raise ValueError(f"tokenizer at {cfg['tokenizer_dir']} lacks T5 sentinels at the top or a <mask> token")
-        torch.manual_seed(cfg["seed"])  # identical initial weights on every worker and both arms
-        t5 = build_t5(cfg["model"], self.vocab_size)
-        self.spactor_config = SpacTorConfig(**cfg["spactor"])
+            raise ValueError(f"tokenizer at {cfg.tokenizer_dir} lacks T5 sentinels at the top or a <mask> token")
+        torch.manual_seed(cfg.seed)  # identical initial weights on every worker and both arms
+        t5 = build_t5(cfg.model, self.vocab_size)
+        self.spactor_config = cfg.spactor
         self.model = SpacTorModel(t5, self.spactor_config, mask_token_id=tok.mask_token_id,
                                   sentinel_start_id=self.vocab_size - 100)
-        self.collator = SpanCorruptionCollator(vocab_size=self.vocab_size, inputs_length=cfg["inputs_length"],
-                                               noise_density=cfg["noise_density"],
-                                               mean_noise_span_length=cfg["mean_noise_span_length"])
-        self.train_rows = load_rows(Path(cfg["corpus_dir"]) / "packed" / "train", self.collator.tokens_length)
-        self.val_rows = load_rows(Path(cfg["corpus_dir"]) / "packed" / "validation", self.collator.tokens_length)
+        self.collator = SpanCorruptionCollator(vocab_size=self.vocab_size, inputs_length=cfg.inputs_length,
+                                               noise_density=cfg.noise_density,
+                                               mean_noise_span_length=cfg.mean_noise_span_length)
+        self.train_rows = load_rows(Path(cfg.corpus_dir) / "packed" / "train", self.collator.tokens_length)
+        self.val_rows = load_rows(Path(cfg.corpus_dir) / "packed" / "validation", self.collator.tokens_length)
         if len(self.train_rows) == 0:
-            raise ValueError(f"corpus {cfg['corpus_dir']} has no training rows")
+            raise ValueError(f"corpus {cfg.corpus_dir} has no training rows")
         self.gen_config = generator_t5_config(t5.config, self.spactor_config)
         self._flops = {h: spactor_step_flops(t5.config, self.gen_config, batch_size=1,
-                                             inputs_length=cfg["inputs_length"],
+                                             inputs_length=cfg.inputs_length,
                                              targets_length=self.collator.targets_length, hybrid=h,
                                              mask_rate=self.spactor_config.mask_rate).total for h in (False, True)}
         self.device = torch.device("cpu")
@@ -110,22 +113,22 @@ class PretrainObjective:
     def loss(self, model, step, micro, rank, world):
         self.device = next(self.model.parameters()).device
         c = self.cfg
-        idx = global_batch_rows(n_rows=len(self.train_rows), step=step, micro=micro, grad_accum=c["grad_accum"],
-                                rank=rank, world_size=world, batch_size=c["batch_size"], seed=c["seed"])
-        batch = self._batch(self.train_rows[idx], step_seed(c["seed"], step, micro, rank, stream=0))
-        gen = torch.Generator(self.device).manual_seed(step_seed(c["seed"], step, micro, rank, stream=1))
-        out = model(batch["input_ids"], batch["labels"], hybrid=curriculum_is_hybrid(step, c["tau"]), generator=gen)
+        idx = global_batch_rows(n_rows=len(self.train_rows), step=step, micro=micro, grad_accum=c.grad_accum,
+                                rank=rank, world_size=world, batch_size=c.batch_size, seed=c.seed)
+        batch = self._batch(self.train_rows[idx], step_seed(c.seed, step, micro, rank, stream=0))
+        gen = torch.Generator(self.device).manual_seed(step_seed(c.seed, step, micro, rank, stream=1))
+        out = model(batch["input_ids"], batch["labels"], hybrid=curriculum_is_hybrid(step, c.tau), generator=gen)
         metrics = {"loss": out.loss, "sc_loss": out.sc_loss, "mlm_loss": out.mlm_loss, "rtd_loss": out.rtd_loss,
                    "gen_accuracy": out.gen_accuracy, "rtd_accuracy": out.rtd_accuracy,
                    "replaced_rate": out.replaced_rate}
         return out.loss, {k: v.detach() for k, v in metrics.items() if v is not None}
 
     def tokens_per_micro(self) -> int:
-        return self.cfg["batch_size"] * (self.cfg["inputs_length"] + self.collator.targets_length)
+        return self.cfg.batch_size * (self.cfg.inputs_length + self.collator.targets_length)
 
     def step_flops(self, step, world) -> int:
-        hybrid = curriculum_is_hybrid(step, self.cfg["tau"])
-        return self._flops[hybrid] * self.cfg["batch_size"] * self.cfg["grad_accum"] * world
+        hybrid = curriculum_is_hybrid(step, self.cfg.tau)
+        return self._flops[hybrid] * self.cfg.batch_size * self.cfg.grad_accum * world
 
     @torch.no_grad()
     def evaluate(self, step) -> dict[str, float]:
@@ -134,12 +137,12 @@ class PretrainObjective:
             return {}
         was_training = self.model.training
         self.model.eval()
-        bs, total, n = self.cfg["batch_size"], 0.0, 0
-        for i in range(self.cfg["eval_batches"]):
+        bs, total, n = self.cfg.batch_size, 0.0, 0
+        for i in range(self.cfg.eval_batches):
             rows = self.val_rows[(i * bs) % len(self.val_rows):][:bs]
             if len(rows) == 0:
                 break
-            b = self._batch(rows, step_seed(self.cfg["seed"], 0, i, 0, stream=7))
+            b = self._batch(rows, step_seed(self.cfg.seed, 0, i, 0, stream=7))
             total += self.model.t5(input_ids=b["input_ids"], attention_mask=b["input_ids"] != 0, labels=b["labels"]).loss.item()
             n += 1
         self.model.train(was_training)
@@ -147,26 +150,28 @@ class PretrainObjective:
 
     def periodic(self, step) -> dict[str, float]:
         """Cosine between SC and RTD gradients on the shared encoder (only meaningful while hybrid)."""
-        if not curriculum_is_hybrid(step - 1, self.cfg["tau"]):
+        if not curriculum_is_hybrid(step - 1, self.cfg.tau):
             return {}
         c = self.cfg
         idx = global_batch_rows(n_rows=len(self.train_rows), step=step, micro=0, grad_accum=1, rank=0,
-                                world_size=1, batch_size=c["batch_size"], seed=c["seed"] + 1)
-        b = self._batch(self.train_rows[idx], step_seed(c["seed"], step, 0, 0, stream=3))
-        gen = torch.Generator(self.device).manual_seed(step_seed(c["seed"], step, 0, 0, stream=4))
+                                world_size=1, batch_size=c.batch_size, seed=c.seed + 1)
+        b = self._batch(self.train_rows[idx], step_seed(c.seed, step, 0, 0, stream=3))
+        gen = torch.Generator(self.device).manual_seed(step_seed(c.seed, step, 0, 0, stream=4))
         return {"grad_cosine_sc_rtd": float(sc_rtd_gradient_cosine(self.model, b["input_ids"], b["labels"], generator=gen))}
 
     def save_final(self, out_dir: Path) -> None:
         from transformers import AutoTokenizer
 
         self.model.t5.save_pretrained(str(out_dir / "model"), safe_serialization=True)
-        AutoTokenizer.from_pretrained(self.cfg["tokenizer_dir"]).save_pretrained(str(out_dir / "model"))
-        (out_dir / "spactor_config.json").write_text(json.dumps(self.cfg["spactor"], indent=2))
+        AutoTokenizer.from_pretrained(self.cfg.tokenizer_dir).save_pretrained(str(out_dir / "model"))
+        (out_dir / "spactor_config.json").write_text(json.dumps(dataclasses.asdict(self.cfg.spactor), indent=2))
 
 
-def pretrain_worker(cfg: dict[str, Any]) -> dict[str, Any]:
-    """Ray Train worker entry point (also callable directly with ``cfg["in_ray"] = False``)."""
-    use_worker_threads(cfg)
-    objective = PretrainObjective(cfg)
-    settings = settings_from(cfg, diag_every=cfg["cosine_every"])
-    return run(objective, settings)
+def pretrain_worker(job: PretrainJob | dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker entry point (also callable directly, with ``in_ray=False`` in the job's loop)."""
+    job = PretrainJob.of(job)
+    use_worker_threads(job)
+    return run(PretrainObjective(job), job.loop)
+
+
+pretrain_worker.job_type = PretrainJob  # what tasks.tracked_run builds on the driver for this worker

@@ -99,9 +99,9 @@ def worker_threads(threads_per_worker: int | None, num_workers: int = 1) -> int:
     return max(1, cpus // max(1, int(num_workers)))
 
 
-def use_worker_threads(cfg: dict[str, Any]) -> int:
-    """Apply :func:`worker_threads` for a worker config (``threads_per_worker``, ``num_workers``); returns it."""
-    n = worker_threads(cfg.get("threads_per_worker"), cfg.get("num_workers") or 1)
+def use_worker_threads(job: Any) -> int:
+    """Apply :func:`worker_threads` for a job (``engine.jobs``: ``threads_per_worker``, ``num_workers``); returns it."""
+    n = worker_threads(job.threads_per_worker, job.num_workers or 1)
     torch.set_num_threads(n)
     return n
 

@@ -7,6 +7,7 @@ code as the job's working directory, and forwards the tracking settings to the w
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -69,10 +70,15 @@ def quiet_state_api_warnings() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def fit(worker_fn: Callable[[dict], None], config: dict[str, Any], *, name: str, storage_path: str | Path,
+def _call_with_job(worker_fn: Callable[[Any], Any], config: dict[str, Any]) -> Any:
+    return worker_fn(config["job"])
+
+
+def fit(worker_fn: Callable[[Any], None], config: Any, *, name: str, storage_path: str | Path,
         num_workers: int = 1, use_gpu: bool = False, max_failures: int = 2, cpus_per_worker: float = 1.0):
     """Run ``worker_fn(config)`` on ``num_workers`` Ray Train workers (DDP process group: gloo on CPU,
-    NCCL on GPU); failed worker groups are restarted up to ``max_failures`` times and resume from the
+    NCCL on GPU); ``config`` is a dict or a typed job (``engine.jobs``), which reaches the workers as that
+    object (Ray's loop config holds it under "job"); failed worker groups are restarted up to ``max_failures`` times and resume from the
     last checkpoint. Returns the Ray ``Result``; raises its error if training failed for good.
 
     A single worker gets no torch.distributed process group: its TCP rendezvous store would listen on
@@ -88,6 +94,8 @@ def fit(worker_fn: Callable[[dict], None], config: dict[str, Any], *, name: str,
         trainer_cls, backend = DataParallelTrainer, {}
     else:
         trainer_cls, backend = TorchTrainer, {"torch_config": TorchConfig(backend="nccl" if use_gpu else "gloo")}
+    if not isinstance(config, dict):
+        worker_fn, config = functools.partial(_call_with_job, worker_fn), {"job": config}
     trainer = trainer_cls(
         worker_fn,
         train_loop_config=config,

@@ -141,7 +141,8 @@ def _locked_run(cfg, inputs, key, root, final, tags, *, worker, experiment, run_
             logger.info("%s on %d Ray worker(s)", describe, cfg["num_workers"])
             worker_cfg = {**cfg, **inputs, "checkpoint_dir": str(root / "checkpoints"),
                           "metrics_sink": tracking.MetricsSink(run_id)}
-            fit(worker, worker_cfg, name=key, storage_path=root / "ray", num_workers=cfg["num_workers"],
+            job_type = getattr(worker, "job_type", None)  # engine.jobs: built and checked here, before Ray
+            fit(worker, job_type.of(worker_cfg) if job_type else worker_cfg, name=key, storage_path=root / "ray", num_workers=cfg["num_workers"],
                 use_gpu=cfg["use_gpu"], max_failures=cfg["max_failures"])
         state = json.loads((final / "trainer_state.json").read_text())
         yield TrainedRun(run_id=run_id, key=key, final=final, state=state)
