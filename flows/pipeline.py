@@ -143,7 +143,7 @@ def pipeline(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
     """Run the stages in order (see module docstring)."""
     from tasks import stages as stage_store
     from tasks import tracking
-    from tasks.orchestration import post_markdown, stage_markdown, tag_current_flow_run
+    from tasks.orchestration import post_markdown, reuse_stage_task, stage_markdown, tag_current_flow_run
 
     cfg = config or build_config(PipelineConfig, PRESETS, preset, overrides)
     logger = get_run_logger()
@@ -164,7 +164,9 @@ def pipeline(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
             if done is not None:
                 logger.info("stage %s: skipped, completed earlier with the same config, inputs and code (%s)", name, key)
                 result.skipped.append(name)
-                out = done
+                # a task run in state "Cached" whose message names the earlier run: the UI shows the stage
+                out = reuse_stage_task().with_options(name=f"reuse-{name.replace('_', '-')}")(
+                    name, key, done, return_state=True).result()
             else:
                 logger.info("stage %s: running", name)
                 t0 = time.perf_counter()

@@ -99,3 +99,33 @@ def stage_markdown(name: str, out: dict, *, skipped_key: str | None, wall_s: flo
     if out.get("markdown"):
         lines += ["", out["markdown"]]
     return "\n".join(lines)
+
+
+def _earlier_runs(out: dict) -> list[str]:
+    """The MLflow run ids a recorded stage output names (``run_id``, or ``run_ids`` per model)."""
+    ids = [out["run_id"]] if out.get("run_id") else []
+    runs = out.get("run_ids") or {}
+    ids += [v for v in (runs.values() if isinstance(runs, dict) else runs) if v]
+    return ids
+
+
+def reuse_message(name: str, key: str, out: dict) -> str:
+    runs = _earlier_runs(out)
+    return (f"stage {name} reused: completed earlier with the same config, inputs and code (stage key {key})"
+            + (f"; MLflow run{'s' if len(runs) > 1 else ''} {', '.join(runs)}" if runs else ""))
+
+
+def _reuse_stage(name: str, key: str, out: dict):
+    from prefect.states import Completed
+
+    return Completed(name="Cached", message=reuse_message(name, key, out), data=out)
+
+
+def reuse_stage_task():
+    """A Prefect task that stands for a skipped pipeline stage: its run ends in a Completed state named
+    "Cached" whose message names the earlier run it reuses, so the Prefect UI shows the stage (and why it
+    did not run), not "0 task runs". Called as ``reuse_stage_task().with_options(name=...)(name, key, out)``."""
+    from prefect import task
+    from prefect.cache_policies import NONE
+
+    return task(_reuse_stage, name="reuse-stage", cache_policy=NONE, persist_result=False)

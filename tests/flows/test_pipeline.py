@@ -67,6 +67,17 @@ def test_tiny_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage(prefect_har
     with get_client(sync_client=True) as pc:
         latest = {a.key: a for a in pc.read_latest_artifacts()}
     assert "Skipped:** reuses the earlier completed stage" in latest["stage-pretrain"].data
+    # each skipped stage is a task run in state Cached whose message names the run it reuses
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = client.get_run(second.run_id).data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as pc:
+        task_runs = pc.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    reused = {t.name.rsplit("-", 1)[0]: t.state for t in task_runs if t.name.startswith("reuse-")}
+    assert set(reused) == {f"reuse-{s.replace('_', '-')}" for s in STAGES}
+    assert all(st.name == "Cached" and st.is_completed() for st in reused.values())
+    assert first.stages["corpus"]["run_id"] in reused["reuse-corpus"].message
+    assert first.stages["pretrain"]["run_ids"]["teacher"] in reused["reuse-pretrain"].message
     assert second.verdict == first.verdict  # computed again from the cached stage results
     forced = pipeline(config=cfg.model_copy(update={"from_stage": "sd_benchmark"}))
     assert forced.skipped == list(STAGES[:-1])

@@ -30,3 +30,12 @@ def test_training_run_keys_and_the_corpus_key_change_with_the_code_they_run(monk
     monkeypatch.setattr(stages, "code_version", lambda root="flows.pipeline": "edited-" + root)
     assert pretrain.run_key("pretrain", cfg, "/corpus") != before
     assert corpus.fingerprint_source.fn({"source": "packaged", "packaged": ["wiki"]}) != fp
+
+
+def test_a_reused_stage_message_names_every_earlier_mlflow_run_and_the_stage_key():
+    from tasks.orchestration import reuse_message
+
+    msg = reuse_message("pretrain", "k123", {"run_ids": {"teacher": "r1", "target": "r2"}, "models": {}})
+    assert "stage key k123" in msg and "MLflow runs r1, r2" in msg
+    assert reuse_message("corpus", "k", {"run_id": "c9", "corpus_dir": "/x"}).endswith("MLflow run c9")
+    assert "MLflow" not in reuse_message("sd_benchmark", "k", {"rows": []})
