@@ -74,6 +74,58 @@ def _call_with_job(worker_fn: Callable[[Any], Any], config: dict[str, Any]) -> A
     return worker_fn(config["job"])
 
 
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _loopback_interface() -> str:
+    import socket
+
+    names = [name for _, name in socket.if_nameindex()]
+    return next((n for n in names if n == "lo" or n.startswith("lo")), "lo")
+
+
+def _loopback_process_group(port: int, use_gpu: bool, worker_fn: Callable[[Any], Any], config: Any) -> Any:
+    """The DDP process group of a local multi-worker fit, on loopback only.
+
+    Ray's torch backend starts torch's TCPStore, whose server listens on every interface (torch has no
+    bind-address option). Here rank 0 binds the rendezvous socket to 127.0.0.1 itself and hands it to the
+    TCPStore (``master_listen_fd``); gloo and NCCL are pinned to the loopback interface. A restarted worker
+    group binds the same port again (SO_REUSEADDR)."""
+    import datetime
+    import socket
+
+    import ray.train
+    import torch.distributed as dist
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    lo = _loopback_interface()
+    os.environ["GLOO_SOCKET_IFNAME"] = lo
+    os.environ["NCCL_SOCKET_IFNAME"] = lo
+    timeout = datetime.timedelta(minutes=10)
+    listener = None
+    if rank == 0:
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(world)
+        store = dist.TCPStore("127.0.0.1", port, world, True, timeout=timeout, master_listen_fd=listener.fileno())
+    else:
+        store = dist.TCPStore("127.0.0.1", port, world, False, timeout=timeout)
+    dist.init_process_group("nccl" if use_gpu else "gloo", store=store, rank=rank, world_size=world, timeout=timeout)
+    try:
+        return worker_fn(config)
+    finally:
+        dist.destroy_process_group()
+        if listener is not None:
+            listener.close()
+
+
 def fit(worker_fn: Callable[[Any], None], config: Any, *, name: str, storage_path: str | Path,
         num_workers: int = 1, use_gpu: bool = False, max_failures: int = 2, cpus_per_worker: float = 1.0):
     """Run ``worker_fn(config)`` on ``num_workers`` Ray Train workers (DDP process group: gloo on CPU,
@@ -88,14 +140,16 @@ def fit(worker_fn: Callable[[Any], None], config: Any, *, name: str, storage_pat
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ensure_ray()
-    if num_workers == 1:
+    if not isinstance(config, dict):
+        worker_fn, config = functools.partial(_call_with_job, worker_fn), {"job": config}
+    if num_workers == 1 or not os.environ.get("RAY_ADDRESS"):
         from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
         trainer_cls, backend = DataParallelTrainer, {}
+        if num_workers > 1:  # local: our own process group, every socket on 127.0.0.1
+            worker_fn = functools.partial(_loopback_process_group, _free_loopback_port(), use_gpu, worker_fn)
     else:
         trainer_cls, backend = TorchTrainer, {"torch_config": TorchConfig(backend="nccl" if use_gpu else "gloo")}
-    if not isinstance(config, dict):
-        worker_fn, config = functools.partial(_call_with_job, worker_fn), {"job": config}
     trainer = trainer_cls(
         worker_fn,
         train_loop_config=config,
