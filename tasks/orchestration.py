@@ -17,8 +17,10 @@ def run_logger(fallback: str):
 
 
 #: errors that a rerun cannot fix (bad input, a missing file or model, a refused config): never retried
+from engine.train_loop import NonFiniteTrainingError  # noqa: E402 - torch is imported by every caller anyway
+
 DETERMINISTIC_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                        PermissionError)
+                        PermissionError, NonFiniteTrainingError)
 
 
 def retry_transient(task, task_run, state) -> bool:

@@ -74,6 +74,52 @@ def _call_with_job(worker_fn: Callable[[Any], Any], config: dict[str, Any]) -> A
     return worker_fn(config["job"])
 
 
+FAILURE_FILE = "deterministic-failure-rank{rank}.json"
+
+
+def _stop_on_deterministic_error(marker_dir: str, worker_fn: Callable[[Any], Any], config: Any) -> Any:
+    """Run the worker; a deterministic error (bad input, NaN) is written to ``marker_dir`` and the worker
+    returns, so Ray does not restart the group to fail the same way again. ``fit`` raises it on the driver.
+    Anything else (a killed worker, a lost connection) is raised as usual and Ray's retries apply."""
+    from tasks.orchestration import DETERMINISTIC_ERRORS
+
+    try:
+        return worker_fn(config)
+    except DETERMINISTIC_ERRORS as err:
+        import json
+        import traceback
+
+        try:
+            import ray.train
+
+            rank = ray.train.get_context().get_world_rank()
+        except Exception:  # noqa: BLE001 - outside Ray Train
+            rank = 0
+        path = Path(marker_dir) / FAILURE_FILE.format(rank=rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"type": type(err).__name__, "message": str(err),
+                                   "traceback": traceback.format_exc(), "rank": rank}))
+        tmp.replace(path)
+        return None
+
+
+def _raise_recorded_failure(marker_dir: Path) -> None:
+    import json
+
+    from tasks.orchestration import DETERMINISTIC_ERRORS
+
+    recorded = sorted(marker_dir.glob(FAILURE_FILE.format(rank="*")))
+    if not recorded:
+        return
+    failure = json.loads(recorded[0].read_text())
+    cls = next((c for c in DETERMINISTIC_ERRORS if c.__name__ == failure["type"]), ValueError)
+    err = cls(failure["message"])
+    err.add_note(f"raised on Ray Train worker rank {failure['rank']}, not retried (deterministic):\n"
+                 + failure["traceback"])
+    raise err
+
+
 def _free_loopback_port() -> int:
     import socket
 
@@ -130,11 +176,14 @@ def fit(worker_fn: Callable[[Any], None], config: Any, *, name: str, storage_pat
         num_workers: int = 1, use_gpu: bool = False, max_failures: int = 2, cpus_per_worker: float = 1.0):
     """Run ``worker_fn(config)`` on ``num_workers`` Ray Train workers (DDP process group: gloo on CPU,
     NCCL on GPU); ``config`` is a dict or a typed job (``engine.jobs``), which reaches the workers as that
-    object (Ray's loop config holds it under "job"); failed worker groups are restarted up to ``max_failures`` times and resume from the
-    last checkpoint. Returns the Ray ``Result``; raises its error if training failed for good.
+    object (Ray's loop config holds it under "job"). Failed worker groups are restarted up to ``max_failures``
+    times and resume from the last checkpoint, except after a deterministic error (bad input, a non-finite
+    loss: ``tasks.orchestration.DETERMINISTIC_ERRORS``), which is raised here at once. Returns the Ray ``Result``; raises its error if training failed for good.
 
-    A single worker gets no torch.distributed process group: its TCP rendezvous store would listen on
-    every interface (torch offers no bind address), and one worker has nothing to all-reduce.
+    A single worker gets no torch.distributed process group (it has nothing to all-reduce). Several local
+    workers get :func:`_loopback_process_group` (torch's own rendezvous store would listen on every
+    interface); on a cluster (``RAY_ADDRESS``) Ray's torch backend sets the group up, and every error is
+    left to Ray's retries (the workers' files are not on the driver's disk).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -142,6 +191,11 @@ def fit(worker_fn: Callable[[Any], None], config: Any, *, name: str, storage_pat
     ensure_ray()
     if not isinstance(config, dict):
         worker_fn, config = functools.partial(_call_with_job, worker_fn), {"job": config}
+    markers = Path(storage_path) / "failures"
+    for old in markers.glob(FAILURE_FILE.format(rank="*")):  # from an earlier fit of the same run
+        old.unlink()
+    if not os.environ.get("RAY_ADDRESS"):  # the driver sees the workers' files (one machine)
+        worker_fn = functools.partial(_stop_on_deterministic_error, str(markers), worker_fn)
     if num_workers == 1 or not os.environ.get("RAY_ADDRESS"):
         from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
@@ -173,6 +227,7 @@ def fit(worker_fn: Callable[[Any], None], config: Any, *, name: str, storage_pat
             import ray
 
             ray.shutdown()
+    _raise_recorded_failure(markers)
     if result.error:
         raise result.error
     return result

@@ -293,3 +293,33 @@ def test_bad_input_inside_a_flow_gives_one_error_line_no_traceback_and_no_retry(
     assert "Traceback" not in p.stderr and "Retrying" not in p.stderr, p.stderr[-2000:]
     assert len(p.stderr.splitlines()) <= 15, p.stderr
     assert "Traceback" in (tmp_path / "state" / "logs" / "last-error.txt").read_text()  # kept for whoever needs it
+
+
+def _counting_worker(cfg):
+    from pathlib import Path as _P
+
+    attempts = _P(cfg["dir"]) / "attempts"
+    attempts.write_text(str(int(attempts.read_text()) + 1 if attempts.exists() else 1))
+    if cfg["error"] == "value":
+        raise ValueError("tokenizer at /x lacks T5 sentinels")
+    if cfg["error"] == "nan":
+        from engine.train_loop import NonFiniteTrainingError
+
+        raise NonFiniteTrainingError("training stopped at step 3: loss nan")
+    raise OSError("connection reset by peer")  # infrastructure: Ray may retry
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("error, exc, attempts", [("value", ValueError, 1), ("nan", "NonFiniteTrainingError", 1),
+                                                  ("os", Exception, 3)])
+def test_ray_retries_infrastructure_failures_but_never_a_deterministic_error(tmp_path, error, exc, attempts):
+    from engine.train_loop import NonFiniteTrainingError
+    from tasks.ray_train import fit
+
+    exc = NonFiniteTrainingError if exc == "NonFiniteTrainingError" else exc
+    with pytest.raises(exc) as info:
+        fit(_counting_worker, {"dir": str(tmp_path), "error": error}, name=f"retry-{error}",
+            storage_path=tmp_path / "ray", num_workers=1, max_failures=2)
+    assert int((tmp_path / "attempts").read_text()) == attempts
+    if attempts == 1:  # the worker's message reaches the driver as the same error class, in one line
+        assert "\n" not in str(info.value) and ("sentinels" in str(info.value) or "loss nan" in str(info.value))
