@@ -438,3 +438,115 @@ def register_segmenter(run_id: str, model: ThaiSegmenter, name: str, tags: dict[
     shutil.rmtree(folder, ignore_errors=True)
     model.save(folder)
     return tracking.register_model(run_id, folder, name, artifact_path="segmenter", tags=tags, aliases=("final",))
+
+
+# ------------------------------------------------------------------------------------------------
+# several seeds: the study
+# ------------------------------------------------------------------------------------------------
+
+
+def study_numbers(histories: dict[int, dict[str, list[dict[str, float]]]], full_pool_f1: Optional[float], *,
+                  goal_fraction: float = 0.7, metric: str = "test_f1") -> dict[str, Any]:
+    """Per arm and seed, the characters needed to reach (a) the random arm's final F1 of the same seed and
+    (b) 95% of the full-pool F1 (``models.curves.first_reach``, linear between rounds; None = never), with
+    the spread across seeds; and whether an arm other than random reaches (a) with at most
+    ``goal_fraction`` of random's characters (on the mean over seeds, and in every seed)."""
+    from models.curves import spread
+
+    arms = sorted({a for h in histories.values() for a in h}, key=lambda a: (a != "random", a))
+    per: dict[str, dict[str, list]] = {a: {"final_f1": [], "final_chars": [], "to_random_final": [],
+                                           "fraction_of_random": [], "to_95_full": []} for a in arms}
+    for seed, h in histories.items():
+        target = h["random"][-1][metric]
+        for a in arms:
+            rows = h[a]
+            xs, ys = [r["annotated_chars"] for r in rows], [r[metric] for r in rows]
+            p = per[a]
+            p["final_f1"].append(ys[-1])
+            p["final_chars"].append(xs[-1])
+            reach = first_reach(xs, ys, target, lower_is_better=False)
+            p["to_random_final"].append(reach)
+            p["fraction_of_random"].append(None if reach is None else reach / h["random"][-1]["annotated_chars"])
+            p["to_95_full"].append(None if full_pool_f1 is None else
+                                   first_reach(xs, ys, 0.95 * full_pool_f1, lower_is_better=False))
+    out: dict[str, Any] = {"seeds": sorted(histories), "full_pool_f1": full_pool_f1, "goal_fraction": goal_fraction,
+                           "arms": {}}
+    for a in arms:
+        p = per[a]
+        out["arms"][a] = {k: {"values": v, **spread([x for x in v if x is not None]),
+                              "reached": sum(x is not None for x in v)} for k, v in p.items()}
+    others = [a for a in arms if a != "random"]
+    out["goal_met"] = {a: bool(out["arms"][a]["fraction_of_random"]["reached"] == len(histories)
+                               and out["arms"][a]["fraction_of_random"]["mean"] <= goal_fraction) for a in others}
+    return out
+
+
+def study_markdown(numbers: dict[str, Any]) -> str:
+    """The study's table and verdict, as printed and logged (``study.md``)."""
+    n = len(numbers["seeds"])
+    full = numbers["full_pool_f1"]
+
+    def cell(s: dict, fmt: str) -> str:
+        if not s.get("n"):
+            return "never"
+        text = f"{s['mean']:{fmt}} ± {s['std']:{fmt}}"
+        return text if s["reached"] == n else f"{text} ({s['reached']}/{n} seeds)"
+
+    lines = [f"Active learning over {n} seed(s) {numbers['seeds']}; mean ± sample std across seeds"
+             + (f"; full-pool word F1 {full:.4f} (95%: {0.95 * full:.4f})" if full is not None else ""), "",
+             "| arm | final word F1 | final chars | chars to random's final F1 | fraction of random's chars "
+             "| chars to 95% of full-pool F1 |", "|---|---:|---:|---:|---:|---:|"]
+    for a, s in numbers["arms"].items():
+        own = a == "random"  # random against its own final F1: only the noise of its curve, not a result
+        lines.append(f"| {a} | {cell(s['final_f1'], '.4f')} | {cell(s['final_chars'], ',.0f')} | "
+                     f"{'(itself)' if own else cell(s['to_random_final'], ',.0f')} | "
+                     f"{'1' if own else cell(s['fraction_of_random'], '.2f')} | {cell(s['to_95_full'], ',.0f')} |")
+    lines.append("")
+    goal = numbers["goal_fraction"]
+    for a, met in numbers["goal_met"].items():
+        s = numbers["arms"][a]["fraction_of_random"]
+        got = f"{s['mean']:.2f} of random's characters" if s.get("n") else "never reaches random's final F1"
+        lines.append(f"- **{a}**: {got} (goal: at most {goal:.2f}, in every seed): "
+                     + ("**goal met**" if met else "**goal not met**"))
+    return "\n".join(lines)
+
+
+def study_figure(histories: dict[int, dict[str, list[dict[str, float]]]], full_pool_f1: Optional[float],
+                 metric: str = "test_f1"):
+    """Word F1 against annotated characters: per arm the mean over seeds, round by round, with a band of
+    one standard deviation; the full-pool F1 and 95% of it as reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    arms = sorted({a for h in histories.values() for a in h}, key=lambda a: (a != "random", a))
+    for a in arms:
+        curves = [h[a] for h in histories.values()]
+        n = min(len(c) for c in curves)
+        xs = np.array([[c[i]["annotated_chars"] for i in range(n)] for c in curves]).mean(axis=0)
+        ys = np.array([[c[i][metric] for i in range(n)] for c in curves])
+        mean, std = ys.mean(axis=0), ys.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(n)
+        ax.plot(xs, mean, "-o", ms=3, label=f"{a} (mean of {len(curves)} seeds)")
+        ax.fill_between(xs, mean - std, mean + std, alpha=0.2)
+    if full_pool_f1 is not None:
+        ax.axhline(full_pool_f1, color="grey", ls="--", lw=1, label=f"full pool ({full_pool_f1:.3f})")
+        ax.axhline(0.95 * full_pool_f1, color="grey", ls=":", lw=1, label="95% of full pool")
+    ax.set_xlabel("annotated characters")
+    ax.set_ylabel(f"{_METRIC_LABELS.get(metric, metric)} (held-out ORCHID)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+@task(name="full-pool-segmenter", cache_policy=NONE)
+def full_pool_f1(pool: Sequence[PoolItem], test: Sequence[PoolItem], *, segmenter: dict[str, Any], epochs: int,
+                 seed: int) -> float:
+    """Word F1 on the test set of a segmenter trained on the whole gold pool: the ceiling of the curves."""
+    labelled = {it.id: list(it.words) for it in pool if it.words}
+    model, _ = retrain.fn(None, labelled, segmenter=segmenter, epochs=epochs,
+                          init_generator=torch_generator_for(seed, 0, "init"),
+                          fit_generator=torch_generator_for(seed, 0, "fit"))
+    return evaluate.fn(model, test)["test_f1"]

@@ -1,0 +1,60 @@
+"""Active learning over seeds: the numbers of the study, and the study flow for real (tiny, two seeds)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.active_learning import study_markdown, study_numbers
+
+
+def _curve(chars, f1s):
+    return [{"annotated_chars": float(c), "test_f1": f} for c, f in zip(chars, f1s)]
+
+
+def test_an_arm_that_reaches_randoms_final_f1_with_half_its_characters_in_every_seed_meets_the_goal():
+    chars = [100, 200, 300, 400]
+    histories = {s: {"random": _curve(chars, [0.5, 0.6, 0.7, 0.8]), "ranked": _curve(chars, [0.6, 0.8, 0.85, 0.9])}
+                 for s in (0, 1, 2)}
+    n = study_numbers(histories, full_pool_f1=0.9, goal_fraction=0.7)
+    ranked = n["arms"]["ranked"]
+    assert ranked["to_random_final"]["values"] == [200.0] * 3
+    assert ranked["fraction_of_random"]["mean"] == pytest.approx(0.5) and ranked["fraction_of_random"]["std"] == 0.0
+    assert ranked["to_95_full"]["values"] == [pytest.approx(310.0)] * 3  # 0.855: a tenth of the way from 0.85 to 0.9
+    assert n["arms"]["random"]["to_95_full"]["reached"] == 0  # 0.8 < 0.855
+    assert n["goal_met"] == {"ranked": True}
+    text = study_markdown(n)
+    assert "**goal met**" in text and "| random |" in text and "never" in text
+
+
+def test_the_goal_needs_every_seed_and_a_fraction_within_it():
+    chars = [100, 200, 300, 400]
+    slow = {"random": _curve(chars, [0.5, 0.6, 0.7, 0.8]), "ranked": _curve(chars, [0.5, 0.6, 0.75, 0.8])}
+    never = {"random": _curve(chars, [0.5, 0.6, 0.7, 0.8]), "ranked": _curve(chars, [0.5, 0.6, 0.7, 0.75])}
+    assert study_numbers({0: slow}, None)["goal_met"] == {"ranked": False}  # 350 / 400 = 0.875 > 0.7
+    both = study_numbers({0: slow, 1: never}, None)
+    assert both["arms"]["ranked"]["fraction_of_random"]["reached"] == 1 and both["goal_met"] == {"ranked": False}
+    assert "(1/2 seeds)" in study_markdown(both) and "full-pool" not in study_markdown(both).splitlines()[0]
+
+
+@pytest.mark.slow
+def test_the_study_runs_a_seed_per_run_and_a_rerun_reuses_the_finished_seeds(prefect_harness, tmp_path):
+    from mlflow import MlflowClient
+
+    from flows._cli import build_config
+    from flows.al_study import PRESETS, ALStudyConfig, al_study
+
+    cfg = build_config(ALStudyConfig, PRESETS, "tiny", [
+        "seeds=[0,1]", "name=t", f"active_learning.output_root={tmp_path}", "active_learning.rounds=2",
+        "active_learning.schedule=[]", "active_learning.data.max_pool=400", "active_learning.data.max_test=80"])
+    first = al_study(config=cfg)
+    assert first.numbers["seeds"] == [0, 1] and 0.0 < first.numbers["full_pool_f1"] <= 1.0
+    assert {p.name for p in tmp_path.iterdir()} >= {"t-seed0", "t-seed1"}
+    arts = [f.path for f in MlflowClient().list_artifacts(first.run_id)]
+    assert {"study.md", "study_curves.png", "study.json"} <= set(arts)
+    children = MlflowClient().search_runs([MlflowClient().get_run(first.run_id).info.experiment_id],
+                                          filter_string=f"tags.mlflow.parentRunId = '{first.run_id}'")
+    assert len(children) == 2  # one active-learning run per seed, nested under the study
+    again = al_study(config=cfg.model_copy(update={"full_pool": False}))
+    assert again.numbers["arms"]["ranked"]["final_f1"]["values"] == first.numbers["arms"]["ranked"]["final_f1"]["values"]
+    assert not MlflowClient().search_runs([MlflowClient().get_run(again.run_id).info.experiment_id],
+                                          filter_string=f"tags.mlflow.parentRunId = '{again.run_id}'")
