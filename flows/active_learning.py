@@ -130,6 +130,12 @@ class ActiveLearningConfig(FlowConfig):
                              "equal annotation cost per round for both arms")
     rounds: int = Field(4, ge=1, description="selection rounds after the seed round")
     candidates: int = Field(0, ge=0, description="ranked arm scores this many random unlabelled items (0 = all)")
+    arms: list[Literal["random", "ranked", "partial"]] = Field(
+        ["random", "ranked"], description="arms after the shared seed round: random (always first), ranked "
+        "(whole sentences by the scorer) and partial (the most uncertain boundary windows; simulated annotator)")
+    partial_windows: int = Field(3, ge=1, description="partial arm: at most this many windows per sentence")
+    partial_half_width: int = Field(3, ge=1, description="partial arm: a window shows this many characters on "
+                                    "each side of the uncertain position")
     retrain: Literal["continue", "scratch"] = Field("continue", description="warm-start each round, or refit from scratch")
     fresh_epochs: int = Field(3, ge=1, description="epochs for a new model (seed round, scratch, model change)")
     round_epochs: int = Field(1, ge=1, description="epochs over all labelled data when continuing")
@@ -163,6 +169,11 @@ class ActiveLearningConfig(FlowConfig):
                 _check_segmenter({**self.segmenter, **ev.segmenter}, f"schedule[{i}].segmenter")
             if isinstance(ev, PoolChange) and ev.source != "wiki_titles" and not ev.paths:
                 raise ValueError(f"schedule[{i}]: a pool change from '{ev.source}' needs paths=[...]")
+        if not self.arms or self.arms[0] != "random" or len(set(self.arms)) != len(self.arms):
+            raise ValueError(f"arms must start with 'random' and list each arm once, got {self.arms}")
+        if "partial" in self.arms and self.annotator.kind != "simulated":
+            raise ValueError("the partial arm needs annotator.kind=simulated (windows for a human annotator are "
+                             "not written yet)")
         if self.resume and not self.run_name:
             raise ValueError(f"resume={self.resume} needs run_name (the folder of the run to continue)")
         if self.stop_after_round is not None and self.stop_after_round > self.rounds:
@@ -223,15 +234,25 @@ class ActiveLearningResult:
                 "--set resume=true" if self.stopped else f"{self.rounds_done} rounds done")
         lines = [f"active learning: {head}"]
         if "random_final_f1" in n:
+            arms = [a for a in ("ranked", "partial") if f"{a}_final_f1" in n]
             lines.append(f"final word F1: random {n['random_final_f1']:.4f} ({n['random_final_chars']:.0f} chars), "
-                         f"ranked {n['ranked_final_f1']:.4f} ({n['ranked_final_chars']:.0f} chars); "
-                         f"newmm {n.get('newmm_test_f1', float('nan')):.4f}")
-            lines.append(f"boundary F1: random {n['random_final_boundary_f1']:.4f}, ranked "
-                         f"{n['ranked_final_boundary_f1']:.4f}; newmm {n.get('newmm_test_boundary_f1', float('nan')):.4f}")
-            lines.append(f"ranked arm reached the random arm's final F1 with {n['chars_fraction']:.0%} of its "
-                         f"characters ({n['ranked_chars_to_random_final']:.0f}) and {n['sentences_fraction']:.0%} "
-                         "of its sentences" if "chars_fraction" in n else
-                         "ranked arm did not reach the random arm's final F1")
+                         + "".join(f"{a} {n[f'{a}_final_f1']:.4f} ({n[f'{a}_final_chars']:.0f} chars"
+                                   + (" shown" if a == "partial" else "") + "), " for a in arms)
+                         + f"newmm {n.get('newmm_test_f1', float('nan')):.4f}")
+            lines.append(f"boundary F1: random {n['random_final_boundary_f1']:.4f}, "
+                         + "".join(f"{a} {n[f'{a}_final_boundary_f1']:.4f}, " for a in arms)
+                         + f"newmm {n.get('newmm_test_boundary_f1', float('nan')):.4f}")
+            for a in arms:
+                fraction = n.get("chars_fraction" if a == "ranked" else f"{a}_chars_fraction")
+                if fraction is None:
+                    lines.append(f"{a} arm did not reach the random arm's final F1")
+                elif a == "ranked":
+                    lines.append(f"ranked arm reached the random arm's final F1 with {fraction:.0%} of its "
+                                 f"characters ({n['ranked_chars_to_random_final']:.0f}) and "
+                                 f"{n['sentences_fraction']:.0%} of its sentences")
+                else:
+                    lines.append(f"{a} arm reached the random arm's final F1 with {fraction:.0%} of its characters "
+                                 f"({n[f'{a}_chars_to_random_final']:.0f} shown)")
             if n.get("environment_changes"):
                 lines[-1] += (f" (note: {n['environment_changes']:.0f} environment changes happened during the run; "
                               "the curves are not comparable across them)")
@@ -276,14 +297,13 @@ def _mlflow_runs(cfg: ActiveLearningConfig, state: dict[str, Any], run_dir: Path
             tracking.mark_status(rid, "KILLED" if state.get("stopped") else "FINISHED")
         return
     tags = {"stage": "active_learning", "preset": cfg.preset, "run_folder": str(run_dir)}
-    with tracking.start_run(cfg.experiment, run_dir.name, params=cfg.model_dump(), tags=tags,
-                            parent_run_id=parent_run_id) as pid, \
-            tracking.start_run(cfg.experiment, f"{run_dir.name}-random", tags={**tags, "arm": "random"},
-                               parent_run_id=pid) as rid, \
-            tracking.start_run(cfg.experiment, f"{run_dir.name}-ranked", tags={**tags, "arm": "ranked"},
-                               parent_run_id=pid) as kid:
-        state["mlflow"] = {"parent": pid, "random": rid, "ranked": kid}
-        assert tuple(state["mlflow"])[1:] == ARMS
+    with contextlib.ExitStack() as stack:
+        pid = stack.enter_context(tracking.start_run(cfg.experiment, run_dir.name, params=cfg.model_dump(),
+                                                     tags=tags, parent_run_id=parent_run_id))
+        state["mlflow"] = {"parent": pid, **{arm: stack.enter_context(tracking.start_run(
+            cfg.experiment, f"{run_dir.name}-{arm}", tags={**tags, "arm": arm}, parent_run_id=pid))
+            for arm in cfg.arms}}
+        assert all(arm in ARMS for arm in cfg.arms)
         write_json_atomic(run_dir / "state.json", state)  # round_done = -1: resumable from the seed round on
         yield state["mlflow"]
         if state.get("stopped"):  # a planned stop: the runs end KILLED (resumable), not FINISHED
@@ -331,7 +351,7 @@ class _Run:
     cfg: ActiveLearningConfig
     run_dir: Path
     state: dict[str, Any]
-    runs: dict[str, str]  # MLflow run ids: parent, random, ranked
+    runs: dict[str, str]  # MLflow run ids: parent, then one per arm
     initial: list  # the initial pool (PoolItem)
     test: list
     reference: dict[str, Any]  # newmm on the test set, and the newmm-guideline gold
@@ -400,10 +420,11 @@ def _seed_round(run: _Run) -> dict:
     seed = al.Arm("random", None)
     rows = _annotate_train_evaluate(run, 0, {"random": seed}, {"random": [pool[i] for i in sorted(pick.tolist())]},
                                     {"random": {}}, pool, fresh=True)
-    twin = copy.deepcopy(seed)
-    twin.name = "ranked"
-    arms = {"random": seed, "ranked": twin}
-    _log_round(run, 0, arms, {"random": rows["random"], "ranked": rows["random"]})
+    arms = {"random": seed}
+    for name in run.cfg.arms[1:]:  # the other arms start from the same model and seed set
+        arms[name] = copy.deepcopy(seed)
+        arms[name].name = name
+    _log_round(run, 0, arms, {name: rows["random"] for name in arms})
     return arms
 
 
@@ -416,34 +437,51 @@ def _round(run: _Run, r: int, arms: dict) -> dict:
         _record(run, event)
         run.log.info("round %d: environment change: %s", r, event["detail"])
     cfg, pool = run.cfg, run.schedule.pool(run.initial, r)
-    futures = {name: al.select_batch.submit(
-        name, arm.model, [it for it in pool if it.id not in arm.labelled], cfg.batch_size, cfg.scorer.model_dump(),
-        cfg.candidates, al.rng_for(cfg.seed, r, "select", name), cfg.batch_chars) for name, arm in arms.items()}
+    futures = {}
+    for name, arm in arms.items():
+        rng = al.rng_for(cfg.seed, r, "select", name)
+        if name == "partial":
+            futures[name] = al.select_windows_batch.submit(
+                arm.model, pool, arm.partial, arm.labelled, cfg.candidates, rng, cfg.batch_chars or 20 * cfg.batch_size,
+                cfg.partial_windows, cfg.partial_half_width, cfg.scorer.method)
+        else:
+            futures[name] = al.select_batch.submit(
+                name, arm.model, [it for it in pool if it.id not in arm.labelled], cfg.batch_size,
+                cfg.scorer.model_dump(), cfg.candidates, rng, cfg.batch_chars)
     picked = {name: f.result() for name, f in futures.items()}
+    windows = {name: p[1] for name, p in picked.items() if name == "partial"}
     fresh = cfg.retrain == "scratch" or run.schedule.new_model_at(r)
     rows = _annotate_train_evaluate(run, r, arms, {n: p[0] for n, p in picked.items()},
-                                    {n: p[1] for n, p in picked.items()}, pool, fresh=fresh)
+                                    {n: p[-1] for n, p in picked.items()}, pool, fresh=fresh, windows=windows)
     _log_round(run, r, arms, rows)
     return arms
 
 
 def _annotate_train_evaluate(run: _Run, r: int, arms: dict, batches: dict, stats: dict, pool: list, *,
-                             fresh: bool) -> dict[str, dict[str, float]]:
+                             fresh: bool, windows: Optional[dict] = None) -> dict[str, dict[str, float]]:
     """Annotate the arms' batches at once (blind to the arm), retrain and evaluate every arm concurrently;
-    returns each arm's row of the learning curve."""
+    returns each arm's row of the learning curve. The partial arm keeps only what its ``windows`` show,
+    and pays the characters shown."""
     from tasks import active_learning as al
 
     cfg, env = run.cfg, run.schedule.environment(r)
     answers = al.annotate(_annotator(cfg, env, run.run_dir), batches, r, al.rng_for(cfg.seed, r, "annotate"))
+    windows = windows or {}
     for name, arm in arms.items():
-        arm.labelled.update(answers[name])
+        if name in windows:
+            arm.chars += al.keep_windows(arm, windows[name], answers[name], {it.id: it.text for it in batches[name]})
+        else:
+            arm.labelled.update(answers[name])
+            arm.chars += sum(len(it.text) for it in batches[name])
         arm.sentences += len(batches[name])
-        arm.chars += sum(len(it.text) for it in batches[name])
         arm.proxy += sum(it.words is None for it in batches[name])
+    texts = {it.id: it.text for it in pool}
     fits = {name: al.retrain.submit(None if fresh else arm.model, arm.labelled, segmenter=env["segmenter"],
                                     epochs=cfg.fresh_epochs if fresh else cfg.round_epochs,
                                     init_generator=al.torch_generator_for(cfg.seed, r, "init"),
-                                    fit_generator=al.torch_generator_for(cfg.seed, r, "fit"))
+                                    fit_generator=al.torch_generator_for(cfg.seed, r, "fit"),
+                                    partial=[(texts[i], p["starts"], p["known"]) for i, p in arm.partial.items()
+                                             if i in texts and i not in arm.labelled])
             for name, arm in arms.items()}
     fit_stats = {}
     for name, f in fits.items():
@@ -477,9 +515,8 @@ def _log_round(run: _Run, r: int, arms: dict, rows: dict[str, dict[str, float]])
     for name, arm in arms.items():
         arm.history.append(rows[name])
         al.log_round(run.runs[name], rows[name], r)
-    run.log.info("round %d: word F1 random %.4f (%d chars), ranked %.4f (%d chars)", r,
-                 arms["random"].history[-1]["test_f1"], arms["random"].chars,
-                 arms["ranked"].history[-1]["test_f1"], arms["ranked"].chars)
+    run.log.info("round %d: word F1 %s", r, ", ".join(f"{name} {arm.history[-1]['test_f1']:.4f} ({arm.chars} chars)"
+                                                     for name, arm in arms.items()))
     al.log_learning_curve(run.runs["parent"], {name: arm.history for name, arm in arms.items()}, run.state["events"],
                           run.reference["scores"]["newmm_test_f1"])
 

@@ -48,7 +48,8 @@ from typing import Protocol
 
 import numpy as np
 
-__all__ = ["METHODS", "AGGREGATES", "char_uncertainty", "sentence_score", "sentence_scores", "rank", "BoundaryModel"]
+__all__ = ["METHODS", "AGGREGATES", "char_uncertainty", "sentence_score", "sentence_scores", "rank", "BoundaryModel",
+           "merge_windows", "window_decisions", "select_windows"]
 
 METHODS = ("entropy", "margin", "least_confidence")
 AGGREGATES = ("mean", "max", "sum")
@@ -189,3 +190,67 @@ def rank(
                              length_normalize=length_normalize, cost_aware=cost_aware)
     # lexsort sorts by the last key first: descending score, then ascending index.
     return np.lexsort((np.arange(len(scores)), -scores)).tolist()
+
+
+# -- partial annotation: the most uncertain boundary windows ------------------------------------------
+
+def merge_windows(windows: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Half-open character windows ``[start, end)``, sorted, with overlapping or touching ones merged."""
+    out: list[list[int]] = []
+    for s, e in sorted(windows):
+        if out and s <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+def window_decisions(windows: Sequence[tuple[int, int]], n: int) -> np.ndarray:
+    """Bool (n,): the boundary positions an annotator decides when shown ``windows``: inside ``[s, e)`` the
+    positions s+1 .. e-1 (between two shown characters; position 0 is never a decision)."""
+    known = np.zeros(n, dtype=bool)
+    for s, e in windows:
+        known[max(s + 1, 1): min(e, n)] = True
+    return known
+
+
+def select_windows(
+    probs: Sequence[np.ndarray],
+    decision_masks: Sequence[np.ndarray | None],
+    *,
+    budget_chars: int,
+    windows_per_text: int = 3,
+    half_width: int = 3,
+    method: str = "entropy",
+) -> dict[int, list[tuple[int, int]]]:
+    """Partial annotation (Neubig et al. 2011): the most uncertain decision positions over all texts, each
+    shown to the annotator as a window of characters ``[i - half_width, i + half_width)`` (clipped; it
+    decides the boundaries inside, :func:`window_decisions`), at most ``windows_per_text`` per text, taken
+    best first until the characters shown reach ``budget_chars``. The cost of a text is the characters of
+    its merged windows. Returns text index -> merged windows; ties go to the lower text index, then the
+    lower position. ``decision_masks`` exclude what is not a decision or is already annotated."""
+    if budget_chars < 1 or windows_per_text < 1 or half_width < 1:
+        raise ValueError("budget_chars, windows_per_text and half_width must be >= 1")
+    if len(probs) != len(decision_masks):
+        raise ValueError(f"{len(probs)} probability arrays but {len(decision_masks)} decision masks")
+    cand = []  # (-uncertainty, text, position)
+    for t, (p, m) in enumerate(zip(probs, decision_masks)):
+        p = np.asarray(p, dtype=np.float64)
+        mask = _mask(m, p.shape[0])
+        u = char_uncertainty(p, method)
+        cand += [(-float(u[i]), t, int(i)) for i in np.nonzero(mask)[0] if u[i] > 0.0]
+    cand.sort()
+    chosen: dict[int, list[tuple[int, int]]] = {}
+    spent = 0
+    for _, t, i in cand:
+        if spent >= budget_chars:
+            break
+        mine = chosen.get(t, [])
+        n = len(probs[t])
+        if len(mine) >= windows_per_text or window_decisions(mine, n)[i]:
+            continue  # the text's quota is used, or this position is already shown in a window
+        before = sum(e - s for s, e in merge_windows(mine))
+        mine = merge_windows(mine + [(max(0, i - half_width), min(n, i + half_width))])
+        spent += sum(e - s for s, e in mine) - before
+        chosen[t] = mine
+    return chosen

@@ -28,6 +28,8 @@ Run the tests: ``python -m pytest tests/models/test_thai_segmenter.py -q``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import dataclasses
 import json
 import math
@@ -432,11 +434,15 @@ class ThaiSegmenter(nn.Module):
         generator: torch.Generator,
         epochs: int | None = None,
         progress: bool = False,
+        partial: Sequence[tuple[str, Sequence[int], Sequence[int]]] = (),
     ) -> FitResult:
         """Train on gold segmentations (lists of words). Continues from the current weights.
 
-        The vocabulary is extended with this call's frequent characters first. ``generator``
-        drives shuffling and dropout. Returns per-epoch mean losses.
+        ``partial`` adds partially annotated texts, as ``(text, starts, known)``: ``known`` are the
+        positions whose boundary the annotator decided, ``starts`` those of them where a word starts;
+        the loss sees only the known decision positions of such a text (partial annotation for a
+        pointwise model, Neubig et al. 2011). The vocabulary is extended with this call's frequent
+        characters first. ``generator`` drives shuffling and dropout. Returns per-epoch mean losses.
         """
         epochs = self.config.epochs if epochs is None else epochs
         if not isinstance(epochs, int) or epochs < 0:
@@ -445,10 +451,11 @@ class ThaiSegmenter(nn.Module):
             raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         data = [[w for w in s if w] for s in sentences]
         data = [s for s in data if s]
-        if not data:
+        partial = [(t, list(st), list(kn)) for t, st, kn in partial if t and len(kn)]
+        if not data and not partial:
             raise ValueError("fit needs at least one non-empty sentence (a list of words)")
         texts = ["".join(s) for s in data]
-        self._extend_vocab(texts)
+        self._extend_vocab(texts + [t for t, _, _ in partial])
 
         examples = []  # (chars, classes, labels, decision mask)
         for words, text in zip(data, texts):
@@ -457,6 +464,17 @@ class ThaiSegmenter(nn.Module):
             chars, classes = self._encode(text)
             examples.append((chars, classes, torch.from_numpy(labels),
                              torch.from_numpy(self._decision_mask(text))))
+        for text, starts, known in partial:
+            if any(not 0 <= i < len(text) for i in list(starts) + list(known)) or not set(starts) <= set(known):
+                raise ValueError(f"partial annotation of {text[:20]!r}...: starts must be known positions inside "
+                                 "the text")
+            labels = np.zeros(len(text), dtype=np.float32)
+            labels[list(starts)] = 1.0
+            known_mask = np.zeros(len(text), dtype=bool)
+            known_mask[list(known)] = True
+            chars, classes = self._encode(text)
+            examples.append((chars, classes, torch.from_numpy(labels),
+                             torch.from_numpy(self._decision_mask(text) & known_mask)))
         n_decisions = int(sum(int(e[3].sum()) for e in examples))
 
         c = self.config

@@ -24,14 +24,14 @@ import torch
 from prefect import task
 from prefect.cache_policies import NONE
 
-from models.al_scorers import sentence_scores
+from models.al_scorers import select_windows, sentence_scores, window_decisions
 from models.curves import first_reach
-from models.thai_segmenter import SegmenterConfig, ThaiSegmenter, boundary_prf, word_f1
+from models.thai_segmenter import SegmenterConfig, ThaiSegmenter, boundary_prf, word_f1, word_starts
 from tasks import tracking
 from tasks.annotators import HumanAnnotator, SimulatedAnnotator, apply_newmm_guideline, newmm_words
 from tasks.thai_data import PoolItem
 
-ARMS = ("random", "ranked")
+ARMS = ("random", "ranked", "partial")  # the order fixes each arm's random stream (rng_for)
 _PURPOSE = {"seed_set": 1, "select": 2, "annotate": 3, "init": 4, "fit": 5, "pool": 6}
 
 
@@ -58,6 +58,7 @@ class Arm:
     chars: int = 0  # annotated characters paid for
     proxy: int = 0  # sentences answered by the newmm stand-in oracle (items without gold)
     history: list[dict[str, float]] = field(default_factory=list)  # one row per round
+    partial: dict[str, dict[str, list[int]]] = field(default_factory=dict)  # item id -> {known, starts}: partial arm
 
 
 # ------------------------------------------------------------------------------------------------
@@ -169,6 +170,8 @@ def select_batch(arm: str, model: ThaiSegmenter, unlabelled: Sequence[PoolItem],
     for both arms, so the two are comparable)."""
     t0 = time.perf_counter()
     stats: dict[str, float] = {}
+    if arm == "partial":
+        raise ValueError("the partial arm selects windows: use select_windows_batch")
     if arm == "random":
         picked = _take(rng.permutation(len(unlabelled)), unlabelled, batch_size, batch_chars)
         batch = [unlabelled[i] for i in sorted(picked)]
@@ -184,6 +187,53 @@ def select_batch(arm: str, model: ThaiSegmenter, unlabelled: Sequence[PoolItem],
     stats.update(sel_score_mean=float(s.mean()), sel_score_min=float(s.min()), sel_score_max=float(s.max()),
                  sel_score_std=float(s.std()), select_seconds=time.perf_counter() - t0)
     return batch, stats
+
+
+@task(name="select-windows", cache_policy=NONE)
+def select_windows_batch(model: ThaiSegmenter, pool: Sequence[PoolItem], known: dict[str, dict[str, list[int]]],
+                         labelled: dict[str, list[str]], candidates: int, rng: np.random.Generator, batch_chars: int,
+                         windows_per_text: int, half_width: int, method: str = "entropy"
+                         ) -> tuple[list[PoolItem], dict[str, list[tuple[int, int]]], dict[str, float]]:
+    """The partial arm's round: among ``candidates`` random pool items (0 = all) not fully annotated, the
+    most uncertain boundary windows (``models.al_scorers.select_windows``) until ``batch_chars`` characters
+    are shown; positions already annotated are no candidates. Returns the items, their windows and stats."""
+    t0 = time.perf_counter()
+    items = [it for it in pool if it.id not in labelled]
+    idx = (np.arange(len(items)) if not candidates or candidates >= len(items)
+           else np.sort(rng.choice(len(items), size=candidates, replace=False)))
+    texts = [items[i].text for i in idx]
+    probs = model.boundary_probs(texts)
+    masks = model.decision_masks(texts)
+    for j, i in enumerate(idx):
+        done = known.get(items[i].id)
+        if done:
+            masks[j] = masks[j].copy()
+            masks[j][done["known"]] = False
+    chosen = select_windows(probs, masks, budget_chars=max(batch_chars, 1), windows_per_text=windows_per_text,
+                            half_width=half_width, method=method)
+    batch = [items[idx[j]] for j in sorted(chosen)]
+    windows = {items[idx[j]].id: w for j, w in chosen.items()}
+    shown = sum(e - s for w in windows.values() for s, e in w)
+    return batch, windows, {"candidates": float(len(idx)), "windows": float(sum(len(w) for w in windows.values())),
+                            "shown_chars": float(shown), "select_seconds": time.perf_counter() - t0}
+
+
+def keep_windows(arm: "Arm", windows: dict[str, list[tuple[int, int]]], answers: dict[str, list[str]],
+                 texts: dict[str, str]) -> int:
+    """Record what the annotator decided inside ``windows`` (from its full answers) in ``arm.partial``;
+    returns the characters shown (the cost)."""
+    shown = 0
+    for item_id, w in windows.items():
+        text = texts[item_id]
+        decided = window_decisions(w, len(text))
+        starts = np.zeros(len(text), dtype=bool)
+        starts[word_starts(list(answers[item_id]))] = True
+        rec = arm.partial.setdefault(item_id, {"known": [], "starts": []})
+        known = set(rec["known"]) | set(np.nonzero(decided)[0].tolist())
+        rec["known"] = sorted(known)
+        rec["starts"] = sorted(i for i in known if starts[i])
+        shown += sum(e - s for s, e in w)
+    return shown
 
 
 # ------------------------------------------------------------------------------------------------
@@ -219,14 +269,16 @@ def new_model(segmenter: dict[str, Any], generator: torch.Generator) -> ThaiSegm
 
 @task(name="retrain", cache_policy=NONE)
 def retrain(model: Optional[ThaiSegmenter], labelled: dict[str, list[str]], *, segmenter: dict[str, Any],
-            epochs: int, init_generator: torch.Generator, fit_generator: torch.Generator
+            epochs: int, init_generator: torch.Generator, fit_generator: torch.Generator,
+            partial: Sequence[tuple[str, Sequence[int], Sequence[int]]] = ()
             ) -> tuple[ThaiSegmenter, dict[str, float]]:
-    """Fit on everything annotated so far: continue from ``model`` or, when it is None, from a new
-    model built from ``segmenter`` (first round, ``retrain=scratch``, or a model change)."""
+    """Fit on everything annotated so far (whole sentences, and ``partial``: ``(text, starts, known)`` of
+    partially annotated ones): continue from ``model`` or, when it is None, from a new model built from
+    ``segmenter`` (first round, ``retrain=scratch``, or a model change)."""
     t0 = time.perf_counter()
     if model is None:
         model = new_model(segmenter, init_generator)
-    fit = model.fit(list(labelled.values()), generator=fit_generator, epochs=epochs)
+    fit = model.fit(list(labelled.values()), generator=fit_generator, epochs=epochs, partial=partial)
     return model, {"train_loss": fit.epoch_losses[-1] if fit.epoch_losses else float("nan"),
                    "train_sentences": float(fit.n_sentences), "train_seconds": time.perf_counter() - t0}
 
@@ -345,22 +397,29 @@ def learning_curve_figure(histories: dict[str, list[dict[str, float]]], events: 
 
 
 def comparison_numbers(histories: dict[str, list[dict[str, float]]], metric: str = "test_f1") -> dict[str, float]:
-    """Where the ranked arm first reaches the random arm's final ``metric`` (linear interpolation
-    between rounds, ``models.curves.first_reach``), in characters and sentences."""
-    rnd, rk = histories["random"], histories["ranked"]
+    """Where each other arm first reaches the random arm's final ``metric`` (linear interpolation between
+    rounds, ``models.curves.first_reach``), in characters (for the partial arm: characters shown) and, for
+    the ranked arm, sentences. The ranked arm's keys keep their first names (``chars_fraction``...)."""
+    rnd = histories["random"]
     target = rnd[-1][metric]
-    out = {"random_final_f1": target, "ranked_final_f1": rk[-1][metric],
-           "random_final_boundary_f1": rnd[-1]["test_boundary_f1"],
-           "ranked_final_boundary_f1": rk[-1]["test_boundary_f1"],
-           "random_final_chars": rnd[-1]["annotated_chars"], "ranked_final_chars": rk[-1]["annotated_chars"],
-           "random_final_sentences": rnd[-1]["annotated_sentences"]}
-    ys = [r[metric] for r in rk]
-    chars = first_reach([r["annotated_chars"] for r in rk], ys, target, lower_is_better=False)
-    sents = first_reach([r["annotated_sentences"] for r in rk], ys, target, lower_is_better=False)
-    if chars is not None:
-        out.update(ranked_chars_to_random_final=chars, ranked_sentences_to_random_final=sents,
-                   chars_fraction=chars / rnd[-1]["annotated_chars"],
-                   sentences_fraction=sents / rnd[-1]["annotated_sentences"])
+    out = {"random_final_f1": target, "random_final_boundary_f1": rnd[-1]["test_boundary_f1"],
+           "random_final_chars": rnd[-1]["annotated_chars"], "random_final_sentences": rnd[-1]["annotated_sentences"]}
+    for arm, rows in histories.items():
+        if arm == "random":
+            continue
+        out.update({f"{arm}_final_f1": rows[-1][metric], f"{arm}_final_boundary_f1": rows[-1]["test_boundary_f1"],
+                    f"{arm}_final_chars": rows[-1]["annotated_chars"]})
+        ys = [r[metric] for r in rows]
+        chars = first_reach([r["annotated_chars"] for r in rows], ys, target, lower_is_better=False)
+        if chars is None:
+            continue
+        fraction = chars / rnd[-1]["annotated_chars"]
+        if arm == "ranked":
+            sents = first_reach([r["annotated_sentences"] for r in rows], ys, target, lower_is_better=False)
+            out.update(ranked_chars_to_random_final=chars, ranked_sentences_to_random_final=sents,
+                       chars_fraction=fraction, sentences_fraction=sents / rnd[-1]["annotated_sentences"])
+        else:
+            out.update({f"{arm}_chars_to_random_final": chars, f"{arm}_chars_fraction": fraction})
     return out
 
 
@@ -409,7 +468,8 @@ def save_state(run_dir: Path, state: dict[str, Any], arms: dict[str, Arm], round
     folders = save_models(run_dir, arms, round_no)
     state["round_done"] = round_no
     state["arms"] = {name: {"labelled": arm.labelled, "sentences": arm.sentences, "chars": arm.chars,
-                            "proxy": arm.proxy, "history": arm.history, "model_dir": folders[name]}
+                            "proxy": arm.proxy, "history": arm.history, "model_dir": folders[name],
+                            "partial": arm.partial}
                      for name, arm in arms.items()}
     write_json_atomic(run_dir / "state.json", state)
     for name in arms:
@@ -427,7 +487,7 @@ def restore_arms(state: dict[str, Any]) -> dict[str, Arm]:
     arms = {}
     for name, s in state["arms"].items():
         arms[name] = Arm(name, ThaiSegmenter.load(s["model_dir"]), labelled=s["labelled"], sentences=s["sentences"],
-                         chars=s["chars"], proxy=s["proxy"], history=s["history"])
+                         chars=s["chars"], proxy=s["proxy"], history=s["history"], partial=s.get("partial", {}))
     return arms
 
 
