@@ -466,13 +466,14 @@ def _annotate_train_evaluate(run: _Run, r: int, arms: dict, batches: dict, stats
 
     cfg, env = run.cfg, run.schedule.environment(r)
     answers = al.annotate(_annotator(cfg, env, run.run_dir), batches, r, al.rng_for(cfg.seed, r, "annotate"))
-    windows = windows or {}
+    windows, cost = windows or {}, {}
     for name, arm in arms.items():
-        if name in windows:
-            arm.chars += al.keep_windows(arm, windows[name], answers[name], {it.id: it.text for it in batches[name]})
+        if name in windows:  # the partial arm pays the characters its windows show
+            cost[name] = al.keep_windows(arm, windows[name], answers[name], {it.id: it.text for it in batches[name]})
         else:
             arm.labelled.update(answers[name])
-            arm.chars += sum(len(it.text) for it in batches[name])
+            cost[name] = sum(len(it.text) for it in batches[name])
+        arm.chars += cost[name]
         arm.sentences += len(batches[name])
         arm.proxy += sum(it.words is None for it in batches[name])
     texts = {it.id: it.text for it in pool}
@@ -491,7 +492,7 @@ def _annotate_train_evaluate(run: _Run, r: int, arms: dict, batches: dict, stats
     for name, arm in arms.items():
         rows[name] = {"round": float(r), "annotated_sentences": float(arm.sentences),
                       "annotated_chars": float(arm.chars), "batch_sentences": float(len(batches[name])),
-                      "batch_chars": float(sum(len(it.text) for it in batches[name])),
+                      "batch_chars": float(cost[name]),
                       "pool_size": float(len(pool)), "proxy_sentences": float(arm.proxy),
                       **stats[name], **fit_stats[name], **evals[name].result()}
         agreement = al.annotation_agreement(batches[name], answers[name])

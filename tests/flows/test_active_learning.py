@@ -173,3 +173,30 @@ def test_an_existing_run_is_not_overwritten_and_resume_needs_the_same_experiment
         active_learning(config=_cfg(root, resume=True, seed=1))
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         active_learning(config=_cfg(root, run_name="never-ran", resume=True))
+
+
+def test_the_partial_arm_pays_the_characters_it_shows_and_resumes_to_the_same_curve(prefect_harness, tmp_path):
+    arms = ["random", "ranked", "partial"]
+    kw = dict(arms=arms, batch_chars=300, schedule=[], register_models=False)
+    straight = active_learning(config=_cfg(tmp_path, run_name="p-straight", **kw))
+    state = json.loads((tmp_path / "p-straight" / "state.json").read_text())
+    part, rnd = state["arms"]["partial"], state["arms"]["random"]
+    assert set(state["arms"]) == set(arms) and set(straight.arm_run_ids) == {"parent", *arms}
+    assert set(part["labelled"]) <= set(rnd["labelled"])  # whole sentences: the shared seed set only
+    assert part["partial"] and all(set(p["starts"]) <= set(p["known"]) for p in part["partial"].values())
+    rows = part["history"]
+    shown = [b["batch_chars"] for b in rows[1:]]
+    assert all(300 <= c < 300 + 2 * 3 for c in shown)  # the budget, crossed by at most one window
+    assert "partial_final_f1" in straight.numbers and "partial arm" in straight.summary()
+    stopped = active_learning(config=_cfg(tmp_path, run_name="p-resumed", stop_after_round=1, **kw))
+    assert stopped.stopped
+    resumed = active_learning(config=_cfg(tmp_path, run_name="p-resumed", resume=True, **kw))
+    for arm in arms:
+        assert _history(resumed.arm_run_ids[arm], "test_f1") == _history(straight.arm_run_ids[arm], "test_f1"), arm
+
+
+def test_the_partial_arm_needs_the_simulated_annotator():
+    with pytest.raises(ValueError, match="partial arm needs annotator.kind=simulated"):
+        ActiveLearningConfig(arms=["random", "partial"], annotator={"kind": "human"})
+    with pytest.raises(ValueError, match="must start with 'random'"):
+        ActiveLearningConfig(arms=["ranked", "random"])

@@ -221,3 +221,39 @@ def test_rank_takes_the_decision_masks_from_the_model():
     assert rank(texts, _MaskedTableModel(table, masks)) == [1, 0]  # masked: p = 0.45 is the more uncertain
     assert sentence_scores(texts, _MaskedTableModel(table, masks)).tolist() == pytest.approx(
         [sentence_score(table["plain"]), sentence_score([1.0, 0.45, 0.45])])
+
+
+# -- partial annotation windows -------------------------------------------------------------------
+
+from models.al_scorers import merge_windows, select_windows, window_decisions  # noqa: E402
+
+
+def test_windows_merge_and_an_annotator_decides_the_positions_between_shown_characters():
+    assert merge_windows([(5, 9), (0, 3), (3, 4), (8, 12)]) == [(0, 4), (5, 12)]
+    assert window_decisions([(2, 6)], 8).tolist() == [False, False, False, True, True, True, False, False]
+    assert window_decisions([(0, 3)], 5).tolist() == [False, True, True, False, False]  # 0 is never a decision
+
+
+def test_select_windows_takes_the_most_uncertain_positions_first_within_budget_and_quota():
+    probs = [np.array([1.0, 0.5, 0.9, 0.9, 0.9, 0.9, 0.5, 0.99]), np.array([1.0, 0.45, 0.0, 0.99, 0.6])]
+    chosen = select_windows(probs, [None, None], budget_chars=4, windows_per_text=1, half_width=1)
+    assert chosen == {0: [(0, 2)], 1: [(0, 2)]}  # p = 0.5 at text 0 first, then p = 0.45 at text 1
+    wide = select_windows(probs, [None, None], budget_chars=100, windows_per_text=2, half_width=1)
+    assert wide[0] == [(0, 2), (5, 7)] and len(wide[1]) <= 2
+    masked = select_windows(probs, [np.array([False, False, True, True, True, True, False, True]), None],
+                            budget_chars=2, windows_per_text=1, half_width=1)
+    assert masked == {1: [(0, 2)]}  # text 0: both p = 0.5 positions masked out (already annotated)
+    with pytest.raises(ValueError, match=">= 1"):
+        select_windows(probs, [None, None], budget_chars=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.floats(0.0, 1.0), min_size=2, max_size=30), min_size=1, max_size=8),
+       st.integers(1, 60), st.integers(1, 4), st.integers(1, 4))
+def test_windows_cost_at_most_the_budget_plus_one_window_and_respect_the_quota(rows, budget, k, h):
+    probs = [np.array(r) for r in rows]
+    chosen = select_windows(probs, [None] * len(probs), budget_chars=budget, windows_per_text=k, half_width=h)
+    shown = sum(e - s for w in chosen.values() for s, e in w)
+    assert shown < budget + 2 * h
+    for t, w in chosen.items():
+        assert merge_windows(w) == w and all(0 <= s < e <= len(probs[t]) for s, e in w)

@@ -244,3 +244,30 @@ def test_decision_masks_are_false_exactly_where_boundary_probs_are_forced(toy_mo
     assert not masks[1][1] and not masks[1][5]  # a tone mark (่) or a following vowel (ี) never starts a word
     with pytest.raises(ValueError, match="list of str"):
         toy_model.decision_masks("เขาไป")
+
+
+def test_partial_annotation_of_every_decision_trains_exactly_like_the_full_sentence():
+    from models.thai_segmenter import word_starts
+
+    corpus = _toy_corpus(40, seed=3)
+    full, part = _model(seed=2), _model(seed=2)
+    full.fit(corpus, generator=torch.Generator().manual_seed(5), epochs=2)
+    partial = []
+    for words in corpus:
+        text = "".join(words)
+        known = np.nonzero(part._decision_mask(text))[0].tolist()
+        partial.append((text, [i for i in word_starts(words) if i in known], known))
+    part.fit([], generator=torch.Generator().manual_seed(5), epochs=2, partial=partial)
+    for (name, a), b in zip(full.state_dict().items(), part.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_partial_annotation_must_name_its_starts_among_its_known_positions():
+    words = ["ฉัน", "กิน", "ข้าว", "ที่", "ตลาด"]
+    text = "".join(words)
+    model = _model(seed=4)
+    model.fit([], generator=torch.Generator().manual_seed(1), epochs=1, partial=[(text, [3, 6], [3, 6, 7])])
+    with pytest.raises(ValueError, match="starts must be known positions"):
+        model.fit([], generator=torch.Generator().manual_seed(1), epochs=1, partial=[(text, [3, 9], [3, 6])])
+    with pytest.raises(ValueError, match="at least one"):
+        model.fit([], generator=torch.Generator().manual_seed(1), epochs=1, partial=[(text, [], [])])
