@@ -36,30 +36,83 @@ ROWS_NPY = "rows.npy"
 """A packed split may also be a plain int32 array (``export_rows``): readable without ``datasets``."""
 
 
-def load_rows(packed_dir: str | Path, tokens_length: int) -> np.ndarray:
-    """Packed rows as an int32 array (n, tokens_length); longer rows are cut, shorter refused.
+class PackedRows:
+    """The packed rows of a split, read in place: memory stays constant in the corpus size.
+
+    Backed by the split's Arrow file (``datasets`` saves it memory-mapped; each chunk of the ``input_ids``
+    column is viewed as an (n, length) int32 array without a copy) or by ``rows.npy`` (``np.load`` with
+    ``mmap_mode="r"``). ``rows[idx]`` (an index array or a slice) copies only the rows asked for, cut to
+    ``tokens_length``; the page cache, not the worker's heap, holds the rest. ``len(rows)`` is the row count.
+    """
+
+    def __init__(self, chunks: list[np.ndarray], tokens_length: int, source: str):
+        self.chunks = [c for c in chunks if len(c)]
+        self.tokens_length = tokens_length
+        self.source = source
+        self.starts = np.cumsum([0] + [len(c) for c in self.chunks])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self), self.tokens_length
+
+    def __getitem__(self, key) -> np.ndarray:
+        idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
+        if idx.ndim != 1:
+            raise IndexError("PackedRows takes a 1-D index array or a slice")
+        if len(idx) and (idx.min() < -len(self) or idx.max() >= len(self)):
+            raise IndexError(f"row index out of range for {len(self)} rows of {self.source}")
+        idx = np.where(idx < 0, idx + len(self), idx)
+        out = np.empty((len(idx), self.tokens_length), dtype=np.int32)
+        which = np.searchsorted(self.starts, idx, side="right") - 1
+        for c in np.unique(which):
+            sel = which == c
+            out[sel] = self.chunks[c][idx[sel] - self.starts[c], : self.tokens_length]
+        return out
+
+
+def _arrow_chunks(packed_dir: str | Path) -> list[np.ndarray]:
+    import datasets
+    import pyarrow.compute as pc
+
+    table = datasets.load_from_disk(str(packed_dir)).data.table  # memory-mapped Arrow
+    chunks = []
+    for chunk in table.column("input_ids").chunks:
+        n = len(chunk)
+        if n == 0:
+            continue
+        lengths = pc.list_value_length(chunk)  # 4 bytes per row, no numpy temporaries
+        width = int(lengths[0].as_py())
+        if width <= 0 or pc.min_max(lengths).as_py() != {"min": width, "max": width}:
+            raise ValueError(f"{packed_dir}: packed rows must all have the same length; rebuild the corpus")
+        flat = chunk.flatten().to_numpy(zero_copy_only=True)  # a view of the mapped file
+        chunks.append(flat.reshape(n, width))
+    return chunks
+
+
+def load_rows(packed_dir: str | Path, tokens_length: int) -> PackedRows:
+    """The packed rows of a split (:class:`PackedRows`, read in place); longer rows are cut, shorter refused.
 
     Reads the split's Arrow dataset (``datasets.load_from_disk``), or ``rows.npy`` where the split
     was exported with :func:`export_rows` (machines without ``datasets``, e.g. a bare GPU box).
     """
     npy = Path(packed_dir) / ROWS_NPY
     if npy.exists():
-        rows = np.load(npy, allow_pickle=False).astype(np.int32, copy=False)
+        rows = np.load(npy, mmap_mode="r", allow_pickle=False)
         if rows.ndim != 2:
             raise ValueError(f"{npy}: expected a 2-D array of packed rows, got shape {rows.shape}")
+        if rows.dtype != np.int32:
+            rows = rows.astype(np.int32)
+        chunks = [rows]
     else:
-        import datasets
-
-        ds = datasets.load_from_disk(str(packed_dir)).with_format("numpy")
-        if len(ds) == 0:
-            return np.zeros((0, tokens_length), dtype=np.int32)
-        rows = np.asarray(ds["input_ids"], dtype=np.int32)
-    if len(rows) == 0:
-        return np.zeros((0, tokens_length), dtype=np.int32)
-    if rows.shape[1] < tokens_length:
-        raise ValueError(f"{packed_dir}: rows have {rows.shape[1]} tokens but span corruption needs "
+        chunks = _arrow_chunks(packed_dir)
+    width = min((c.shape[1] for c in chunks if len(c)), default=tokens_length)
+    if any(len(c) for c in chunks) and width < tokens_length:
+        raise ValueError(f"{packed_dir}: rows have {width} tokens but span corruption needs "
                          f"{tokens_length}; rebuild the corpus with pack_length={tokens_length}")
-    return rows[:, :tokens_length]
+    return PackedRows(chunks, tokens_length, str(packed_dir))
 
 
 def export_rows(packed_dir: str | Path, out_dir: str | Path, max_rows: int | None = None) -> Path:
@@ -139,7 +192,8 @@ class PretrainObjective:
         self.model.eval()
         bs, total, n = self.cfg.batch_size, 0.0, 0
         for i in range(self.cfg.eval_batches):
-            rows = self.val_rows[(i * bs) % len(self.val_rows):][:bs]
+            start = (i * bs) % len(self.val_rows)
+            rows = self.val_rows[start : start + bs]
             if len(rows) == 0:
                 break
             b = self._batch(rows, step_seed(self.cfg.seed, 0, i, 0, stream=7))

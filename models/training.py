@@ -14,7 +14,9 @@ Run the tests: ``pytest tests/models/test_training.py``.
 
 from __future__ import annotations
 
+import functools
 import math
+
 
 import numpy as np
 import torch
@@ -65,6 +67,14 @@ def step_seed(seed: int, step: int, micro: int = 0, rank: int = 0, stream: int =
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+@functools.lru_cache(maxsize=2)  # the current epoch and the next: a batch may straddle the boundary
+def _epoch_permutation(seed: int, epoch: int, n_rows: int) -> np.ndarray:
+    """Epoch ``epoch``'s order of the rows: drawn once per epoch, not once per step (O(n_rows) each time)."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n_rows)
+    perm.flags.writeable = False
+    return perm
+
+
 def global_batch_rows(*, n_rows: int, step: int, micro: int, grad_accum: int, rank: int, world_size: int,
                       batch_size: int, seed: int) -> np.ndarray:
     """Row indices for one worker's micro-batch (see module docstring); epochs are seeded permutations."""
@@ -76,7 +86,7 @@ def global_batch_rows(*, n_rows: int, step: int, micro: int, grad_accum: int, ra
     epochs = positions // n_rows
     out = np.empty(batch_size, dtype=np.int64)
     for e in np.unique(epochs):
-        perm = np.random.default_rng([seed, int(e)]).permutation(n_rows)
+        perm = _epoch_permutation(seed, int(e), n_rows)
         sel = epochs == e
         out[sel] = perm[positions[sel] % n_rows]
     return out
