@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= tiny
 PYTEST_ARGS ?=
+MODEL ?=
+PORT ?= 5002
 
-.PHONY: setup run test test-reliability test-fast bench servers-up servers-down servers-status deploy worker clean help
+.PHONY: setup run test test-reliability test-fast bench servers-up servers-down servers-status deploy worker serve clean help
 
 help:
 	@echo "make run              set up and run the end-to-end pipeline (PRESET=$(PRESET))"
@@ -18,6 +20,7 @@ help:
 	@echo "make servers-up       start Prefect server + worker and MLflow server on 127.0.0.1"
 	@echo "make deploy           register the deployments of prefect.yaml"
 	@echo "make servers-down     stop them"
+	@echo "make serve MODEL=models:/name@alias [PORT=5002]  serve a registered T5 version (mlflow models serve)"
 
 setup: $(STAMP)
 
@@ -51,6 +54,10 @@ servers-down:
 
 deploy: $(STAMP)
 	bash infra/services.sh deploy
+
+serve: $(STAMP)
+	@test -n "$(MODEL)" || { echo "error: set MODEL, e.g. make serve MODEL=models:/t5-tiny-bbc_headline-target@target" >&2; exit 2; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -c "from tasks.env import apply_embedded_defaults as a; a(); import os; os.execvp('mlflow', ['mlflow', 'models', 'serve', '-m', '$(MODEL)', '--env-manager', 'local', '-h', '127.0.0.1', '-p', '$(PORT)'])"
 
 clean:
 	rm -rf .state

@@ -8,6 +8,7 @@ from typing import Any
 from prefect import task
 
 from tasks import tracking
+from tasks.downstream import example_inputs
 from tasks.tracked_run import resumable_run
 
 
@@ -43,7 +44,9 @@ def distill(cfg: dict[str, Any], teacher_dir: str, student_dir: str, task_dir: s
         test = evaluate_test(str(run.model_dir), task_dir, run.run_id, cfg)
         name = cfg["register_as"] or f"t5-{cfg['preset']}-{cfg['task']['name']}"
         model_uri = tracking.register_model(run.run_id, run.model_dir, name, aliases=[alias],
-                                            tags={"stage": f"distill_{cfg['mode']}", "alias": alias, **lineage_tags})
+                                            tags={"stage": f"distill_{cfg['mode']}", "alias": alias, **lineage_tags},
+                                            input_example=example_inputs(task_dir),
+                                            max_new_tokens=cfg["max_target_length"])
     return {"run_id": run.run_id, "model_uri": model_uri, "model_dir": str(run.model_dir), "alias": alias,
             "final": last, "metrics": test}
 

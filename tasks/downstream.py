@@ -193,6 +193,14 @@ def task_dir(spec: TaskSpec) -> Path:
     return out
 
 
+def example_inputs(folder: str | Path, n: int = 2, split: str = "test") -> list[str]:
+    """The first ``n`` inputs of a task split (for a registered model's input example)."""
+    import datasets
+
+    data = datasets.load_from_disk(str(Path(folder) / "data"))[split]
+    return [str(x) for x in data.select(range(min(n, len(data))))["input"]]
+
+
 def export_jsonl(folder: str | Path, split: str = "test", limit: int | None = None) -> str:
     """Write a task split as ``<folder>/<split>.jsonl`` (input/target per line) for tools that read jsonl."""
     import datasets

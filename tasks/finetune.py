@@ -7,6 +7,7 @@ from typing import Any
 from prefect import task
 
 from tasks import tracking
+from tasks.downstream import example_inputs
 from tasks.tracked_run import resumable_run
 from tasks.orchestration import retry_transient
 
@@ -49,7 +50,9 @@ def finetune(cfg: dict[str, Any], model_dir: str, task_dir: str, *, model_ref: s
         name = cfg["register_as"] or f"t5-{cfg['preset']}-{task_name}" + ("" if cfg["init"] == "pretrained" else "-scratch")
         model_uri = tracking.register_model(run.run_id, run.model_dir, name,
                                             tags={"task": task_name, "stage": "finetune", "preset": cfg["preset"],
-                                                  **lineage_tags})
+                                                  **lineage_tags},
+                                            input_example=example_inputs(task_dir),
+                                            max_new_tokens=cfg["max_target_length"])
     return {"run_id": run.run_id, "model_uri": model_uri, "model_dir": str(run.model_dir), "metrics": metrics,
             "task": task_name}
 

@@ -4,7 +4,10 @@ Everything else passes run ids, artifact paths and plain dicts through these fun
 always created with an explicit artifact location (see ../shared/STACK.md: otherwise artifacts land in
 ``./mlruns`` of whatever folder the process ran in). Models are stored as ``save_pretrained`` folders
 (safetensors + JSON, no pickle) and registered with ``create_model_version`` pointing at the run's
-artifact folder, with a sha256 of the folder in the version's tags that :func:`download_model` verifies.
+artifact folder, with a sha256 of the folder in the version's tags that :func:`resolve_model` verifies.
+A T5 folder is registered as an MLflow pyfunc model built from code (``tasks/mlflow_models/t5_generator.py``,
+the weights kept as its ``t5`` artifact), so ``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work on
+every registered T5 version; :func:`resolve_model` still hands the pipeline the plain ``save_pretrained`` folder.
 """
 
 from __future__ import annotations
@@ -360,16 +363,85 @@ def artifact_local_path(run_id: str, path: str = "") -> str:
     return urllib.parse.unquote(parsed.path) if parsed.scheme in ("", "file") else uri
 
 
+#: files MLflow itself writes into a model folder when it loads a version (not part of the model's content)
+_LOAD_BOOKKEEPING = {"registered_model_meta"}
+
+
 def folder_sha256(folder: str | Path) -> str:
-    """A content hash of a folder (relative names + bytes, sorted): tags artifacts, checked on load."""
+    """A content hash of a folder (relative names + bytes, sorted): tags artifacts, checked on load.
+
+    ``registered_model_meta``, which ``mlflow.pyfunc.load_model`` writes into a local source folder, is left out.
+    """
     h = hashlib.sha256()
     root = Path(folder)
-    for p in sorted(x for x in root.rglob("*") if x.is_file()):
+    for p in sorted(x for x in root.rglob("*") if x.is_file() and x.name not in _LOAD_BOOKKEEPING):
         h.update(str(p.relative_to(root)).encode())
         with open(p, "rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+#: the models-from-code file MLflow runs to load a registered T5 version (imports nothing of the project)
+T5_MODEL_CODE = Path(__file__).resolve().parent / "mlflow_models" / "t5_generator.py"
+#: the name of the ``save_pretrained`` folder inside a T5 pyfunc model (``artifacts/<folder>``)
+T5_ARTIFACT = "t5"
+
+
+def is_t5_folder(folder: str | Path) -> bool:
+    """A ``save_pretrained`` folder of a T5 model (its config says ``model_type: t5``)."""
+    cfg = Path(folder) / "config.json"
+    try:
+        return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "t5"
+    except (OSError, ValueError):
+        return False
+
+
+def _pip_requirements() -> list[str]:
+    """What a serving environment needs to load a T5 pyfunc version: the versions running here (no local tag)."""
+    from importlib.metadata import version
+
+    return [f"{pkg}=={version(pkg).split('+')[0]}" for pkg in ("mlflow", "torch", "transformers", "pandas")]
+
+
+def save_t5_pyfunc(hf_dir: str | Path, dst: str | Path, *, input_example: list[str] | None = None,
+                   max_new_tokens: int = 32) -> Path:
+    """Write an MLflow pyfunc model (models-from-code) at ``dst`` around a T5 ``save_pretrained`` folder.
+
+    The model takes a DataFrame with an ``input`` column and returns one generated string per row; its signature
+    declares that and the generation params, and ``input_example`` (default: a generic sentence) is stored
+    beside it. ``dst`` must not exist.
+    """
+    import pandas as pd
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    signature = ModelSignature(
+        inputs=Schema([ColSpec("string", "input")]),
+        outputs=Schema([ColSpec("string")]),
+        params=ParamSchema([ParamSpec("max_new_tokens", "long", int(max_new_tokens)),
+                            ParamSpec("num_beams", "long", 1),
+                            ParamSpec("max_input_length", "long", 512),
+                            ParamSpec("batch_size", "long", 16)]))
+    examples = [str(x) for x in (input_example or [])] or ["summarize: the quick brown fox jumps over the lazy dog."]
+    mlflow.pyfunc.save_model(str(dst), python_model=str(T5_MODEL_CODE), artifacts={T5_ARTIFACT: str(hf_dir)},
+                             signature=signature, input_example=pd.DataFrame({"input": examples}),
+                             pip_requirements=_pip_requirements(), model_config={"max_new_tokens": int(max_new_tokens)})
+    return Path(dst)
+
+
+def hf_folder(folder: str | Path) -> Path:
+    """The ``save_pretrained`` folder of a model folder: itself, or the ``t5`` artifact of a T5 pyfunc model."""
+    folder = Path(folder)
+    if not (folder / "MLmodel").is_file():
+        return folder
+    from mlflow.models import Model
+
+    arts = Model.load(str(folder / "MLmodel")).flavors.get("python_function", {}).get("artifacts", {})
+    path = (arts.get(T5_ARTIFACT) or {}).get("path")
+    if not path or not (folder / path).is_dir():
+        raise FileNotFoundError(f"{folder} is an MLflow model without a '{T5_ARTIFACT}' folder artifact")
+    return folder / path
 
 
 def register_model(
@@ -380,14 +452,21 @@ def register_model(
     artifact_path: str = "model",
     tags: Mapping[str, Any] | None = None,
     aliases: list[str] | tuple[str, ...] = (),
+    input_example: list[str] | None = None,
+    max_new_tokens: int = 32,
 ) -> str:
     """Log a ``save_pretrained`` folder as artifacts and register it; returns ``models:/name/version``.
 
-    The folder is logged completely before the version is created, so a failure leaves no registered
-    version pointing at half a model.
+    A T5 folder is logged as an MLflow pyfunc model (see :func:`save_t5_pyfunc`; ``input_example`` and
+    ``max_new_tokens`` go into it), any other folder as it is. The folder is logged completely before the
+    version is created, so a failure leaves no registered version pointing at half a model.
     """
-    sha = folder_sha256(local_dir)
-    log_artifacts(run_id, local_dir, artifact_path)
+    with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
+        if is_t5_folder(local_dir):
+            local_dir = save_t5_pyfunc(local_dir, Path(tmp) / "model", input_example=input_example,
+                                       max_new_tokens=max_new_tokens)
+        sha = folder_sha256(local_dir)
+        log_artifacts(run_id, local_dir, artifact_path)
     client = MlflowClient()
     all_tags = {k: str(v) for k, v in (tags or {}).items()}
     all_tags[SHA_TAG] = sha
@@ -428,7 +507,7 @@ def resolve_model(ref: str | Path, dst_root: str | Path | None = None) -> Path:
     or ``runs:/id/path``. Registered versions are checked against their sha256 tag."""
     p = Path(str(ref))
     if p.exists():
-        return p
+        return hf_folder(p)
     ref = str(ref)
     if not ref.startswith(("models:/", "runs:/")):
         raise FileNotFoundError(f"model '{ref}' is neither an existing folder nor a models:/ or runs:/ URI")
@@ -467,13 +546,13 @@ def resolve_model(ref: str | Path, dst_root: str | Path | None = None) -> Path:
         except OSError:  # dst is there and not empty: a concurrent download won, or a half one was left
             if (dst / ".complete").exists():  # never delete a complete copy another process may be reading
                 shutil.rmtree(tmp, ignore_errors=True)
-                return dst
+                return hf_folder(dst)
             aside = Path(tempfile.mkdtemp(dir=dst_root, prefix=".stale-"))
             os.replace(dst, aside / "old")
             os.replace(local, dst)
             shutil.rmtree(aside, ignore_errors=True)
         shutil.rmtree(tmp, ignore_errors=True)
-    return dst
+    return hf_folder(dst)
 
 
 def search_runs(experiment: str, filter_string: str = "", max_results: int = 1000):

@@ -1,0 +1,58 @@
+"""MLflow models-from-code definition of a registered T5 version: text in, generated text out.
+
+MLflow runs this file when a version is loaded (``mlflow.pyfunc.load_model("models:/name/1")`` or
+``mlflow models serve -m models:/name/1``); nothing is unpickled. The weights stay the ``save_pretrained``
+folder (safetensors, tokenizer, config) that the version carries as its ``t5`` artifact.
+
+Input: a pandas DataFrame with an ``input`` column (the model's input text, task prefix included, e.g.
+``"summarize: ..."``). Output: one generated string per row, in row order. Params (optional):
+``max_new_tokens``, ``num_beams``, ``max_input_length``, ``batch_size``; their defaults are in the version's
+``model_config``.
+
+This file imports nothing from the project (MLflow copies it into the model, and a serving environment has only
+the pip requirements the version lists).
+"""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+DEFAULTS = {"max_new_tokens": 32, "num_beams": 1, "max_input_length": 512, "batch_size": 16}
+
+
+class T5TextGenerator(PythonModel):
+    def load_context(self, context):
+        from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+        folder = context.artifacts["t5"]
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = T5ForConditionalGeneration.from_pretrained(folder).eval()
+        self.defaults = {**DEFAULTS, **{k: v for k, v in (context.model_config or {}).items() if k in DEFAULTS}}
+
+    def predict(self, context, model_input, params=None):
+        import torch
+
+        opts = {**self.defaults, **{k: v for k, v in (params or {}).items() if k in DEFAULTS and v is not None}}
+        if hasattr(model_input, "columns"):
+            if "input" not in model_input.columns:
+                raise ValueError(f"expected a DataFrame with an 'input' column, got columns {list(model_input.columns)}")
+            texts = [str(x) for x in model_input["input"].tolist()]
+        elif isinstance(model_input, str):
+            texts = [model_input]
+        else:
+            texts = [str(x) for x in model_input]
+        out: list[str] = []
+        step = max(1, int(opts["batch_size"]))
+        with torch.no_grad():
+            for start in range(0, len(texts), step):
+                enc = self.tokenizer(texts[start:start + step], max_length=int(opts["max_input_length"]),
+                                     truncation=True, padding=True, return_tensors="pt")
+                ids = self.model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                                          max_new_tokens=int(opts["max_new_tokens"]),
+                                          num_beams=int(opts["num_beams"]), do_sample=False, use_cache=True)
+                out.extend(t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True))
+        return out
+
+
+mlflow.models.set_model(T5TextGenerator())
