@@ -10,14 +10,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
+import inspect
 import logging
 import os
 from pathlib import Path
 import json
 import sys
-from typing import Any, Callable, Mapping, Optional, TypeVar
+from typing import Any, Callable, Literal, Mapping, Optional, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from tasks.tracked_run import RunLockedError
 from tasks.paths import LocalPath
@@ -79,6 +81,84 @@ def _set_nested(d: dict, dotted: str, value: Any) -> None:
                 raise ConfigError(f"cannot set '{dotted}': '{k}' is not a nested config")
         d = d[k]
     d[keys[-1]] = value
+
+
+# --- the typed run form of a deployment (Prefect's UI builds it from the flow's signature and docstring) ---
+
+#: descriptions of the parameters every flow shares; :func:`documented` adds them to the flow's docstring
+SHARED_PARAMS = {
+    "preset": "the preset the config starts from (tiny: seconds to minutes on a laptop; laptop: the measured "
+              "laptop-scale run; small, base: GPU presets)",
+    "overrides": 'config fields to change, as {"key": value}; dotted keys reach nested fields, e.g. '
+                 '{"model.d_model": 128} (the same as --set key=value on the command line)',
+    "config": "a whole config instead of preset + overrides (what the command line and other flows pass)",
+    "parent_run_id": "MLflow run to nest this flow's run under (set by the pipeline; leave empty for a lone run)",
+}
+
+
+def preset_type(presets: Mapping[str, Any]) -> Any:
+    """The ``Literal`` of a flow's preset names, so the run form offers them as a drop-down."""
+    return Literal[tuple(presets)]
+
+
+def documented(**params: str) -> Callable[[Callable], Callable]:
+    """Decorator (below ``@flow``): appends a Google-style ``Args:`` section for the flow's parameters, which
+    Prefect shows under each field of a deployment's run form. Shared parameters use :data:`SHARED_PARAMS`."""
+    def wrap(fn: Callable) -> Callable:
+        docs = {**SHARED_PARAMS, **params}
+        names = list(inspect.signature(fn).parameters)
+        missing = [n for n in names if n not in docs]
+        if missing:
+            raise TypeError(f"{fn.__name__}: no description for parameter(s) {missing}")
+        args = "\n".join(f"    {n}: {docs[n]}" for n in names)
+        module_doc = (inspect.getmodule(fn).__doc__ or fn.__name__).strip().splitlines()[0]
+        fn.__doc__ = f"{inspect.cleandoc(fn.__doc__ or module_doc)}\n\nArgs:\n{args}\n"
+        return fn
+    return wrap
+
+
+@functools.lru_cache(maxsize=None)
+def overrides_model(config_cls: type[BaseModel]) -> type[BaseModel]:
+    """A typed "change these fields" form of a config: every field optional (unset = the preset's value),
+    same types and descriptions. Validation of ranges happens when the merged config is built."""
+    fields = {}
+    for name, f in config_cls.model_fields.items():
+        desc = f"{f.description or name.replace('_', ' ')} (unset: the preset's value)"
+        fields[name] = (Optional[f.annotation], Field(None, description=desc))
+    return create_model(f"{config_cls.__name__}Overrides", __config__=ConfigDict(extra="forbid"),
+                        __doc__=f"Fields of {config_cls.__name__} to change; unset ones keep the preset's value.",
+                        **fields)
+
+
+def _set_fields(model: BaseModel, prefix: str) -> dict[str, Any]:
+    """Dotted keys of the fields set (and not None) in a form; nested forms recurse, so a nested field that was
+    left unset keeps the preset's value instead of the nested class's default."""
+    out: dict[str, Any] = {}
+    for name in sorted(model.model_fields_set):
+        v = getattr(model, name)
+        if v is None:
+            continue
+        if isinstance(v, BaseModel):
+            out.update(_set_fields(v, f"{prefix}.{name}"))
+        elif isinstance(v, list):
+            out[f"{prefix}.{name}"] = [x.model_dump() if isinstance(x, BaseModel) else x for x in v]
+        else:
+            out[f"{prefix}.{name}"] = v
+    return out
+
+
+def section_overrides(sections: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"pretrain": PretrainConfigOverrides(total_steps=9)}`` -> ``{"pretrain.total_steps": 9}`` (set fields only;
+    a plain dict is taken as it is, one dotted key per entry)."""
+    out: dict[str, Any] = {}
+    for section, value in sections.items():
+        if value is None:
+            continue
+        if isinstance(value, BaseModel):
+            out.update(_set_fields(value, section))
+        else:
+            out.update({f"{section}.{k}": v for k, v in dict(value).items() if v is not None})
+    return out
 
 
 def build_config(

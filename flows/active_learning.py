@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows._cli import FlowConfig, build_config, run_cli
+from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli
 from tasks.paths import LocalPath
 
 
@@ -210,6 +210,7 @@ def base() -> ActiveLearningConfig:
 
 
 PRESETS = {"tiny": tiny, "small": small, "base": base}
+Preset = preset_type(PRESETS)
 
 # Fields that may differ between a run and its resumption (they do not change what is measured).
 _RESUMABLE = {"resume", "stop_after_round", "rounds_per_call", "rounds", "torch_threads", "register_models",
@@ -360,7 +361,8 @@ class _Run:
 
 
 @flow(name="active-learning")
-def active_learning(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+@documented()
+def active_learning(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                     config: Optional[ActiveLearningConfig] = None,
                     parent_run_id: Optional[str] = None) -> ActiveLearningResult:
     """Seed round, then ``rounds`` of select -> annotate -> retrain -> evaluate for both arms."""

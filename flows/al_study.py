@@ -23,7 +23,7 @@ from prefect import flow, get_run_logger
 from pydantic import Field
 
 from flows import active_learning as al_flow
-from flows._cli import FlowConfig, build_config, run_cli
+from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli
 
 
 class ALStudyConfig(FlowConfig):
@@ -47,6 +47,7 @@ def _preset(name: str):
 
 
 PRESETS = {name: _preset(name) for name in al_flow.PRESETS}
+Preset = preset_type(PRESETS)
 
 
 @dataclass
@@ -63,7 +64,8 @@ class ALStudyResult:
 
 
 @flow(name="active-learning-study")
-def al_study(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+@documented()
+def al_study(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
              config: Optional[ALStudyConfig] = None) -> ALStudyResult:
     """One active-learning run per seed, the full-pool ceiling, then the numbers, the table and the plot."""
     from tasks import active_learning as al

@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field, model_validator
 from prefect import flow, get_run_logger
 
-from flows._cli import FlowConfig, build_config, run_cli, run_footer
+from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
 from tasks.corpus import build_corpus, fingerprint_source, is_complete, log_corpus
 from tasks.paths import LocalPath
 
@@ -75,6 +75,7 @@ def base() -> CorpusPrepConfig:
 
 
 PRESETS = {"tiny": tiny, "laptop": laptop, "small": small, "base": base}
+Preset = preset_type(PRESETS)
 
 
 @dataclass
@@ -93,7 +94,8 @@ class CorpusPrepResult:
 
 
 @flow(name="corpus-prep")
-def corpus_prep(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+@documented()
+def corpus_prep(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                 config: Optional[CorpusPrepConfig] = None, parent_run_id: Optional[str] = None) -> CorpusPrepResult:
     """Prepare a pretraining corpus (see module docstring)."""
     cfg = config or build_config(CorpusPrepConfig, PRESETS, preset, overrides)

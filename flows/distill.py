@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field, field_validator
 
-from flows._cli import TrainRunFields, build_config, run_cli, run_footer
+from flows._cli import TrainRunFields, build_config, documented, preset_type, run_cli, run_footer
 from tasks.downstream import TaskSpec
 from tasks.paths import ModelRef
 
@@ -88,6 +88,7 @@ def base() -> DistillConfig:
 
 
 PRESETS = {"tiny": tiny, "laptop": laptop, "small": small, "base": base}
+Preset = preset_type(PRESETS)
 
 
 @dataclass
@@ -105,7 +106,8 @@ class DistillResult:
 
 
 @flow(name="distill")
-def distill_flow(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+@documented()
+def distill_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                  config: Optional[DistillConfig] = None, parent_run_id: Optional[str] = None) -> DistillResult:
     from tasks.distill import distill
     from tasks.finetune import prepare_task, resolve

@@ -20,7 +20,7 @@ from pydantic import Field
 
 from flows import distill as distill_mod
 from flows import sd_benchmark as sd_mod
-from flows._cli import FlowConfig, build_config, run_cli, run_footer
+from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
 from tasks.downstream import TaskSpec
 from tasks.paths import ModelRef
 
@@ -56,6 +56,7 @@ def base() -> StudyConfig:
 
 
 PRESETS = {"tiny": tiny, "small": small, "base": base}
+Preset = preset_type(PRESETS)
 
 
 @dataclass
@@ -69,7 +70,8 @@ class StudyResult:
 
 
 @flow(name="distillspec-study")
-def distillspec_study(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+@documented()
+def distillspec_study(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                       config: Optional[StudyConfig] = None, parent_run_id: Optional[str] = None) -> StudyResult:
     from tasks import tracking
     from tasks.downstream import export_jsonl, task_dir

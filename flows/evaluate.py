@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field
 
-from flows._cli import FlowConfig, build_config, run_cli, run_footer
+from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
 from tasks.downstream import TaskSpec
 from tasks.paths import ModelRef
 
@@ -43,6 +43,7 @@ def base() -> EvaluateConfig:
 
 
 PRESETS = {"tiny": tiny, "small": small, "base": base}
+Preset = preset_type(PRESETS)
 
 
 @dataclass
@@ -56,7 +57,8 @@ class EvaluateResult:
 
 
 @flow(name="evaluate")
-def evaluate_flow(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+@documented()
+def evaluate_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                   config: Optional[EvaluateConfig] = None, parent_run_id: Optional[str] = None) -> EvaluateResult:
     from tasks import tracking
     from tasks.evaluate import evaluate

@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field
 
-from flows._cli import TrainRunFields, build_config, run_cli, run_footer
+from flows._cli import TrainRunFields, build_config, documented, preset_type, run_cli, run_footer
 from tasks.downstream import TaskSpec
 from tasks.paths import ModelRef
 
@@ -71,6 +71,7 @@ def base() -> FinetuneConfig:
 
 
 PRESETS = {"tiny": tiny, "laptop": laptop, "small": small, "base": base}
+Preset = preset_type(PRESETS)
 
 
 @dataclass
@@ -87,7 +88,8 @@ class FinetuneResult:
 
 
 @flow(name="finetune")
-def finetune_flow(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+@documented()
+def finetune_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                   config: Optional[FinetuneConfig] = None, parent_run_id: Optional[str] = None) -> FinetuneResult:
     from tasks.finetune import finetune, prepare_task, resolve
 

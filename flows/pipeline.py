@@ -28,7 +28,7 @@ from flows import distill as distill_mod
 from flows import finetune as finetune_mod
 from flows import pretrain as pretrain_mod
 from flows import sd_benchmark as sd_mod
-from flows._cli import FlowConfig, build_config, run_cli
+from flows._cli import ConfigError, FlowConfig, build_config, documented, overrides_model, preset_type, run_cli, section_overrides
 from tasks.downstream import TaskSpec
 
 STAGES = ("corpus", "pretrain", "finetune", "distill_target", "distill_draft", "sd_benchmark")
@@ -112,6 +112,13 @@ base = _preset("base", corpus_mod.base, pretrain_mod.base, finetune_mod.base, di
                      target=S(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12, num_decoder_layers=12),
                      draft=S(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8, num_decoder_layers=8)))
 PRESETS = {"tiny": tiny, "laptop": laptop, "small": small, "base": base}
+Preset = preset_type(PRESETS)
+#: the typed per-stage "change these fields" forms of the run form (unset fields keep the preset's values)
+CorpusOverrides = overrides_model(corpus_mod.CorpusPrepConfig)
+PretrainOverrides = overrides_model(pretrain_mod.PretrainConfig)
+FinetuneOverrides = overrides_model(finetune_mod.FinetuneConfig)
+DistillOverrides = overrides_model(distill_mod.DistillConfig)
+SDBenchmarkOverrides = overrides_model(sd_mod.SDBenchmarkConfig)
 
 
 @dataclass
@@ -137,15 +144,58 @@ class PipelineResult:
         return "\n".join(lines)
 
 
+def pipeline_config(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+                    config: Optional[PipelineConfig] = None, *, from_stage: Optional[str] = None,
+                    stages: Optional[list[str]] = None, task: Any = None, **sections: Any) -> PipelineConfig:
+    """The config a pipeline run uses: ``config`` as given, or the preset + ``overrides`` + the run form's typed
+    fields (``sections``: ``<stage>`` or ``<stage>_overrides`` -> its ``*Overrides`` form or a dict; only set
+    fields count). ``pipeline_config(**pipeline.validate_parameters(form))`` is what a UI run gets."""
+    sections = {k.removesuffix("_overrides"): v for k, v in sections.items()}
+    unknown = sorted(set(sections) - set(STAGES))
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}: the per-stage overrides are {[f'{s}_overrides' for s in STAGES]}")
+    typed = section_overrides(sections)
+    typed.update({k: v.model_dump() if isinstance(v, BaseModel) else v
+                  for k, v in (("from_stage", from_stage), ("stages", stages), ("task", task)) if v})
+    if config is not None:
+        if typed or overrides:
+            raise ConfigError("pass either config or preset + overrides and the typed fields, not both")
+        return config
+    return build_config(PipelineConfig, PRESETS, preset, {**(overrides or {}), **typed})
+
+
 @flow(name="pipeline")
-def pipeline(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
-             config: Optional[PipelineConfig] = None) -> PipelineResult:
+@documented(
+    from_stage="force this stage and every later one to run, even where an earlier run with the same config, "
+               "inputs and code would be reused",
+    stages="the stages to run: a prefix of corpus, pretrain, finetune, distill_target, distill_draft, "
+           "sd_benchmark (empty: all)",
+    task="the downstream task of fine-tuning, distillation and the SD prompts (empty: the preset's)",
+    corpus_overrides="corpus-prep fields to change (flows/corpus_prep.py)",
+    pretrain_overrides="pretraining fields to change, shared by the three sizes (flows/pretrain.py)",
+    finetune_overrides="fine-tuning fields to change (flows/finetune.py)",
+    distill_target_overrides="fields of the target distillation (teacher -> target) to change (flows/distill.py)",
+    distill_draft_overrides="fields of the DistillSpec draft distillation (target -> draft) to change",
+    sd_benchmark_overrides="SD benchmark fields to change (flows/sd_benchmark.py)",
+)
+def pipeline(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
+             config: Optional[PipelineConfig] = None, from_stage: Optional[Stage] = None,
+             stages: Optional[list[Stage]] = None, task: Optional[TaskSpec] = None,
+             corpus_overrides: Optional[CorpusOverrides] = None,
+             pretrain_overrides: Optional[PretrainOverrides] = None,
+             finetune_overrides: Optional[FinetuneOverrides] = None,
+             distill_target_overrides: Optional[DistillOverrides] = None,
+             distill_draft_overrides: Optional[DistillOverrides] = None,
+             sd_benchmark_overrides: Optional[SDBenchmarkOverrides] = None) -> PipelineResult:
     """Run the stages in order (see module docstring)."""
     from tasks import stages as stage_store
     from tasks import tracking
     from tasks.orchestration import post_markdown, reuse_stage_task, stage_markdown, tag_current_flow_run
 
-    cfg = config or build_config(PipelineConfig, PRESETS, preset, overrides)
+    cfg = pipeline_config(preset, overrides, config, from_stage=from_stage, stages=stages, task=task,
+                          corpus=corpus_overrides, pretrain=pretrain_overrides, finetune=finetune_overrides,
+                          distill_target=distill_target_overrides, distill_draft=distill_draft_overrides,
+                          sd_benchmark=sd_benchmark_overrides)
     logger = get_run_logger()
     forced = set(STAGES[STAGES.index(cfg.from_stage):]) if cfg.from_stage else set()
     result = PipelineResult(run_id="")
@@ -258,6 +308,7 @@ def _pretrain(cfg: PipelineConfig, corpus_dir: str, parent: str) -> dict[str, An
                                             "register_as": f"t5-{cfg.preset}-{size}-pretrained"})
         r = pretrain_mod.pretrain_flow(config=p, parent_run_id=parent)
         models[size], runs[size] = r.model_uri, r.run_id
+        _alias(r.model_uri, "pretrained")  # the stage deployments' defaults (prefect.yaml) name these aliases
         summary[size] = {"val_sc_loss": r.evals[-1]["val_sc_loss"] if r.evals else None, "cum_flops": r.cum_flops}
     return {"models": models, "run_ids": runs, "summary": summary}
 
@@ -284,6 +335,8 @@ def _distill(cfg: PipelineConfig, dcfg: distill_mod.DistillConfig, teacher: str,
     d = dcfg.model_copy(update={"teacher": teacher, "student": student, "task": cfg.task,
                                 "register_as": f"t5-{cfg.preset}-{cfg.task.name}-{dcfg.mode}"})
     r = distill_mod.distill_flow(config=d, parent_run_id=parent)
+    if dcfg.mode == "draft":
+        _alias(r.model_uri, "draft")  # the latest pipeline's DistillSpec draft, whatever its divergence and data
     return {"run_id": r.run_id, "model_uri": r.model_uri, "alias": r.alias, "final": r.final, "metrics": r.metrics}
 
 

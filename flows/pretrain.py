@@ -14,7 +14,7 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flows._cli import TrainRunFields, build_config, run_cli, run_footer
+from flows._cli import TrainRunFields, build_config, documented, preset_type, run_cli, run_footer
 from models.spactor import SpacTorConfig
 from tasks.paths import LocalPath
 
@@ -119,6 +119,7 @@ def base() -> PretrainConfig:
 
 
 PRESETS = {"tiny": tiny, "laptop": laptop, "small": small, "base": base}
+Preset = preset_type(PRESETS)
 
 
 @dataclass
@@ -137,7 +138,8 @@ class PretrainResult:
 
 
 @flow(name="pretrain")
-def pretrain_flow(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+@documented()
+def pretrain_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                   config: Optional[PretrainConfig] = None, parent_run_id: Optional[str] = None) -> PretrainResult:
     """Pretrain one arm (SpacTor if tau > 0, SC if tau == 0)."""
     from tasks.pretrain import pretrain

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Optional
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows._cli import FlowConfig, build_config, run_cli, run_footer
+from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
 from tasks.paths import LocalPath, ModelRef
 
 
@@ -38,6 +38,8 @@ class SDBenchmarkConfig(FlowConfig):
     drafts: list[DraftRef] = Field([], description='drafts: [{"label": ..., "model": ...}] or ["label=ref" | "ref"]')
     tokenizer: Optional[LocalPath] = Field(None, description="tokenizer folder (default: the target's folder)")
     prompts_jsonl: Optional[LocalPath] = Field(None, description="jsonl prompts with input_field (+ target_field reference)")
+    prompts_task: Optional[str] = Field(None, description="a built-in downstream task (e.g. bbc_headline) whose test "
+                                                          "inputs become the prompts, as in the pipeline")
     input_field: str = "input"
     target_field: str = "target"
     corpus_dir: Optional[LocalPath] = Field(None, description="corpus-prep output folder: prompts from docs/<split>")
@@ -89,8 +91,10 @@ class SDBenchmarkConfig(FlowConfig):
     def _check(self):
         if self.compile and self.cache_implementation != "static":
             raise ValueError("compile=true needs cache_implementation=static")
-        if self.prompts_jsonl is not None and self.corpus_dir is not None:
-            raise ValueError("set one prompt source, not both: prompts_jsonl=FILE.jsonl or corpus_dir=CORPUS_FOLDER")
+        sources = [k for k in ("prompts_task", "prompts_jsonl", "corpus_dir") if getattr(self, k) is not None]
+        if len(sources) > 1:
+            raise ValueError(f"set one prompt source, not both ({', '.join(sources)}): prompts_task=TASK, "
+                             "prompts_jsonl=FILE.jsonl or corpus_dir=CORPUS_FOLDER")
         labels = [d.label for d in self.drafts]
         if len(set(labels)) != len(labels):
             raise ValueError(f"draft labels {labels} must be unique")
@@ -123,6 +127,7 @@ def base() -> SDBenchmarkConfig:
 
 
 PRESETS = {"tiny": tiny, "laptop": laptop, "small": small, "base": base}
+Preset = preset_type(PRESETS)
 
 
 def require_inputs(cfg: SDBenchmarkConfig) -> SDBenchmarkConfig:
@@ -130,8 +135,17 @@ def require_inputs(cfg: SDBenchmarkConfig) -> SDBenchmarkConfig:
     if not cfg.target or not cfg.drafts:
         raise ValueError("set target=MODEL and drafts=[...] (models:/name/version, models:/name@alias or a "
                          "save_pretrained folder)")
-    if cfg.prompts_jsonl is None and cfg.corpus_dir is None:
-        raise ValueError("set a prompt source: prompts_jsonl=FILE.jsonl or corpus_dir=CORPUS_FOLDER")
+    if cfg.prompts_jsonl is None and cfg.corpus_dir is None and cfg.prompts_task is None:
+        raise ValueError("set a prompt source: prompts_task=TASK, prompts_jsonl=FILE.jsonl or corpus_dir=CORPUS_FOLDER")
+    if cfg.prompts_jsonl is None and cfg.corpus_dir is None:  # the task's test inputs, as the pipeline takes them
+        from tasks.downstream import TaskSpec, export_jsonl, task_dir
+
+        try:
+            spec = TaskSpec(name=cfg.prompts_task)
+        except ValueError as err:
+            raise ValueError(f"prompts_task: {str(err).splitlines()[-1].strip()}") from None
+        # model_copy does not validate: prompts_task stays beside the file it became (it is logged as a param)
+        cfg = cfg.model_copy(update={"prompts_jsonl": export_jsonl(task_dir(spec), "test", limit=200)})
     return cfg
 
 
@@ -149,7 +163,8 @@ class SDBenchmarkResult:
 
 
 @flow(name="sd-benchmark")
-def sd_benchmark(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+@documented()
+def sd_benchmark(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                  config: Optional[SDBenchmarkConfig] = None, parent_run_id: Optional[str] = None) -> SDBenchmarkResult:
     """Benchmark speculative decoding for a target and its drafts (see module docstring)."""
     from engine.sd_bench import to_batched_frame, to_frame

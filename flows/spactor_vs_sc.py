@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from flows import corpus_prep as corpus_mod
 from flows import pretrain as pretrain_mod
 from flows import finetune as finetune_mod
-from flows._cli import FlowConfig, build_config, run_cli, run_footer
+from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
 from tasks.downstream import TaskSpec
 
 
@@ -99,6 +99,7 @@ FINETUNE = {"tiny": finetune_mod.tiny, "small": finetune_mod.small, "base": fine
 PRESETS = {"tiny": _preset("tiny", corpus_mod.tiny, pretrain_mod.tiny), "laptop": laptop,
            "small": _preset("small", corpus_mod.small, pretrain_mod.small),
            "base": _preset("base", corpus_mod.base, pretrain_mod.base)}
+Preset = preset_type(PRESETS)
 
 
 @dataclass
@@ -128,7 +129,8 @@ class ComparisonResult:
 
 
 @flow(name="spactor-vs-sc")
-def spactor_vs_sc(preset: str = "tiny", overrides: Optional[dict[str, Any]] = None,
+@documented()
+def spactor_vs_sc(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                   config: Optional[SpacTorVsSCConfig] = None, parent_run_id: Optional[str] = None) -> ComparisonResult:
     from tasks import tracking
     from tasks.compare import comparison_numbers, log_study, log_task_scores, study_numbers, study_verdict

@@ -15,7 +15,10 @@ the pip requirements the version lists).
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 DEFAULTS = {"max_new_tokens": 32, "num_beams": 1, "max_input_length": 512, "batch_size": 16}
@@ -30,7 +33,8 @@ class T5TextGenerator(PythonModel):
         self.model = T5ForConditionalGeneration.from_pretrained(folder).eval()
         self.defaults = {**DEFAULTS, **{k: v for k, v in (context.model_config or {}).items() if k in DEFAULTS}}
 
-    def predict(self, context, model_input, params=None):
+    # the DataFrame hint keeps MLflow from converting the input; the signature itself is explicit (tasks/tracking.py)
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> list[str]:
         import torch
 
         opts = {**self.defaults, **{k: v for k, v in (params or {}).items() if k in DEFAULTS and v is not None}}

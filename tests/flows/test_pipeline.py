@@ -60,6 +60,13 @@ def test_tiny_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage(prefect_har
     assert "sd_table.md" in [f.path for f in client.list_artifacts(first.run_id)]
     assert parent.data.params["pretrain.total_steps"] == str(cfg.pretrain.total_steps)
     assert {f"stage-{s.replace('_', '-')}" for s in STAGES} <= {a.key for a in art}
+    # the stage deployments' default model inputs (prefect.yaml) are aliases this run set: one-click reruns
+    from tasks.tracking import model_version_info
+    from tests.infra.test_prefect_yaml import stage_deployment_model_refs
+
+    for name, refs in stage_deployment_model_refs().items():
+        for ref in refs:  # prefect.yaml's defaults are for the tiny preset's task; this run used bbc_topic
+            assert model_version_info(ref.replace("bbc_headline", "bbc_topic")), f"{name}: {ref} does not resolve"
     garden = first.stages["sd_benchmark"]["garden"]
     assert garden["teacher_ms_per_token"] > 0 and garden["latency_reduction"] > 0
     second = pipeline(config=cfg)

@@ -129,6 +129,21 @@ def test_jsonl_prompts_are_truncated_to_prompt_tokens_and_keep_their_references(
         load_prompts.fn({**source, "input_field": "question"}, pair["target"], 8)
 
 
+def test_a_task_as_prompt_source_becomes_its_test_inputs_and_an_unknown_task_is_one_line():
+    from flows.sd_benchmark import require_inputs
+
+    cfg = build_config(SDBenchmarkConfig, PRESETS, "tiny", {"target": "models:/t@target", "drafts": ["models:/d@draft"],
+                                                             "prompts_task": "bbc_headline"})
+    cfg = require_inputs(cfg)
+    first = json.loads(Path(cfg.prompts_jsonl).read_text().splitlines()[0])
+    assert first["input"].startswith("summarize: ") and first["target"]
+    with pytest.raises(ValueError, match="prompts_task") as err:
+        require_inputs(cfg.model_copy(update={"prompts_task": "no_such_task", "prompts_jsonl": None}))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="not both"):
+        build_config(SDBenchmarkConfig, PRESETS, "tiny", {"prompts_task": "bbc_headline", "corpus_dir": "c"})
+
+
 def test_config_refuses_two_prompt_sources_and_out_of_range_grids():
     with pytest.raises(ConfigError, match="not both"):
         build_config(SDBenchmarkConfig, PRESETS, "tiny", {"prompts_jsonl": "a.jsonl", "corpus_dir": "c"})

@@ -56,7 +56,10 @@ def check_deployment_parameters(d: dict, parameters: dict) -> None:
     """What a deployment run does with its parameters: Prefect validates them against the flow's signature,
     then the flow builds its config from preset + overrides. Raises on any problem."""
     flow, module = _load(d["entrypoint"])
-    flow.validate_parameters(parameters)
+    validated = flow.validate_parameters(parameters)
+    if hasattr(module, "pipeline_config"):  # the pipeline's run form also has typed fields
+        module.pipeline_config(**validated)
+        return
     build_config(_config_class(flow), module.PRESETS, parameters.get("preset", "tiny"), parameters.get("overrides"))
 
 
@@ -93,10 +96,93 @@ def test_parameter_check_rejects_unknown_overrides_parameters_and_presets():
         check_deployment_parameters(d, {"preset": "tiny", "overrides": {"no_such_field": 1}})
     with pytest.raises(ConfigError, match="vocab_size"):
         check_deployment_parameters(d, {"preset": "tiny", "overrides": {"vocab_size": -1}})
-    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+    with pytest.raises(Exception, match="preset: Input should be 'tiny'"):  # the run form's drop-down
         check_deployment_parameters(d, {"preset": "huge"})
     with pytest.raises(Exception, match="presett"):
         check_deployment_parameters(d, {"presett": "tiny"})
+
+
+@pytest.mark.parametrize("d", DEPLOYMENTS, ids=_ident)
+def test_every_run_form_field_is_typed_and_has_a_default_and_a_description(d):
+    """What Prefect's UI draws the run form from: the flow's parameter schema (types, defaults, docstring)."""
+    from prefect.utilities.callables import parameter_schema
+
+    flow, module = _present(d)
+    schema = parameter_schema(flow.fn).model_dump()
+    assert not schema.get("required"), f"{flow.name}: a run form field without a default"
+    for name, prop in schema["properties"].items():
+        assert prop.get("description"), f"{flow.name}: parameter '{name}' has no description"
+        assert "default" in prop, f"{flow.name}: parameter '{name}' has no default"
+        assert prop.get("type") or prop.get("anyOf") or prop.get("enum") or prop.get("$ref"), \
+            f"{flow.name}: parameter '{name}' is untyped"
+    assert schema["properties"]["preset"]["enum"] == list(module.PRESETS)
+    assert schema["properties"]["preset"]["default"] == "tiny"
+    assert (d.get("parameters") or {}).get("preset", "tiny") in module.PRESETS
+
+
+def test_the_pipeline_run_form_has_from_stage_and_a_typed_overrides_form_per_stage():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.pipeline import STAGES, PipelineConfig, pipeline, pipeline_config, tiny
+
+    schema = parameter_schema(pipeline.fn).model_dump()
+    props, defs = schema["properties"], schema["definitions"]
+    assert props["from_stage"]["anyOf"][0]["enum"] == list(STAGES)
+    for stage in STAGES:
+        ref = props[f"{stage}_overrides"]["anyOf"][0]["$ref"].rsplit("/", 1)[1]
+        section = PipelineConfig.model_fields[stage].annotation
+        assert set(defs[ref]["properties"]) == set(section.model_fields), stage  # every field of the stage's config
+        assert all(f.get("description") for f in defs[ref]["properties"].values()), stage
+    # what a UI run sends: JSON for the typed fields, validated by Prefect, merged over the preset
+    params = pipeline.validate_parameters({"preset": "tiny", "from_stage": "finetune",
+                                           "pretrain_overrides": {"total_steps": 900, "model": {"d_model": 48, "num_heads": 6}},
+                                           "sd_benchmark_overrides": {"gammas": [3]}})
+    cfg = pipeline_config(**params)
+    base = tiny()
+    assert cfg.from_stage == "finetune" and cfg.pretrain.total_steps == 900 and cfg.sd_benchmark.gammas == [3]
+    assert cfg.pretrain.model.d_model == 48 and cfg.pretrain.model.num_heads == 6
+    assert cfg.pretrain.model.tie_word_embeddings is base.pretrain.model.tie_word_embeddings is True  # the preset's
+    assert cfg.finetune == base.finetune and cfg.pretrain.lr == base.pretrain.lr  # unset fields keep the preset's
+    with pytest.raises(Exception, match="no_such_field"):
+        pipeline.validate_parameters({"pretrain_overrides": {"no_such_field": 1}})
+    with pytest.raises(ConfigError, match="total_steps"):
+        pipeline_config(**pipeline.validate_parameters({"pretrain_overrides": {"total_steps": -1}}))
+    with pytest.raises(ConfigError, match="either config"):
+        pipeline_config(config=base, from_stage="finetune")
+
+
+#: (flow entrypoint, the config fields that name models)
+MODEL_INPUTS = {"flows/finetune.py:finetune_flow": ("model",), "flows/evaluate.py:evaluate_flow": ("model",),
+                "flows/distill.py:distill_flow": ("teacher", "student"),
+                "flows/sd_benchmark.py:sd_benchmark": ("target", "drafts")}
+
+
+def stage_deployment_model_refs() -> dict[str, list[str]]:
+    """deployment -> the model references its default parameters name (``label=`` prefixes removed)."""
+    out = {}
+    for d in DEPLOYMENTS:
+        fields = MODEL_INPUTS.get(d["entrypoint"])
+        if not fields or d["name"] != "adhoc":
+            continue
+        overrides = (d.get("parameters") or {}).get("overrides") or {}
+        refs = []
+        for f in fields:
+            v = overrides.get(f)
+            refs += [str(x).split("=", 1)[-1] for x in (v if isinstance(v, list) else [v] if v else [])]
+        out[_ident(d)] = refs
+    return out
+
+
+def test_stage_deployments_default_their_model_inputs_to_registry_aliases():
+    refs = stage_deployment_model_refs()
+    assert set(refs) == {f"{e.split(':')[1]}/adhoc" for e in MODEL_INPUTS}
+    for name, rs in refs.items():
+        assert rs, f"{name}: no default model input"
+        assert all(re.fullmatch(r"models:/[\w.-]+@[\w-]+", r) for r in rs), f"{name}: {rs} are not alias URIs"
+    # the aliases the pipeline sets (the tiny pipeline's run makes them resolve: tests/flows/test_pipeline.py)
+    aliases = {r.split("@")[1] for rs in refs.values() for r in rs}
+    source = (ROOT / "flows" / "pipeline.py").read_text() + (ROOT / "tasks" / "distill.py").read_text()
+    assert all(f'"{a}"' in source for a in aliases), aliases
 
 
 def test_every_flow_has_an_adhoc_deployment_and_full_names_are_unique():
