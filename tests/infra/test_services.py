@@ -1,7 +1,7 @@
-"""infra/services.sh against the real servers: start, health, deploy, a deployment run through the worker,
+"""infra/services.sh against the real servers: start, health, deploy, two pipeline runs through the worker,
 every listening socket on 127.0.0.1, both UIs in a real (headless Chromium) browser, and a clean stop.
 
-The end-to-end tests are marked ``slow`` (about 1.5-2 minutes); the checks of the script's refusals are fast.
+The end-to-end tests are marked ``slow`` (about 3-4 minutes: two pipeline runs through the worker); the checks of the script's refusals are fast.
 Screenshots go to $SPACTOR_TEST_ARTIFACTS (default: <test state folder>/test-artifacts/browser).
 """
 
@@ -140,33 +140,55 @@ def services(tmp_path_factory):
     _sh(env, "down", timeout=120)
 
 
+#: two pipeline runs through the worker, from the typed run form (only the corpus stage, two vocabulary sizes):
+#: a run tree each in MLflow, two parents to compare, a stage artifact each in Prefect
+PIPELINE_RUNS = [{"preset": "tiny", "stages": ["corpus"], "corpus_overrides": {**SMOKE_OVERRIDES, "vocab_size": v}}
+                 for v in (300, 320)]
+
+
 @pytest.fixture(scope="module")
 def completed_run(services):
-    """Deployments registered with `deploy`, then corpus-prep/adhoc run through the worker, with the listening
-    sockets sampled while it runs."""
+    """Deployments registered with `deploy`, then pipeline/adhoc run twice through the worker (typed parameters),
+    with the listening sockets sampled while they run."""
     env = services["env"]
     dep = _sh(env, "deploy", timeout=300)
     assert dep.returncode == 0, f"deploy failed:\n{dep.stdout[-3000:]}\n{dep.stderr[-3000:]}"
     run_env = {**env, "PREFECT_API_URL": services["prefect"] + "/api", "PREFECT_HOME": str(services["state"] / "prefect")}
-    log = services["state"] / "deployment-run.log"
-    with open(log, "w") as sink:  # a file, not a pipe: the loop below does not read while the run goes on
-        proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", "corpus-prep/adhoc",
-                                 "--params", json.dumps({"preset": "tiny", "overrides": SMOKE_OVERRIDES}), "--watch"],
-                                env=run_env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
-        sockets = set()
-        deadline = time.monotonic() + 300
-        while proc.poll() is None and time.monotonic() < deadline:
-            sockets |= _listening(services["state"])
-            time.sleep(0.5)
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-    out = log.read_text()
-    assert proc.returncode == 0, f"deployment run failed:\n{out[-4000:]}"
-    run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
-    _, run = _http(f"{services['prefect']}/api/flow_runs/{run_id}")
-    assert run["parameters"]["overrides"] == SMOKE_OVERRIDES
-    return {"flow_run": run, "sockets": sockets, "watch_output": out}
+    sockets, runs, outputs = set(), [], []
+    for i, params in enumerate(PIPELINE_RUNS):
+        log = services["state"] / f"deployment-run-{i}.log"
+        with open(log, "w") as sink:  # a file, not a pipe: the loop below does not read while the run goes on
+            proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "prefect"), "deployment", "run", "pipeline/adhoc",
+                                     "--params", json.dumps(params), "--watch"],
+                                    env=run_env, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 300
+            while proc.poll() is None and time.monotonic() < deadline:
+                sockets |= _listening(services["state"])
+                time.sleep(0.5)
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        out = log.read_text()
+        assert proc.returncode == 0, f"deployment run failed:\n{out[-4000:]}"
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+        _, run = _http(f"{services['prefect']}/api/flow_runs/{run_id}")
+        assert run["parameters"]["corpus_overrides"] == params["corpus_overrides"]
+        runs.append(run)
+        outputs.append(out)
+    return {"flow_run": runs[0], "flow_runs": runs, "sockets": sockets, "watch_output": "\n".join(outputs)}
+
+
+def _pipeline_mlflow_runs(services) -> tuple[str, list[dict], list[dict]]:
+    """(experiment id, parent runs, stage runs) of the pipeline experiment on the MLflow server."""
+    _, exp = _http(services["mlflow"] + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=pipeline")
+    eid = exp["experiment"]["experiment_id"]
+    _, found = _http(services["mlflow"] + "/api/2.0/mlflow/runs/search", {"experiment_ids": [eid]})
+    tags = lambda r: {t["key"]: t["value"] for t in r["data"].get("tags", [])}  # noqa: E731
+    parents = [r for r in found["runs"] if "mlflow.parentRunId" not in tags(r)]
+    children = [r for r in found["runs"] if "mlflow.parentRunId" in tags(r)]
+    for r in found["runs"]:
+        r["tags"] = tags(r)
+    return eid, parents, children
 
 
 @pytest.mark.slow
@@ -207,16 +229,15 @@ def test_deployments_register_and_a_deployment_run_completes_through_the_worker(
         time.sleep(1)
     assert scheduled and {r["expected_start_time"][11:16] for r in scheduled} == {"02:00"}
 
-    run = completed_run["flow_run"]
-    assert run["state_type"] == "COMPLETED" and run["deployment_id"] == registered["corpus-prep/adhoc"]["id"]
-    # the MLflow run went to the MLflow server, is tagged with the Prefect flow run, and wrote to this state folder
-    _, exp = _http(services["mlflow"] + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=corpus-prep")
-    _, found = _http(services["mlflow"] + "/api/2.0/mlflow/runs/search",
-                     {"experiment_ids": [exp["experiment"]["experiment_id"]]})
-    (mlrun,) = found["runs"]
-    tags = {t["key"]: t["value"] for t in mlrun["data"]["tags"]}
-    assert mlrun["info"]["status"] == "FINISHED" and tags["prefect.flow_run_id"] == run["id"]
-    assert tags["corpus.path"].startswith(str(services["state"]))
+    runs = completed_run["flow_runs"]
+    assert all(r["state_type"] == "COMPLETED" and r["deployment_id"] == registered["pipeline/adhoc"]["id"] for r in runs)
+    # the MLflow runs went to the MLflow server: one parent per pipeline run, tagged with its Prefect flow run, and
+    # its stage run nested under it in the same experiment, writing to this state folder
+    _, parents, children = _pipeline_mlflow_runs(services)
+    assert sorted(p["tags"]["prefect.flow_run_id"] for p in parents) == sorted(r["id"] for r in runs)
+    assert all(p["info"]["status"] == "FINISHED" for p in parents + children)
+    assert sorted(c["tags"]["mlflow.parentRunId"] for c in children) == sorted(p["info"]["run_id"] for p in parents)
+    assert all(c["tags"]["corpus.path"].startswith(str(services["state"])) for c in children)
 
 
 @pytest.mark.slow
@@ -260,8 +281,9 @@ def test_both_uis_show_the_deployments_and_runs_in_a_real_browser(services, comp
     spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
     n_present = sum((ROOT / d["entrypoint"].split(":")[0]).is_file() for d in spec["deployments"])
 
-    def page_shows(url: str, texts: list[str], shot: str) -> None:
-        browser.get(url)
+    def page_shows(url: str | None, texts: list[str], shot: str) -> None:
+        if url is not None:  # None: the page the last click led to
+            browser.get(url)
         body = lambda: browser.find_element(By.TAG_NAME, "body").text  # noqa: E731
         try:
             WebDriverWait(browser, 60).until(lambda _: all(t in body() for t in texts))
@@ -270,6 +292,15 @@ def test_both_uis_show_the_deployments_and_runs_in_a_real_browser(services, comp
         browser.save_screenshot(str(shots / shot))
         missing = [t for t in texts if t not in body()]
         assert not missing, f"{url} does not show {missing} (screenshot {shots / shot})"
+
+    def click_text(text: str) -> None:
+        """Click the innermost element whose visible text is exactly ``text`` (a tab, a link)."""
+        WebDriverWait(browser, 30).until(lambda _: browser.execute_script(
+            "return Array.from(document.querySelectorAll('*')).some(e => e.innerText && e.innerText.trim() === "
+            "arguments[0] && e.children.length <= 1)", text))
+        browser.execute_script(
+            "Array.from(document.querySelectorAll('*')).filter(e => e.innerText && e.innerText.trim() === arguments[0]"
+            " && e.children.length <= 1)[0].click()", text)
 
     run = completed_run["flow_run"]
     try:
@@ -280,11 +311,36 @@ def test_both_uis_show_the_deployments_and_runs_in_a_real_browser(services, comp
         nightly = next(d for d in deps if d["name"] == "nightly")
         page_shows(f"{services['prefect']}/deployments/deployment/{nightly['id']}", ["nightly", "At 02:00 AM every day"],
                    "prefect-nightly.png")
-        page_shows(f"{services['prefect']}/runs/flow-run/{run['id']}", [run["name"], "Completed"],
+        # a pipeline flow run: completed, tagged with its MLflow run, and its stage's artifact in the Artifacts tab
+        eid, parents, children = _pipeline_mlflow_runs(services)
+        parent = next(p for p in parents if p["tags"]["prefect.flow_run_id"] == run["id"])
+        page_shows(f"{services['prefect']}/runs/flow-run/{run['id']}",
+                   [run["name"], "Completed", f"mlflow_run_id:{parent['info']['run_id']}", "Artifacts"],
                    "prefect-flow-run.png")
-        _, exp = _http(services["mlflow"] + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=corpus-prep")
-        page_shows(f"{services['mlflow']}/#/experiments/{exp['experiment']['experiment_id']}/runs",
-                   ["corpus-svc-smoke"], "mlflow-runs.png")
+        click_text("Artifacts")
+        page_shows(None, ["stage-corpus", "pipeline stage corpus"], "prefect-flow-run-artifacts.png")
+        _, arts = _http(services["prefect"] + "/api/artifacts/filter",
+                        {"artifacts": {"flow_run_id": {"any_": [run["id"]]}}})
+        (art,) = [a for a in arts if a["key"] == "stage-corpus"]
+        page_shows(f"{services['prefect']}/artifacts/artifact/{art['id']}",
+                   ["stage corpus", "Ran in", "MLflow run:", parent["info"]["run_id"]], "prefect-artifact.png")
+        # the MLflow UI: the pipeline experiment opens on its runs table with one row per pipeline run; the stage
+        # run is nested (not a row of its own) until its parent is expanded
+        page_shows(f"{services['mlflow']}/#/experiments/{eid}/runs", ["Training runs", "pipeline-tiny", "4 matching runs"],
+                   "mlflow-pipeline-runs.png")
+        rows_text = browser.find_element(By.TAG_NAME, "body").text
+        assert rows_text.count("pipeline-tiny") == 2 and "corpus-svc-smoke" not in rows_text
+        expanders = browser.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
+        assert len(expanders) == 2, "each pipeline run should have an expander for its stage runs"
+        expanders[0].click()
+        page_shows(None, ["corpus-svc-smoke"], "mlflow-pipeline-tree.png")
+        # Compare of the two pipeline runs: the param that differs, and the stage wall time metric
+        ids = json.dumps([p["info"]["run_id"] for p in parents])
+        page_shows(f"{services['mlflow']}/#/compare-runs?runs={ids}&experiments={json.dumps([eid])}",
+                   ["Comparing 2 Runs", "corpus.vocab_size", "wall_s.corpus"], "mlflow-compare.png")
+        line = next(x for x in browser.find_element(By.TAG_NAME, "body").text.splitlines()
+                    if x.startswith("corpus.vocab_size ") and x.split()[1:])
+        assert sorted(line.split()[1:]) == ["300", "320"], line
     finally:
         browser.quit()
     print(f"screenshots: {shots}")
