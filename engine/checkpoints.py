@@ -14,11 +14,16 @@ Crash and concurrency hygiene (:func:`publish`, used for every step checkpoint a
   runs of one config) both succeed, the second one discarding its identical copy;
 - temporary folders left by a killed writer on this host (its pid is gone) are removed by the next
   writer; another live writer's folder is left alone;
-- ``final/`` carries ``checksums.json`` over all its files (recursively), checked by :func:`verify`.
+- ``final/`` carries ``checksums.json`` over all its files (recursively), checked by :func:`verify`;
+- old checkpoints are pruned by renaming them to a private temporary folder first, so a kill while pruning
+  never leaves half a checkpoint in place;
+- a full disk (or quota, or file-size limit) while writing raises :class:`StorageFullError`, one line that
+  names the folder, after removing the half-written temporary folder; the checkpoints before it stay valid.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -34,6 +39,32 @@ from safetensors.torch import load_model, save_model
 
 log = logging.getLogger(__name__)
 CHECKSUMS = "checksums.json"
+_NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class StorageFullError(OSError):
+    """No space (or quota, or file-size limit) left while writing a checkpoint; nothing half-written was kept."""
+
+
+def _no_space(err: BaseException | None) -> str | None:
+    """What says the disk is full, if ``err`` is or was caused by that: an OSError (torch.save raises a
+    RuntimeError whose context is the OSError), or a library error that reports it as text (safetensors)."""
+    for _ in range(8):
+        if err is None:
+            return None
+        if isinstance(err, OSError) and err.errno in _NO_SPACE:
+            return err.strerror or str(err)
+        if any(m in str(err).lower() for m in ("no space left", "disk quota exceeded", "file too large")):
+            return str(err).splitlines()[0]
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def _storage_full(err: BaseException, what: Path, root: Path) -> StorageFullError:
+    good = latest_valid(root) if root.is_dir() else None
+    return StorageFullError(errno.ENOSPC, f"no space left writing {what} ({_no_space(err)}); the "
+                            f"half-written copy was removed" + (f" and {good.name} is intact" if good else "")
+                            + ": free space, then rerun to resume")
 
 
 def _sha256(path: Path) -> str:
@@ -152,16 +183,34 @@ def save(root: str | Path, step: int, *, model: torch.nn.Module, optimizer: torc
     try:
         save_model(model, str(tmp / "model.safetensors"))
         if optimizer is not None:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save({"torch_rng": torch.get_rng_state()}, tmp / "rng.pt")
+            _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _torch_save({"torch_rng": torch.get_rng_state()}, tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=2))
         final = publish(tmp, root / f"step-{step:08d}")
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _no_space(err):
+            raise _storage_full(err, root / f"step-{step:08d}", root) from None
         raise
     for old in list_checkpoints(root)[:-keep] if keep > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+        prune(old)
     return final
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """torch.save through a Python file object, so a full disk surfaces as the OSError behind torch's error."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def prune(checkpoint: Path) -> None:
+    """Remove a checkpoint folder: renamed aside first (atomic), so a kill mid-delete leaves no half of it."""
+    aside = Path(tempfile.mkdtemp(prefix=_tmp_prefix("pruned"), dir=checkpoint.parent))
+    try:
+        os.replace(checkpoint, aside / checkpoint.name)
+    except FileNotFoundError:
+        pass  # another writer pruned it first
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def save_final(checkpoint_dir: str | Path, write, state: dict[str, Any]) -> Path:
@@ -173,8 +222,10 @@ def save_final(checkpoint_dir: str | Path, write, state: dict[str, Any]) -> Path
         write(tmp)
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, default=str))
         return publish(tmp, root / "final")
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if _no_space(err):
+            raise _storage_full(err, root / "final", root) from None
         raise
 
 

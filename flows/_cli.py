@@ -21,6 +21,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from engine.checkpoints import StorageFullError
 from tasks.tracked_run import RunLockedError
 from tasks.paths import LocalPath
 
@@ -307,7 +308,7 @@ def run_cli(
         check_services()
         with _one_line_errors():
             result = flow_fn(config)
-    except (ValueError, FileNotFoundError, ConnectionError, RunLockedError) as err:
+    except (ValueError, FileNotFoundError, ConnectionError, RunLockedError, StorageFullError) as err:
         # user errors raised by our own checks (and a run already in progress): one line, no traceback wall
         _save_traceback()  # <state>/logs/last-error.txt; --debug prints it instead
         print(f"error: {err or type(err).__name__}", file=sys.stderr)

@@ -18,9 +18,10 @@ def run_logger(fallback: str):
 
 #: errors that a rerun cannot fix (bad input, a missing file or model, a refused config): never retried
 from engine.train_loop import NonFiniteTrainingError  # noqa: E402 - torch is imported by every caller anyway
+from engine.checkpoints import StorageFullError  # noqa: E402 - a full disk: rerunning at once fails the same way
 
 DETERMINISTIC_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                        PermissionError, NonFiniteTrainingError)
+                        PermissionError, NonFiniteTrainingError, StorageFullError)
 
 
 def retry_transient(task, task_run, state) -> bool:

@@ -323,3 +323,48 @@ def test_ray_retries_infrastructure_failures_but_never_a_deterministic_error(tmp
     assert int((tmp_path / "attempts").read_text()) == attempts
     if attempts == 1:  # the worker's message reaches the driver as the same error class, in one line
         assert "\n" not in str(info.value) and ("sentinels" in str(info.value) or "loss nan" in str(info.value))
+
+
+_REGISTER = r'''
+import os, sys
+from pathlib import Path
+from tasks.env import apply_embedded_defaults
+apply_embedded_defaults()
+from tasks import tracking
+
+folder = Path(sys.argv[1])
+with tracking.start_run("kill-register", "register") as run_id:
+    for i in range(1000):
+        print(tracking.register_model(run_id, folder, "kill-register-test", artifact_path=f"model-{os.getpid()}-{i}"),
+              flush=True)
+'''
+
+
+def test_sigkill_during_model_registration_never_leaves_a_version_pointing_at_incomplete_files(tmp_path):
+    """Writers registering a 12 MB model folder are killed at random moments (seeded): every version in the
+    registry resolves and matches its sha256 tag, so a rerun's registration starts from a consistent registry."""
+    import random
+
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    rng = random.Random(7)
+    for i in range(6):
+        (folder / f"shard-{i}.bin").write_bytes(rng.randbytes(2 << 20))
+    (tmp_path / "register.py").write_text(_REGISTER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, str(tmp_path / "register.py"), str(folder)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().startswith("models:/"), proc.stderr.read()
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    versions = MlflowClient().search_model_versions("name = 'kill-register-test'")
+    assert len(versions) >= 3
+    for v in versions:  # resolve_model downloads each version and checks its sha256 tag
+        got = tracking.resolve_model(f"models:/kill-register-test/{v.version}", dst_root=tmp_path / "cache")
+        assert sorted(p.name for p in got.iterdir() if p.name != ".complete") == sorted(p.name for p in folder.iterdir())
