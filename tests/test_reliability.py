@@ -57,8 +57,8 @@ def test_pipeline_process_killed_mid_training_resumes_from_its_checkpoint(tiny_c
 
     out = tmp_path / "runs"
     log = open(tmp_path / "first.log", "w")
-    p = subprocess.Popen(_pretrain_cmd(tiny_corpus, out, steps=400), cwd=ROOT, stdout=log, stderr=log)
-    deadline = time.time() + 400
+    p = subprocess.Popen(_pretrain_cmd(tiny_corpus, out, steps=150), cwd=ROOT, stdout=log, stderr=log)
+    deadline = time.time() + 300
     while time.time() < deadline and p.poll() is None and not list(out.rglob("step-*/checksums.json")):
         time.sleep(0.2)
     family = [p.pid] + [c.pid for c in psutil.Process(p.pid).children(recursive=True)] if p.poll() is None else []
@@ -73,12 +73,12 @@ def test_pipeline_process_killed_mid_training_resumes_from_its_checkpoint(tiny_c
     ckpts = sorted(out.rglob("step-*/checksums.json"))
     assert ckpts and not list(out.rglob("final/trainer_state.json"))
     killed_at = int(ckpts[-1].parent.name.split("-")[1])
-    assert killed_at < 400
-    done = subprocess.run(_pretrain_cmd(tiny_corpus, out, steps=400), cwd=ROOT, capture_output=True, text=True,
+    assert killed_at < 150
+    done = subprocess.run(_pretrain_cmd(tiny_corpus, out, steps=150), cwd=ROOT, capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     state = json.loads(next(out.rglob("final/trainer_state.json")).read_text())
-    assert state["step"] == 400
+    assert state["step"] == 150
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("pretrain").experiment_id],
                               filter_string="params.register_as = 't5-killtest'")
@@ -223,7 +223,7 @@ def _all_reducing_worker(cfg):
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [2])  # 2 covers 1: local Ray's own sockets plus gloo and the rendezvous store
 def test_local_ray_and_its_training_workers_listen_only_on_loopback(tmp_path, workers):
     import ipaddress
     import threading

@@ -16,13 +16,24 @@ def _history(run_id, key):
     return {m.step: m.value for m in MlflowClient().get_metric_history(run_id, key)}
 
 
-def test_spactor_logs_mlm_and_rtd_only_before_tau_and_sc_loss_throughout(prefect_harness, tiny_corpus, tmp_path):
+@pytest.mark.reliability
+def test_spactor_logs_mlm_and_rtd_only_before_tau_and_sc_loss_throughout_and_relative_paths_resolve(
+        prefect_harness, tiny_corpus, tmp_path, monkeypatch):
+    """Also the relative-paths case (one Ray fit for both): ``corpus_dir`` and ``output_root`` given relative to
+    where the command runs are made absolute before they reach Ray Train's controller and workers."""
+    import os
+    import shutil
+
     from transformers import AutoTokenizer, T5ForConditionalGeneration
 
     from tasks.tracking import resolve_model
 
-    cfg = tiny_pretrain_config(corpus_dir=tiny_corpus, output_root=str(tmp_path), total_steps=12, tau=6)
+    shutil.copytree(tiny_corpus, tmp_path / "corpus")
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_pretrain_config(corpus_dir="corpus", output_root="./out", total_steps=12, tau=6)
+    assert cfg.corpus_dir == str(tmp_path / "corpus") and cfg.output_root == str(tmp_path / "out")
     res = pretrain_flow(config=cfg)
+    assert Path(res.model_dir).is_relative_to(tmp_path / "out") and os.path.isdir(res.model_dir)
     sc, mlm, rtd = (_history(res.run_id, k) for k in ("sc_loss", "mlm_loss", "rtd_loss"))
     assert sorted(sc) == [2, 4, 6, 8, 10, 12]
     assert sorted(mlm) == sorted(rtd) == [2, 4, 6]
@@ -55,20 +66,6 @@ def test_ray_worker_sigkill_mid_training_resumes_to_the_same_parameters(prefect_
     b = load_file(str(Path(killed.model_dir) / "model.safetensors"))
     for k in a:
         assert torch.equal(a[k], b[k]), k
-
-
-@pytest.mark.reliability
-def test_relative_corpus_and_output_paths_are_resolved_where_the_command_runs(prefect_harness, tiny_corpus, tmp_path,
-                                                                              monkeypatch):
-    import os
-    import shutil
-
-    shutil.copytree(tiny_corpus, tmp_path / "corpus")
-    monkeypatch.chdir(tmp_path)
-    cfg = tiny_pretrain_config(corpus_dir="corpus", output_root="./out", total_steps=4, tau=2)
-    assert cfg.corpus_dir == str(tmp_path / "corpus") and cfg.output_root == str(tmp_path / "out")
-    res = pretrain_flow(config=cfg)
-    assert Path(res.model_dir).is_relative_to(tmp_path / "out") and os.path.isdir(res.model_dir)
 
 
 def test_model_references_keep_uris_and_hub_names_and_make_local_folders_absolute(tmp_path, monkeypatch):

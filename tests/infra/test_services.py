@@ -347,6 +347,57 @@ def test_both_uis_show_the_deployments_and_runs_in_a_real_browser(services, comp
 
 
 @pytest.mark.slow
+@pytest.mark.reliability
+def test_a_prefect_server_restart_in_the_middle_of_a_training_run_lets_the_run_complete(services, completed_run,
+                                                                                        tmp_path):
+    """The documented outcome (README, reliability table): the Prefect server is stopped while a pretraining run
+    trains and started again (~15 s away); training never waits for Prefect, the client retries its calls, and
+    the run completes: exit 0, the flow run COMPLETED on the server, the MLflow run FINISHED, a model registered.
+    (A server that stays away past the client's retries crashes the flow run; the rerun of the same command then
+    resumes from the last checkpoint: tests/test_reliability.py::test_pipeline_process_killed_mid_training...)"""
+    import signal
+
+    _, _, children = _pipeline_mlflow_runs(services)
+    corpus = children[0]["tags"]["corpus.path"]
+    exports = dict(line[len("export "):].split("=", 1) for line in _sh(services["env"], "env").stdout.splitlines()
+                   if line.startswith("export "))
+    env = {**services["env"], **exports, "PREFECT_HOME": str(services["state"] / "prefect-client")}
+    out = tmp_path / "runs"
+    cmd = [str(ROOT / ".venv" / "bin" / "python"), "-m", "flows.pretrain", "--preset", "tiny",
+           "--set", f"corpus_dir={corpus}", "--set", f"output_root={out}", "--set", "inputs_length=56",
+           "--set", "total_steps=160", "--set", "tau=20", "--set", "batch_size=4", "--set", "checkpoint_every=20",
+           "--set", "eval_every=80", "--set", "register_as=t5-restart-test"]
+    log = tmp_path / "run.log"
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline and not list(out.rglob("step-*/checksums.json")):
+            time.sleep(0.2)
+        assert proc.poll() is None, "the run ended before the restart:\n" + log.read_text()[-3000:]
+        server = _service_pids(services["state"])["prefect-server"]
+        os.killpg(server, signal.SIGTERM)  # the server and its children
+        while time.monotonic() < deadline:
+            try:
+                _http(services["prefect"] + "/api/health")
+            except OSError:
+                break
+            time.sleep(0.2)
+        (services["state"] / "services" / "prefect-server.pid").unlink(missing_ok=True)
+        up = _sh(services["env"], "up", timeout=300)  # starts the server again; the others are still running
+        assert up.returncode == 0 and "prefect-server: already running" not in up.stdout, up.stdout + up.stderr
+        rc = proc.wait(timeout=600)
+    text = log.read_text()
+    assert rc == 0, text[-4000:]
+    assert not list(out.rglob("step-*")) or list(out.rglob("final/checksums.json"))
+    _, runs = _http(services["prefect"] + "/api/flow_runs/filter", {"flows": {"name": {"any_": ["pretrain"]}}})
+    assert runs and all(r["state_type"] == "COMPLETED" for r in runs), [(r["name"], r["state_type"]) for r in runs]
+    _, exp = _http(services["mlflow"] + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=pretrain")
+    _, found = _http(services["mlflow"] + "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment"]["experiment_id"]]})
+    assert [r["info"]["status"] for r in found["runs"]] == ["FINISHED"]
+    assert "registered model: models:/t5-restart-test/1" in text
+
+
+@pytest.mark.slow
 def test_down_stops_the_worker_first_then_everything(services):
     pids = _service_pids(services["state"])
     assert set(pids) == {"mlflow", "prefect-server", "prefect-worker"}
