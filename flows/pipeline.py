@@ -59,6 +59,8 @@ class PipelineConfig(FlowConfig):
     stages: list[Stage] = Field(list(STAGES), description="stages to run (a prefix of the full list)")
     from_stage: Optional[Stage] = Field(None, description="force this stage and all later ones to run even if cached")
     experiment: str = Field("pipeline", description="MLflow experiment of the parent run")
+    parallel: bool = Field(True, description="on a Ray cluster (RAY_ADDRESS), train the three pretraining runs, "
+                                             "then the two fine-tunings, side by side; on a laptop they run in order")
 
     @field_validator("stages")
     @classmethod
@@ -302,11 +304,16 @@ def _corpus(cfg: PipelineConfig, parent: str) -> dict[str, Any]:
 
 
 def _pretrain(cfg: PipelineConfig, corpus_dir: str, parent: str) -> dict[str, Any]:
-    models, runs, summary = {}, {}, {}
-    for size in ("teacher", "target", "draft"):
+    from tasks.orchestration import side_by_side
+
+    def one(size: str) -> Callable[[], Any]:
         p = cfg.pretrain.model_copy(update={"corpus_dir": corpus_dir, "model": getattr(cfg.sizes, size),
                                             "register_as": f"t5-{cfg.preset}-{size}-pretrained"})
-        r = pretrain_mod.pretrain_flow(config=p, parent_run_id=parent)
+        return lambda: pretrain_mod.pretrain_flow(config=p, parent_run_id=parent)
+
+    done = side_by_side({size: one(size) for size in ("teacher", "target", "draft")}, parallel=cfg.parallel)
+    models, runs, summary = {}, {}, {}
+    for size, r in done.items():
         models[size], runs[size] = r.model_uri, r.run_id
         _alias(r.model_uri, "pretrained")  # the stage deployments' defaults (prefect.yaml) name these aliases
         summary[size] = {"val_sc_loss": r.evals[-1]["val_sc_loss"] if r.evals else None, "cum_flops": r.cum_flops}
@@ -314,11 +321,17 @@ def _pretrain(cfg: PipelineConfig, corpus_dir: str, parent: str) -> dict[str, An
 
 
 def _finetune(cfg: PipelineConfig, pretrained: dict[str, str], parent: str) -> dict[str, Any]:
-    models, metrics = {}, {}
-    for role, size in (("teacher", "teacher"), ("draft_base", "draft")):
+    from tasks.orchestration import side_by_side
+
+    def one(role: str, size: str) -> Callable[[], Any]:
         f = cfg.finetune.model_copy(update={"model": pretrained[size], "task": cfg.task,
                                             "register_as": f"t5-{cfg.preset}-{cfg.task.name}-{role}"})
-        r = finetune_mod.finetune_flow(config=f, parent_run_id=parent)
+        return lambda: finetune_mod.finetune_flow(config=f, parent_run_id=parent)
+
+    done = side_by_side({role: one(role, size) for role, size in (("teacher", "teacher"), ("draft_base", "draft"))},
+                        parallel=cfg.parallel)
+    models, metrics = {}, {}
+    for role, r in done.items():
         models[role], metrics[role] = r.model_uri, r.metrics
     _alias(models["draft_base"], "draft-base")
     _alias(models["teacher"], "teacher")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +133,34 @@ def reuse_stage_task():
     from prefect.cache_policies import NONE
 
     return task(_reuse_stage, name="reuse-stage", cache_policy=NONE, persist_result=False)
+
+
+def on_a_cluster() -> bool:
+    """A Ray cluster is configured (``RAY_ADDRESS``): independent runs may share it side by side."""
+    import os
+
+    return bool(os.environ.get("RAY_ADDRESS"))
+
+
+def side_by_side(jobs: dict[str, Callable[[], Any]], *, parallel: bool) -> dict[str, Any]:
+    """Run independent stage runs (``name -> call``) and return their results by name.
+
+    With ``parallel`` on a Ray cluster (:func:`on_a_cluster`), each call runs in its own Prefect task run, all
+    submitted at once (Prefect's thread pool), so their Ray Train fits share the cluster, each with the
+    resources its own config asks for. Otherwise (a laptop: one local Ray instance per fit) they run in order.
+    Every call is waited for before the first error is raised, so no run is left unwatched."""
+    if not (parallel and on_a_cluster()) or len(jobs) < 2:
+        return {name: call() for name, call in jobs.items()}
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    @task(cache_policy=NO_CACHE)
+    def side_by_side_run(call: Callable[[], Any]) -> Any:
+        """One of several independent stage runs submitted together (its subflow runs inside this task run)."""
+        return call()
+
+    futures = {name: side_by_side_run.with_options(name=f"side-by-side-{name}").submit(call)
+               for name, call in jobs.items()}
+    for f in futures.values():
+        f.wait()
+    return {name: f.result() for name, f in futures.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,8 +35,16 @@ def worker_env() -> dict[str, str]:
     return env
 
 
+_RAY_INIT_LOCK = threading.Lock()  # side-by-side stage runs (threads of one driver) must not both ray.init
+
+
 def ensure_ray(num_cpus: int | None = None) -> None:
     """``ray.init`` once per process: local on 127.0.0.1, or the cluster named by ``RAY_ADDRESS``."""
+    with _RAY_INIT_LOCK:
+        _ensure_ray(num_cpus)
+
+
+def _ensure_ray(num_cpus: int | None = None) -> None:
     import ray
 
     if ray.is_initialized():
@@ -52,7 +61,9 @@ def ensure_ray(num_cpus: int | None = None) -> None:
     # Unix socket paths are limited to 107 bytes: a deep project folder falls back to Ray's default
     temp_dir = str(tmp) if len(str(tmp)) < 48 else None
     runtime_env["worker_process_setup_hook"] = "tasks.ray_train.quiet_state_api_warnings"
-    ray.init(include_dashboard=False, num_cpus=num_cpus or os.cpu_count(), runtime_env=runtime_env,
+    # address="local": always a fresh local instance, never a cluster that `ray start` left on this machine
+    # (ray.init would otherwise connect to the latest one it finds)
+    ray.init(address="local", include_dashboard=False, num_cpus=num_cpus or os.cpu_count(), runtime_env=runtime_env,
              _temp_dir=temp_dir, _node_ip_address="127.0.0.1", configure_logging=True, log_to_driver=True)
 
 
