@@ -74,7 +74,7 @@ class StudyResult:
 def distillspec_study(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                       config: Optional[StudyConfig] = None, parent_run_id: Optional[str] = None) -> StudyResult:
     from tasks import tracking
-    from tasks.downstream import export_jsonl, task_dir
+    from tasks.downstream import sd_prompts
     from tasks.study import garden_row, log_study, study_table
 
     cfg = config or build_config(StudyConfig, PRESETS, preset, overrides)
@@ -91,7 +91,7 @@ def distillspec_study(preset: Preset = "tiny", overrides: Optional[dict[str, Any
                                                    "task": cfg.task, "divergence": div, "data_mix": mix})
                 drafts[f"{div}-{name}"] = distill_mod.distill_flow(config=d, parent_run_id=run_id).model_uri
         # 2. SD benchmark of every draft against the same target, on held-out task prompts
-        prompts = export_jsonl(task_dir(cfg.task), "test", limit=200)
+        prompts = sd_prompts(cfg.task)
         refs = [sd_mod.DraftRef(label=k, model=v) for k, v in drafts.items()]
         sd_cfg = cfg.sd.model_copy(update={"target": cfg.target, "drafts": refs, "prompts_jsonl": prompts,
                                            "corpus_dir": None})

@@ -354,9 +354,9 @@ def _distill(cfg: PipelineConfig, dcfg: distill_mod.DistillConfig, teacher: str,
 
 
 def _sd(cfg: PipelineConfig, target: str, ft: dict[str, Any], dd: dict[str, Any], parent: str) -> dict[str, Any]:
-    from tasks.downstream import export_jsonl, task_dir
+    from tasks.downstream import sd_prompts
 
-    prompts = export_jsonl(task_dir(cfg.task), "test", limit=200)
+    prompts = sd_prompts(cfg.task)
     s = cfg.sd_benchmark.model_copy(update={
         "target": target, "prompts_jsonl": prompts, "corpus_dir": None,
         "drafts": [sd_mod.DraftRef(label="draft-base", model=ft["models"]["draft_base"]),

@@ -138,14 +138,14 @@ def require_inputs(cfg: SDBenchmarkConfig) -> SDBenchmarkConfig:
     if cfg.prompts_jsonl is None and cfg.corpus_dir is None and cfg.prompts_task is None:
         raise ValueError("set a prompt source: prompts_task=TASK, prompts_jsonl=FILE.jsonl or corpus_dir=CORPUS_FOLDER")
     if cfg.prompts_jsonl is None and cfg.corpus_dir is None:  # the task's test inputs, as the pipeline takes them
-        from tasks.downstream import TaskSpec, export_jsonl, task_dir
+        from tasks.downstream import TaskSpec, sd_prompts
 
         try:
             spec = TaskSpec(name=cfg.prompts_task)
         except ValueError as err:
             raise ValueError(f"prompts_task: {str(err).splitlines()[-1].strip()}") from None
         # model_copy does not validate: prompts_task stays beside the file it became (it is logged as a param)
-        cfg = cfg.model_copy(update={"prompts_jsonl": export_jsonl(task_dir(spec), "test", limit=200)})
+        cfg = cfg.model_copy(update={"prompts_jsonl": sd_prompts(spec)})
     return cfg
 
 

@@ -201,6 +201,11 @@ def example_inputs(folder: str | Path, n: int = 2, split: str = "test") -> list[
     return [str(x) for x in data.select(range(min(n, len(data))))["input"]]
 
 
+def sd_prompts(spec: TaskSpec, limit: int = 200) -> str:
+    """The jsonl of a task's first ``limit`` test examples: the held-out prompts of every SD benchmark."""
+    return export_jsonl(task_dir(spec), "test", limit=limit)
+
+
 def export_jsonl(folder: str | Path, split: str = "test", limit: int | None = None) -> str:
     """Write a task split as ``<folder>/<split>.jsonl`` (input/target per line) for tools that read jsonl."""
     import datasets
