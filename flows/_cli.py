@@ -256,6 +256,23 @@ def _one_line_errors():
             h.removeFilter(flt)
 
 
+def _route_logs_to_stdout() -> None:
+    """Send the run's log lines (Prefect's, MLflow's, the root logger's) to stdout instead of stderr, so that at
+    the default log level stderr carries nothing but the one ``error: ...`` line of a failed run. The log keeps
+    every line (stdout); ``--debug`` leaves the handlers alone and prints tracebacks on stderr."""
+    import mlflow  # noqa: F401 - configures its loggers now, so that their handlers are routed too
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    stderrs = (sys.stderr, sys.__stderr__, MLFLOW_LOGGING_STREAM)  # MLflow's stream forwards to sys.stderr
+    names = [""] + [n for n in logging.Logger.manager.loggerDict if n.split(".")[0] in ("prefect", "mlflow", "ray")]
+    for name in names:
+        for h in getattr(logging.getLogger(name), "handlers", []):
+            if isinstance(h, logging.StreamHandler) and any(getattr(h, "stream", None) is x for x in stderrs):
+                h.setStream(sys.stdout)
+                if getattr(h, "console", None) is not None:  # Prefect's rich console holds its own file
+                    h.console.file = sys.stdout
+
+
 def _save_traceback() -> str | None:
     """Write the current exception's traceback to ``<state>/logs/last-error.txt``; returns the path."""
     import traceback
@@ -296,6 +313,8 @@ def run_cli(
     args = parser.parse_args(argv)
     if args.debug:
         os.environ["SPACTOR_TRACEBACKS"] = "1"
+    if os.environ.get("SPACTOR_TRACEBACKS") != "1":
+        _route_logs_to_stdout()
     try:
         config = build_config(config_cls, presets, args.preset, args.overrides)
     except ConfigError as err:
