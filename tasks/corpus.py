@@ -246,6 +246,19 @@ def is_complete(path: str | Path) -> bool:
     return Path(path, COMPLETE).exists()
 
 
+def check_corpus_dir(path: str | Path) -> None:
+    """Refuse, in one line and before any worker starts, a folder that is not a prepared corpus: pretraining
+    needs ``tokenizer/`` and the packed ``train`` and ``validation`` splits (what ``flows.corpus_prep`` writes)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"corpus_dir {root} does not exist; build one with python -m flows.corpus_prep")
+    missing = [p for p in ("tokenizer/tokenizer_config.json", "packed/train", "packed/validation")
+               if not (root / p).exists()]
+    if missing:
+        raise FileNotFoundError(f"corpus_dir {root} is not a prepared corpus (missing {', '.join(missing)}); "
+                                "build one with python -m flows.corpus_prep")
+
+
 @task(name="fingerprint-source", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=1)
 def fingerprint_source(cfg: dict[str, Any]) -> str:
     """The source content's fingerprint plus the corpus code's (its import closure): either change -> a new corpus."""
