@@ -6,6 +6,9 @@
   function of (seed, step, micro-batch, rank): an epoch is a seeded permutation, a step reads the next
   ``world_size * batch_size`` rows per micro-batch, and a worker takes its slice. Resuming at step ``s``
   therefore reads exactly what an uninterrupted run would have read; no sampler state to save.
+  Up to ``PERMUTATION_TABLE_MAX_ROWS`` rows the epoch's permutation is a table (8 bytes a row, at most
+  8 MiB); above it, ``feistel_permute`` computes each position's row on its own, in O(batch) memory, so a
+  worker's memory stays constant however large the corpus.
 * ``step_seed``: a per-(seed, step, micro, rank) seed for the objective's own randomness (span
   corruption, masking, sampling), again so a resumed run draws the same numbers.
 
@@ -75,6 +78,53 @@ def _epoch_permutation(seed: int, epoch: int, n_rows: int) -> np.ndarray:
     return perm
 
 
+PERMUTATION_TABLE_MAX_ROWS = 1 << 20
+"""Largest split whose epoch order is a permutation table; larger splits use :func:`feistel_permute`."""
+
+_FEISTEL_ROUNDS = 6
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijective avalanche on uint64 (the Feistel round function's core)."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def feistel_permute(positions, n: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The rows at ``positions`` (each in ``[0, n)``) of a seeded pseudo-random permutation of ``range(n)``.
+
+    A balanced Feistel network over ``2b`` bits (the smallest even width with ``2**2b >= n``; ``_FEISTEL_ROUNDS``
+    rounds keyed by (seed, epoch, round)) is a bijection on ``[0, 2**2b)``; cycle-walking (apply it again while
+    the value is ``>= n``) restricts it to a bijection on ``[0, n)``, in fewer than 4 walks on average. Each
+    position is mapped on its own, so memory is O(len(positions)) whatever ``n`` is.
+    """
+    if n <= 0:
+        raise ValueError("n must be positive")
+    pos = np.asarray(positions, dtype=np.int64)
+    if len(pos) and (pos.min() < 0 or pos.max() >= n):
+        raise ValueError(f"positions must lie in [0, {n})")
+    half = max(1, ((int(n) - 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half) - 1)
+    keys = [np.uint64(step_seed(seed, epoch, r, 0, stream=11)) for r in range(_FEISTEL_ROUNDS)]
+
+    def once(x: np.ndarray) -> np.ndarray:
+        left, right = x >> np.uint64(half), x & mask
+        for k in keys:
+            with np.errstate(over="ignore"):
+                left, right = right, left ^ (_mix64(right ^ k) & mask)
+        return (left << np.uint64(half)) | right
+
+    out = once(pos.astype(np.uint64))
+    walk = out >= np.uint64(n)
+    while walk.any():
+        out[walk] = once(out[walk])
+        walk = out >= np.uint64(n)
+    return out.astype(np.int64)
+
+
 def global_batch_rows(*, n_rows: int, step: int, micro: int, grad_accum: int, rank: int, world_size: int,
                       batch_size: int, seed: int) -> np.ndarray:
     """Row indices for one worker's micro-batch (see module docstring); epochs are seeded permutations."""
@@ -86,9 +136,11 @@ def global_batch_rows(*, n_rows: int, step: int, micro: int, grad_accum: int, ra
     epochs = positions // n_rows
     out = np.empty(batch_size, dtype=np.int64)
     for e in np.unique(epochs):
-        perm = _epoch_permutation(seed, int(e), n_rows)
         sel = epochs == e
-        out[sel] = perm[positions[sel] % n_rows]
+        if n_rows <= PERMUTATION_TABLE_MAX_ROWS:
+            out[sel] = _epoch_permutation(seed, int(e), n_rows)[positions[sel] % n_rows]
+        else:
+            out[sel] = feistel_permute(positions[sel] % n_rows, n_rows, seed=seed, epoch=int(e))
     return out
 
 
