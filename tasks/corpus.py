@@ -297,14 +297,39 @@ def build_corpus(cfg: dict[str, Any], fingerprint: str) -> str:
         (work / "config.json").write_text(json.dumps(cfg, indent=2))
         (work / "README.md").write_text(dataset_card(cfg, stats, fingerprint))
         (work / COMPLETE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-        if out.exists():  # an incomplete leftover of an older layout: replace it
-            shutil.rmtree(out)
-        os.replace(work, out)
+        if not _publish(work, out):
+            logger.info("the same corpus was completed at %s by another run meanwhile (keeping it)", out)
+            return str(out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     logger.info("corpus written to %s in %.1f s", out, stats["seconds"])
     return str(out)
+
+
+def _publish(work: Path, out: Path) -> bool:
+    """Move the finished ``work`` folder to ``out``; False (and ``work`` removed) if a complete corpus is there.
+
+    A complete corpus in place is never deleted: another run of the same config may be reading it. An
+    incomplete leftover (an older layout) is renamed aside before it is deleted, so no reader sees half of it.
+    Two runs finishing at once: ``os.replace`` onto a non-empty folder fails for the second, which keeps the first's."""
+    for _ in range(3):
+        if is_complete(out):
+            shutil.rmtree(work, ignore_errors=True)
+            return False
+        if out.exists():
+            aside = out.with_name(f".tmp-stale-{out.name}-{os.getpid()}")
+            try:
+                os.replace(out, aside)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(aside, ignore_errors=True)
+        try:
+            os.replace(work, out)
+            return True
+        except OSError:  # the other run's folder landed between our check and our move: look again
+            continue
+    raise RuntimeError(f"could not publish the corpus at {out}: it keeps changing under this run")
 
 
 @task(name="log-corpus", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2)

@@ -146,3 +146,29 @@ def test_cli_help_and_one_line_config_errors():
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["error: unknown config key 'bogus' (check the spelling; see --help for the fields)"]
+
+
+def test_a_corpus_finished_by_another_run_meanwhile_is_kept_not_replaced(prefect_harness, text_files, tmp_path,
+                                                                          monkeypatch):
+    """Two runs of one config at once: the second to finish must not delete the folder the first published
+    (a pretraining run may already be reading it); it drops its own copy and returns the same path."""
+    from tasks import corpus
+
+    cfg = _cfg(tmp_path, source="files", paths=[str(text_files / "*.txt")]).model_dump()
+    fp = corpus.source_fingerprint(cfg)
+    real_collect = corpus.collect_documents
+    first = {}
+
+    def collect_while_another_run_finishes(c, work):
+        if not first:  # the other run completes the same corpus while this one is still collecting
+            monkeypatch.setattr(corpus, "collect_documents", real_collect)
+            first["dir"] = corpus.build_corpus.fn(cfg, fp)
+            first["inode"] = Path(first["dir"]).stat().st_ino
+            first["marker"] = Path(first["dir"], corpus.COMPLETE).read_text()
+        return real_collect(c, work)
+
+    monkeypatch.setattr(corpus, "collect_documents", collect_while_another_run_finishes)
+    second = corpus.build_corpus.fn(cfg, fp)
+    assert second == first["dir"]
+    assert Path(second).stat().st_ino == first["inode"] and Path(second, corpus.COMPLETE).read_text() == first["marker"]
+    assert [p for p in _leftovers(tmp_path) if p.startswith(".tmp")] == []
