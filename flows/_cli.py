@@ -260,10 +260,9 @@ def _route_logs_to_stdout() -> None:
     """Send the run's log lines (Prefect's, MLflow's, the root logger's) to stdout instead of stderr, so that at
     the default log level stderr carries nothing but the one ``error: ...`` line of a failed run. The log keeps
     every line (stdout); ``--debug`` leaves the handlers alone and prints tracebacks on stderr."""
-    import mlflow  # noqa: F401 - configures its loggers now, so that their handlers are routed too
-    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+    from tasks.tracking import log_stream  # imports mlflow, which configures its loggers: route them too
 
-    stderrs = (sys.stderr, sys.__stderr__, MLFLOW_LOGGING_STREAM)  # MLflow's stream forwards to sys.stderr
+    stderrs = (sys.stderr, sys.__stderr__, log_stream())  # MLflow's stream forwards to sys.stderr
     names = [""] + [n for n in logging.Logger.manager.loggerDict if n.split(".")[0] in ("prefect", "mlflow", "ray")]
     for name in names:
         for h in getattr(logging.getLogger(name), "handlers", []):

@@ -42,6 +42,13 @@ class TrackingUnavailable(ConnectionError):
     """The MLflow tracking server cannot be reached."""
 
 
+def log_stream():
+    """The stream MLflow's loggers write to (it forwards to ``sys.stderr``), for callers that reroute logs."""
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    return MLFLOW_LOGGING_STREAM
+
+
 def tracking_uri() -> str:
     return mlflow.get_tracking_uri()
 
