@@ -12,6 +12,7 @@ the columns, what is logged, and measured numbers.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -20,6 +21,7 @@ from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
+from models.sd_bench import BenchSettings
 from tasks.paths import LocalPath, ModelRef
 
 
@@ -87,10 +89,15 @@ class SDBenchmarkConfig(FlowConfig):
 
         return [one(d) for d in v] if isinstance(v, list) else v
 
+    def settings(self) -> BenchSettings:
+        """The measurement settings, whole: each ``BenchSettings`` field this config has, by name (the others,
+        like ``step_probe_tokens``, keep the engine's defaults)."""
+        return BenchSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(BenchSettings)
+                                if f.name in type(self).model_fields})
+
     @model_validator(mode="after")
     def _check(self):
-        if self.compile and self.cache_implementation != "static":
-            raise ValueError("compile=true needs cache_implementation=static")
+        self.settings()  # the measurement rules (gammas, lenience, modes, compile needs static...) live there
         sources = [k for k in ("prompts_task", "prompts_jsonl", "corpus_dir") if getattr(self, k) is not None]
         if len(sources) > 1:
             raise ValueError(f"set one prompt source, not both ({', '.join(sources)}): prompts_task=TASK, "
@@ -181,13 +188,10 @@ def sd_benchmark(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
     source["jsonl"] = source.pop("prompts_jsonl")
     prompts = t.load_prompts(source, tokenizer_dir, cfg.max_new_tokens)
     # 2. Measure and log.
-    settings = cfg.model_dump(include={"gammas", "lenience", "modes", "max_new_tokens", "temperature", "top_k",
-                                       "top_p", "repeats", "warmup", "threads", "seed", "hf_baselines",
-                                       "cache_implementation", "compile"})
     with tracking.start_run(cfg.experiment, f"{cfg.preset}-sd-benchmark", params=cfg.model_dump(),
                             tags={"stage": "sd_benchmark", "preset": cfg.preset, "target": cfg.target},
                             parent_run_id=parent_run_id) as run_id:
-        measured = t.measure(dirs, prompts, settings, tokenizer_dir=tokenizer_dir, device=cfg.device,
+        measured = t.measure(dirs, prompts, cfg.settings(), tokenizer_dir=tokenizer_dir, device=cfg.device,
                              dtype=cfg.dtype, batch_sizes=cfg.batch_sizes)
         markdown = t.log_results(run_id, measured["rows"], measured["batched"])
     return SDBenchmarkResult(run_id=run_id, table=to_frame(measured["rows"]), markdown=markdown,

@@ -136,7 +136,7 @@ def _read_corpus_docs(corpus_dir: Path, split: str, tok: Any, prompt_tokens: int
 
 
 @task(name="measure-sd-latency", cache_policy=NONE)
-def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: dict[str, Any], *,
+def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: BenchSettings, *,
             tokenizer_dir: str, device: str = "cpu", dtype: str = "float32",
             batch_sizes: list[int] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Load the models and run ``engine.sd_bench.run_benchmark`` (batch 1), then, for ``batch_sizes``,
@@ -153,7 +153,8 @@ def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: dict[
     target = load(dirs["target"])
     drafts = {k[len("draft:"):]: load(v) for k, v in dirs.items() if k.startswith("draft:")}
     tok = _tokenizer(tokenizer_dir)
-    bench_prompts, bench_settings = [BenchPrompt(**p) for p in prompts], BenchSettings(**settings)
+    bench_prompts = [BenchPrompt(**p) for p in prompts]
+    bench_settings = settings if isinstance(settings, BenchSettings) else BenchSettings(**settings)
     rows = run_benchmark(target, drafts, bench_prompts, bench_settings,
                          decode=lambda ids: tok.decode(ids, skip_special_tokens=True), log=logger.info)
     batched = (run_batched_benchmark(target, drafts, bench_prompts, bench_settings, batch_sizes=batch_sizes,
