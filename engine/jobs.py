@@ -1,11 +1,11 @@
 """The typed jobs the training workers receive: one frozen dataclass per objective, built on the driver.
 
-A flow's config (pydantic, in ``flows/``) is dumped, joined with the paths its tasks resolved (corpus,
+A run's config (pydantic: ``engine/config.py``, or ``flows/`` for the task-bound ones) is dumped, joined with the paths its tasks resolved (corpus,
 tokenizer, model and task folders, the checkpoint folder, the metrics sink) and turned into a job by
 :meth:`Job.of` *before* anything is sent to Ray: a field that is missing or renamed fails there, in one
 line naming it, not on a worker minutes later. Workers read attributes (``job.tau``), never strings.
 
-Defaults live in one place, the flow configs; a job's fields have none beyond how it runs.
+Defaults live in one place, the typed configs; a job's fields have none beyond how it runs.
 The loop's own settings (optimiser, schedule, checkpoints, evaluation cadence) travel as one
 :class:`engine.train_loop.LoopSettings` in ``job.loop``; ``batch_size``, ``grad_accum`` and ``seed``
 stay on the job because the objectives draw their batches with them.

@@ -22,30 +22,11 @@ from typing import Any, Callable, Literal, Mapping, Optional, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from engine.checkpoints import StorageFullError
+from engine.config import FlowConfig, TrainRunFields  # noqa: F401 - public names of this module too
 from tasks.tracked_run import RunLockedError
 from tasks.paths import LocalPath
 
 C = TypeVar("C", bound="FlowConfig")
-
-
-class FlowConfig(BaseModel):
-    """Base of every flow config: unknown keys are an error, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
-
-
-class TrainRunFields(FlowConfig):
-    """Fields every Ray-trained flow shares (pretraining, fine-tuning, distillation): where and how the run executes."""
-
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (data parallel)")
-    threads_per_worker: int = Field(0, ge=0, description="torch threads per worker (0 = the CPUs divided among the workers)")
-    use_gpu: bool = False
-    bf16: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
-    max_failures: int = Field(2, ge=0, description="worker-group restarts Ray may do")
-    seed: int = 0
-    register_as: Optional[str] = Field(None, description="registered model name (default: from preset and task)")
-    output_root: Optional[LocalPath] = Field(None, description="checkpoint root (default <state>/runs)")
-    fault_kill_at_step: Optional[int] = Field(None, description="test hook: SIGKILL a worker once at this step")
 
 
 class ConfigError(ValueError):

@@ -9,48 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
-from pydantic import Field, model_validator
 from prefect import flow, get_run_logger
 
-from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
+from engine import config
+from flows._cli import build_config, documented, preset_type, run_cli, run_footer
 from tasks.corpus import build_corpus, fingerprint_source, is_complete, log_corpus
-from tasks.paths import LocalPath
 
 
-class CorpusPrepConfig(FlowConfig):
-    name: str = Field("corpus", description="name of the corpus (output folder and MLflow run name)")
-    source: Literal["packaged", "files", "hf"] = Field("packaged", description="where documents come from")
-    packaged: list[str] = Field(["wiki", "news", "parl", "bbc", "dialog"], description="packaged sources to mix")
-    paths: list[LocalPath] = Field([], description="globs of local .txt/.jsonl/.parquet files (source=files)")
-    txt_unit: Literal["file", "paragraph", "line"] = Field("file", description="what one document is in a .txt file")
-    on_decode_error: Literal["skip", "fail"] = Field("skip", description="undecodable/binary files: count+skip or refuse")
-    hf_name: Optional[str] = Field(None, description="Hugging Face dataset name or local folder (source=hf)")
-    hf_config: Optional[str] = None
-    hf_split: str = "train"
-    hf_revision: Optional[str] = None
-    text_field: str = Field("text", description="field/column with the text (jsonl, parquet, hf)")
-    max_documents: Optional[int] = Field(None, ge=1, description="stop after this many kept documents")
-    unicode_form: Literal["NFKC", "NFC", "NFKD", "NFD", "none"] = "NFKC"
-    min_chars: int = Field(20, ge=1, description="drop documents shorter than this after cleaning")
-    hold_out_downstream: bool = Field(True, description="exclude documents reserved for downstream tasks")
-    validation_fraction: float = Field(0.02, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.02, ge=0.0, lt=1.0)
-    vocab_size: int = Field(8000, ge=200, le=1_000_000, description="SentencePiece pieces (+100 sentinels)")
-    character_coverage: float = Field(0.9999, gt=0.0, le=1.0)
-    tokenizer_sample_sentences: int = Field(1_000_000, ge=1000, description="sentences sampled to train the tokenizer")
-    pack_length: int = Field(568, ge=8, description="tokens per packed row (span corruption's tokens_length)")
-    num_proc: int = Field(2, ge=1, description="processes for tokenization")
-    output_root: Optional[LocalPath] = Field(None, description="where corpora are written (default <state>/corpus)")
-
-    @model_validator(mode="after")
-    def _check_source(self):
-        if self.source == "files" and not self.paths:
-            raise ValueError("source=files needs paths (a list of globs)")
-        if self.source == "hf" and not self.hf_name:
-            raise ValueError("source=hf needs hf_name")
-        if self.validation_fraction + self.test_fraction >= 0.9:
-            raise ValueError("validation_fraction + test_fraction must leave a train split (< 0.9)")
-        return self
+class CorpusPrepConfig(config.CorpusPrepConfig):
+    """The corpus-prep flow's config: the schema and its rules are ``engine.config.CorpusPrepConfig`` (shared with
+    the benchmarks); this flow adds its presets and command line."""
 
 
 def tiny() -> CorpusPrepConfig:

@@ -21,12 +21,14 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field, field_validator
 
+from engine.config import optimiser_section
 from flows._cli import TrainRunFields, build_config, documented, preset_type, run_cli, run_footer
 from tasks.downstream import TaskSpec
 from tasks.paths import ModelRef
 
 
-class DistillConfig(TrainRunFields):
+class DistillConfig(TrainRunFields, optimiser_section(total_steps=100, lr=1e-3, warmup_steps=5, schedule="linear",
+                                                     weight_decay=None)):
     preset: str = "tiny"
     mode: Literal["target", "draft"] = "draft"
     teacher: Optional[ModelRef] = Field(None, description="teacher model (URI or folder): the big model, or the target")
@@ -39,13 +41,8 @@ class DistillConfig(TrainRunFields):
         "token", description="average the divergence per token (default) or per sequence first (DistillSpec's)")
     data_mix: dict[str, float] = Field({"student": 1.0}, description="fractions of fixed / teacher / student data")
     sample_temperature: float = Field(1.0, gt=0.0, description="sampling temperature of generated data (deployment's)")
-    total_steps: int = Field(100, ge=1)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
-    warmup_steps: int = Field(5, ge=0)
-    schedule: Literal["cosine", "linear", "rsqrt", "constant"] = "linear"
-    clip_norm: float = Field(1.0, ge=0.0)
     max_input_length: int = Field(128, ge=4)
     max_target_length: int = Field(24, ge=2)
     eval_every: int = Field(25, ge=0)

@@ -16,24 +16,19 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field
 
+from engine.config import optimiser_section
 from flows._cli import TrainRunFields, build_config, documented, preset_type, run_cli, run_footer
 from tasks.downstream import TaskSpec
 from tasks.paths import ModelRef
 
 
-class FinetuneConfig(TrainRunFields):
+class FinetuneConfig(TrainRunFields, optimiser_section(total_steps=150, lr=1e-3, warmup_steps=10, schedule="linear")):
     preset: str = "tiny"
     model: Optional[ModelRef] = Field(None, description="models:/name/version, models:/name@alias, or a save_pretrained folder")
     init: Literal["pretrained", "random"] = Field("pretrained", description="random = same architecture, no pretraining")
     task: TaskSpec = Field(default_factory=TaskSpec)
-    total_steps: int = Field(150, ge=1)
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
-    warmup_steps: int = Field(10, ge=0)
-    schedule: Literal["cosine", "linear", "rsqrt", "constant"] = "linear"
-    weight_decay: float = Field(0.0, ge=0.0)
-    clip_norm: float = Field(1.0, ge=0.0)
     dropout_rate: float = Field(0.1, ge=0.0, lt=1.0)
     max_input_length: int = Field(128, ge=4)
     max_target_length: int = Field(24, ge=2)

@@ -12,70 +12,15 @@ from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
 from prefect import flow
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from flows._cli import TrainRunFields, build_config, documented, preset_type, run_cli, run_footer
-from models.spactor import SpacTorConfig
-from tasks.paths import LocalPath
-
-
-class T5Shape(BaseModel):
-    """T5 architecture (T5 v1.1 conventions: gated-GELU, untied LM head, no dropout in pretraining)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    d_model: int = Field(64, ge=8)
-    d_ff: int = Field(128, ge=8)
-    d_kv: int = Field(16, ge=4)
-    num_heads: int = Field(4, ge=1)
-    num_layers: int = Field(2, ge=1)
-    num_decoder_layers: int = Field(2, ge=1)
-    feed_forward_proj: Literal["gated-gelu", "relu", "gated-silu"] = "gated-gelu"
-    dropout_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    tie_word_embeddings: bool = False
+from engine import config
+from engine.config import T5Shape
+from flows._cli import build_config, documented, preset_type, run_cli, run_footer
 
 
-class PretrainConfig(TrainRunFields):
-    preset: str = Field("tiny", description="name recorded in tags and the registered model name")
-    corpus_dir: Optional[LocalPath] = Field(None, description="a corpus-prep output folder (default: run corpus prep)")
-    model: T5Shape = Field(default_factory=T5Shape)
-    spactor: SpacTorConfig = Field(default_factory=SpacTorConfig,
-                                   description="the hybrid objective's settings (models.spactor.SpacTorConfig, validated there)")
-    tau: int = Field(30, ge=0, description="hybrid steps before plain SC (0 = SC baseline arm)")
-    total_steps: int = Field(60, ge=1)
-    inputs_length: int = Field(128, ge=8, description="encoder tokens after corruption (T5: 512)")
-    noise_density: float = Field(0.15, gt=0.0, lt=1.0)
-    mean_noise_span_length: float = Field(3.0, ge=1.0)
-    batch_size: int = Field(8, ge=1, description="rows per worker per micro-batch")
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(3e-3, gt=0.0)
-    warmup_steps: int = Field(6, ge=0)
-    schedule: Literal["cosine", "linear", "rsqrt", "constant"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0.0)
-    clip_norm: float = Field(1.0, ge=0.0)
-    compile: bool = Field(False, description="torch.compile the model (GPU presets)")
-    checkpoint_every: int = Field(20, ge=0)
-    keep_checkpoints: int = Field(2, ge=1)
-    eval_every: int = Field(10, ge=0)
-    eval_batches: int = Field(4, ge=1)
-    log_every: int = Field(5, ge=1)
-    cosine_every: int = Field(10, ge=0, description="log the SC/RTD gradient cosine every K steps (0 = never)")
-    register_as: Optional[str] = Field(None, description="registered model name (default t5-<preset>-<arm>)")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.tau > self.total_steps:
-            raise ValueError(f"tau={self.tau} exceeds total_steps={self.total_steps}; use tau <= total_steps")
-        from models.span_corruption import SpanCorruptionCollator
-
-        SpanCorruptionCollator(vocab_size=1000, inputs_length=self.inputs_length, noise_density=self.noise_density,
-                               mean_noise_span_length=self.mean_noise_span_length)
-        return self
-
-    @property
-    def tokens_length(self) -> int:
-        from models.span_corruption import compute_input_and_target_lengths
-
-        return compute_input_and_target_lengths(self.inputs_length, self.noise_density, self.mean_noise_span_length)[0]
+class PretrainConfig(config.PretrainConfig):
+    """The pretrain flow's config: the schema and its rules are ``engine.config.PretrainConfig`` (shared with the
+    benchmarks); this flow adds its presets and command line."""
 
 
 def tiny() -> PretrainConfig:

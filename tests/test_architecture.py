@@ -73,3 +73,16 @@ def test_the_deprecated_alias_is_lazy_and_the_only_downward_exception():
     top_level = {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
     assert "engine" not in top_level
     assert any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
+
+
+def test_benchmarks_never_import_flows():
+    """Benchmarks take their typed configs from engine.config, not from the flows above it."""
+    bad = {str(p.relative_to(ROOT)): sorted(_imports(p) & {"flows"}) for p in _files("benchmarks")}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_only_the_config_modules_of_the_engine_import_pydantic():
+    """The bare GPU machine (benchmarks/device_check.sh) has no pydantic: the engine's training step, objectives
+    and decoding run without it, and only the typed configs (engine/config.py, engine/paths.py) need it."""
+    users = sorted(str(p.relative_to(ROOT)) for p in _files("engine", "models") if "pydantic" in _imports(p))
+    assert users == ["engine/config.py", "engine/paths.py"]

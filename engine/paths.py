@@ -1,0 +1,32 @@
+"""Path-valued config fields, made absolute where the config is validated (the command's working directory).
+
+Ray Train changes each worker's working directory and its controller refuses a relative storage path, so a
+relative ``corpus_dir``, ``output_root`` or model folder must never reach a worker as it was typed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+from pydantic import AfterValidator
+
+
+def absolute_path(value: Optional[str]) -> Optional[str]:
+    """``~`` expanded and made absolute (globs keep their wildcards); None stays None."""
+    return None if value is None else os.path.abspath(os.path.expanduser(value))
+
+
+def model_reference(value: Optional[str]) -> Optional[str]:
+    """A local model folder made absolute; ``models:/``, ``runs:/`` and ``scheme://`` URIs and Hugging Face
+    hub names (``org/name`` that is not a local folder) are kept as they are."""
+    if value is None or "://" in value or value.startswith(("models:/", "runs:/")):
+        return value
+    path = os.path.expanduser(value)
+    if os.path.isabs(path) or value.startswith((".", "~")) or os.path.exists(path):
+        return os.path.abspath(path)
+    return value
+
+
+LocalPath = Annotated[str, AfterValidator(absolute_path)]
+ModelRef = Annotated[str, AfterValidator(model_reference)]
