@@ -112,21 +112,32 @@ def _builtin_examples(name: str):
                 yield f"sentiment:{stem}:{parts[0]}", prefix + parts[2].strip(), label
 
 
-def _read_jsonl(path: str, spec: TaskSpec) -> list[dict[str, str]]:
+def iter_jsonl(path: str | Path, what: str = "file"):
+    """(line number, record) for each non-empty line of a jsonl file. A missing file, a line that is not JSON
+    and a line that is not an object are each one error naming the file (and line)."""
     p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"task file {path} does not exist")
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    with open(p, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno} is not valid JSON ({err.msg})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{path}:{lineno} is not a JSON object")
+            yield lineno, rec
+
+
+def _read_jsonl(path: str, spec: TaskSpec) -> list[dict[str, str]]:
     out = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise ValueError(f"{path}:{i + 1}: not valid JSON") from None
+    for lineno, rec in iter_jsonl(path, "task file"):
         if spec.input_field not in rec or spec.target_field not in rec:
-            raise ValueError(f"{path}:{i + 1}: needs fields '{spec.input_field}' and '{spec.target_field}'")
-        out.append({"id": f"{p.name}#{i}", "input": str(rec[spec.input_field]), "target": str(rec[spec.target_field])})
+            raise ValueError(f"{path}:{lineno}: needs fields '{spec.input_field}' and '{spec.target_field}'")
+        out.append({"id": f"{Path(path).name}#{lineno - 1}", "input": str(rec[spec.input_field]),
+                    "target": str(rec[spec.target_field])})
     return out
 
 

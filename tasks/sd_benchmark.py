@@ -7,7 +7,6 @@ URIs or ``save_pretrained`` folders, resolved by ``tasks.tracking.resolve_model`
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -91,24 +90,17 @@ def load_prompts(source: dict[str, Any], tokenizer_dir: str, max_new_tokens: int
 
 
 def _read_jsonl(path: Path, input_field: str, target_field: str, n: int) -> tuple[list[str], list[str | None]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} does not exist")
+    from tasks.downstream import iter_jsonl
+
     texts, refs = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({err.msg})") from None
-            if not isinstance(item, dict) or not isinstance(item.get(input_field), str):
-                raise ValueError(f"{path}:{lineno} has no string field '{input_field}' (set input_field=...)")
-            texts.append(item[input_field])
-            ref = item.get(target_field)
-            refs.append(str(ref) if ref is not None else None)
-            if len(texts) == n:
-                break
+    for lineno, item in iter_jsonl(path, "prompt file"):
+        if not isinstance(item.get(input_field), str):
+            raise ValueError(f"{path}:{lineno} has no string field '{input_field}' (set input_field=...)")
+        texts.append(item[input_field])
+        ref = item.get(target_field)
+        refs.append(str(ref) if ref is not None else None)
+        if len(texts) == n:
+            break
     if not texts:
         raise ValueError(f"prompt file {path} holds no prompts")
     return texts, refs
