@@ -154,6 +154,15 @@ def run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
             close()
 
 
+def progress_line(step: int, total: int, logged: dict[str, float]) -> str:
+    """``step 120/400 (30%) | loss 5.91 | 2.10 s/step | 9 min 48 s left``: what a Ray worker prints at each log."""
+    left = max(0, total - step) * logged.get("step_time_s", 0.0)
+    eta = f"{int(left // 60)} min {int(left % 60)} s" if left >= 60 else f"{left:.0f} s"
+    loss = f" | loss {logged['loss']:.4g}" if "loss" in logged else ""
+    return (f"step {step}/{total} ({100 * step // max(1, total)}%){loss} | "
+            f"{logged.get('step_time_s', 0.0):.2f} s/step | {eta} left")
+
+
 def _run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
     rank, world_size = world() if s.in_ray else (0, 1)
     device = torch.device("cuda" if s.use_gpu and torch.cuda.is_available() else "cpu")
@@ -238,6 +247,8 @@ def _run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
             _log(s.metrics_sink, logged, step + 1)
             if progress is not None:
                 progress.set_postfix({k: f"{logged[k]:.3g}" for k in list(logged)[:3]})
+            elif s.in_ray:  # Ray forwards a worker's stdout to the driver's terminal: one progress line per log
+                print(progress_line(step + 1, s.total_steps, logged), flush=True)
             window, t_window, tok_window = {}, time.perf_counter(), 0
         if rank == 0 and s.diag_every and (step + 1) % s.diag_every == 0:
             _log(s.metrics_sink, objective.periodic(step + 1), step + 1)
