@@ -54,6 +54,9 @@ class ScorerSettings(_Strict):
     aggregate: Literal["mean", "max", "sum"] = "mean"
     length_normalize: bool = False
     cost_aware: bool = Field(False, description="divide by the sentence's characters (uncertainty per annotated char)")
+    diversity: float = Field(0.0, ge=0.0, description="ranked arm: weight of n-gram novelty against the labelled set "
+                             "and the batch so far (models.al_scorers.diverse_order; 0 = plain score order)")
+    ngram: int = Field(3, ge=1, description="character n-grams of the novelty measure")
 
     @model_validator(mode="after")
     def _one_division(self):
@@ -449,7 +452,8 @@ def _round(run: _Run, r: int, arms: dict) -> dict:
         else:
             futures[name] = al.select_batch.submit(
                 name, arm.model, [it for it in pool if it.id not in arm.labelled], cfg.batch_size,
-                cfg.scorer.model_dump(), cfg.candidates, rng, cfg.batch_chars)
+                cfg.scorer.model_dump(), cfg.candidates, rng, cfg.batch_chars,
+                labelled_texts=["".join(words) for words in arm.labelled.values()])
     picked = {name: f.result() for name, f in futures.items()}
     windows = {name: p[1] for name, p in picked.items() if name == "partial"}
     fresh = cfg.retrain == "scratch" or run.schedule.new_model_at(r)

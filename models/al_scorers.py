@@ -49,7 +49,7 @@ from typing import Protocol
 import numpy as np
 
 __all__ = ["METHODS", "AGGREGATES", "char_uncertainty", "sentence_score", "sentence_scores", "rank", "BoundaryModel",
-           "merge_windows", "window_decisions", "select_windows"]
+           "merge_windows", "window_decisions", "select_windows", "char_ngrams", "diverse_order"]
 
 METHODS = ("entropy", "margin", "least_confidence")
 AGGREGATES = ("mean", "max", "sum")
@@ -190,6 +190,71 @@ def rank(
                              length_normalize=length_normalize, cost_aware=cost_aware)
     # lexsort sorts by the last key first: descending score, then ascending index.
     return np.lexsort((np.arange(len(scores)), -scores)).tolist()
+
+
+# -- batch diversity: no near-duplicates in a batch, nor of what is labelled -----------------------------
+
+def char_ngrams(text: str, n: int = 3) -> set[str]:
+    """The character n-grams of ``text`` (the text itself if it is shorter than ``n``)."""
+    if n < 1:
+        raise ValueError(f"n={n} must be >= 1")
+    return {text[i:i + n] for i in range(len(text) - n + 1)} or ({text} if text else set())
+
+
+def diverse_order(
+    texts: Sequence[str],
+    scores: Sequence[float],
+    *,
+    covered: Sequence[str] = (),
+    diversity: float = 1.0,
+    ngram: int = 3,
+    budget_chars: int | None = None,
+    max_items: int | None = None,
+) -> list[int]:
+    """Indices of ``texts`` in the order a batch takes them: greedily the largest
+
+        gain_i = score_i * novelty_i ** diversity,
+        novelty_i = |ngrams(text_i) - C| / |ngrams(text_i)|
+
+    where ``C`` holds the character n-grams of ``covered`` (what is already labelled) and of the texts already
+    taken. A sentence that repeats what the batch or the labelled set already shows loses its gain, so a batch
+    is not filled with near-duplicates (n-gram novelty, as in diversity-aware batch active learning).
+    ``diversity=0`` is the plain score order. Stops after ``max_items`` texts or once ``budget_chars``
+    characters are taken (the last text may cross it). Ties keep the lower index first.
+
+    Novelty only falls as ``C`` grows, so stale gains are upper bounds and a lazy greedy pass (recompute the
+    top gain, take it if it still beats the next stored one) gives exactly the greedy order.
+    """
+    import heapq
+
+    if len(texts) != len(scores):
+        raise ValueError(f"{len(texts)} texts but {len(scores)} scores")
+    if diversity < 0:
+        raise ValueError(f"diversity={diversity} must be >= 0")
+    grams = [char_ngrams(t, ngram) for t in texts]
+    seen: set[str] = set().union(*(char_ngrams(t, ngram) for t in covered)) if covered else set()
+
+    def gain(i: int) -> float:
+        if diversity == 0 or not grams[i]:
+            return float(scores[i])
+        novelty = len(grams[i] - seen) / len(grams[i])
+        return float(scores[i]) * novelty ** diversity
+
+    heap = [(-gain(i), i) for i in range(len(texts))]
+    heapq.heapify(heap)
+    order: list[int] = []
+    chars = 0
+    limit = len(texts) if max_items is None else min(max_items, len(texts))
+    while heap and len(order) < limit and (budget_chars is None or chars < budget_chars):
+        neg, i = heapq.heappop(heap)
+        g = gain(i)
+        if heap and (-g, i) > heap[0]:  # its gain fell below the next stored bound: put it back, look again
+            heapq.heappush(heap, (-g, i))
+            continue
+        order.append(i)
+        chars += len(texts[i])
+        seen |= grams[i]
+    return order
 
 
 # -- partial annotation: the most uncertain boundary windows ------------------------------------------

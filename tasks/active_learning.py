@@ -24,7 +24,7 @@ import torch
 from prefect import task
 from prefect.cache_policies import NONE
 
-from models.al_scorers import select_windows, sentence_scores, window_decisions
+from models.al_scorers import char_ngrams, diverse_order, select_windows, sentence_scores, window_decisions
 from models.curves import first_reach
 from models.thai_segmenter import SegmenterConfig, ThaiSegmenter, boundary_prf, word_f1, word_starts
 from tasks import tracking
@@ -158,18 +158,29 @@ def _take(order, items: Sequence[PoolItem], batch_size: int, batch_chars: int) -
     return out
 
 
+def _novelty(texts: Sequence[str], covered: Sequence[str], ngram: int) -> float:
+    """The fraction of the batch's distinct character n-grams that the labelled set does not already hold."""
+    batch = set().union(*(char_ngrams(t, ngram) for t in texts)) if texts else set()
+    known = set().union(*(char_ngrams(t, ngram) for t in covered)) if covered else set()
+    return len(batch - known) / max(1, len(batch))
+
+
 @task(name="select-batch", cache_policy=NONE)
 def select_batch(arm: str, model: ThaiSegmenter, unlabelled: Sequence[PoolItem], batch_size: int,
-                 scorer: dict[str, Any], candidates: int, rng: np.random.Generator, batch_chars: int = 0
-                 ) -> tuple[list[PoolItem], dict[str, float]]:
+                 scorer: dict[str, Any], candidates: int, rng: np.random.Generator, batch_chars: int = 0,
+                 labelled_texts: Sequence[str] = ()) -> tuple[list[PoolItem], dict[str, float]]:
     """A batch of ``batch_size`` sentences (or, with ``batch_chars``, of about that many characters):
     in random order (arm ``random``) or in the scorer's order among ``candidates`` unlabelled items
-    drawn at random (arm ``ranked``; 0 = the whole unlabelled pool), best first.
+    drawn at random (arm ``ranked``; 0 = the whole unlabelled pool), best first. With
+    ``scorer["diversity"] > 0`` the ranked order discounts each sentence by how little of it is new against
+    ``labelled_texts`` and the batch so far (``models.al_scorers.diverse_order``).
 
     Returns the batch and the selection-score statistics (the batch scored by the arm's own model,
     for both arms, so the two are comparable)."""
     t0 = time.perf_counter()
     stats: dict[str, float] = {}
+    scorer = dict(scorer)
+    diversity, ngram = float(scorer.pop("diversity", 0.0)), int(scorer.pop("ngram", 3))
     if arm == "partial":
         raise ValueError("the partial arm selects windows: use select_windows_batch")
     if arm == "random":
@@ -179,7 +190,13 @@ def select_batch(arm: str, model: ThaiSegmenter, unlabelled: Sequence[PoolItem],
         idx = (np.arange(len(unlabelled)) if not candidates or candidates >= len(unlabelled)
                else np.sort(rng.choice(len(unlabelled), size=candidates, replace=False)))
         scores = sentence_scores([unlabelled[i].text for i in idx], model, **scorer)
-        order = idx[np.lexsort((np.arange(len(idx)), -scores))]
+        if diversity > 0:
+            texts = [unlabelled[i].text for i in idx]
+            order = idx[diverse_order(texts, scores, covered=labelled_texts, diversity=diversity, ngram=ngram,
+                                      budget_chars=batch_chars or None, max_items=None if batch_chars else batch_size)]
+            stats["batch_novelty"] = _novelty([unlabelled[i].text for i in order], labelled_texts, ngram)
+        else:
+            order = idx[np.lexsort((np.arange(len(idx)), -scores))]
         batch = [unlabelled[i] for i in _take(order, unlabelled, batch_size, batch_chars)]
         stats["candidates_score_mean"] = float(scores.mean()) if scores.size else 0.0
         stats["candidates"] = float(len(idx))

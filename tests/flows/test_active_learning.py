@@ -150,6 +150,27 @@ def test_ranked_selection_takes_the_top_of_the_scorers_ranking():
     assert [it.id for it in rnd] == [it.id for it in again] and len({it.id for it in rnd}) == 7
 
 
+def test_ranked_selection_with_diversity_takes_the_diverse_order_and_adds_no_duplicate_of_the_labelled_set():
+    from models.al_scorers import diverse_order, sentence_scores
+    from models.thai_segmenter import SegmenterConfig, ThaiSegmenter
+    from tasks.active_learning import select_batch
+    from tasks.thai_data import load_experiment
+
+    pool, _ = load_experiment("orchid", [], test_fraction=0.1, split_seed=0, max_pool=200, max_test=10)
+    g = torch.Generator().manual_seed(0)
+    model = ThaiSegmenter(SegmenterConfig(**SEGMENTER, epochs=1), generator=g)
+    model.fit([list(it.words) for it in pool[:50]], generator=g)
+    base = dict(method="entropy", aggregate="mean", length_normalize=False, cost_aware=False)
+    plain, _ = select_batch.fn("ranked", model, pool, 7, {**base, "diversity": 0.0}, 0, np.random.default_rng(0))
+    labelled = [it.text for it in plain[:3]]  # pretend the plain top three are labelled already
+    batch, stats = select_batch.fn("ranked", model, pool, 7, {**base, "diversity": 1.0, "ngram": 3}, 0,
+                                   np.random.default_rng(0), labelled_texts=labelled)
+    texts = [it.text for it in pool]
+    want = diverse_order(texts, sentence_scores(texts, model, **base), covered=labelled, max_items=7)
+    assert [it.id for it in batch] == [pool[i].id for i in want]
+    assert not {it.text for it in batch} & set(labelled) and 0.0 < stats["batch_novelty"] <= 1.0
+
+
 @pytest.mark.parametrize("overrides, match", [
     ({"schedule": [{"kind": "guideline", "round": 9}]}, "schedule.0.*round 9 but rounds=4"),
     ({"segmenter": {"widht": 3}}, "segmenter.*widht"),

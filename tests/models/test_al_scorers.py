@@ -257,3 +257,53 @@ def test_windows_cost_at_most_the_budget_plus_one_window_and_respect_the_quota(r
     assert shown < budget + 2 * h
     for t, w in chosen.items():
         assert merge_windows(w) == w and all(0 <= s < e <= len(probs[t]) for s, e in w)
+
+
+# -- batch diversity ---------------------------------------------------------------------------------
+
+def test_diverse_order_skips_a_near_duplicate_of_a_sentence_already_in_the_batch():
+    from models.al_scorers import diverse_order
+
+    texts = ["กขคงจฉชซ", "กขคงจฉชซ", "ฌญฎฏฐฑฒณ"]  # 0 and 1 are the same sentence; 2 is new
+    scores = [1.0, 0.99, 0.6]
+    assert diverse_order(texts, scores, diversity=0.0) == [0, 1, 2]  # plain score order
+    assert diverse_order(texts, scores, diversity=1.0) == [0, 2, 1]  # the duplicate has nothing new: last
+
+
+def test_diverse_order_discounts_what_the_labelled_set_already_covers():
+    from models.al_scorers import diverse_order
+
+    texts = ["abcdefgh", "stuvwxyz"]
+    assert diverse_order(texts, [1.0, 0.5], covered=["xxabcdefghxx"]) == [1, 0]
+    assert diverse_order(texts, [1.0, 0.5], covered=[]) == [0, 1]
+
+
+def test_diverse_order_is_the_exact_greedy_order_and_stops_at_the_budget():
+    from models.al_scorers import char_ngrams, diverse_order
+
+    rng = np.random.default_rng(0)
+    alphabet = list("abcdefghij")
+    texts = ["".join(rng.choice(alphabet, size=int(rng.integers(3, 12)))) for _ in range(40)]
+    scores = rng.random(40)
+    # the naive greedy: recompute every gain at every pick
+    seen, naive, left = set(), [], list(range(40))
+    while left:
+        g = {i: scores[i] * len(char_ngrams(texts[i]) - seen) / len(char_ngrams(texts[i])) for i in left}
+        best = min(left, key=lambda i: (-g[i], i))
+        naive.append(best)
+        left.remove(best)
+        seen |= char_ngrams(texts[best])
+    assert diverse_order(texts, scores) == naive
+    budget = diverse_order(texts, scores, budget_chars=30)
+    assert budget == naive[:len(budget)] and sum(len(texts[i]) for i in budget[:-1]) < 30 <= sum(
+        len(texts[i]) for i in budget)
+    assert diverse_order(texts, scores, max_items=5) == naive[:5]
+
+
+def test_diverse_order_refuses_mismatched_lengths_and_negative_diversity():
+    from models.al_scorers import diverse_order
+
+    with pytest.raises(ValueError, match="2 texts but 1 scores"):
+        diverse_order(["a", "b"], [1.0])
+    with pytest.raises(ValueError, match="diversity"):
+        diverse_order(["a"], [1.0], diversity=-1)
