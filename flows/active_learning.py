@@ -135,7 +135,8 @@ class ActiveLearningConfig(FlowConfig):
     candidates: int = Field(0, ge=0, description="ranked arm scores this many random unlabelled items (0 = all)")
     arms: list[Literal["random", "ranked", "partial"]] = Field(
         ["random", "ranked"], description="arms after the shared seed round: random (always first), ranked "
-        "(whole sentences by the scorer) and partial (the most uncertain boundary windows; simulated annotator)")
+        "(whole sentences by the scorer) and partial (the most uncertain boundary windows; a human annotator gets "
+        "them in the batch file's windows column)")
     partial_windows: int = Field(3, ge=1, description="partial arm: at most this many windows per sentence")
     partial_half_width: int = Field(3, ge=1, description="partial arm: a window shows this many characters on "
                                     "each side of the uncertain position")
@@ -174,9 +175,6 @@ class ActiveLearningConfig(FlowConfig):
                 raise ValueError(f"schedule[{i}]: a pool change from '{ev.source}' needs paths=[...]")
         if not self.arms or self.arms[0] != "random" or len(set(self.arms)) != len(self.arms):
             raise ValueError(f"arms must start with 'random' and list each arm once, got {self.arms}")
-        if "partial" in self.arms and self.annotator.kind != "simulated":
-            raise ValueError("the partial arm needs annotator.kind=simulated (windows for a human annotator are "
-                             "not written yet)")
         if self.resume and not self.run_name:
             raise ValueError(f"resume={self.resume} needs run_name (the folder of the run to continue)")
         if self.stop_after_round is not None and self.stop_after_round > self.rounds:
@@ -471,8 +469,9 @@ def _annotate_train_evaluate(run: _Run, r: int, arms: dict, batches: dict, stats
     from tasks import active_learning as al
 
     cfg, env = run.cfg, run.schedule.environment(r)
-    answers = al.annotate(_annotator(cfg, env, run.run_dir), batches, r, al.rng_for(cfg.seed, r, "annotate"))
     windows, cost = windows or {}, {}
+    answers = al.annotate(_annotator(cfg, env, run.run_dir), batches, r, al.rng_for(cfg.seed, r, "annotate"),
+                          windows.get("partial"))
     for name, arm in arms.items():
         if name in windows:  # the partial arm pays the characters its windows show
             cost[name] = al.keep_windows(arm, windows[name], answers[name], {it.id: it.text for it in batches[name]})

@@ -260,16 +260,23 @@ def keep_windows(arm: "Arm", windows: dict[str, list[tuple[int, int]]], answers:
 
 @task(name="annotate", cache_policy=NONE)
 def annotate(annotator: SimulatedAnnotator | HumanAnnotator, batches: dict[str, list[PoolItem]], round_no: int,
-             rng: np.random.Generator) -> dict[str, dict[str, list[str]]]:
+             rng: np.random.Generator, windows: Optional[dict[str, list[tuple[int, int]]]] = None
+             ) -> dict[str, dict[str, list[str]]]:
     """Annotate the union of the arms' batches once, in a shuffled order that hides which arm chose
-    what; returns per arm ``{item id: words}``. A sentence chosen by both arms gets one answer."""
+    what; returns per arm ``{item id: words}``. A sentence chosen by both arms gets one answer.
+
+    ``windows`` (the partial arm's: item id -> windows) go to the annotator for the items no whole-sentence
+    arm chose too; a human then cuts only inside them (the file's ``windows`` column and the form say so)."""
     union: dict[str, PoolItem] = {}
     for arm in ARMS:
         for it in batches.get(arm, []):
             union.setdefault(it.id, it)
     items = [union[k] for k in sorted(union)]
     items = [items[i] for i in rng.permutation(len(items))]
-    answers = dict(zip((it.id for it in items), annotator.annotate(items, round_no=round_no, rng=rng)))
+    whole = {it.id for arm, b in batches.items() if arm != "partial" for it in b}
+    asked = {k: list(w) for k, w in (windows or {}).items() if k not in whole and k in union}
+    answers = dict(zip((it.id for it in items),
+                       annotator.annotate(items, round_no=round_no, rng=rng, windows=asked or None)))
     for it in items:
         assert "".join(answers[it.id]) == it.text, it.id  # both annotators guarantee this
     return {arm: {it.id: answers[it.id] for it in batches.get(arm, [])} for arm in batches}

@@ -68,7 +68,10 @@ class AnnotationTimeout(ValueError):
 class Annotator(Protocol):
     name: str
 
-    def annotate(self, items: Sequence[PoolItem], *, round_no: int, rng: np.random.Generator) -> list[list[str]]:
+    def annotate(self, items: Sequence[PoolItem], *, round_no: int, rng: np.random.Generator,
+                 windows: Optional[dict[str, list[tuple[int, int]]]] = None) -> list[list[str]]:
+        """Words per item. ``windows`` (item id -> half-open character windows) asks only for the word starts
+        inside those windows of those items (partial annotation); what is answered outside them is not used."""
         ...
 
 
@@ -159,7 +162,9 @@ class SimulatedAnnotator:
             return apply_newmm_guideline(item.words, newmm_words(item.text), _dictionary())
         return list(item.words)
 
-    def annotate(self, items: Sequence[PoolItem], *, round_no: int, rng: np.random.Generator) -> list[list[str]]:
+    def annotate(self, items: Sequence[PoolItem], *, round_no: int, rng: np.random.Generator,
+                 windows: Optional[dict[str, list[tuple[int, int]]]] = None) -> list[list[str]]:
+        # the gold answer is whole; the caller keeps only the decisions inside the windows
         self.proxy_count = sum(it.words is None for it in items)
         return [flip_boundaries(self.reference(it), self.noise_rate, rng) for it in items]
 
@@ -176,22 +181,32 @@ def _separator(text: str) -> str:
     raise ValueError(f"text {text[:40]!r} contains every separator {SEPARATORS}; cannot write it for annotation")
 
 
-def write_batch(items: Sequence[PoolItem], path: Path, *, prefill: Optional[list[list[str]]] = None) -> Path:
+def write_batch(items: Sequence[PoolItem], path: Path, *, prefill: Optional[list[list[str]]] = None,
+                windows: Optional[dict[str, list[tuple[int, int]]]] = None) -> Path:
     """Write the batch for annotators (jsonl or csv by suffix), atomically; returns ``path``.
 
-    ``segmented`` holds the text (or, with ``prefill``, a suggested segmentation) cut with ``sep``."""
+    ``segmented`` holds the text (or, with ``prefill``, a suggested segmentation) cut with ``sep``. With
+    ``windows``, a row of a windowed item also has ``windows`` (``[[start, end], ...]``, half-open character
+    offsets) and ``window_text`` (the text of each window): only the cuts inside them are asked for."""
     rows = []
+    windows = windows or {}
     for i, it in enumerate(items):
         sep = _separator(it.text)
         seg = sep.join(prefill[i]) if prefill is not None else it.text
-        rows.append({"id": it.id, "text": it.text, "sep": sep, "segmented": seg})
+        row = {"id": it.id, "text": it.text, "sep": sep, "segmented": seg}
+        if windows:
+            w = [[int(a), int(b)] for a, b in windows.get(it.id, [])]
+            row.update(windows=w, window_text=[it.text[a:b] for a, b in w])
+        rows.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     if path.suffix == ".csv":
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=["id", "text", "sep", "segmented"])
+        fields = ["id", "text", "sep", "segmented"] + (["windows", "window_text"] if windows else [])
+        writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows([{k: json.dumps(v, ensure_ascii=False) if isinstance(v, list) else v for k, v in r.items()}
+                          for r in rows])
         tmp.write_text(buf.getvalue(), encoding="utf-8")
     else:
         tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
@@ -266,7 +281,7 @@ def _prefect_available() -> bool:
         return False
 
 
-def _announce(batch: Path, annotated: Path, n: int, round_no: int, wait: str) -> None:
+def _announce(batch: Path, annotated: Path, n: int, round_no: int, wait: str, windowed: int = 0) -> None:
     """Make the wait visible: a Prefect log line and a markdown artifact on the flow run."""
     try:
         from prefect.runtime import flow_run
@@ -277,7 +292,9 @@ def _announce(batch: Path, annotated: Path, n: int, round_no: int, wait: str) ->
     how = ("then press **Resume** on this flow run in the Prefect UI (or run "
            f"`python -m tasks.annotators resume {run_id} {annotated}`)" if wait == "pause"
            else "the flow polls for it")
-    msg = (f"Round {round_no}: {n} sentences wait for annotation.\n\n"
+    part = (f" In {windowed} of them only the cuts inside the row's `windows` (character offsets; their text is "
+            "in `window_text`) are needed: cut there and leave the rest as it is." if windowed else "")
+    msg = (f"Round {round_no}: {n} sentences wait for annotation.{part}\n\n"
            f"1. Open `{batch}`; in each row cut `segmented` into words with the row's `sep`, "
            f"changing no character.\n2. Save it as `{annotated}`.\n3. {how}.")
     try:
@@ -317,25 +334,28 @@ class HumanAnnotator:
         return self.directory / f"{stem}.{self.fmt}", self.directory / f"{stem}.annotated.{self.fmt}"
 
     def annotate(self, items: Sequence[PoolItem], *, round_no: int, rng: Optional[np.random.Generator] = None,
-                 prefill: Optional[list[list[str]]] = None) -> list[list[str]]:
+                 prefill: Optional[list[list[str]]] = None,
+                 windows: Optional[dict[str, list[tuple[int, int]]]] = None) -> list[list[str]]:
         batch, annotated = self.paths(round_no)
         if not (batch.exists() and annotated.exists()):  # a resumed round keeps the delivered file
-            write_batch(items, batch, prefill=prefill)
+            write_batch(items, batch, prefill=prefill, windows=windows)
         self.last_batch = batch
-        _announce(batch, annotated, len(items), round_no, self.wait)
+        windowed = sum(1 for it in items if (windows or {}).get(it.id))
+        _announce(batch, annotated, len(items), round_no, self.wait, windowed)
         if self.wait == "pause":
-            annotated = self._pause(annotated, round_no)
+            annotated = self._pause(annotated, round_no, windowed)
             return read_annotations(annotated, items)
         return self._poll(annotated, items)
 
-    def _pause(self, annotated: Path, round_no: int) -> Path:
+    def _pause(self, annotated: Path, round_no: int, windowed: int = 0) -> Path:
         if not _prefect_available():
             raise ValueError("annotator.human.wait='pause' needs a Prefect flow run; use wait='poll' outside flows")
         from prefect.exceptions import FlowPauseTimeout
         from prefect.flow_runs import pause_flow_run
 
         form = AnnotationDone.with_initial_data(
-            description=f"Annotate round {round_no}: save the annotated file, check its path, resume.",
+            description=f"Annotate round {round_no}: save the annotated file, check its path, resume."
+                        + (f" {windowed} sentences need cuts only inside their `windows`." if windowed else ""),
             annotated_file=str(annotated))
         try:
             done = pause_flow_run(wait_for_input=form, timeout=int(self.timeout_s),

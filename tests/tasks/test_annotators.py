@@ -119,6 +119,48 @@ def test_human_annotator_round_trips_a_batch_through_files_by_polling(tmp_path, 
     assert [r["text"] for r in rows] == [it.text for it in items] and rows[0]["segmented"] == items[0].text
 
 
+def test_a_windowed_batch_shows_each_window_and_a_human_cutting_only_there_is_read_back(tmp_path):
+    """Partial annotation by a person: the batch row names the windows (offsets and their text); the person
+    cuts inside them only, and the answer keeps every character (the flow uses only the windows' decisions)."""
+    items = _items()
+    windows = {"s0": [(2, 6)], "s2": [(0, 4), (6, 9)]}
+    ann = HumanAnnotator(tmp_path, wait="poll", timeout_s=20, poll_interval_s=0.1)
+    batch, annotated = ann.paths(1)
+    cut = {"s0": ["กา", "รพัฒ", "นาประเทศ ไทย"], "s1": list(GOLD[1]), "s2": ["ฉัน", "กิน", "ข้าว"]}
+    thread = _annotate_file(batch, annotated, cut)
+    got = ann.annotate(items, round_no=1, windows=windows)
+    thread.join()
+    assert ["".join(w) for w in got] == [it.text for it in items]
+    rows = {r["id"]: r for r in map(json.loads, batch.read_text(encoding="utf-8").splitlines())}
+    assert rows["s0"]["windows"] == [[2, 6]] and rows["s0"]["window_text"] == [items[0].text[2:6]]
+    assert rows["s1"]["windows"] == [] and rows["s2"]["window_text"] == [items[2].text[0:4], items[2].text[6:9]]
+    write_batch(items, tmp_path / "w.csv", windows=windows)  # csv: the lists as JSON cells
+    import csv as _csv
+
+    with open(tmp_path / "w.csv", encoding="utf-8") as fh:
+        first = next(_csv.DictReader(fh))
+    assert json.loads(first["windows"]) == [[2, 6]]
+
+
+def test_the_al_annotate_task_asks_windows_only_for_sentences_no_whole_sentence_arm_chose():
+    from tasks.active_learning import annotate
+
+    items = _items()
+    seen = {}
+
+    class Recorder:
+        name = "recorder"
+
+        def annotate(self, its, *, round_no, rng, windows=None):
+            seen["windows"] = windows
+            return [list(it.words) for it in its]
+
+    batches = {"ranked": [items[0]], "partial": [items[0], items[1]]}
+    out = annotate.fn(Recorder(), batches, 1, np.random.default_rng(0), {"s0": [(0, 3)], "s1": [(1, 4)]})
+    assert seen["windows"] == {"s1": [(1, 4)]}  # s0 is annotated whole for the ranked arm anyway
+    assert out["partial"]["s1"] == list(GOLD[1])
+
+
 def test_csv_batch_with_words_list_or_segmented_column_reads_back(tmp_path):
     items = _items()
     write_batch(items, tmp_path / "b.csv")
