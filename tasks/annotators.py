@@ -226,18 +226,9 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
                                       "(quote fields that contain commas)")
             out.append((reader.line_num, row))
         return out
-    out = []
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise AnnotationError(f"{path} line {n}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise AnnotationError(f"{path} line {n}: expected a JSON object, got {type(row).__name__}")
-        out.append((n, row))
-    return out
+    from tasks.jsonl import iter_jsonl
+
+    return list(iter_jsonl(path, "annotated file", AnnotationError))
 
 
 def read_annotations(path: str | Path, items: Sequence[PoolItem]) -> list[list[str]]:

@@ -112,26 +112,9 @@ def _builtin_examples(name: str):
                 yield f"sentiment:{stem}:{parts[0]}", prefix + parts[2].strip(), label
 
 
-def iter_jsonl(path: str | Path, what: str = "file"):
-    """(line number, record) for each non-empty line of a jsonl file. A missing file, a line that is not JSON
-    and a line that is not an object are each one error naming the file (and line)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    with open(p, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno} is not valid JSON ({err.msg})") from None
-            if not isinstance(rec, dict):
-                raise ValueError(f"{path}:{lineno} is not a JSON object")
-            yield lineno, rec
-
-
 def _read_jsonl(path: str, spec: TaskSpec) -> list[dict[str, str]]:
+    from tasks.jsonl import iter_jsonl
+
     out = []
     for lineno, rec in iter_jsonl(path, "task file"):
         if spec.input_field not in rec or spec.target_field not in rec:

@@ -90,7 +90,7 @@ def load_prompts(source: dict[str, Any], tokenizer_dir: str, max_new_tokens: int
 
 
 def _read_jsonl(path: Path, input_field: str, target_field: str, n: int) -> tuple[list[str], list[str | None]]:
-    from tasks.downstream import iter_jsonl
+    from tasks.jsonl import iter_jsonl
 
     texts, refs = [], []
     for lineno, item in iter_jsonl(path, "prompt file"):
