@@ -67,8 +67,8 @@ def tiny() -> DistillConfig:
 
 
 def laptop() -> DistillConfig:
-    """Distillation on 2 cores: 200 steps of 16 on-policy sequences, acceptance measured every 50."""
-    return DistillConfig(preset="laptop", total_steps=200, batch_size=16, lr=5e-4, warmup_steps=10,
+    """Distillation on 2 cores: 150 steps of 16 on-policy sequences, acceptance measured every 50."""
+    return DistillConfig(preset="laptop", total_steps=150, batch_size=16, lr=5e-4, warmup_steps=10,
                          max_input_length=128, max_target_length=24, eval_every=50, eval_examples=64,
                          checkpoint_every=50, test_examples=None)
 

@@ -34,15 +34,15 @@ def tiny() -> PretrainConfig:
 
 
 def laptop() -> PretrainConfig:
-    """The pipeline's laptop scale: 400 steps of 16 x 128 tokens (tau = 200), all cores of one machine.
+    """The pipeline's laptop scale: 250 steps of 16 x 128 tokens (tau = 125), all cores of one machine.
 
-    Measured on 2 cores (benchmarks/pretrain_throughput.py): SC steps of a d_model 256, 4+4-layer T5 take
-    0.8 s, of d_model 384, 6+6 layers 2.1 s (hybrid steps 1.3x more); the three pipeline sizes pretrain in
-    about 25 minutes."""
+    Sized for the pipeline's 90-minute budget on 2 cores. Measured on 2026-12-02: at 400 steps pretraining
+    alone took 51 minutes (teacher d_model 384, 6+6 layers: about 4.1 s a hybrid step; target d_model 256,
+    4+4: about 2.2 s), which left no room for the later stages."""
     return PretrainConfig(preset="laptop", model=T5Shape(d_model=256, d_ff=1024, d_kv=64, num_heads=4, num_layers=4,
                                                          num_decoder_layers=4, tie_word_embeddings=True),
-                          inputs_length=128, batch_size=16, total_steps=400, tau=200, lr=2e-3, warmup_steps=20,
-                          checkpoint_every=100, eval_every=100, eval_batches=8, log_every=20, cosine_every=100)
+                          inputs_length=128, batch_size=16, total_steps=250, tau=125, lr=2e-3, warmup_steps=20,
+                          checkpoint_every=125, eval_every=50, eval_batches=8, log_every=20, cosine_every=100)
 
 
 def small() -> PretrainConfig:
