@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,7 +249,10 @@ def _run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
             if progress is not None:
                 progress.set_postfix({k: f"{logged[k]:.3g}" for k in list(logged)[:3]})
             elif s.in_ray:  # Ray forwards a worker's stdout to the driver's terminal: one progress line per log
-                print(progress_line(step + 1, s.total_steps, logged), flush=True)
+                # written to the process's own stdout: Ray Train's patched print() would also log it (twice)
+                out = sys.__stdout__ or sys.stdout
+                out.write(progress_line(step + 1, s.total_steps, logged) + "\n")
+                out.flush()
             window, t_window, tok_window = {}, time.perf_counter(), 0
         if rank == 0 and s.diag_every and (step + 1) % s.diag_every == 0:
             _log(s.metrics_sink, objective.periodic(step + 1), step + 1)
