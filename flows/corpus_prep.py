@@ -7,7 +7,7 @@ packed token rows (Arrow) -> MLflow run with stats, tokenizer and dataset card.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 

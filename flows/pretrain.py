@@ -9,7 +9,7 @@ Without ``corpus_dir`` the flow first runs corpus prep with the same preset (cac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 from prefect import flow
 

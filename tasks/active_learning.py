@@ -189,9 +189,9 @@ def select_batch(arm: str, model: ThaiSegmenter, unlabelled: Sequence[PoolItem],
     else:
         idx = (np.arange(len(unlabelled)) if not candidates or candidates >= len(unlabelled)
                else np.sort(rng.choice(len(unlabelled), size=candidates, replace=False)))
-        scores = sentence_scores([unlabelled[i].text for i in idx], model, **scorer)
+        texts = [unlabelled[i].text for i in idx]
+        scores = sentence_scores(texts, model, **scorer)
         if diversity > 0:
-            texts = [unlabelled[i].text for i in idx]
             order = idx[diverse_order(texts, scores, covered=labelled_texts, diversity=diversity, ngram=ngram,
                                       budget_chars=batch_chars or None, max_items=None if batch_chars else batch_size)]
             stats["batch_novelty"] = _novelty([unlabelled[i].text for i in order], labelled_texts, ngram)
