@@ -9,8 +9,10 @@ Each seed is one run of ``flows.active_learning`` (nested under the study's MLfl
 that stopped). One segmenter trained on the whole gold pool gives the ceiling. The study reports, per arm,
 the final word F1, the characters it needs to reach the random arm's final F1 (of the same seed) and 95%
 of the full-pool F1, with the spread across seeds, and whether a non-random arm reaches random's final
-F1 with at most ``goal_fraction`` of its characters in every seed. Table and verdict: ``study.md``;
-curves with a one-standard-deviation band: ``study_curves.png``.
+F1 with at most ``goal_fraction`` of its characters in every seed. With environment changes
+(``active_learning.schedule``), it also gives per change and arm the dip in F1 and the rounds until
+the curve is back at its value before the change. Table and verdict: ``study.md``; curves with a
+one-standard-deviation band and the changes marked: ``study_curves.png``.
 """
 
 from __future__ import annotations
@@ -76,21 +78,25 @@ def al_study(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None
     name = cfg.name or f"al-study-{cfg.preset}"
     with tracking.start_run(cfg.experiment, name, params=cfg.model_dump(),
                             tags={"stage": "active_learning_study", "preset": cfg.preset}) as run_id:
-        histories = {seed: _seed_run(cfg, name, seed, run_id, log) for seed in cfg.seeds}
+        runs = {seed: _seed_run(cfg, name, seed, run_id, log) for seed in cfg.seeds}
+        histories = {seed: h for seed, (h, _) in runs.items()}
+        events = {seed: e for seed, (_, e) in runs.items()}
         full = _full_pool_f1(cfg) if cfg.full_pool else None
-        numbers = al.study_numbers(histories, full, goal_fraction=cfg.goal_fraction)
+        numbers = al.study_numbers(histories, full, goal_fraction=cfg.goal_fraction, events=events)
         markdown = al.study_markdown(numbers)
         log.info("study:\n%s", markdown)
         tracking.log_text(run_id, markdown, "study.md")
         tracking.log_dict(run_id, {"numbers": numbers, "histories": {str(s): h for s, h in histories.items()}},
                           "study.json")
-        tracking.log_figure(run_id, al.study_figure(histories, full), "study_curves.png")
+        tracking.log_figure(run_id, al.study_figure(histories, full, events=next(iter(events.values()), [])),
+                            "study_curves.png")
         tracking.log_metrics(run_id, _headline(numbers))
     return ALStudyResult(run_id, markdown, numbers)
 
 
-def _seed_run(cfg: ALStudyConfig, name: str, seed: int, parent: str, log) -> dict[str, list[dict[str, float]]]:
-    """The arms' curves of one seed: from its finished run folder, or by running (or resuming) it."""
+def _seed_run(cfg: ALStudyConfig, name: str, seed: int, parent: str, log):
+    """The arms' curves of one seed and its environment changes: from its finished run folder, or by
+    running (or resuming) it."""
     from tasks.active_learning import load_state
     from tasks.env import state_dir
 
@@ -104,7 +110,7 @@ def _seed_run(cfg: ALStudyConfig, name: str, seed: int, parent: str, log) -> dic
         al_flow.active_learning(config=al_flow.ActiveLearningConfig.model_validate(run_cfg.model_dump()),
                                 parent_run_id=parent)
         state = load_state(Path(root) / run_cfg.run_name)
-    return {arm: s["history"] for arm, s in state["arms"].items()}
+    return {arm: s["history"] for arm, s in state["arms"].items()}, state.get("events", [])
 
 
 def _full_pool_f1(cfg: ALStudyConfig) -> float:

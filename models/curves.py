@@ -48,3 +48,34 @@ def first_fraction_reaching(candidates: Sequence[tuple[float, float, float]], ta
     """
     ok = [(s, f) for s, f, v in candidates if (v >= target if higher_is_better else v <= target)]
     return min(ok) if ok else None
+
+
+def recovery(rounds: Sequence[int], values: Sequence[float], change_round: int, *,
+             until_round: int | None = None) -> dict[str, float | int | None]:
+    """How a learning curve (higher is better) recovers from a change that takes effect at ``change_round``.
+
+    ``before`` is the value at the last round before the change; ``after`` the value at the change's round
+    (its first evaluation under the change); ``dip`` = before - the lowest value from the change's round up
+    to the recovery (0 when the curve never falls below ``before``); ``rounds_to_recover`` the rounds after
+    the change's round until the curve is back at ``before`` (0: it never fell below; None: not within the
+    window, which ends before ``until_round``, typically the next change, or at the last round).
+    Returns None values when the curve has no round before the change or none at it.
+    """
+    if len(rounds) != len(values):
+        raise ValueError(f"rounds and values differ in length ({len(rounds)} vs {len(values)})")
+    by_round = dict(zip((int(r) for r in rounds), (float(v) for v in values)))
+    prior = [r for r in by_round if r < change_round]
+    window = sorted(r for r in by_round if r >= change_round and (until_round is None or r < until_round))
+    empty = {"before": None, "after": None, "dip": None, "rounds_to_recover": None, "window_rounds": len(window)}
+    if not prior or not window or window[0] != change_round:
+        return empty
+    before = by_round[max(prior)]
+    lowest, recovered = float("inf"), None
+    for r in window:
+        if by_round[r] >= before:
+            recovered = r - change_round
+            break
+        lowest = min(lowest, by_round[r])
+    dip = 0.0 if recovered == 0 else before - (lowest if lowest != float("inf") else before)
+    return {"before": before, "after": by_round[change_round], "dip": dip, "rounds_to_recover": recovered,
+            "window_rounds": len(window)}

@@ -530,7 +530,8 @@ def register_segmenter(run_id: str, model: ThaiSegmenter, name: str, tags: dict[
 
 
 def study_numbers(histories: dict[int, dict[str, list[dict[str, float]]]], full_pool_f1: Optional[float], *,
-                  goal_fraction: float = 0.7, metric: str = "test_f1") -> dict[str, Any]:
+                  goal_fraction: float = 0.7, metric: str = "test_f1",
+                  events: Optional[dict[int, Sequence[dict[str, Any]]]] = None) -> dict[str, Any]:
     """Per arm and seed, the characters needed to reach (a) the random arm's final F1 of the same seed and
     (b) 95% of the full-pool F1 (``models.curves.first_reach``, linear between rounds; None = never), with
     the spread across seeds; and whether an arm other than random reaches (a) with at most
@@ -562,7 +563,72 @@ def study_numbers(histories: dict[int, dict[str, list[dict[str, float]]]], full_
     others = [a for a in arms if a != "random"]
     out["goal_met"] = {a: bool(out["arms"][a]["fraction_of_random"]["reached"] == len(histories)
                                and out["arms"][a]["fraction_of_random"]["mean"] <= goal_fraction) for a in others}
+    out["recovery"] = recovery_numbers(histories, events or {})
     return out
+
+
+def recovery_numbers(histories: dict[int, dict[str, list[dict[str, float]]]],
+                     events: dict[int, Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Per environment change and arm, how the curve recovers (``models.curves.recovery``), with the
+    spread across seeds: the F1 before the change and at it, the dip, and the rounds until the curve is
+    back at its value before the change. The window of a change ends at the next change. A guideline
+    change is measured on ``test_guideline_f1`` (the test set under the guideline in force, what the
+    arms now learn); the others on ``test_f1``."""
+    from models.curves import recovery, spread
+
+    changes_by_seed = {seed: sorted({(int(e["round"]), e["kind"], str(e.get("detail", ""))) for e in evs
+                                     if e["kind"] != "resumed"}) for seed, evs in events.items()}
+    if not changes_by_seed:
+        return []
+    changes = next(iter(changes_by_seed.values()))
+    rounds_of_changes = sorted({r for r, _, _ in changes})
+    out = []
+    for round_no, kind, detail in changes:
+        later = [r for r in rounds_of_changes if r > round_no]
+        until = later[0] if later else None
+        row: dict[str, Any] = {"round": round_no, "kind": kind, "detail": detail, "arms": {}}
+        for seed, h in histories.items():
+            if (round_no, kind, detail) not in changes_by_seed.get(seed, ()):
+                continue
+            for arm, rows in h.items():
+                metric = "test_guideline_f1" if kind == "guideline" and "test_guideline_f1" in rows[-1] else "test_f1"
+                row["metric"] = metric
+                r = recovery([x["round"] for x in rows], [x[metric] for x in rows], round_no, until_round=until)
+                acc = row["arms"].setdefault(arm, {"before": [], "after": [], "dip": [], "rounds_to_recover": [],
+                                                   "window_rounds": r["window_rounds"]})
+                for key in ("before", "after", "dip", "rounds_to_recover"):
+                    acc[key].append(r[key])
+        for arm, acc in row["arms"].items():
+            n = len(acc["dip"])
+            for key in ("before", "after", "dip", "rounds_to_recover"):
+                vals = acc[key]
+                acc[key] = {"values": vals, **spread([v for v in vals if v is not None]),
+                            "reached": sum(v is not None for v in vals), "seeds": n}
+        out.append(row)
+    return out
+
+
+def recovery_markdown(rows: list[dict[str, Any]]) -> str:
+    """The recovery table: one line per change and arm."""
+    if not rows:
+        return ""
+
+    def cell(s: dict, fmt: str) -> str:
+        if not s.get("n"):
+            return "not within the window"
+        text = f"{s['mean']:{fmt}} ± {s['std']:{fmt}}"
+        return text if s["reached"] == s["seeds"] else f"{text} ({s['reached']}/{s['seeds']} seeds)"
+
+    lines = ["Recovery after each environment change (mean ± std across seeds; a change's window ends at the "
+             "next change):", "",
+             "| round | change | arm | metric | F1 before | F1 at the change | dip | rounds to recover |",
+             "|---:|---|---|---|---:|---:|---:|---:|"]
+    for row in rows:
+        for arm, a in row["arms"].items():
+            lines.append(f"| {row['round']} | {row['kind']}: {row['detail']} | {arm} | {row.get('metric', 'test_f1')} | "
+                         f"{cell(a['before'], '.4f')} | {cell(a['after'], '.4f')} | {cell(a['dip'], '.4f')} | "
+                         f"{cell(a['rounds_to_recover'], '.1f')} (of {a['window_rounds']}) |")
+    return "\n".join(lines)
 
 
 def study_markdown(numbers: dict[str, Any]) -> str:
@@ -592,13 +658,16 @@ def study_markdown(numbers: dict[str, Any]) -> str:
         got = f"{s['mean']:.2f} of random's characters" if s.get("n") else "never reaches random's final F1"
         lines.append(f"- **{a}**: {got} (goal: at most {goal:.2f}, in every seed): "
                      + ("**goal met**" if met else "**goal not met**"))
+    if numbers.get("recovery"):
+        lines += ["", recovery_markdown(numbers["recovery"])]
     return "\n".join(lines)
 
 
 def study_figure(histories: dict[int, dict[str, list[dict[str, float]]]], full_pool_f1: Optional[float],
-                 metric: str = "test_f1"):
+                 metric: str = "test_f1", events: Sequence[dict[str, Any]] = ()):
     """Word F1 against annotated characters: per arm the mean over seeds, round by round, with a band of
-    one standard deviation; the full-pool F1 and 95% of it as reference lines."""
+    one standard deviation; the full-pool F1 and 95% of it as reference lines; each environment change
+    as a dotted line labelled G/P/A/M at the random arm's characters of its round."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -617,6 +686,17 @@ def study_figure(histories: dict[int, dict[str, list[dict[str, float]]]], full_p
     if full_pool_f1 is not None:
         ax.axhline(full_pool_f1, color="grey", ls="--", lw=1, label=f"full pool ({full_pool_f1:.3f})")
         ax.axhline(0.95 * full_pool_f1, color="grey", ls=":", lw=1, label="95% of full pool")
+    labels: dict[int, str] = {}
+    for ev in events:
+        if ev["kind"] != "resumed":
+            labels[int(ev["round"])] = labels.get(int(ev["round"]), "") + _MARKERS.get(ev["kind"], "?")
+    reference = arms[0] if arms else None
+    for round_no, label in sorted(labels.items()):
+        xs_at = [r["annotated_chars"] for h in histories.values() for r in h.get(reference, []) if r["round"] == round_no]
+        if xs_at:
+            x = float(np.mean(xs_at))
+            ax.axvline(x, color="black", ls=":", lw=1)
+            ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), ha="center", va="bottom", fontsize=8)
     ax.set_xlabel("annotated characters")
     ax.set_ylabel(f"{_METRIC_LABELS.get(metric, metric)} (held-out ORCHID)")
     ax.grid(alpha=0.3)

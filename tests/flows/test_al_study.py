@@ -36,6 +36,34 @@ def test_the_goal_needs_every_seed_and_a_fraction_within_it():
     assert "(1/2 seeds)" in study_markdown(both) and "full-pool" not in study_markdown(both).splitlines()[0]
 
 
+def test_recovery_after_each_change_is_measured_per_arm_and_seed_within_the_window_before_the_next_change():
+    def rows(f1s, guideline=None):
+        out = [{"round": i, "annotated_chars": 100.0 * (i + 1), "test_f1": f} for i, f in enumerate(f1s)]
+        for r, g in zip(out, guideline or []):
+            r["test_guideline_f1"] = g
+        return out
+
+    # round 2: a pool change that costs random two rounds and ranked nothing; round 4: a guideline change,
+    # measured on the guideline's own test F1 (test_f1 keeps falling: the convention differs from ORCHID)
+    random_f1 = [0.5, 0.6, 0.55, 0.62, 0.5, 0.45]
+    random_g = [0.5, 0.6, 0.55, 0.62, 0.58, 0.64]
+    ranked_f1 = [0.5, 0.6, 0.65, 0.7, 0.5, 0.45]
+    ranked_g = [0.5, 0.6, 0.65, 0.7, 0.6, 0.62]
+    histories = {s: {"random": rows(random_f1, random_g), "ranked": rows(ranked_f1, ranked_g)} for s in (0, 1)}
+    events = {s: [{"round": 2, "kind": "pool", "detail": "wiki"}, {"round": 4, "kind": "guideline", "detail": "newmm"},
+                  {"round": 3, "kind": "resumed", "detail": "resumed at round 3"}] for s in (0, 1)}
+    n = study_numbers(histories, None, events=events)
+    pool, guideline = n["recovery"]
+    assert (pool["round"], pool["kind"], guideline["round"], guideline["metric"]) == (2, "pool", 4, "test_guideline_f1")
+    assert pool["arms"]["random"]["rounds_to_recover"]["values"] == [1, 1]  # 0.62 >= 0.6 at round 3
+    assert pool["arms"]["random"]["dip"]["mean"] == pytest.approx(0.05)
+    assert pool["arms"]["ranked"]["rounds_to_recover"]["values"] == [0, 0] and pool["arms"]["ranked"]["dip"]["mean"] == 0
+    assert guideline["arms"]["random"]["rounds_to_recover"]["values"] == [1, 1]  # 0.64 >= 0.62 at round 5
+    assert guideline["arms"]["ranked"]["rounds_to_recover"]["reached"] == 0  # 0.62 < 0.7 by the last round
+    text = study_markdown(n)
+    assert "| 4 | guideline: newmm | ranked | test_guideline_f1 |" in text and "not within the window" in text
+
+
 @pytest.mark.slow
 def test_the_study_runs_a_seed_per_run_and_a_rerun_reuses_the_finished_seeds(prefect_harness, tmp_path):
     from mlflow import MlflowClient
@@ -45,9 +73,13 @@ def test_the_study_runs_a_seed_per_run_and_a_rerun_reuses_the_finished_seeds(pre
 
     cfg = build_config(ALStudyConfig, PRESETS, "tiny", [
         "seeds=[0,1]", "name=t", f"active_learning.output_root={tmp_path}", "active_learning.rounds=2",
-        "active_learning.schedule=[]", "active_learning.data.max_pool=400", "active_learning.data.max_test=80"])
+        'active_learning.schedule=[{"kind":"annotator","round":1,"noise_rate":0.03}]',
+        "active_learning.data.max_pool=400", "active_learning.data.max_test=80"])
     first = al_study(config=cfg)
     assert first.numbers["seeds"] == [0, 1] and 0.0 < first.numbers["full_pool_f1"] <= 1.0
+    (change,) = first.numbers["recovery"]  # the annotator change of round 1, measured for both arms and seeds
+    assert change["kind"] == "annotator" and set(change["arms"]) == {"random", "ranked"}
+    assert change["arms"]["random"]["dip"]["seeds"] == 2 and "Recovery after each environment change" in first.markdown
     assert {p.name for p in tmp_path.iterdir()} >= {"t-seed0", "t-seed1"}
     arts = [f.path for f in MlflowClient().list_artifacts(first.run_id)]
     assert {"study.md", "study_curves.png", "study.json"} <= set(arts)
