@@ -43,6 +43,9 @@ class TrainRunFields(FlowConfig):
     seed: int = 0
     register_as: Optional[str] = Field(None, description="registered model name (default: from preset and task)")
     output_root: Optional[LocalPath] = Field(None, description="checkpoint root (default <state>/runs)")
+    checkpoint_uri: Optional[str] = Field(None, pattern=r"^s3://[^/]+/.+", description="s3://bucket/prefix: step "
+                                          "checkpoints and the final model live there (one copy, uploaded by Ray "
+                                          "Train); the final model is downloaded under output_root for MLflow")
     fault_kill_at_step: Optional[int] = Field(None, description="test hook: SIGKILL a worker once at this step")
 
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,13 +119,86 @@ def settings_from(cfg: dict[str, Any], **overrides: Any) -> LoopSettings:
     return LoopSettings(**{**values, **overrides})
 
 
-def _report(metrics: dict, checkpoint_dir: Path | None, in_ray: bool) -> None:
+def _report(metrics: dict, upload: Path | None, in_ray: bool) -> None:
+    """Report to Ray Train. ``upload`` is a local checkpoint folder bound for object storage: Ray copies it
+    to its storage filesystem as ``<checkpoint URI>/<folder name>`` and the local folder is deleted, so the
+    bucket holds the only copy. A local checkpoint root is never handed to Ray: the project's folder is then
+    the one copy (Ray would keep a second under its storage path)."""
     if not in_ray:
         return
     import ray.train
 
-    ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-    ray.train.report(metrics, checkpoint=ckpt)
+    if upload is None:
+        ray.train.report(metrics)
+        return
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(upload)),
+                     checkpoint_dir_name=upload.name, delete_local_checkpoint_after_upload=True)
+
+
+class _CheckpointStore:
+    """Where the loop's checkpoints live: a local root (:mod:`engine.checkpoints` writes, publishes and prunes
+    there) or an ``s3://`` URI (:mod:`engine.storage`: written in a local scratch folder, then uploaded by Ray
+    Train, or directly outside Ray, checksums last; resume downloads the newest complete one)."""
+
+    def __init__(self, root: str, keep: int):
+        from engine import storage
+
+        self.root, self.keep, self.remote = root, keep, storage.is_remote(root)
+        self.scratch = storage.scratch_dir("checkpoints") if self.remote else None
+
+    def latest(self) -> Path | None:
+        if not self.remote:
+            return checkpoints.latest_valid(self.root)
+        from engine import storage
+
+        return storage.fetch_latest_valid(self.root, self.scratch / "resume")
+
+    def latest_name(self) -> str:
+        if not self.remote:
+            last = checkpoints.latest_valid(self.root)
+            return last.name if last else "none"
+        from engine import storage
+
+        names = storage.list_checkpoints(self.root)
+        return names[-1].rsplit("/", 1)[1] if names else "none"
+
+    def save(self, step: int, *, model, optimizer, state: dict, in_ray: bool) -> Path | None:
+        """Write checkpoint ``step``; returns the local folder Ray must upload (remote root in Ray), else None."""
+        if not self.remote:
+            checkpoints.save(self.root, step, model=model, optimizer=optimizer, state=state, keep=self.keep)
+            return None
+        from engine import storage
+
+        local = checkpoints.save(self.scratch / "out", step, model=model, optimizer=optimizer, state=state, keep=0)
+        if in_ray:
+            return local  # Ray uploads it (and prunes to num_to_keep) in ray.train.report
+        storage.upload_folder(local, storage.join(self.root, local.name))
+        shutil.rmtree(local, ignore_errors=True)
+        storage.prune(self.root, self.keep)
+        return None
+
+    def prune(self) -> None:
+        from engine import storage
+
+        storage.prune(self.root, self.keep)
+
+    def save_final(self, write, state: dict) -> None:
+        if not self.remote:
+            checkpoints.save_final(self.root, write, state)
+            return
+        from engine import storage
+
+        final = checkpoints.save_final(self.scratch / "final-out", write, state)
+        storage.upload_folder(final, storage.join(self.root, "final"))
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def fault_marker(self, rank: int) -> Path:
+        if not self.remote:
+            return Path(self.root) / f".fault-injected-{rank}"
+        import hashlib
+
+        digest = hashlib.sha256(self.root.encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"spactor-fault-{digest}-{rank}"
 
 
 def world() -> tuple[int, int]:
@@ -172,7 +247,8 @@ def _run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
 
     # 1. resume from the newest valid checkpoint (corrupted ones are skipped with a warning)
     state: dict[str, Any] = {"step": 0, "cum_flops": 0, "evals": [], "best": None, "bad_evals": 0, **s.extra_state}
-    ckpt = checkpoints.latest_valid(s.checkpoint_dir) if s.checkpoint_dir else None
+    store = _CheckpointStore(s.checkpoint_dir, s.keep_checkpoints) if s.checkpoint_dir else None
+    ckpt = store.latest() if store else None
     if ckpt is not None:
         state.update(checkpoints.load(ckpt, model=model, optimizer=optimizer, map_location=device))
         log.info("rank %d resumed from %s at step %d", rank, ckpt, state["step"])
@@ -201,7 +277,7 @@ def _run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
     stopped_early = False
     for step in range(start, s.total_steps):
         if s.fault_kill_at_step is not None and step == s.fault_kill_at_step and s.checkpoint_dir:
-            marker = Path(s.checkpoint_dir) / f".fault-injected-{rank}"
+            marker = store.fault_marker(rank)
             if not marker.exists():
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
@@ -225,11 +301,10 @@ def _run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
         # rank sees the same all-reduced gradient norm, so all stop together.
         finite = torch.isfinite(torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(())]))
         if not bool(finite.all()):
-            last = checkpoints.latest_valid(s.checkpoint_dir) if s.checkpoint_dir else None
             raise NonFiniteTrainingError(
                 f"training stopped at step {step + 1}: loss {loss.item():.4g}, grad norm {grad_norm.item():.4g} "
                 f"(not finite); nothing was saved from this step, the last good checkpoint is "
-                f"{last.name if last else 'none'}. Lower lr or check the data.")
+                f"{store.latest_name() if store else 'none'}. Lower lr or check the data.")
         window.setdefault("grad_norm", []).append(grad_norm.detach().float())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -275,11 +350,13 @@ def _run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
             stop_now = bool(flag.item())
         # 5. checkpoint (rank 0 writes; every rank reports so Ray keeps them in step)
         if s.checkpoint_dir and (done or stop_now or (s.checkpoint_every and (step + 1) % s.checkpoint_every == 0)):
-            path = None
+            upload = None
             if rank == 0:
-                path = checkpoints.save(s.checkpoint_dir, step + 1, model=model, optimizer=optimizer,
-                                        state={k: v for k, v in state.items() if k != "step"}, keep=s.keep_checkpoints)
-            _report({"step": step + 1, "cum_flops": state["cum_flops"]}, path, s.in_ray)
+                upload = store.save(step + 1, model=model, optimizer=optimizer,
+                                    state={k: v for k, v in state.items() if k != "step"}, in_ray=s.in_ray)
+            _report({"step": step + 1, "cum_flops": state["cum_flops"]}, upload, s.in_ray)
+            if upload is not None:  # uploaded by Ray: now keep the newest ones in the bucket
+                store.prune()
         if stop_now:
             stopped_early = True
             log.info("early stopping at step %d (%s did not improve for %d evaluations)", step + 1,
@@ -288,6 +365,6 @@ def _run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
     if progress is not None:
         progress.close()
     state["stopped_early"] = stopped_early
-    if rank == 0 and s.checkpoint_dir:
-        checkpoints.save_final(s.checkpoint_dir, objective.save_final, state)
+    if rank == 0 and store is not None:
+        store.save_final(objective.save_final, state)
     return state

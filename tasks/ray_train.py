@@ -18,7 +18,10 @@ from tasks.env import PROJECT_ROOT, state_dir
 #: variables every Ray worker needs to see (tracking and offline settings)
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "SPACTOR_STATE_DIR",
                  "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY", "OMP_NUM_THREADS",
-                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "SPACTOR_ARTIFACT_ROOT", "SPACTOR_FAULT_INJECT")
+                 "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "SPACTOR_ARTIFACT_ROOT", "SPACTOR_FAULT_INJECT",
+                 # object storage for checkpoints (engine.storage) and MLflow artifacts
+                 "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
+                 "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL")
 
 
 #: MLflow's own HTTP retries on workers: its default (7 retries, 120 s timeout each) can hold one log call for
@@ -199,10 +202,22 @@ def fit(worker_fn: Callable[[Any], None], config: Any, *, name: str, storage_pat
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from engine import storage
+
     ensure_ray()
     if not isinstance(config, dict):
         worker_fn, config = functools.partial(_call_with_job, worker_fn), {"job": config}
+    run_storage: dict[str, Any] = {"name": name, "storage_path": str(storage_path)}
     markers = Path(storage_path) / "failures"
+    if storage.is_remote(str(storage_path)):
+        # Ray's experiment folder is the checkpoint URI itself: a checkpoint reported as step-N lands at
+        # <storage_path>/step-N, where engine.storage finds it on resume
+        parent, experiment, fs = storage.ray_storage(str(storage_path))
+        run_storage = {"name": experiment, "storage_path": parent, "storage_filesystem": fs}
+        import hashlib
+        import tempfile
+
+        markers = Path(tempfile.gettempdir()) / f"spactor-failures-{hashlib.sha256(str(storage_path).encode()).hexdigest()[:12]}"
     for old in markers.glob(FAILURE_FILE.format(rank="*")):  # from an earlier fit of the same run
         old.unlink()
     if not os.environ.get("RAY_ADDRESS"):  # the driver sees the workers' files (one machine)
@@ -222,10 +237,11 @@ def fit(worker_fn: Callable[[Any], None], config: Any, *, name: str, storage_pat
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
                                      resources_per_worker=None if use_gpu else {"CPU": cpus_per_worker}),
         run_config=RunConfig(
-            name=name,
-            storage_path=str(storage_path),
+            **run_storage,
             failure_config=FailureConfig(max_failures=max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # on object storage the loop prunes its own checkpoints after each upload (Ray's count restarts
+            # with a restarted worker group and left older ones behind); locally Ray holds no checkpoint
+            checkpoint_config=CheckpointConfig(num_to_keep=None if "storage_filesystem" in run_storage else 2),
             worker_runtime_env={"env_vars": worker_env()},
         ),
     )

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from engine import checkpoints
+from engine import checkpoints, storage
 from tasks import tracking
 from tasks.orchestration import run_logger
 from tasks.env import state_dir
@@ -44,7 +44,7 @@ def run_key(kind: str, cfg: dict[str, Any], *inputs: str) -> str:
     (its import closure), so a fix in ``models/`` or the loop retrains instead of re-registering old weights."""
     from tasks.stages import code_version
 
-    payload = json.dumps({k: v for k, v in cfg.items() if k not in ("mlflow_run_id", "fault_kill_at_step")},
+    payload = json.dumps({k: v for k, v in cfg.items() if k not in ("mlflow_run_id", "fault_kill_at_step", "checkpoint_uri")},
                          sort_keys=True) + "|".join(inputs) + "|code:" + code_version(WORKERS.get(kind, f"tasks.{kind}"))
     return f"{kind}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
@@ -130,7 +130,11 @@ def _locked_run(cfg, inputs, key, root, final, tags, *, worker, experiment, run_
     if previous:
         tags["resumed_from"] = previous
         logger.info("resuming the interrupted run %s from its last checkpoint", previous)
+    uri = cfg.get("checkpoint_uri")
+    ckpt_root = storage.join(uri, key, "checkpoints") if uri else str(root / "checkpoints")
     with tracking.start_run(experiment, run_name, params=cfg, tags=tags, parent_run_id=parent_run_id) as run_id:
+        if uri and checkpoints.verify(final) is not None and storage.exists(storage.join(ckpt_root, "final")):
+            storage.fetch_valid(storage.join(ckpt_root, "final"), final)  # finished earlier: the bucket's copy
         problem = checkpoints.verify(final) if final.exists() else "not trained yet"
         if problem is None:
             logger.info("training already finished at %s; logging its result", final)
@@ -139,10 +143,12 @@ def _locked_run(cfg, inputs, key, root, final, tags, *, worker, experiment, run_
                 logger.warning("%s is not a complete result (%s); training again from the last valid checkpoint",
                                final, problem)
             logger.info("%s on %d Ray worker(s)", describe, cfg["num_workers"])
-            worker_cfg = {**cfg, **inputs, "checkpoint_dir": str(root / "checkpoints"),
-                          "metrics_sink": tracking.MetricsSink(run_id)}
+            worker_cfg = {**cfg, **inputs, "checkpoint_dir": ckpt_root, "metrics_sink": tracking.MetricsSink(run_id)}
             job_type = getattr(worker, "job_type", None)  # engine.jobs: built and checked here, before Ray
-            fit(worker, job_type.of(worker_cfg) if job_type else worker_cfg, name=key, storage_path=root / "ray", num_workers=cfg["num_workers"],
+            fit(worker, job_type.of(worker_cfg) if job_type else worker_cfg, name=key,
+                storage_path=ckpt_root if uri else root / "ray", num_workers=cfg["num_workers"],
                 use_gpu=cfg["use_gpu"], max_failures=cfg["max_failures"])
+            if uri and storage.fetch_valid(storage.join(ckpt_root, "final"), final) is None:
+                raise RuntimeError(f"training finished but {storage.join(ckpt_root, 'final')} is not complete")
         state = json.loads((final / "trainer_state.json").read_text())
         yield TrainedRun(run_id=run_id, key=key, final=final, state=state)
