@@ -31,7 +31,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from models.training import grad_global_norm, lr_at, make_optimizer, set_lr
-from engine import checkpoints
+from engine import checkpoints, storage
 
 log = logging.getLogger(__name__)
 
@@ -141,24 +141,18 @@ class _CheckpointStore:
     Train, or directly outside Ray, checksums last; resume downloads the newest complete one)."""
 
     def __init__(self, root: str, keep: int):
-        from engine import storage
-
         self.root, self.keep, self.remote = root, keep, storage.is_remote(root)
         self.scratch = storage.scratch_dir("checkpoints") if self.remote else None
 
     def latest(self) -> Path | None:
         if not self.remote:
             return checkpoints.latest_valid(self.root)
-        from engine import storage
-
         return storage.fetch_latest_valid(self.root, self.scratch / "resume")
 
     def latest_name(self) -> str:
         if not self.remote:
             last = checkpoints.latest_valid(self.root)
             return last.name if last else "none"
-        from engine import storage
-
         names = storage.list_checkpoints(self.root)
         return names[-1].rsplit("/", 1)[1] if names else "none"
 
@@ -167,27 +161,21 @@ class _CheckpointStore:
         if not self.remote:
             checkpoints.save(self.root, step, model=model, optimizer=optimizer, state=state, keep=self.keep)
             return None
-        from engine import storage
-
         local = checkpoints.save(self.scratch / "out", step, model=model, optimizer=optimizer, state=state, keep=0)
         if in_ray:
             return local  # Ray uploads it (and prunes to num_to_keep) in ray.train.report
         storage.upload_folder(local, storage.join(self.root, local.name))
         shutil.rmtree(local, ignore_errors=True)
-        storage.prune(self.root, self.keep)
+        self.prune()
         return None
 
     def prune(self) -> None:
-        from engine import storage
-
         storage.prune(self.root, self.keep)
 
     def save_final(self, write, state: dict) -> None:
         if not self.remote:
             checkpoints.save_final(self.root, write, state)
             return
-        from engine import storage
-
         final = checkpoints.save_final(self.scratch / "final-out", write, state)
         storage.upload_folder(final, storage.join(self.root, "final"))
         shutil.rmtree(self.scratch, ignore_errors=True)

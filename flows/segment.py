@@ -20,6 +20,7 @@ model) leaves no half-written output file. On stdout, lines before the error hav
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -30,17 +31,24 @@ from typing import TextIO
 DEFAULT_CHUNK_CHARS = 1 << 18
 
 
-def _release_memory() -> None:
-    """Hand freed heap back to the OS after a chunk (glibc's ``malloc_trim``; a no-op elsewhere). Without
-    it glibc keeps each chunk's freed buffers, and peak RSS crept from 0.6 to 0.9 GB over a 7.5M-character
-    file; with it, about 0.4 GB whatever the file's size (docs/results.md)."""
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None elsewhere (looked up once: ``find_library`` runs subprocesses)."""
     import ctypes
     import ctypes.util
 
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
-        pass
+        return None
+
+
+def _release_memory() -> None:
+    """Hand freed heap back to the OS after a chunk. Without it glibc keeps each chunk's freed buffers,
+    and peak RSS crept from 0.6 to 0.9 GB over a 7.5M-character file (docs/results.md)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def load_segmenter(model_ref: str):

@@ -76,6 +76,6 @@ def recovery(rounds: Sequence[int], values: Sequence[float], change_round: int, 
             recovered = r - change_round
             break
         lowest = min(lowest, by_round[r])
-    dip = 0.0 if recovered == 0 else before - (lowest if lowest != float("inf") else before)
+    dip = 0.0 if recovered == 0 else before - lowest  # not recovered at once: the change's round set lowest
     return {"before": before, "after": by_round[change_round], "dip": dip, "rounds_to_recover": recovered,
             "window_rounds": len(window)}

@@ -158,22 +158,29 @@ def _codepoints(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
 
 
-def _class_ids(cps: np.ndarray) -> np.ndarray:
-    classes_bmp, _ = _bmp_tables()
-    out = classes_bmp[np.minimum(cps, _BMP - 1)]
+def _lookup(table: np.ndarray, cps: np.ndarray, fallback) -> np.ndarray:
+    """``table[cp]`` for every BMP code point, ``fallback(ch)`` for the (rare) characters above it."""
+    out = table[np.minimum(cps, _BMP - 1)]
     for i in np.flatnonzero(cps >= _BMP):
-        out[i] = _class_id(chr(int(cps[i])))
+        out[i] = fallback(chr(int(cps[i])))
     return out
+
+
+def _offsets(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(lengths, start of each text in their concatenation), int64."""
+    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
+    return lengths, np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def _class_ids(cps: np.ndarray) -> np.ndarray:
+    return _lookup(_bmp_tables()[0], cps, _class_id)
 
 
 def _forbidden_from_codepoints(cps: np.ndarray, starts: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """``_forbidden_starts`` of several texts concatenated: ``starts`` are each text's first index
     (never forbidden, and the character before it belongs to another text); ``classes`` are
     ``_class_ids(cps)``."""
-    _, cannot_bmp = _bmp_tables()
-    forbidden = cannot_bmp[np.minimum(cps, _BMP - 1)]
-    for i in np.flatnonzero(cps >= _BMP):
-        forbidden[i] = _cannot_start(chr(int(cps[i])))
+    forbidden = _lookup(_bmp_tables()[1], cps, _cannot_start)
     if len(cps) > 1:
         lead = classes[:-1] == _CLASS_ID["vowel_lead"]
         thai = (cps[1:] >= _THAI_BLOCK[0]) & (cps[1:] <= _THAI_BLOCK[1])
@@ -471,10 +478,7 @@ class ThaiSegmenter(nn.Module):
                 if ord(ch) < _BMP:
                     table[ord(ch)] = row
             self._vocab_table, self._vocab_table_key = table, key
-        ids = self._vocab_table[np.minimum(cps, _BMP - 1)]
-        for i in np.flatnonzero(cps >= _BMP):
-            ids[i] = self.vocab.get(chr(int(cps[i])), 1)
-        return ids
+        return _lookup(self._vocab_table, cps, lambda ch: self.vocab.get(ch, 1))
 
     def _encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         cps = _codepoints(text)
@@ -484,8 +488,7 @@ class ThaiSegmenter(nn.Module):
         """Padded inputs of non-empty ``texts`` in one vectorised pass: (chars (B, T), classes (B, T),
         lengths (B,)) tensors, plus (row, column) of every character in text order."""
         cps = _codepoints("".join(texts))
-        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        lengths, starts = _offsets(texts)
         rows = np.repeat(np.arange(len(texts)), lengths)
         cols = np.arange(len(cps)) - np.repeat(starts, lengths)
         shape = (len(texts), int(lengths.max()))
@@ -698,6 +701,11 @@ class ThaiSegmenter(nn.Module):
         """
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ValueError("texts must be a list of str; for one text use segment(text) or [text]")
+        return np.split(self._probs_flat(texts), _offsets(texts)[1][1:]) if texts else []
+
+    @torch.no_grad()
+    def _probs_flat(self, texts: Sequence[str]) -> np.ndarray:
+        """``boundary_probs`` of all texts, concatenated (float32)."""
         limit, radius = self.config.inference_batch_chars, self.receptive_radius()
         core = max(limit - 2 * radius, 256) if radius is not None else 0
         # pieces: (text index, start of the piece in the text, piece text, first and last+1 kept index in it)
@@ -728,13 +736,11 @@ class ThaiSegmenter(nn.Module):
         finally:
             self.train(was_training)
         # Forced positions, for all texts in one vectorised pass (the rules look one character back).
-        fixed = ~np.concatenate(self.decision_masks(texts)) if texts else np.zeros(0, dtype=bool)
         flat = np.concatenate(out) if texts else np.zeros(0, dtype=np.float32)
-        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)[lengths > 0]
-        flat[fixed] = 0.0
-        flat[starts] = 1.0
-        return np.split(flat, np.cumsum(lengths)[:-1]) if texts else []
+        lengths, starts = _offsets(texts)
+        flat[~self._decisions_flat(texts)] = 0.0
+        flat[starts[lengths > 0]] = 1.0
+        return flat
 
     def decision_masks(self, texts: list[str]) -> list[np.ndarray]:
         """Per text, bool (len(text),): True where the model decides a boundary.
@@ -745,14 +751,17 @@ class ThaiSegmenter(nn.Module):
         sentence over them only."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ValueError("texts must be a list of str; for one text use [text]")
+        return np.split(self._decisions_flat(texts), _offsets(texts)[1][1:]) if texts else []
+
+    def _decisions_flat(self, texts: Sequence[str]) -> np.ndarray:
+        """``decision_masks`` of all texts, concatenated."""
         cps = _codepoints("".join(texts))
-        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        starts = _offsets(texts)[1]
         free = np.ones(len(cps), dtype=bool)
         if self.config.orthographic_constraints:
             free = ~_forbidden_from_codepoints(cps, starts, _class_ids(cps))
         free[starts[starts < len(cps)]] = False
-        return np.split(free, starts[1:]) if texts else []
+        return free
 
     def _predict_batch(self, texts: list[str]) -> list[np.ndarray]:
         """Raw per-character probabilities of non-empty texts (no position forced yet)."""
@@ -765,13 +774,13 @@ class ThaiSegmenter(nn.Module):
 
     def segment_batch(self, texts: list[str]) -> list[list[str]]:
         """Segment many texts; ``"".join(words) == text`` for each."""
-        probs = self.boundary_probs(texts)
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("texts must be a list of str; for one text use segment(text) or [text]")
         # Cut the concatenated texts at every word start at once; index 0 of a non-empty text has
         # probability 1, so every text starts with a cut and no word spans two texts.
-        lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        flat = np.concatenate(probs) if probs else np.zeros(0, dtype=np.float32)
-        cuts = np.flatnonzero(flat >= self.config.threshold)
+        lengths, starts = _offsets(texts)
+        offsets = np.append(starts, lengths.sum()) if texts else np.zeros(1, dtype=np.int64)
+        cuts = np.flatnonzero(self._probs_flat(texts) >= self.config.threshold)
         joined = "".join(texts)
         bounds = np.append(cuts, len(joined)).tolist()
         words = [joined[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
