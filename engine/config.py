@@ -18,7 +18,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from engine.paths import LocalPath
+from engine.paths import FolderOrS3, LocalPath
 from models.spactor import SpacTorConfig
 
 __all__ = ["CorpusPrepConfig", "FlowConfig", "PretrainConfig", "T5Shape", "TrainRunFields", "optimiser_section"]
@@ -84,7 +84,8 @@ class T5Shape(BaseModel):
 
 class PretrainConfig(TrainRunFields, optimiser_section(total_steps=60, lr=3e-3, warmup_steps=6, schedule="cosine")):
     preset: str = Field("tiny", description="name recorded in tags and the registered model name")
-    corpus_dir: Optional[LocalPath] = Field(None, description="a corpus-prep output folder (default: run corpus prep)")
+    corpus_dir: Optional[FolderOrS3] = Field(None, description="a corpus-prep output folder, or the s3://bucket/prefix "
+                                             "it was published to (default: run corpus prep)")
     model: T5Shape = Field(default_factory=T5Shape)
     spactor: SpacTorConfig = Field(default_factory=SpacTorConfig,
                                    description="the hybrid objective's settings (models.spactor.SpacTorConfig, validated there)")
@@ -144,6 +145,10 @@ class CorpusPrepConfig(FlowConfig):
     pack_length: int = Field(568, ge=8, description="tokens per packed row (span corruption's tokens_length)")
     num_proc: int = Field(2, ge=1, description="processes for tokenization")
     output_root: Optional[LocalPath] = Field(None, description="where corpora are written (default <state>/corpus)")
+    publish_uri: Optional[str] = Field(None, pattern=r"^s3://[^/]+/.+", description="s3://bucket/prefix: also publish "
+                                       "the corpus there (checksums last) and hand that URI to pretraining, whose "
+                                       "workers download it once per node (no shared disk needed); not part of the "
+                                       "corpus's cache key")
 
     @model_validator(mode="after")
     def _check_source(self):

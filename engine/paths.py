@@ -28,5 +28,15 @@ def model_reference(value: Optional[str]) -> Optional[str]:
     return value
 
 
+def folder_or_s3(value: Optional[str]) -> Optional[str]:
+    """A local folder made absolute, or an ``s3://bucket/prefix`` URI kept as it is (a published folder)."""
+    if value is None or not ("://" in value):
+        return absolute_path(value)
+    if not value.startswith("s3://") or not value[5:].strip("/").count("/"):
+        raise ValueError(f"{value!r}: use a local folder or s3://bucket/prefix")
+    return value.rstrip("/")
+
+
 LocalPath = Annotated[str, AfterValidator(absolute_path)]
+FolderOrS3 = Annotated[str, AfterValidator(folder_or_s3)]
 ModelRef = Annotated[str, AfterValidator(model_reference)]

@@ -22,6 +22,7 @@ from models.spactor import (SpacTorModel, curriculum_is_hybrid, generator_t5_con
 from models.training import global_batch_rows, step_seed
 import dataclasses
 
+from engine import storage
 from engine.jobs import PretrainJob
 from engine.train_loop import run, use_worker_threads
 
@@ -34,6 +35,13 @@ def build_t5(model_cfg: dict[str, Any], vocab_size: int):
 
 ROWS_NPY = "rows.npy"
 """A packed split may also be a plain int32 array (``export_rows``): readable without ``datasets``."""
+
+
+def _under(path: str, root: str, local_root: Path) -> Path:
+    """``path`` on this node: a path under the ``s3://`` corpus ``root`` maps into its local copy."""
+    if storage.is_remote(root) and storage.is_remote(path) and path.startswith(root.rstrip("/") + "/"):
+        return local_root / path[len(root.rstrip("/")) + 1:]
+    return Path(path)
 
 
 class PackedRows:
@@ -135,11 +143,13 @@ class PretrainObjective:
         from transformers import AutoTokenizer
 
         self.cfg = cfg = PretrainJob.of(cfg)
-        tok = AutoTokenizer.from_pretrained(cfg.tokenizer_dir)
+        corpus = storage.local_folder(cfg.corpus_dir)  # s3://: one verified download per node, then mmap
+        self.tokenizer_dir = _under(cfg.tokenizer_dir, cfg.corpus_dir, corpus)
+        tok = AutoTokenizer.from_pretrained(self.tokenizer_dir)
         self.vocab_size = len(tok)
         sentinel0 = tok.convert_tokens_to_ids("<extra_id_0>")
         if sentinel0 != self.vocab_size - 1 or tok.mask_token_id is None:
-            raise ValueError(f"tokenizer at {cfg.tokenizer_dir} lacks T5 sentinels at the top or a <mask> token")
+            raise ValueError(f"tokenizer at {self.tokenizer_dir} lacks T5 sentinels at the top or a <mask> token")
         torch.manual_seed(cfg.seed)  # identical initial weights on every worker and both arms
         t5 = build_t5(cfg.model, self.vocab_size)
         self.spactor_config = cfg.spactor
@@ -148,8 +158,8 @@ class PretrainObjective:
         self.collator = SpanCorruptionCollator(vocab_size=self.vocab_size, inputs_length=cfg.inputs_length,
                                                noise_density=cfg.noise_density,
                                                mean_noise_span_length=cfg.mean_noise_span_length)
-        self.train_rows = load_rows(Path(cfg.corpus_dir) / "packed" / "train", self.collator.tokens_length)
-        self.val_rows = load_rows(Path(cfg.corpus_dir) / "packed" / "validation", self.collator.tokens_length)
+        self.train_rows = load_rows(corpus / "packed" / "train", self.collator.tokens_length)
+        self.val_rows = load_rows(corpus / "packed" / "validation", self.collator.tokens_length)
         if len(self.train_rows) == 0:
             raise ValueError(f"corpus {cfg.corpus_dir} has no training rows")
         self.gen_config = generator_t5_config(t5.config, self.spactor_config)
@@ -217,7 +227,7 @@ class PretrainObjective:
         from transformers import AutoTokenizer
 
         self.model.t5.save_pretrained(str(out_dir / "model"), safe_serialization=True)
-        AutoTokenizer.from_pretrained(self.cfg.tokenizer_dir).save_pretrained(str(out_dir / "model"))
+        AutoTokenizer.from_pretrained(self.tokenizer_dir).save_pretrained(str(out_dir / "model"))
         (out_dir / "spactor_config.json").write_text(json.dumps(dataclasses.asdict(self.cfg.spactor), indent=2))
 
 

@@ -8,6 +8,13 @@ a resume would take for complete. During training the step checkpoints are uploa
 (``ray.train.report`` with ``RunConfig(storage_path, storage_filesystem)`` from :func:`ray_storage`), so
 the bucket holds the only copy; outside Ray (:func:`upload_folder`) the same layout is written directly.
 
+A corpus (or any read-only folder) is published the same way (:func:`publish_folder`: its files, then a
+``checksums.json`` computed on the way, last) and read through a node-local cache (:func:`cached_folder`):
+each node downloads it once, streaming in 1 MiB chunks, checks every file against the checksums, and
+renames it into place, so workers memory-map a local copy and their memory does not grow with the corpus.
+The cache key is the hash of the remote ``checksums.json``: a republished corpus with other content is a
+new key, never a stale copy.
+
 Credentials and endpoint come from the usual AWS variables: ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION`` (default us-east-1) and, for a server other than AWS
 (MinIO, moto, Ceph), ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL`` (``http://127.0.0.1:9000``).
@@ -15,6 +22,9 @@ Credentials and endpoint come from the usual AWS variables: ``AWS_ACCESS_KEY_ID`
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -168,3 +178,77 @@ def prune(uri: str, keep: int) -> None:
 def scratch_dir(what: str) -> Path:
     """A private local folder for a checkpoint on its way to object storage."""
     return Path(tempfile.mkdtemp(prefix=f"spactor-{what}-"))
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = split(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def publish_folder(local: str | Path, uri: str) -> str:
+    """Upload a finished local folder (a corpus) to ``uri`` as a read-only object: every file, then a
+    ``checksums.json`` of them last, the completeness marker :func:`cached_folder` requires. A folder already
+    published there with the same content is left as it is. Returns ``uri``."""
+    from engine.checkpoints import _checksums
+
+    local = Path(local)
+    sums = json.dumps(_checksums(local), indent=2, sort_keys=True).encode()
+    marker = join(uri, CHECKSUMS)
+    if exists(marker) and read_bytes(marker) == sums:
+        log.info("%s already holds this folder (same checksums); not uploading again", uri)
+        return uri
+    fs, dest = split(uri)
+    for p in sorted(q for q in local.rglob("*") if q.is_file() and q.name != CHECKSUMS):
+        with open(p, "rb") as src, fs.open_output_stream(f"{dest}/{p.relative_to(local).as_posix()}") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    with fs.open_output_stream(f"{dest}/{CHECKSUMS}") as out:
+        out.write(sums)
+    return uri
+
+
+def cache_root() -> Path:
+    """Where downloaded objects live on this node: ``SPACTOR_CACHE_DIR``, else ``~/.cache/spactor``."""
+    return Path(os.environ.get("SPACTOR_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or
+                                                             Path.home() / ".cache") / "spactor").absolute()
+
+
+def cached_folder(uri: str, cache: str | Path | None = None) -> Path:
+    """A verified local copy of the folder published at ``uri`` (:func:`publish_folder`), downloaded once per
+    node and content: concurrent callers on one node wait on a lock and share one download. Raises
+    FileNotFoundError, naming the URI, when the folder has no ``checksums.json`` (not published, or its upload
+    was cut) and ValueError when a downloaded file does not match it."""
+    from engine.checkpoints import verify
+
+    marker = join(uri, CHECKSUMS)
+    try:
+        sums = read_bytes(marker)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} has no {CHECKSUMS}: not a published folder, or its upload was cut; "
+                                "publish it with python -m flows.corpus_prep --set publish_uri=...") from None
+    root = Path(cache) if cache is not None else cache_root() / "objects"
+    root.mkdir(parents=True, exist_ok=True)
+    name = uri.rstrip("/").rsplit("/", 1)[1]
+    final = root / f"{name}-{hashlib.sha256(sums).hexdigest()[:16]}"
+    with open(root / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node; others wait, then find it in place
+        if final.is_dir():
+            return final
+        for stale in root.glob(f".tmp-{final.name}-*"):  # a download killed midway (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+        try:
+            download_folder(uri, tmp)
+            (tmp / CHECKSUMS).write_bytes(sums)  # the version we keyed on, whatever was uploaded meanwhile
+            problem = verify(tmp)
+            if problem is not None:
+                raise ValueError(f"{uri}: {problem}; republish it")
+            os.replace(tmp, final)  # only a verified copy is ever in place
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def local_folder(path_or_uri: str | Path) -> Path:
+    """A local path as it is; an ``s3://`` folder through :func:`cached_folder`."""
+    return cached_folder(path_or_uri) if is_remote(path_or_uri) else Path(path_or_uri)

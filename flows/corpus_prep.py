@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 
 from engine import config
 from flows._cli import build_config, documented, preset_type, run_cli, run_footer
-from tasks.corpus import build_corpus, fingerprint_source, is_complete, log_corpus
+from tasks.corpus import build_corpus, fingerprint_source, is_complete, log_corpus, publish_corpus
 
 
 class CorpusPrepConfig(config.CorpusPrepConfig):
@@ -68,7 +68,7 @@ def corpus_prep(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = N
     """Prepare a pretraining corpus (see module docstring)."""
     cfg = config or build_config(CorpusPrepConfig, PRESETS, preset, overrides)
     logger = get_run_logger()
-    c = cfg.model_dump()
+    c = cfg.model_dump(exclude={"publish_uri"})  # where a copy goes does not change the corpus
     fingerprint = fingerprint_source(c)
     state = build_corpus(c, fingerprint, return_state=True)
     corpus_dir, cached = state.result(), state.name == "Cached"
@@ -77,6 +77,8 @@ def corpus_prep(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = N
     if cached:
         logger.info("reusing cached corpus %s (same config and source fingerprint)", corpus_dir)
     run_id = log_corpus(corpus_dir, c, cached=cached, parent_run_id=parent_run_id)
+    if cfg.publish_uri:
+        corpus_dir = publish_corpus(corpus_dir, cfg.publish_uri, run_id)
     return CorpusPrepResult(run_id=run_id, corpus_dir=corpus_dir, cached=cached)
 
 

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
 from models.sd_bench import BenchSettings
-from tasks.paths import LocalPath, ModelRef
+from tasks.paths import FolderOrS3, LocalPath, ModelRef
 
 
 class DraftRef(BaseModel):
@@ -44,7 +44,8 @@ class SDBenchmarkConfig(FlowConfig):
                                                           "inputs become the prompts, as in the pipeline")
     input_field: str = "input"
     target_field: str = "target"
-    corpus_dir: Optional[LocalPath] = Field(None, description="corpus-prep output folder: prompts from docs/<split>")
+    corpus_dir: Optional[FolderOrS3] = Field(None, description="corpus-prep output folder (or the s3:// URI it was "
+                                             "published to): prompts from docs/<split>")
     split: str = Field("validation", description="corpus split whose documents become prompts")
     continuation_reference: bool = Field(True, description="corpus prompts: score outputs against the document's "
                                                            "next max_new_tokens tokens (a proxy reference)")

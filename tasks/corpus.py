@@ -246,17 +246,43 @@ def is_complete(path: str | Path) -> bool:
     return Path(path, COMPLETE).exists()
 
 
+_NEEDED = ("tokenizer/tokenizer_config.json", "packed/train", "packed/validation")
+
+
 def check_corpus_dir(path: str | Path) -> None:
     """Refuse, in one line and before any worker starts, a folder that is not a prepared corpus: pretraining
-    needs ``tokenizer/`` and the packed ``train`` and ``validation`` splits (what ``flows.corpus_prep`` writes)."""
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"corpus_dir {root} does not exist; build one with python -m flows.corpus_prep")
-    missing = [p for p in ("tokenizer/tokenizer_config.json", "packed/train", "packed/validation")
-               if not (root / p).exists()]
+    needs ``tokenizer/`` and the packed ``train`` and ``validation`` splits (what ``flows.corpus_prep`` writes).
+    An ``s3://`` corpus is checked from its published ``checksums.json`` (nothing is downloaded here)."""
+    from engine import storage
+
+    if storage.is_remote(path):
+        try:
+            names = json.loads(storage.read_bytes(storage.join(str(path), storage.CHECKSUMS)))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"corpus_dir {path} holds no published corpus (no {storage.CHECKSUMS}: never "
+                                    "published, or its upload was cut); publish one with python -m flows.corpus_prep "
+                                    "--set publish_uri=...") from None
+        missing = [n for n in _NEEDED if not any(k == n or k.startswith(n + "/") for k in names)]
+    else:
+        root = Path(path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"corpus_dir {root} does not exist; build one with python -m flows.corpus_prep")
+        missing = [n for n in _NEEDED if not (root / n).exists()]
     if missing:
-        raise FileNotFoundError(f"corpus_dir {root} is not a prepared corpus (missing {', '.join(missing)}); "
+        raise FileNotFoundError(f"corpus_dir {path} is not a prepared corpus (missing {', '.join(missing)}); "
                                 "build one with python -m flows.corpus_prep")
+
+
+@task(name="publish-corpus", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2)
+def publish_corpus(corpus_dir: str, uri: str, run_id: str) -> str:
+    """Upload a finished corpus to object storage (``engine.storage.publish_folder``: checksums last, skipped
+    when the same content is already there) and tag its MLflow run with the URI; returns the URI."""
+    from engine import storage
+    from tasks import tracking
+
+    storage.publish_folder(corpus_dir, uri)
+    tracking.set_tags(run_id, {"corpus.uri": uri})
+    return uri
 
 
 @task(name="fingerprint-source", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=1)

@@ -11,7 +11,10 @@ With nothing set, the pipeline runs fully local and offline:
 * Hugging Face hub access is off (``HF_HUB_OFFLINE=1``): set ``HF_HUB_OFFLINE=0`` to load hub datasets/models.
 
 Set ``PREFECT_API_URL``, ``MLFLOW_TRACKING_URI`` or ``RAY_ADDRESS`` to use real servers and clusters instead;
-``SPACTOR_STATE_DIR`` moves the state folder.
+``SPACTOR_STATE_DIR`` moves the state folder. Object storage: ``SPACTOR_ARTIFACT_ROOT=s3://bucket/prefix``
+puts MLflow artifacts there; ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) names an S3-compatible server and
+is passed on to MLflow as ``MLFLOW_S3_ENDPOINT_URL``; ``SPACTOR_CACHE_DIR`` is where workers keep downloaded
+corpora (default ``~/.cache/spactor``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ def apply_embedded_defaults() -> Path:
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_DEDUP_LOGS": "0",
     }
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:  # an S3-compatible server (MinIO, moto, Ceph): MLflow's S3 artifact store reads its own variable
+        defaults["MLFLOW_S3_ENDPOINT_URL"] = endpoint
     for key, value in defaults.items():
         os.environ.setdefault(key, value)
     return state

@@ -22,15 +22,13 @@ def curve_table(evals: list[dict]):
 @task(name="pretrain")
 def pretrain(cfg: dict[str, Any], corpus_dir: str, *, parent_run_id: str | None = None,
              experiment: str = "pretrain") -> dict[str, Any]:
-    from pathlib import Path
-
     from engine.pretrain_worker import pretrain_worker
     from tasks.corpus import check_corpus_dir
 
     check_corpus_dir(corpus_dir)  # one line on the driver, not a worker traceback retried by Ray
     arm = "sc" if cfg["tau"] == 0 else "spactor"
     tags = {"stage": "pretrain", "arm": arm, "preset": cfg["preset"], "tau": cfg["tau"], "corpus.path": corpus_dir}
-    inputs = {"corpus_dir": corpus_dir, "tokenizer_dir": str(Path(corpus_dir) / "tokenizer")}
+    inputs = {"corpus_dir": corpus_dir, "tokenizer_dir": f"{str(corpus_dir).rstrip('/')}/tokenizer"}  # or s3://
     with resumable_run("pretrain", cfg, inputs, worker=pretrain_worker, experiment=experiment,
                        run_name=f"{cfg['preset']}-{arm}", tags=tags, parent_run_id=parent_run_id,
                        describe=f"training {arm} arm (tau={cfg['tau']} of {cfg['total_steps']} steps)") as run:

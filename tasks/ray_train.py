@@ -21,7 +21,7 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
                  "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "SPACTOR_ARTIFACT_ROOT", "SPACTOR_FAULT_INJECT",
                  # object storage for checkpoints (engine.storage) and MLflow artifacts
                  "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-                 "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL")
+                 "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "SPACTOR_CACHE_DIR")
 
 
 #: MLflow's own HTTP retries on workers: its default (7 retries, 120 s timeout each) can hold one log call for

@@ -81,7 +81,9 @@ def load_prompts(source: dict[str, Any], tokenizer_dir: str, max_new_tokens: int
         texts, refs = _read_jsonl(Path(source["jsonl"]), source["input_field"], source["target_field"], n)
         prompts = prompts_from_texts(texts, tok, prompt_tokens=length, references=refs)
     else:
-        texts = _read_corpus_docs(Path(source["corpus_dir"]), source["split"], tok, length, n)
+        from engine.storage import local_folder
+
+        texts = _read_corpus_docs(local_folder(source["corpus_dir"]), source["split"], tok, length, n)
         prompts = prompts_from_texts(texts, tok, prompt_tokens=length,
                                      continuation_tokens=max_new_tokens if source["continuation_reference"] else 0)
     _logger().info("loaded %d prompts of <= %d tokens (%d with references)", len(prompts), length,

@@ -77,14 +77,18 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 def ensure_experiment(name: str) -> str:
     """Get or create an experiment, tagged as a training experiment (:data:`EXPERIMENT_KIND`); local stores get
-    an explicit artifact root under the state folder."""
+    an explicit artifact root under the state folder, or ``SPACTOR_ARTIFACT_ROOT`` (a folder, or
+    ``s3://bucket/prefix`` for any store: MLflow then writes and reads the artifacts there through boto3).
+    An existing experiment keeps the artifact location it was created with."""
     client = MlflowClient()
     exp = client.get_experiment_by_name(name)
     if exp is None:
         artifact_location = None
-        if not tracking_uri().startswith(("http://", "https://", "databricks")):
-            root = Path(os.environ.get("SPACTOR_ARTIFACT_ROOT", state_dir() / "mlartifacts"))
-            artifact_location = (root / name).resolve().as_uri()
+        root = os.environ.get("SPACTOR_ARTIFACT_ROOT")
+        if root and root.startswith("s3://"):  # artifacts on object storage (any tracking store)
+            artifact_location = f"{root.rstrip('/')}/{name}"
+        elif not tracking_uri().startswith(("http://", "https://", "databricks")):
+            artifact_location = (Path(root or state_dir() / "mlartifacts") / name).resolve().as_uri()
         try:
             exp_id = client.create_experiment(name, artifact_location=artifact_location,
                                               tags=dict([EXPERIMENT_KIND]))

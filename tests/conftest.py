@@ -100,3 +100,28 @@ def copy_task(tmp_path_factory) -> dict:
                 f.write(json.dumps({"input": f"{w} and the {rng.choice(words)}", "target": w}) + "\n")
     return {"name": "copy_first", "jsonl": {s: str(folder / f"{s}.jsonl") for s in ("train", "validation", "test")},
             "kind": "classification", "labels": words}
+
+
+def kill_when(cmd: list[str], ready, log_path: Path, *, cwd, env=None, timeout_s: float = 400) -> list[int]:
+    """Start ``cmd``, wait until ``ready()`` is true, then SIGKILL its whole process tree at once (the flow
+    process, its local Ray head and the training workers); returns the pids killed (empty if it ended first)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    with open(log_path, "w") as log:
+        p = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=log)
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and p.poll() is None and not ready():
+            time.sleep(0.3)
+        family = [p.pid] + [c.pid for c in psutil.Process(p.pid).children(recursive=True)] if p.poll() is None else []
+        for pid in family:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        p.wait()
+    return family

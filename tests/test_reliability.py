@@ -52,23 +52,13 @@ def _pretrain_cmd(corpus, out, steps=40):
 
 
 def test_pipeline_process_killed_mid_training_resumes_from_its_checkpoint(tiny_corpus, tmp_path):
-    import psutil
     from mlflow import MlflowClient
 
+    from tests.conftest import kill_when
+
     out = tmp_path / "runs"
-    log = open(tmp_path / "first.log", "w")
-    p = subprocess.Popen(_pretrain_cmd(tiny_corpus, out, steps=150), cwd=ROOT, stdout=log, stderr=log)
-    deadline = time.time() + 300
-    while time.time() < deadline and p.poll() is None and not list(out.rglob("step-*/checksums.json")):
-        time.sleep(0.2)
-    family = [p.pid] + [c.pid for c in psutil.Process(p.pid).children(recursive=True)] if p.poll() is None else []
-    for pid in family:  # the flow process, its local Ray head and the training workers, all at once
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    p.wait()
-    log.close()
+    family = kill_when(_pretrain_cmd(tiny_corpus, out, steps=150), lambda: bool(list(out.rglob("step-*/checksums.json"))),
+                       tmp_path / "first.log", cwd=ROOT)
     assert family, "the first run ended before it could be killed: " + (tmp_path / "first.log").read_text()[-2000:]
     ckpts = sorted(out.rglob("step-*/checksums.json"))
     assert ckpts and not list(out.rglob("final/trainer_state.json"))
