@@ -133,6 +133,9 @@ class ActiveLearningConfig(FlowConfig):
                              "equal annotation cost per round for both arms")
     rounds: int = Field(4, ge=1, description="selection rounds after the seed round")
     candidates: int = Field(0, ge=0, description="ranked arm scores this many random unlabelled items (0 = all)")
+    cold_start_chars: int = Field(0, ge=0, description="cold start: the ranked arm takes random sentences until it "
+                                  "has labelled this many characters (seed set included), then ranks with a model "
+                                  "trained on them; 0 = rank from round 1 with the seed-set model")
     arms: list[Literal["random", "ranked", "partial"]] = Field(
         ["random", "ranked"], description="arms after the shared seed round: random (always first), ranked "
         "(whole sentences by the scorer) and partial (the most uncertain boundary windows; a human annotator gets "
@@ -440,7 +443,7 @@ def _round(run: _Run, r: int, arms: dict) -> dict:
         _record(run, event)
         run.log.info("round %d: environment change: %s", r, event["detail"])
     cfg, pool = run.cfg, run.schedule.pool(run.initial, r)
-    futures = {}
+    futures, cold_arms = {}, set()
     for name, arm in arms.items():
         rng = al.rng_for(cfg.seed, r, "select", name)
         if name == "partial":
@@ -448,11 +451,18 @@ def _round(run: _Run, r: int, arms: dict) -> dict:
                 arm.model, pool, arm.partial, arm.labelled, cfg.candidates, rng, cfg.batch_chars or 20 * cfg.batch_size,
                 cfg.partial_windows, cfg.partial_half_width, cfg.scorer.method)
         else:
+            cold = name == "ranked" and arm.chars < cfg.cold_start_chars
+            if cold:
+                cold_arms.add(name)
+                run.log.info("round %d: ranked arm in its cold start (%d of %d characters labelled): random sentences",
+                             r, arm.chars, cfg.cold_start_chars)
             futures[name] = al.select_batch.submit(
-                name, arm.model, [it for it in pool if it.id not in arm.labelled], cfg.batch_size,
+                "random" if cold else name, arm.model, [it for it in pool if it.id not in arm.labelled], cfg.batch_size,
                 cfg.scorer.model_dump(), cfg.candidates, rng, cfg.batch_chars,
                 labelled_texts=["".join(words) for words in arm.labelled.values()])
     picked = {name: f.result() for name, f in futures.items()}
+    if "ranked" in picked:
+        picked["ranked"][-1]["cold_start"] = float("ranked" in cold_arms)
     windows = {name: p[1] for name, p in picked.items() if name == "partial"}
     fresh = cfg.retrain == "scratch" or run.schedule.new_model_at(r)
     rows = _annotate_train_evaluate(run, r, arms, {n: p[0] for n, p in picked.items()},

@@ -221,3 +221,16 @@ def test_the_partial_arm_takes_a_human_annotator_and_arms_must_start_with_random
     assert cfg.arms == ["random", "partial"]  # the windows go to the person in the batch file
     with pytest.raises(ValueError, match="must start with 'random'"):
         ActiveLearningConfig(arms=["ranked", "random"])
+
+
+def test_the_ranked_arm_selects_at_random_until_its_cold_start_characters_then_ranks(straight):
+    _, root = straight
+    seed_chars = json.loads((root / "straight" / "state.json").read_text())["arms"]["ranked"]["history"][0][
+        "annotated_chars"]
+    cfg = _cfg(root, run_name="cold", rounds=2, schedule=[], register_models=False,
+               cold_start_chars=int(seed_chars) + 1)  # round 1 still cold, round 2 past it
+    active_learning(config=cfg)
+    rows = json.loads((root / "cold" / "state.json").read_text())["arms"]["ranked"]["history"]
+    assert rows[1]["cold_start"] == 1.0 and "candidates" not in rows[1]  # a random batch, nothing scored
+    assert rows[1]["annotated_chars"] >= cfg.cold_start_chars
+    assert rows[2]["cold_start"] == 0.0 and rows[2]["candidates"] == 80.0  # ranked among 80 candidates

@@ -36,6 +36,15 @@ def test_the_goal_needs_every_seed_and_a_fraction_within_it():
     assert "(1/2 seeds)" in study_markdown(both) and "full-pool" not in study_markdown(both).splitlines()[0]
 
 
+def test_a_mean_within_the_goal_does_not_meet_it_when_one_seed_needs_more():
+    chars = [100, 200, 300, 400]
+    fast = {"random": _curve(chars, [0.5, 0.6, 0.7, 0.8]), "ranked": _curve(chars, [0.6, 0.8, 0.85, 0.9])}  # 0.5
+    late = {"random": _curve(chars, [0.5, 0.6, 0.7, 0.8]), "ranked": _curve(chars, [0.5, 0.6, 0.75, 0.9])}  # 333 / 400
+    n = study_numbers({0: fast, 1: late}, None, goal_fraction=0.7)
+    assert n["arms"]["ranked"]["fraction_of_random"]["mean"] < 0.7 and n["goal_met"] == {"ranked": False}
+    assert "(per seed 0.50 / 0.83)" in study_markdown(n) and "**goal not met**" in study_markdown(n)
+
+
 def test_recovery_after_each_change_is_measured_per_arm_and_seed_within_the_window_before_the_next_change():
     def rows(f1s, guideline=None):
         out = [{"round": i, "annotated_chars": 100.0 * (i + 1), "test_f1": f} for i, f in enumerate(f1s)]
