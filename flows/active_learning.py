@@ -141,7 +141,7 @@ class ActiveLearningConfig(FlowConfig):
         "(whole sentences by the scorer) and partial (the most uncertain boundary windows; a human annotator gets "
         "them in the batch file's windows column)")
     partial_windows: int = Field(3, ge=1, description="partial arm: at most this many windows per sentence")
-    partial_half_width: int = Field(3, ge=1, description="partial arm: a window shows this many characters on "
+    partial_half_width: int = Field(2, ge=1, description="partial arm: a window shows this many characters on "
                                     "each side of the uncertain position")
     retrain: Literal["continue", "scratch"] = Field("continue", description="warm-start each round, or refit from scratch")
     fresh_epochs: int = Field(3, ge=1, description="epochs for a new model (seed round, scratch, model change)")
