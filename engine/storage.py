@@ -194,8 +194,11 @@ def publish_folder(local: str | Path, uri: str) -> str:
 
     local = Path(local)
     sums = json.dumps(_checksums(local), indent=2, sort_keys=True).encode()
-    marker = join(uri, CHECKSUMS)
-    if exists(marker) and read_bytes(marker) == sums:
+    try:
+        published = read_bytes(join(uri, CHECKSUMS))  # one request; absent means never (fully) published
+    except FileNotFoundError:
+        published = None
+    if published == sums:
         log.info("%s already holds this folder (same checksums); not uploading again", uri)
         return uri
     fs, dest = split(uri)

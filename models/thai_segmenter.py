@@ -515,15 +515,23 @@ class ThaiSegmenter(nn.Module):
         return x * keep / (1.0 - p)
 
     def _ngram_ids(self, chars: torch.Tensor) -> torch.Tensor:
-        """(B, T, len(NGRAM_WINDOWS)) rows of ``ngram_embed``: each window's character rows (padding 0
-        beyond the text) combined into one integer, mixed, and reduced modulo ``ngram_buckets``."""
-        c, T = self.config, chars.shape[1]
+        """(B, T, len(NGRAM_WINDOWS)) rows of ``ngram_embed`` for padded char ids (B, T) (padding 0
+        beyond the text)."""
+        T = chars.shape[1]
         padded = F.pad(chars, (_NGRAM_PAD, _NGRAM_PAD))
+        return self._hash_ngrams(lambda offset: padded[:, _NGRAM_PAD + offset : _NGRAM_PAD + offset + T], chars)
+
+    def _hash_ngrams(self, shifted, chars: torch.Tensor) -> torch.Tensor:
+        """Each window's character rows (``shifted(offset)``: the row ``offset`` characters away,
+        shaped like ``chars``) combined into one integer, mixed, and reduced modulo ``ngram_buckets``,
+        into window j's block of rows. Shape ``chars.shape + (len(NGRAM_WINDOWS),)``."""
+        c = self.config
+        neighbours = {offset: shifted(offset) for offset in range(-_NGRAM_PAD, _NGRAM_PAD + 1)}
         ids = []
         for j, window in enumerate(NGRAM_WINDOWS):
             key = torch.zeros_like(chars)
             for offset in window:  # < vocab_capacity ** 3 <= 2**36 for the default capacity
-                key = key * c.vocab_capacity + padded[:, _NGRAM_PAD + offset : _NGRAM_PAD + offset + T]
+                key = key * c.vocab_capacity + neighbours[offset]
             key = (key + j) * 0x2545F49  # odd, < 2**26: the product stays below 2**63
             key = key ^ (key >> 29)  # fold the high bits into the low ones before the modulo
             ids.append(key % c.ngram_buckets + j * c.ngram_buckets)
@@ -705,42 +713,141 @@ class ThaiSegmenter(nn.Module):
 
     @torch.no_grad()
     def _probs_flat(self, texts: Sequence[str]) -> np.ndarray:
-        """``boundary_probs`` of all texts, concatenated (float32)."""
-        limit, radius = self.config.inference_batch_chars, self.receptive_radius()
-        core = max(limit - 2 * radius, 256) if radius is not None else 0
-        # pieces: (text index, start of the piece in the text, piece text, first and last+1 kept index in it)
-        pieces: list[tuple[int, int, str, int, int]] = []
-        for i, text in enumerate(texts):
-            if radius is None or len(text) <= limit:
-                pieces.append((i, 0, text, 0, len(text)))
-                continue
-            for a in range(0, len(text), core):
-                lo, hi = max(0, a - radius), min(len(text), a + core + radius)
-                pieces.append((i, lo, text[lo:hi], a - lo, min(a + core, len(text)) - lo))
-        out = [np.empty(len(t), dtype=np.float32) for t in texts]
-        was_training = self.training
-        self.eval()
-        try:
-            order = sorted((k for k, piece in enumerate(pieces) if piece[2]), key=lambda k: len(pieces[k][2]))
-            batch: list[int] = []
-            for k in order + [None]:  # None flushes the last batch
-                fits = k is not None and (len(batch) + 1) * len(pieces[k][2]) <= limit
-                if batch and not fits:
-                    raw = self._predict_batch([pieces[b][2] for b in batch])
-                    for b, p in zip(batch, raw):
-                        i, lo, _, keep_from, keep_to = pieces[b]
-                        out[i][lo + keep_from : lo + keep_to] = p[keep_from:keep_to]
-                    batch = []
-                if k is not None:
-                    batch.append(k)
-        finally:
-            self.train(was_training)
-        # Forced positions, for all texts in one vectorised pass (the rules look one character back).
-        flat = np.concatenate(out) if texts else np.zeros(0, dtype=np.float32)
+        """``boundary_probs`` of all texts, concatenated (float32).
+
+        Everything per character is computed once over the concatenated texts (vocabulary rows,
+        classes, n-gram rows, forced positions); each batch then only gathers its rows. Texts are cut
+        into pieces (a text, or a window of a long one), sorted by length and packed into batches of
+        at most ``inference_batch_chars`` padded characters."""
+        cps = _codepoints("".join(texts))
         lengths, starts = _offsets(texts)
-        flat[~self._decisions_flat(texts)] = 0.0
+        flat = np.zeros(len(cps), dtype=np.float32)
+        if len(cps):
+            lo, hi, keep_lo, keep_hi = self._pieces(lengths, starts)
+            was_training = self.training
+            if was_training:  # train()/eval() walk every module: skip them when already in eval mode
+                self.eval()
+            try:
+                inputs = self._flat_inputs(cps, lengths)
+                limit = self.config.inference_batch_chars
+                order = np.argsort(hi - lo, kind="stable").tolist()
+                sizes = (hi - lo).tolist()
+                first = 0
+                for k in range(1, len(order) + 1):  # close a batch when the next piece does not fit
+                    if k == len(order) or (k - first + 1) * sizes[order[k]] > limit:
+                        batch = np.array(order[first:k])
+                        self._predict_pieces(inputs, lo[batch], hi[batch], keep_lo[batch], keep_hi[batch], flat)
+                        first = k
+            finally:
+                if was_training:
+                    self.train()
+        # Forced positions, for all texts in one vectorised pass (the rules look one character back).
+        flat[~self._decisions_from_codepoints(cps, starts)] = 0.0
         flat[starts[lengths > 0]] = 1.0
         return flat
+
+    def _pieces(self, lengths: np.ndarray, starts: np.ndarray):
+        """(lo, hi, keep_lo, keep_hi) int64 arrays, positions in the concatenated texts: each non-empty
+        text is one piece, except that with the CNN a text longer than ``inference_batch_chars`` is cut
+        into windows whose kept cores overlap their neighbours by ``receptive_radius()`` characters."""
+        limit, radius = self.config.inference_batch_chars, self.receptive_radius()
+        short = (lengths > 0) & ((lengths <= limit) | (radius is None))
+        parts = [(starts[short], starts[short] + lengths[short], starts[short], starts[short] + lengths[short])]
+        core = max(limit - 2 * radius, 256) if radius is not None else 0
+        for i in np.flatnonzero(~short & (lengths > 0)).tolist():
+            s, n = int(starts[i]), int(lengths[i])
+            a = np.arange(0, n, core)
+            parts.append((s + np.maximum(0, a - radius), s + np.minimum(n, a + core + radius), s + a,
+                          s + np.minimum(a + core, n)))
+        return tuple(np.concatenate([p[j] for p in parts]).astype(np.int64) for j in range(4))
+
+    def _flat_inputs(self, cps: np.ndarray, lengths: np.ndarray) -> dict:
+        """Per character of the concatenated texts (plus one padding entry at the end): vocabulary
+        rows, class ids and, with n-grams, each window's n-gram row (n-grams stop at text ends)."""
+        chars = torch.from_numpy(np.append(self._vocab_ids(cps), 0))
+        classes = torch.from_numpy(np.append(_class_ids(cps), 0))
+        out = {"chars": chars, "classes": classes}
+        if self.ngram_embed is not None:
+            text_id = torch.from_numpy(np.append(np.repeat(np.arange(len(lengths)), lengths), -1))
+            out["ngrams"] = self._ngram_ids_flat(chars, text_id)
+        return out
+
+    def _ngram_ids_flat(self, chars: torch.Tensor, text_id: torch.Tensor) -> torch.Tensor:
+        """``_ngram_ids`` of texts concatenated in one row: a neighbour in another text counts as
+        padding (row 0), so every text gets the rows it gets alone. (N, len(NGRAM_WINDOWS))."""
+        N = chars.shape[0]
+        pad_chars = F.pad(chars, (_NGRAM_PAD, _NGRAM_PAD))
+        pad_ids = F.pad(text_id, (_NGRAM_PAD, _NGRAM_PAD), value=-2)
+
+        def shifted(offset: int) -> torch.Tensor:
+            window = slice(_NGRAM_PAD + offset, _NGRAM_PAD + offset + N)
+            return torch.where(pad_ids[window] == text_id, pad_chars[window], 0)
+
+        return self._hash_ngrams(shifted, chars)
+
+    def _inference_table(self) -> torch.Tensor:
+        """One table for the inference input layer: the character and class tables with the input
+        projection folded in, then the n-gram table (rows as in ``_flat_inputs``). Cached until a
+        parameter changes."""
+        params = [self.char_embed.weight, self.class_embed.weight, self.proj.weight]
+        if self.ngram_embed is not None:
+            params.append(self.ngram_embed.weight)
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if getattr(self, "_table_key", None) != key:
+            E = self.config.embed_dim
+            tables = [self.char_embed.weight @ self.proj.weight[:, :E].T,
+                      self.class_embed.weight @ self.proj.weight[:, E:].T]
+            if self.ngram_embed is not None:
+                tables.append(self.ngram_embed.weight)
+            self._table, self._table_key = torch.cat(tables).detach(), key
+        return self._table
+
+    def _predict_pieces(self, inputs: dict, lo, hi, keep_lo, keep_hi, flat: np.ndarray) -> None:
+        """Write the raw probabilities of one batch of pieces into ``flat`` (kept positions only)."""
+        n = hi - lo
+        T = int(n.max())
+        col = np.arange(T)
+        valid = col[None, :] < n[:, None]
+        index = np.where(valid, lo[:, None] + col[None, :], len(inputs["chars"]) - 1)  # (B, T), pad entry
+        index_t = torch.from_numpy(index)
+        chars, classes = inputs["chars"][index_t], inputs["classes"][index_t]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.inference_dtype == "bfloat16"):
+            if self.config.arch == "cnn":
+                pad = torch.from_numpy(np.flatnonzero(~valid))
+                ngrams = inputs["ngrams"][index_t] if "ngrams" in inputs else None
+                logits = self._cnn_logits(chars.to(self.device), classes.to(self.device),
+                                          None if ngrams is None else ngrams.to(self.device), pad.to(self.device))
+            else:
+                logits = self(chars.to(self.device), classes.to(self.device), torch.from_numpy(n))
+        probs = torch.sigmoid(logits.float()).cpu().numpy()
+        keep = (col[None, :] >= (keep_lo - lo)[:, None]) & (col[None, :] < (keep_hi - lo)[:, None])
+        flat[index[keep]] = probs[keep]
+
+    def _cnn_logits(self, chars: torch.Tensor, classes: torch.Tensor, ngrams: torch.Tensor | None,
+                    pad: torch.Tensor) -> torch.Tensor:
+        """Inference forward of the CNN, equal to ``forward`` in eval mode: one embedding-bag lookup for
+        the input layer (``_inference_table``), the padding re-zeroed by index (``pad``: flat indices
+        of padded positions in (B, T)) instead of a multiplication by the mask, and in-place
+        activations. (B, T) logits."""
+        c, (B, T) = self.config, chars.shape
+        n_chars = self.char_embed.num_embeddings
+        ids = [chars.unsqueeze(-1), classes.unsqueeze(-1) + n_chars]
+        if ngrams is not None:
+            ids.append(ngrams + n_chars + self.class_embed.num_embeddings)
+        ids = torch.cat(ids, dim=-1).view(B * T, -1)
+        x = F.embedding_bag(ids, self._inference_table(), mode="sum").add_(self.proj.bias)  # (B*T, H)
+        x = torch._C._nn.gelu_(x) if x.dtype == torch.float32 else F.gelu(x)
+
+        def zero_padding(t: torch.Tensor) -> torch.Tensor:
+            return t.view(B * T, -1).index_fill_(0, pad, 0.0).view(B, T, -1) if len(pad) else t.view(B, T, -1)
+
+        x = zero_padding(x)
+        for conv, norm in zip(self.convs, self.norms):
+            h = _conv_nwc(conv, x)
+            h = torch._C._nn.gelu_(h) if h.dtype == torch.float32 else F.gelu(h)
+            h = h.add_(x) if h.dtype == x.dtype else x + h
+            x = zero_padding(norm(h))
+        return F.linear(x, self.head.weight, self.head.bias).squeeze(-1)
 
     def decision_masks(self, texts: list[str]) -> list[np.ndarray]:
         """Per text, bool (len(text),): True where the model decides a boundary.
@@ -755,22 +862,14 @@ class ThaiSegmenter(nn.Module):
 
     def _decisions_flat(self, texts: Sequence[str]) -> np.ndarray:
         """``decision_masks`` of all texts, concatenated."""
-        cps = _codepoints("".join(texts))
-        starts = _offsets(texts)[1]
+        return self._decisions_from_codepoints(_codepoints("".join(texts)), _offsets(texts)[1])
+
+    def _decisions_from_codepoints(self, cps: np.ndarray, starts: np.ndarray) -> np.ndarray:
         free = np.ones(len(cps), dtype=bool)
         if self.config.orthographic_constraints:
             free = ~_forbidden_from_codepoints(cps, starts, _class_ids(cps))
         free[starts[starts < len(cps)]] = False
         return free
-
-    def _predict_batch(self, texts: list[str]) -> list[np.ndarray]:
-        """Raw per-character probabilities of non-empty texts (no position forced yet)."""
-        (chars, classes, lengths), (rows, cols) = self._encode_batch(texts)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.inference_dtype == "bfloat16"):
-            logits = self(chars, classes, lengths)
-        probs = torch.sigmoid(logits.float()).cpu().numpy()  # (B, T)
-        flat = probs[rows, cols].astype(np.float32)  # every character, texts concatenated
-        return np.split(flat, np.cumsum(lengths.numpy())[:-1])
 
     def segment_batch(self, texts: list[str]) -> list[list[str]]:
         """Segment many texts; ``"".join(words) == text`` for each."""

@@ -237,6 +237,28 @@ def test_the_folded_inference_input_layer_equals_the_training_path():
     torch.testing.assert_close(folded, trained, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("ngram_buckets", [0, 32])
+def test_the_inference_path_gives_the_probabilities_of_the_training_forward_at_every_decision(ngram_buckets):
+    """boundary_probs runs its own forward (one lookup table, n-grams hashed once over the concatenated
+    texts, padding zeroed by index, in-place activations); with dropout off it must give, at every
+    position the model decides, the sigmoid of the training-mode forward of each text alone."""
+    model = _model(dropout=0.0, ngram_buckets=ngram_buckets)
+    model.fit(_toy_corpus(30, seed=5), generator=torch.Generator().manual_seed(0))
+    texts = ["ฉันกินข้าว", "เธอร้องเพลงที่โรงเรียน 2532", "ก", "", "แม่ไปตลาด" * 7, "กข"]
+    fast = model.boundary_probs(texts)
+    masks = model.decision_masks(texts)
+    model.train()
+    for text, probs, mask in zip(texts, fast, masks):
+        if not text:
+            assert len(probs) == 0
+            continue
+        (chars, classes, lengths), _ = model._encode_batch([text])
+        with torch.no_grad():
+            reference = torch.sigmoid(model(chars, classes, lengths))[0].numpy()
+        np.testing.assert_allclose(probs[mask], reference[mask], atol=1e-5)
+    model.eval()
+
+
 def test_ngram_rows_stay_in_their_window_table_and_see_only_their_window():
     model = _model(ngram_buckets=50)
     model._extend_vocab(["กขคงจฉชซ" * 3])
