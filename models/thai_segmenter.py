@@ -253,7 +253,8 @@ class SegmenterConfig:
     narrow encoder segments as well as a wide one and several times faster."""
     inference_dtype: str = "float32"
     """"float32" or "bfloat16" (bf16 autocast of the encoder during boundary_probs, on CPUs with bf16
-    instructions about 1.3-2x faster; probabilities differ from float32 by about 1e-2)."""
+    instructions (AVX-512 BF16, AMX) about 1.3-2x faster, on CPUs without them about 7x slower, as the
+    convolution falls back to a slow kernel; probabilities differ from float32 by about 1e-2)."""
 
     def __post_init__(self) -> None:
         if self.arch not in ("cnn", "bilstm"):
