@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= tiny
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=30
 MODEL ?=
 PORT ?= 5002
 
