@@ -189,6 +189,14 @@ def _forbidden_from_codepoints(cps: np.ndarray, starts: np.ndarray, classes: np.
     return forbidden
 
 
+def _padded_index(lo: np.ndarray, n: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """(index (B, T), valid (B, T)): row b holds positions ``lo[b] .. lo[b] + n[b] - 1`` of a flat
+    per-character array, then ``pad`` (the index of its padding entry); ``valid`` marks the real ones."""
+    col = np.arange(int(n.max()))
+    valid = col[None, :] < n[:, None]
+    return np.where(valid, lo[:, None] + col[None, :], pad), valid
+
+
 def _conv_nwc(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """``conv`` over (B, T, H) activations without transposing them: (B, T, H) in memory is the
     channels-last layout of a (B, H, 1, T) image, so the 1-D convolution runs as a 1 x kernel 2-D one
@@ -490,15 +498,12 @@ class ThaiSegmenter(nn.Module):
         lengths (B,)) tensors, plus (row, column) of every character in text order."""
         cps = _codepoints("".join(texts))
         lengths, starts = _offsets(texts)
-        rows = np.repeat(np.arange(len(texts)), lengths)
-        cols = np.arange(len(cps)) - np.repeat(starts, lengths)
-        shape = (len(texts), int(lengths.max()))
-        chars_pad, classes_pad = np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=np.int64)
-        chars_pad[rows, cols] = self._vocab_ids(cps)
-        classes_pad[rows, cols] = _class_ids(cps)
-        tensors = (torch.from_numpy(chars_pad).to(self.device), torch.from_numpy(classes_pad).to(self.device),
+        inputs = self._flat_inputs(cps, _class_ids(cps), lengths, ngrams=False)
+        index, valid = _padded_index(starts, lengths, pad=len(cps))
+        index_t = torch.from_numpy(index)
+        tensors = (inputs["chars"][index_t].to(self.device), inputs["classes"][index_t].to(self.device),
                    torch.from_numpy(lengths))
-        return tensors, (rows, cols)
+        return tensors, np.nonzero(valid)
 
     def _pad(self, encoded: list[tuple[torch.Tensor, torch.Tensor]]):
         lengths = torch.tensor([len(c) for c, _ in encoded], dtype=torch.long)
@@ -721,6 +726,7 @@ class ThaiSegmenter(nn.Module):
         into pieces (a text, or a window of a long one), sorted by length and packed into batches of
         at most ``inference_batch_chars`` padded characters."""
         cps = _codepoints("".join(texts))
+        classes = _class_ids(cps)
         lengths, starts = _offsets(texts)
         flat = np.zeros(len(cps), dtype=np.float32)
         if len(cps):
@@ -729,7 +735,7 @@ class ThaiSegmenter(nn.Module):
             if was_training:  # train()/eval() walk every module: skip them when already in eval mode
                 self.eval()
             try:
-                inputs = self._flat_inputs(cps, lengths)
+                inputs = self._flat_inputs(cps, classes, lengths)
                 limit = self.config.inference_batch_chars
                 order = np.argsort(hi - lo, kind="stable").tolist()
                 sizes = (hi - lo).tolist()
@@ -743,7 +749,7 @@ class ThaiSegmenter(nn.Module):
                 if was_training:
                     self.train()
         # Forced positions, for all texts in one vectorised pass (the rules look one character back).
-        flat[~self._decisions_from_codepoints(cps, starts)] = 0.0
+        flat[~self._decisions_from_codepoints(cps, starts, classes)] = 0.0
         flat[starts[lengths > 0]] = 1.0
         return flat
 
@@ -762,13 +768,13 @@ class ThaiSegmenter(nn.Module):
                           s + np.minimum(a + core, n)))
         return tuple(np.concatenate([p[j] for p in parts]).astype(np.int64) for j in range(4))
 
-    def _flat_inputs(self, cps: np.ndarray, lengths: np.ndarray) -> dict:
+    def _flat_inputs(self, cps: np.ndarray, classes: np.ndarray, lengths: np.ndarray, *, ngrams: bool = True) -> dict:
         """Per character of the concatenated texts (plus one padding entry at the end): vocabulary
-        rows, class ids and, with n-grams, each window's n-gram row (n-grams stop at text ends)."""
+        rows, class ids (``classes``: ``_class_ids(cps)``) and, with n-grams, each window's n-gram row
+        (n-grams stop at text ends)."""
         chars = torch.from_numpy(np.append(self._vocab_ids(cps), 0))
-        classes = torch.from_numpy(np.append(_class_ids(cps), 0))
-        out = {"chars": chars, "classes": classes}
-        if self.ngram_embed is not None:
+        out = {"chars": chars, "classes": torch.from_numpy(np.append(classes, 0))}
+        if ngrams and self.ngram_embed is not None:
             text_id = torch.from_numpy(np.append(np.repeat(np.arange(len(lengths)), lengths), -1))
             out["ngrams"] = self._ngram_ids_flat(chars, text_id)
         return out
@@ -806,10 +812,8 @@ class ThaiSegmenter(nn.Module):
     def _predict_pieces(self, inputs: dict, lo, hi, keep_lo, keep_hi, flat: np.ndarray) -> None:
         """Write the raw probabilities of one batch of pieces into ``flat`` (kept positions only)."""
         n = hi - lo
-        T = int(n.max())
-        col = np.arange(T)
-        valid = col[None, :] < n[:, None]
-        index = np.where(valid, lo[:, None] + col[None, :], len(inputs["chars"]) - 1)  # (B, T), pad entry
+        index, valid = _padded_index(lo, n, pad=len(inputs["chars"]) - 1)
+        col = np.arange(index.shape[1])
         index_t = torch.from_numpy(index)
         chars, classes = inputs["chars"][index_t], inputs["classes"][index_t]
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.inference_dtype == "bfloat16"):
@@ -863,12 +867,13 @@ class ThaiSegmenter(nn.Module):
 
     def _decisions_flat(self, texts: Sequence[str]) -> np.ndarray:
         """``decision_masks`` of all texts, concatenated."""
-        return self._decisions_from_codepoints(_codepoints("".join(texts)), _offsets(texts)[1])
+        cps = _codepoints("".join(texts))
+        return self._decisions_from_codepoints(cps, _offsets(texts)[1], _class_ids(cps))
 
-    def _decisions_from_codepoints(self, cps: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    def _decisions_from_codepoints(self, cps: np.ndarray, starts: np.ndarray, classes: np.ndarray) -> np.ndarray:
         free = np.ones(len(cps), dtype=bool)
         if self.config.orthographic_constraints:
-            free = ~_forbidden_from_codepoints(cps, starts, _class_ids(cps))
+            free = ~_forbidden_from_codepoints(cps, starts, classes)
         free[starts[starts < len(cps)]] = False
         return free
 
