@@ -207,6 +207,30 @@ def _conv_nwc(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     return y.squeeze(2).permute(0, 2, 1).contiguous()
 
 
+@lru_cache(maxsize=1)
+def _fused_conv_gelu_op():
+    """oneDNN's convolution with a GELU (erf) post-op, the kernel torch.compile's CPU backend fuses
+    ``gelu(conv(x))`` into, or None where this torch build lacks it."""
+    try:
+        op = torch.ops.mkldnn._convolution_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
+    return op if torch.backends.mkldnn.is_available() else None
+
+
+def _conv_gelu_nwc(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``F.gelu(_conv_nwc(conv, x))`` in one pass over the output on CPU in float32 (oneDNN's GELU
+    post-op: about 2.5x faster than a convolution and then a GELU, and the same numbers); elsewhere
+    the two steps. (B, T, H) in and out, contiguous."""
+    op = _fused_conv_gelu_op() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+    if op is None or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled():
+        h = _conv_nwc(conv, x)
+        return torch._C._nn.gelu_(h) if h.dtype == torch.float32 else F.gelu(h)
+    y = op(x.permute(0, 2, 1).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias, [0, conv.padding[0]], [1, 1],
+           [1, conv.dilation[0]], 1, "gelu", [], "none")
+    return y.squeeze(2).permute(0, 2, 1).contiguous()
+
+
 # ---------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------
@@ -848,8 +872,7 @@ class ThaiSegmenter(nn.Module):
 
         x = zero_padding(x)
         for conv, norm in zip(self.convs, self.norms):
-            h = _conv_nwc(conv, x)
-            h = torch._C._nn.gelu_(h) if h.dtype == torch.float32 else F.gelu(h)
+            h = _conv_gelu_nwc(conv, x)
             h = h.add_(x) if h.dtype == x.dtype else x + h
             x = zero_padding(norm(h))
         return F.linear(x, self.head.weight, self.head.bias).squeeze(-1)

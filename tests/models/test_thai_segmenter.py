@@ -237,11 +237,20 @@ def test_the_folded_inference_input_layer_equals_the_training_path():
     torch.testing.assert_close(folded, trained, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["onednn-conv-gelu", "two-step-conv-gelu"])
 @pytest.mark.parametrize("ngram_buckets", [0, 32])
-def test_the_inference_path_gives_the_probabilities_of_the_training_forward_at_every_decision(ngram_buckets):
+def test_the_inference_path_gives_the_probabilities_of_the_training_forward_at_every_decision(
+        ngram_buckets, fused, monkeypatch):
     """boundary_probs runs its own forward (one lookup table, n-grams hashed once over the concatenated
-    texts, padding zeroed by index, in-place activations); with dropout off it must give, at every
-    position the model decides, the sigmoid of the training-mode forward of each text alone."""
+    texts, padding zeroed by index, in-place activations, on CPU oneDNN's convolution with a GELU
+    post-op, else the two steps); with dropout off it must give, at every position the model decides,
+    the sigmoid of the training-mode forward of each text alone."""
+    import models.thai_segmenter as ts
+
+    if fused:
+        assert ts._fused_conv_gelu_op() is not None, "this torch build has no oneDNN conv + GELU kernel"
+    else:
+        monkeypatch.setattr(ts, "_fused_conv_gelu_op", lambda: None)
     model = _model(dropout=0.0, ngram_buckets=ngram_buckets)
     model.fit(_toy_corpus(30, seed=5), generator=torch.Generator().manual_seed(0))
     texts = ["ฉันกินข้าว", "เธอร้องเพลงที่โรงเรียน 2532", "ก", "", "แม่ไปตลาด" * 7, "กข"]
