@@ -218,17 +218,24 @@ def _fused_conv_gelu_op():
     return op if torch.backends.mkldnn.is_available() else None
 
 
+_FUSED_CONV_GELU_FAILED = False  # the fused kernel raised once in this process (an unsupported CPU or build)
+
+
 def _conv_gelu_nwc(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """``F.gelu(_conv_nwc(conv, x))`` in one pass over the output on CPU in float32 (oneDNN's GELU
-    post-op: about 2.5x faster than a convolution and then a GELU, and the same numbers); elsewhere
-    the two steps. (B, T, H) in and out, contiguous."""
+    post-op: about 2.5x faster than a convolution and then a GELU, and the same numbers); elsewhere,
+    or if the fused kernel raises, the two steps. (B, T, H) in and out, contiguous."""
+    global _FUSED_CONV_GELU_FAILED
     op = _fused_conv_gelu_op() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-    if op is None or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled():
-        h = _conv_nwc(conv, x)
-        return torch._C._nn.gelu_(h) if h.dtype == torch.float32 else F.gelu(h)
-    y = op(x.permute(0, 2, 1).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias, [0, conv.padding[0]], [1, 1],
-           [1, conv.dilation[0]], 1, "gelu", [], "none")
-    return y.squeeze(2).permute(0, 2, 1).contiguous()
+    if not (op is None or _FUSED_CONV_GELU_FAILED or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled()):
+        try:
+            y = op(x.permute(0, 2, 1).unsqueeze(2), conv.weight.unsqueeze(2), conv.bias, [0, conv.padding[0]],
+                   [1, 1], [1, conv.dilation[0]], 1, "gelu", [], "none")
+            return y.squeeze(2).permute(0, 2, 1).contiguous()
+        except RuntimeError:
+            _FUSED_CONV_GELU_FAILED = True
+    h = _conv_nwc(conv, x)
+    return torch._C._nn.gelu_(h) if h.dtype == torch.float32 else F.gelu(h)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -237,7 +237,8 @@ def test_the_folded_inference_input_layer_equals_the_training_path():
     torch.testing.assert_close(folded, trained, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["onednn-conv-gelu", "two-step-conv-gelu"])
+@pytest.mark.parametrize("fused", [True, False, "raises"],
+                         ids=["onednn-conv-gelu", "two-step-conv-gelu", "fused-kernel-raises-falls-back"])
 @pytest.mark.parametrize("ngram_buckets", [0, 32])
 def test_the_inference_path_gives_the_probabilities_of_the_training_forward_at_every_decision(
         ngram_buckets, fused, monkeypatch):
@@ -247,7 +248,13 @@ def test_the_inference_path_gives_the_probabilities_of_the_training_forward_at_e
     the sigmoid of the training-mode forward of each text alone."""
     import models.thai_segmenter as ts
 
-    if fused:
+    if fused == "raises":  # a build whose fused kernel fails at run time (unsupported CPU): the two steps
+        def broken(*args):
+            raise RuntimeError("could not create a primitive descriptor")
+
+        monkeypatch.setattr(ts, "_fused_conv_gelu_op", lambda: broken)
+        monkeypatch.setattr(ts, "_FUSED_CONV_GELU_FAILED", False)
+    elif fused:
         assert ts._fused_conv_gelu_op() is not None, "this torch build has no oneDNN conv + GELU kernel"
     else:
         monkeypatch.setattr(ts, "_fused_conv_gelu_op", lambda: None)
@@ -266,6 +273,7 @@ def test_the_inference_path_gives_the_probabilities_of_the_training_forward_at_e
             reference = torch.sigmoid(model(chars, classes, lengths))[0].numpy()
         np.testing.assert_allclose(probs[mask], reference[mask], atol=1e-5)
     model.eval()
+    assert ts._FUSED_CONV_GELU_FAILED == (fused == "raises")  # the path named in the test id is the one that ran
 
 
 def test_ngram_rows_stay_in_their_window_table_and_see_only_their_window():
