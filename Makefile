@@ -7,6 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= tiny
 PYTEST_ARGS ?= --durations=30
+PYTEST_WORKERS ?= 2
 MODEL ?=
 PORT ?= 5002
 
@@ -34,8 +35,12 @@ $(STAMP): requirements.txt requirements-data.txt
 run: $(STAMP)
 	$(PY) -m flows.pipeline --preset $(PRESET)
 
+# The suite runs on PYTEST_WORKERS processes (pytest-xdist; most slow tests wait on process start-up, not on
+# the CPU), then the tests marked `serial` (they stop machine-wide services) alone. PYTEST_WORKERS=0: one process.
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@rc=0; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not serial" $(PYTEST_ARGS) || rc=$$?; \
+	s=0; $(PY) -m pytest -m serial $(PYTEST_ARGS) || s=$$?; [ $$s -eq 5 ] && s=0; \
+	[ $$rc -ne 0 ] || rc=$$s; exit $$rc
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow and not reliability" $(PYTEST_ARGS)

@@ -46,6 +46,7 @@ def ray_cluster():
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # its fixture ends with `ray stop --force`, which stops every Ray instance on the machine
 def test_on_a_ray_cluster_the_three_pretraining_runs_train_side_by_side(ray_cluster, tmp_path):
     from mlflow import MlflowClient
 

@@ -1,0 +1,173 @@
+"""Benchmark: what scoring k tokens in one call costs against one token, on this machine.
+
+Speculative decoding pays off when the target's call that verifies gamma drafted tokens (gamma + 1
+new decoder positions) costs about as much as one ordinary decoding step: on a GPU a step at batch 1
+reads every weight once and does little arithmetic, so more rows per matmul are nearly free. This
+script measures whether that premise holds here, in two tables:
+
+  1. the bare linear layers of a T5 decoder step (x @ W.T with k rows) for the given shapes:
+     microseconds and the ratio to one row. As in a decoding step, the weights come from memory, not
+     from the CPU's caches: each call uses the next of several copies of the weight that together
+     exceed ``--cold-mb`` (a weight that stays in cache makes one row look several times cheaper);
+  2. one KV-cached decoder call of a random-init T5 of the given shape (``models.kv_cache.
+     CachedDecoder``, the SD engine's own call) feeding k new tokens: milliseconds and the ratio to
+     one token, i.e. the "verify/step" column of the pipeline's SD table.
+
+If the ratios grow with k roughly like k, the target is compute-bound at batch 1 and verification
+eats most of SD's gain (the closed form assumes a ratio of 1).
+
+    .venv/bin/python benchmarks/verify_cost.py                         # the laptop target's shape
+    .venv/bin/python benchmarks/verify_cost.py --d-model 64 --d-ff 128 --layers 1 --heads 4   # its draft
+    .venv/bin/python benchmarks/verify_cost.py --compile                # the engine's compiled fast path
+    .venv/bin/python benchmarks/verify_cost.py --device cuda --d-model 2048 --d-ff 5120 --layers 24 --heads 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
+
+from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+from engine.sd_bench import sync  # noqa: E402
+from models.kv_cache import CachedDecoder, compiled_forward  # noqa: E402
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument("--d-model", type=int, default=256, help="hidden size (default: the laptop target's)")
+    ap.add_argument("--d-ff", type=int, default=1024, help="feed-forward size")
+    ap.add_argument("--layers", type=int, default=4, help="encoder = decoder layers")
+    ap.add_argument("--heads", type=int, default=4, help="attention heads (d_kv = d_model / heads)")
+    ap.add_argument("--vocab", type=int, default=8000, help="vocabulary size (the LM head's rows)")
+    ap.add_argument("--prompt-len", type=int, default=256, help="encoder length of the decoder's prompt")
+    ap.add_argument("--max-k", type=int, default=7, help="largest number of new tokens per call (gamma + 1)")
+    ap.add_argument("--calls", type=int, default=40, help="timed calls per k (the median is reported)")
+    ap.add_argument("--cold-mb", type=int, default=128,
+                    help="table 1: copies of each weight cycle through at least this many MiB (beyond the caches)")
+    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (the SD benchmark uses 1)")
+    ap.add_argument("--compile", action="store_true",
+                    help="table 2 on a static cache through torch.compile (the engine's fast path)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    for name in ("d_model", "d_ff", "layers", "heads", "vocab", "prompt_len", "max_k", "calls", "threads", "cold_mb"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.d_model % args.heads:
+        ap.error("--d-model must be a multiple of --heads")
+    return args
+
+
+def _median_us(fn, calls: int, device: torch.device) -> float:
+    for _ in range(max(3, calls // 5)):
+        fn()
+    times = []
+    for _ in range(calls):
+        sync(device)
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(1e6 * (time.perf_counter() - t0))
+    return statistics.median(times)
+
+
+def linear_table(args: argparse.Namespace, device: torch.device, gen: torch.Generator) -> list[dict]:
+    """Rows of table 1: one per (weight shape, k)."""
+    shapes = {
+        "attention q/k/v/o": (args.d_model, args.d_model),
+        "feed-forward in": (args.d_ff, args.d_model),
+        "feed-forward out": (args.d_model, args.d_ff),
+        "LM head": (args.vocab, args.d_model),
+    }
+    rows = []
+    with torch.inference_mode():
+        for name, (out_f, in_f) in shapes.items():
+            copies = max(1, -(-(args.cold_mb << 20) // (out_f * in_f * 4)))
+            w = torch.randn(out_f, in_f, generator=gen).to(device)
+            weights = [w] + [w.clone() for _ in range(copies - 1)]
+            base = None
+            for k in range(1, args.max_k + 1):
+                x = torch.randn(k, in_f, generator=gen).to(device)
+                turn = iter(range(10**12))
+                us = _median_us(lambda: torch.nn.functional.linear(x, weights[next(turn) % copies]),
+                                max(args.calls * 5, 2 * copies), device)
+                base = base or us
+                rows.append({"layer": name, "weight": f"{out_f} x {in_f}", "k": k, "us": us, "ratio": us / base})
+    return rows
+
+
+def decoder_table(args: argparse.Namespace, device: torch.device, gen: torch.Generator) -> list[dict]:
+    """Rows of table 2: one KV-cached decoder call per k, on a cache of 32 decoded positions."""
+    config = T5Config(vocab_size=args.vocab, d_model=args.d_model, d_ff=args.d_ff, d_kv=args.d_model // args.heads,
+                      num_heads=args.heads, num_layers=args.layers, num_decoder_layers=args.layers,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=True)
+    torch.manual_seed(args.seed)  # T5's initialisation draws from the global generator
+    model = T5ForConditionalGeneration(config).to(device).eval()
+    ids = torch.randint(2, args.vocab, (1, args.prompt_len), generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    feed = [0] + torch.randint(2, args.vocab, (32 + args.max_k,), generator=gen).tolist()
+    rows = []
+    with torch.inference_mode():
+        if args.compile:
+            dec = CachedDecoder(model, ids, mask, cache_implementation="static", max_cache_len=32 + args.max_k,
+                                forward=compiled_forward(model))
+        else:
+            dec = CachedDecoder(model, ids, mask)
+        dec.advance(feed[:32])
+        base = None
+        for k in range(1, args.max_k + 1):
+            def call(k=k):
+                dec.advance(feed[: 32 + k])
+                dec.crop(32)
+
+            us = _median_us(call, args.calls, device)
+            base = base or us
+            rows.append({"k": k, "ms": us / 1e3, "ratio": us / base})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    hf_logging.set_verbosity_error()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    gen = torch.Generator().manual_seed(args.seed)
+    print(f"# torch {torch.__version__}, device {device}, {args.threads} thread(s); T5 d_model {args.d_model}, "
+          f"d_ff {args.d_ff}, {args.layers}+{args.layers} layers, vocab {args.vocab}, prompt {args.prompt_len}")
+    print(f"\n## 1. linear layers, weights from memory (> {args.cold_mb} MiB cycled): k rows against 1\n")
+    print("| layer | weight | " + " | ".join(f"k={k}" for k in range(1, args.max_k + 1)) + " |")
+    print("|---|---|" + "---:|" * args.max_k)
+    lin = linear_table(args, device, gen)
+    for name in dict.fromkeys(r["layer"] for r in lin):
+        rs = [r for r in lin if r["layer"] == name]
+        cells = [f"{rs[0]['us']:.1f} us"] + [f"{r['ratio']:.2f}x" for r in rs[1:]]
+        print(f"| {name} | {rs[0]['weight']} | " + " | ".join(cells) + " |")
+    how = "static cache, torch.compile" if args.compile else "dynamic cache, eager"
+    print(f"\n## 2. one KV-cached decoder call (models.kv_cache.CachedDecoder, {how}) with k new tokens\n")
+    dec = decoder_table(args, device, gen)
+    print("| k new tokens | ms/call | vs k=1 | per token |")
+    print("|---:|---:|---:|---:|")
+    for r in dec:
+        print(f"| {r['k']} | {r['ms']:.2f} | {r['ratio']:.2f}x | {r['ms'] / r['k']:.2f} ms |")
+    worst = dec[-1]["ratio"]
+    print(f"\nverifying {args.max_k - 1} drafted tokens (k={args.max_k}) costs {worst:.2f} one-token steps "
+          f"(the closed form assumes 1.00); the linear layers alone scale "
+          f"{statistics.mean(r['ratio'] for r in lin if r['k'] == args.max_k):.2f}x on average.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
