@@ -25,6 +25,7 @@ eats most of SD's gain (the closed form assumes a ratio of 1).
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import time
@@ -101,9 +102,9 @@ def linear_table(args: argparse.Namespace, device: torch.device, gen: torch.Gene
             base = None
             for k in range(1, args.max_k + 1):
                 x = torch.randn(k, in_f, generator=gen).to(device)
-                turn = iter(range(10**12))
-                us = _median_us(lambda: torch.nn.functional.linear(x, weights[next(turn) % copies]),
-                                max(args.calls * 5, 2 * copies), device)
+                cycle = itertools.cycle(weights)
+                us = _median_us(lambda: torch.nn.functional.linear(x, next(cycle)), max(args.calls * 5, 2 * copies),
+                                device)
                 base = base or us
                 rows.append({"layer": name, "weight": f"{out_f} x {in_f}", "k": k, "us": us, "ratio": us / base})
     return rows

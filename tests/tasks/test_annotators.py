@@ -92,6 +92,9 @@ def _annotate_file(batch: Path, out: Path, words_of: dict[str, list[str]], *, de
 
     def work():
         time.sleep(delay)
+        deadline = time.time() + 20  # on a loaded machine the batch may appear after the delay
+        while not batch.exists() and time.time() < deadline:
+            time.sleep(0.05)
         rows = [json.loads(line) for line in batch.read_text(encoding="utf-8").splitlines()]
         lines = [json.dumps({**r, "segmented": r["sep"].join(words_of[r["id"]])}, ensure_ascii=False) + "\n"
                  for r in rows]
