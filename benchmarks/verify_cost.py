@@ -40,6 +40,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 
 from engine.sd_bench import sync  # noqa: E402
 from models.kv_cache import CachedDecoder, compiled_forward  # noqa: E402
+from models.quantization import dynamic_int8  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,11 +63,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true",
                     help="table 2 on a static cache through torch.compile (the engine's fast path)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--int8", action="store_true",
+                    help="table 2 with the model's linear layers dynamically quantised to int8 (models.quantization)")
+    ap.add_argument("--decoder-layers", type=int, default=None, help="decoder layers (default: --layers)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     for name in ("d_model", "d_ff", "layers", "heads", "vocab", "prompt_len", "max_k", "calls", "threads", "cold_mb"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.int8 and (args.compile or args.device != "cpu"):
+        ap.error("--int8 is the CPU eager path: drop --compile and --device")
     if args.d_model % args.heads:
         ap.error("--d-model must be a multiple of --heads")
     return args
@@ -113,10 +119,13 @@ def linear_table(args: argparse.Namespace, device: torch.device, gen: torch.Gene
 def decoder_table(args: argparse.Namespace, device: torch.device, gen: torch.Generator) -> list[dict]:
     """Rows of table 2: one KV-cached decoder call per k, on a cache of 32 decoded positions."""
     config = T5Config(vocab_size=args.vocab, d_model=args.d_model, d_ff=args.d_ff, d_kv=args.d_model // args.heads,
-                      num_heads=args.heads, num_layers=args.layers, num_decoder_layers=args.layers,
+                      num_heads=args.heads, num_layers=args.layers,
+                      num_decoder_layers=args.decoder_layers or args.layers,
                       decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=True)
     torch.manual_seed(args.seed)  # T5's initialisation draws from the global generator
     model = T5ForConditionalGeneration(config).to(device).eval()
+    if args.int8:
+        model = dynamic_int8(model)
     ids = torch.randint(2, args.vocab, (1, args.prompt_len), generator=gen).to(device)
     mask = torch.ones_like(ids)
     feed = [0] + torch.randint(2, args.vocab, (32 + args.max_k,), generator=gen).tolist()
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
     print(f"# torch {torch.__version__}, device {device}, {args.threads} thread(s); T5 d_model {args.d_model}, "
-          f"d_ff {args.d_ff}, {args.layers}+{args.layers} layers, vocab {args.vocab}, prompt {args.prompt_len}")
+          f"d_ff {args.d_ff}, {args.layers}+{args.decoder_layers or args.layers} layers, vocab {args.vocab}, prompt {args.prompt_len}")
     print(f"\n## 1. linear layers, weights from memory (> {args.cold_mb} MiB cycled): k rows against 1\n")
     print("| layer | weight | " + " | ".join(f"k={k}" for k in range(1, args.max_k + 1)) + " |")
     print("|---|---|" + "---:|" * args.max_k)
@@ -156,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         rs = [r for r in lin if r["layer"] == name]
         cells = [f"{rs[0]['us']:.1f} us"] + [f"{r['ratio']:.2f}x" for r in rs[1:]]
         print(f"| {name} | {rs[0]['weight']} | " + " | ".join(cells) + " |")
-    how = "static cache, torch.compile" if args.compile else "dynamic cache, eager"
+    how = "static cache, torch.compile" if args.compile else "dynamic cache, eager" + (", int8" if args.int8 else "")
     print(f"\n## 2. one KV-cached decoder call (models.kv_cache.CachedDecoder, {how}) with k new tokens\n")
     dec = decoder_table(args, device, gen)
     print("| k new tokens | ms/call | vs k=1 | per token |")

@@ -141,6 +141,8 @@ class CorpusPrepConfig(FlowConfig):
     test_fraction: float = Field(0.02, ge=0.0, lt=1.0)
     vocab_size: int = Field(8000, ge=200, le=1_000_000, description="SentencePiece pieces (+100 sentinels)")
     character_coverage: float = Field(0.9999, gt=0.0, le=1.0)
+    split_digits: bool = Field(True, description="SentencePiece split_digits: every digit its own piece (numbers are "
+                                                 "read digit by digit; text_normalization cannot be learned without)")
     tokenizer_sample_sentences: int = Field(1_000_000, ge=1000, description="sentences sampled to train the tokenizer")
     pack_length: int = Field(568, ge=8, description="tokens per packed row (span corruption's tokens_length)")
     num_proc: int = Field(2, ge=1, description="processes for tokenization")

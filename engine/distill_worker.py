@@ -24,6 +24,7 @@ import torch
 
 from models.speculative import check_compatible
 from models.distillation import divergence, greedy_agreement, rollout_labels, token_acceptance_rate
+from models.kv_cache import generate_cache
 from models.training import global_batch_rows, step_seed
 from engine.finetune_worker import encode, load_model_and_tokenizer, load_task_data, pad
 from engine.jobs import DistillJob
@@ -70,7 +71,7 @@ class DistillObjective:
         out = model.generate(input_ids=x, attention_mask=x != self.tok.pad_token_id, do_sample=do_sample,
                              temperature=self.cfg.sample_temperature if do_sample else None,
                              top_k=0 if do_sample else None, max_new_tokens=self.cfg.max_target_length,
-                             use_cache=True)
+                             use_cache=True, **generate_cache(model))
         model.train(was)
         # only the positions after the first EOS are padding; a sampled pad id before it is kept
         return rollout_labels(out[:, 1:], self.tok.eos_token_id)
@@ -147,7 +148,7 @@ class DistillObjective:
     @torch.no_grad()
     def evaluate(self, step) -> dict[str, float]:
         from models.generation import batched_generate
-        from models.metrics import classification, rouge
+        from models.metrics import score
 
         was = self.model.training
         self.model.eval()
@@ -157,10 +158,8 @@ class DistillObjective:
         preds, _ = batched_generate(self.model, self.tok, texts, batch_size=self.cfg.batch_size,
                                     max_input_length=self.cfg.max_input_length,
                                     max_new_tokens=self.cfg.max_target_length)
-        if self.task_info["kind"] == "classification":
-            out.update({f"val.{k}": v for k, v in classification(preds, self.val_refs, self.task_info["labels"]).items()})
-        else:
-            out.update({f"val.{k}": v for k, v in rouge(preds, self.val_refs).items()})
+        out.update({f"val.{k}": v for k, v in score(self.task_info["kind"], preds, self.val_refs,
+                                                    self.task_info.get("labels")).items()})
         self.model.train(was)
         return out
 

@@ -69,6 +69,8 @@ from models.sd_bench import (  # noqa: F401 - the benchmark's pure half, re-expo
     prompts_from_texts,
     rouge_l,
 )
+from models.kv_cache import generate_cache
+from models.quantization import at_precision
 from models.speculative import (
     CachedDecoder,
     SpeculativeOutput,
@@ -235,6 +237,8 @@ def _build_cases(
         extra = {}
         if assistant is None and s.cache_implementation == "static":
             extra["cache_implementation"] = "static"
+        else:
+            extra.update(generate_cache(target))  # a decoder deeper than the encoder needs its own cache
         if assistant is not None:
             gc = assistant.generation_config
             gc.num_assistant_tokens, gc.num_assistant_tokens_schedule = gamma, "constant"
@@ -322,6 +326,7 @@ def run_benchmark(
     """
     s = settings
     say, device = _check_inputs(target, drafts, prompts, log)
+    target, drafts = _at_precision(target, drafts, s, say)
     ids = [torch.tensor([p.input_ids], dtype=torch.long, device=device) for p in prompts]
     rng = np.random.default_rng(s.seed)
     with _bench_environment(s.threads, [target, *drafts.values()]):
@@ -339,6 +344,17 @@ def run_benchmark(
                 if timed:
                     cases[k].ms_per_token.append(ms)
     return _rows(cases, costs, prompts, s, decode)
+
+
+def _at_precision(target: nn.Module, drafts: Mapping[str, nn.Module], s: BenchSettings,
+                  say: Callable[[str], None]) -> tuple[nn.Module, dict[str, nn.Module]]:
+    """The models the run decodes with: as given (fp32), or int8 copies (every linear layer of at least
+    ``s.int8_min_weights`` weights, in target and drafts alike: below that int8 is slower on a CPU)."""
+    if s.precision == "fp32":
+        return target, dict(drafts)
+    say(f"converting target and {len(drafts)} draft(s) to {s.precision}")
+    n = s.int8_min_weights
+    return at_precision(target, s.precision, n), {k: at_precision(m, s.precision, n) for k, m in drafts.items()}
 
 
 def _paired(numer: _Case, denom: _Case) -> tuple[float, float]:
@@ -360,7 +376,8 @@ def _rows(cases: list[_Case], costs: dict[str, Any], prompts: Sequence[BenchProm
         speedup, speedup_iqr = _paired(base, case)
         row: dict[str, Any] = dict.fromkeys(COLUMNS, float("nan"))
         row.update(
-            mode=case.mode, method=case.method, draft=case.draft, gamma=case.gamma, lenience=case.lenience,
+            mode=case.mode, precision=s.precision, method=case.method, draft=case.draft, gamma=case.gamma,
+            lenience=case.lenience,
             ms_per_token=statistics.median(case.ms_per_token), ms_per_token_iqr=iqr(case.ms_per_token),
             new_tokens=sum(len(o) - 1 for o in case.outputs), baseline=base.method,
             speedup=speedup, speedup_iqr=speedup_iqr, speedup_vs_target=_paired(own, case)[0],
@@ -398,7 +415,7 @@ def _rows(cases: list[_Case], costs: dict[str, Any], prompts: Sequence[BenchProm
 # Batched SD
 # ----------------------------------------------------------------------------------------------
 
-BATCH_COLUMNS = ["batch", "method", "draft", "gamma", "tokens_per_s", "tokens_per_s_iqr", "speedup", "speedup_iqr",
+BATCH_COLUMNS = ["batch", "precision", "method", "draft", "gamma", "tokens_per_s", "tokens_per_s_iqr", "speedup", "speedup_iqr",
                  "alpha", "block_efficiency", "exact"]
 """Columns of the batched table: one row per (batch size, method[, draft, gamma]); greedy decoding."""
 
@@ -435,6 +452,7 @@ def run_batched_benchmark(
     if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes={list(batch_sizes)} must be ints >= 1")
     say, device = _check_inputs(target, drafts, prompts, log)
+    target, drafts = _at_precision(target, drafts, s, say)
     _, eos = token_ids(target)  # the engine's own reading of EOS and pad
     pad = pad_id(target, eos)
     n = s.max_new_tokens
@@ -452,7 +470,8 @@ def run_batched_benchmark(
                 batches.append((ids.to(device), mask.to(device)))
 
             def hf(ids, mask):
-                return target.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False).tolist(), None
+                return target.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
+                                       **generate_cache(target)).tolist(), None
 
             def sd_b1(ids, mask, draft, gamma):
                 seqs, outs = [], []
@@ -495,7 +514,7 @@ def run_batched_benchmark(
             for k, (method, label, gamma, _) in enumerate(cases):
                 ratios = [a / h for a, h in zip(rates[k], rates[0], strict=True)]
                 row = dict.fromkeys(BATCH_COLUMNS, float("nan"))
-                row.update(batch=b, method=method, draft=label, gamma=gamma,
+                row.update(batch=b, precision=s.precision, method=method, draft=label, gamma=gamma,
                            tokens_per_s=statistics.median(rates[k]), tokens_per_s_iqr=iqr(rates[k]),
                            speedup=statistics.median(ratios), speedup_iqr=iqr(ratios),
                            exact=outputs[k] == outputs[0])
@@ -530,7 +549,7 @@ def to_frame(rows: Sequence[Mapping[str, Any]]):
 
 
 SUMMARY = [
-    ("mode", "mode", "{}"), ("method", "method", "{}"), ("draft", "draft", "{}"), ("gamma", "gamma", "{}"),
+    ("mode", "mode", "{}"), ("precision", "weights", "{}"), ("method", "method", "{}"), ("draft", "draft", "{}"), ("gamma", "gamma", "{}"),
     ("lenience", "lenience", "{:g}"), ("ms_per_token", "ms/token", "{:.2f}"), ("ms_per_token_iqr", "IQR", "{:.2f}"),
     ("speedup", "speedup", "{:.2f}x"), ("speedup_iqr", "IQR", "{:.2f}"), ("predicted_speedup", "predicted", "{:.2f}x"),
     ("predicted_speedup_verify", "pred. w/ verify", "{:.2f}x"),
@@ -546,7 +565,7 @@ def to_batched_frame(rows: Sequence[Mapping[str, Any]]):
 
 
 BATCH_SUMMARY = [
-    ("batch", "B", "{}"), ("method", "method", "{}"), ("draft", "draft", "{}"), ("gamma", "gamma", "{}"),
+    ("batch", "B", "{}"), ("precision", "weights", "{}"), ("method", "method", "{}"), ("draft", "draft", "{}"), ("gamma", "gamma", "{}"),
     ("tokens_per_s", "tokens/s", "{:,.1f}"), ("tokens_per_s_iqr", "IQR", "{:,.1f}"), ("speedup", "speedup", "{:.2f}x"),
     ("speedup_iqr", "IQR", "{:.2f}"), ("alpha", "alpha", "{:.3f}"), ("block_efficiency", "tokens/call/row", "{:.2f}"),
     ("exact", "exact", "{}"),

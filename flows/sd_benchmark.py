@@ -72,6 +72,9 @@ class SDBenchmarkConfig(FlowConfig):
         "dynamic", description="KV cache of our decoders and target.generate; static = preallocated (GPU fast path)")
     compile: bool = Field(False, description="torch.compile our decoders (needs cache_implementation=static); "
                           "target.generate then also uses its static cache")
+    precisions: list[Literal["fp32", "int8"]] = Field(
+        ["fp32"], min_length=1, description="weights to decode with, one full table each: fp32 as loaded, int8 = "
+        "int8 linear layers for target and drafts alike (CPU; per-token activation scales keep SD exact)")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
         [], description="also time batched greedy SD against batched target.generate at these batch sizes "
         "(prompts taken B at a time); [] skips it")
@@ -99,6 +102,10 @@ class SDBenchmarkConfig(FlowConfig):
     @model_validator(mode="after")
     def _check(self):
         self.settings()  # the measurement rules (gammas, lenience, modes, compile needs static...) live there
+        if "int8" in self.precisions and (self.device != "cpu" or self.dtype != "float32" or self.compile):
+            raise ValueError("precisions int8 is the CPU path: it needs device=cpu, dtype=float32 and compile=false")
+        if len(set(self.precisions)) != len(self.precisions):
+            raise ValueError(f"precisions {self.precisions} must not repeat")
         sources = [k for k in ("prompts_task", "prompts_jsonl", "corpus_dir") if getattr(self, k) is not None]
         if len(sources) > 1:
             raise ValueError(f"set one prompt source, not both ({', '.join(sources)}): prompts_task=TASK, "
@@ -116,9 +123,11 @@ def tiny() -> SDBenchmarkConfig:
 
 
 def laptop() -> SDBenchmarkConfig:
-    """The task's test prompts on one CPU thread: 30 prompts of up to 128 tokens, 4 gammas, lossy lenience."""
-    return tiny().model_copy(update=dict(preset="laptop", num_prompts=30, prompt_tokens=128, max_new_tokens=24,
-                                         gammas=[1, 2, 4, 6], lenience=[1.0, 0.5, 0.2], repeats=3))
+    """The task's test prompts on one CPU thread: 24 prompts of up to 64 tokens, 3 gammas, lossy lenience, fp32
+    and int8 weights (each its own table, each against its own target-only decoders)."""
+    return tiny().model_copy(update=dict(preset="laptop", num_prompts=24, prompt_tokens=64, max_new_tokens=48,
+                                         gammas=[2, 3, 4], lenience=[1.0, 0.5], repeats=3,
+                                         precisions=["fp32", "int8"]))
 
 
 def small() -> SDBenchmarkConfig:
@@ -193,7 +202,7 @@ def sd_benchmark(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
                             tags={"stage": "sd_benchmark", "preset": cfg.preset, "target": cfg.target},
                             parent_run_id=parent_run_id) as run_id:
         measured = t.measure(dirs, prompts, cfg.settings(), tokenizer_dir=tokenizer_dir, device=cfg.device,
-                             dtype=cfg.dtype, batch_sizes=cfg.batch_sizes)
+                             dtype=cfg.dtype, batch_sizes=cfg.batch_sizes, precisions=cfg.precisions)
         markdown = t.log_results(run_id, measured["rows"], measured["batched"])
     return SDBenchmarkResult(run_id=run_id, table=to_frame(measured["rows"]), markdown=markdown,
                              batched=to_batched_frame(measured["batched"]) if measured["batched"] else None)

@@ -6,6 +6,8 @@ import time
 
 import torch
 
+from models.kv_cache import generate_cache
+
 
 @torch.no_grad()
 def batched_generate(model, tokenizer, inputs: list[str], *, batch_size: int = 32, num_beams: int = 1,
@@ -30,7 +32,7 @@ def batched_generate(model, tokenizer, inputs: list[str], *, batch_size: int = 3
             x[row, : len(enc[i])] = torch.tensor(enc[i])
         x = x.to(device)
         out = model.generate(input_ids=x, attention_mask=x != tokenizer.pad_token_id, num_beams=num_beams,
-                             max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)
+                             max_new_tokens=max_new_tokens, do_sample=False, use_cache=True, **generate_cache(model))
         for row, text in zip(idx, tokenizer.batch_decode(out, skip_special_tokens=True)):
             preds[row] = text.strip()
     dt = time.perf_counter() - t0

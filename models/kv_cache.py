@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["CACHE_IMPLEMENTATIONS", "BatchedDecoder", "CachedDecoder", "compiled_forward"]
+__all__ = ["CACHE_IMPLEMENTATIONS", "BatchedDecoder", "CachedDecoder", "compiled_forward", "generate_cache"]
 
 
 
@@ -31,6 +31,19 @@ def _decoder_layers(model: nn.Module) -> int:
     config = model.config
     n = getattr(config, "num_decoder_layers", None)
     return int(n if n is not None else config.num_layers)
+
+
+def generate_cache(model: nn.Module) -> dict:
+    """Keyword arguments that let ``model.generate`` (dynamic cache) decode a T5 whose decoder has another number
+    of layers than its encoder: transformers 5.24 sizes generate's cache by ``num_layers`` (the encoder's) and
+    then fails with an IndexError in the first deeper layer; a cache built without a config grows per layer.
+    Empty for every other model, so ``generate(..., **generate_cache(model))`` is always safe."""
+    config = getattr(model, "config", None)
+    if not getattr(config, "is_encoder_decoder", False) or _decoder_layers(model) == int(config.num_layers):
+        return {}
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    return {"cache": EncoderDecoderCache(DynamicCache(), DynamicCache())}
 
 
 def _static_cache(model: nn.Module, max_cache_len: int, encoder_length: int):

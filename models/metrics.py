@@ -1,7 +1,7 @@
-"""Task metrics, computed with established packages: ROUGE (``rouge-score``) and macro-F1 (scikit-learn).
+"""Task metrics: ROUGE (``rouge-score``), macro-F1 (scikit-learn), exact match and word error rate.
 
 Pure functions over strings; the evaluation task turns them into MLflow metrics under stable names
-(``rouge1``, ``rouge2``, ``rougeL``, ``accuracy``, ``macro_f1``).
+(``rouge1``, ``rouge2``, ``rougeL``, ``accuracy``, ``macro_f1``, ``exact_match``, ``wer``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,45 @@ def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, fl
     return {k: v / len(predictions) for k, v in sums.items()}
 
 
+def _words(text: str) -> list[str]:
+    return text.lower().split()
+
+
+def word_errors(prediction: str, reference: str) -> int:
+    """Word-level Levenshtein distance (substitutions + deletions + insertions), case-insensitive."""
+    p, r = _words(prediction), _words(reference)
+    prev = list(range(len(p) + 1))
+    for i, rw in enumerate(r, 1):
+        cur = [i] + [0] * len(p)
+        for j, pw in enumerate(p, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (rw != pw))
+        prev = cur
+    return prev[-1]
+
+
+def normalization(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """Text-normalisation metrics: ``exact_match`` (the whole output equals the reference, case and spacing
+    aside), corpus ``wer`` (word errors over reference words, as jiwer computes it) and ROUGE-1/2/L."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    if not predictions:
+        raise ValueError("no predictions to score")
+    em = sum(_words(p) == _words(r) for p, r in zip(predictions, references)) / len(references)
+    errors = sum(word_errors(p, r) for p, r in zip(predictions, references))
+    words = sum(len(_words(r)) for r in references)
+    return {"exact_match": float(em), "wer": errors / max(words, 1), **rouge(predictions, references)}
+
+
+def score(kind: str, predictions: Sequence[str], references: Sequence[str],
+          labels: Sequence[str] | None = None) -> dict[str, float]:
+    """The metrics of a task kind: ``classification``, ``generation`` (ROUGE) or ``normalization``."""
+    if kind == "classification":
+        return classification(predictions, references, labels or [])
+    if kind == "normalization":
+        return normalization(predictions, references)
+    return rouge(predictions, references)
+
+
 def classification(predictions: Sequence[str], references: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
     """Exact-match accuracy and macro-F1 over ``labels`` (a prediction outside the label set is wrong)."""
     from sklearn.metrics import f1_score
@@ -45,7 +84,7 @@ def classification(predictions: Sequence[str], references: Sequence[str], labels
 # what no learning at all achieves: lead-N for generation (the first N words of the input, the standard
 # extractive baseline of summarisation), the majority class for classification.
 
-PRIMARY = {"generation": "rougeL", "classification": "accuracy"}
+PRIMARY = {"generation": "rougeL", "classification": "accuracy", "normalization": "exact_match"}
 LEAD_N_CANDIDATES = tuple(range(1, 41))
 
 
@@ -79,6 +118,36 @@ def choose_lead_n(inputs: Sequence[str], references: Sequence[str], prefix: str 
         if score > best + 1e-12:
             best_n, best = n, score
     return best_n, best
+
+
+_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def copy_input(inputs: Sequence[str], prefix: str = "") -> list[str]:
+    """Each input unchanged (without the task ``prefix``): the normalisation baseline that reads nothing."""
+    return [x[len(prefix):] if prefix and x.startswith(prefix) else x for x in inputs]
+
+
+def read_digits(inputs: Sequence[str], prefix: str = "") -> list[str]:
+    """Each input with every digit replaced by its word, one by one (``£35bn`` -> ``£three fivebn``)."""
+    return [" ".join("".join(f" {_DIGIT_WORDS[int(c)]} " if c.isdigit() else c for c in x).split())
+            for x in copy_input(inputs, prefix)]
+
+
+NORMALIZATION_BASELINES = {"copy-input": copy_input, "read-digits": read_digits}
+
+
+def choose_normalization_baseline(inputs: Sequence[str], references: Sequence[str], prefix: str = "") -> str:
+    """The better of the two trivial normalisation baselines on (validation) examples: higher exact match,
+    then lower WER; ties go to ``copy-input``. Choose on a split other than the one you report on."""
+    if len(inputs) != len(references) or not inputs:
+        raise ValueError(f"needs as many references as inputs (> 0), got {len(inputs)}, {len(references)}")
+
+    def key(name: str) -> tuple[float, float]:
+        m = normalization(NORMALIZATION_BASELINES[name](inputs, prefix), references)
+        return (m["exact_match"], -m["wer"])
+
+    return max(NORMALIZATION_BASELINES, key=key)
 
 
 def majority_class(train_targets: Sequence[str]) -> str:

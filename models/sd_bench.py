@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from models.quantization import INT8_MIN_WEIGHTS, PRECISIONS
 from models.speculative import CACHE_IMPLEMENTATIONS, check_compatible  # noqa: F401 - re-exported
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
 MODES = ("greedy", "sampling")
 
 COLUMNS = [
-    "mode", "method", "draft", "gamma", "lenience",
+    "mode", "precision", "method", "draft", "gamma", "lenience",
     "ms_per_token", "ms_per_token_iqr", "new_tokens",
     "baseline", "speedup", "speedup_iqr", "speedup_vs_target", "predicted_speedup", "prediction_error",
     "predicted_speedup_verify", "speedup_vs_hf_assisted",
@@ -82,6 +83,12 @@ class BenchSettings:
     """torch.compile our decoders (needs ``static``); the GPU fast path for baseline and SD alike.
     ``target.generate`` then also runs with ``cache_implementation="static"`` (transformers compiles
     that path itself on a GPU). HF assisted generation always uses its dynamic cache."""
+    precision: str = "fp32"
+    """Weights every decoder of the run uses: ``fp32`` as loaded, or ``int8`` (``models.quantization``: int8
+    copies of target and drafts, of every linear layer big enough for int8 to pay; CPU eager only). The
+    target-only baselines decode with the same target as SD."""
+    int8_min_weights: int = INT8_MIN_WEIGHTS
+    """With ``precision="int8"``: linear layers with fewer weights stay fp32 (int8 does not pay below it)."""
 
     def __post_init__(self) -> None:
         self.gammas, self.lenience, self.modes = tuple(self.gammas), tuple(self.lenience), tuple(self.modes)
@@ -103,6 +110,12 @@ class BenchSettings:
                              f"{list(CACHE_IMPLEMENTATIONS)}")
         if self.compile and self.cache_implementation != "static":
             raise ValueError("compile=True needs cache_implementation='static'")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision={self.precision!r} must be one of {list(PRECISIONS)}")
+        if self.int8_min_weights < 0:
+            raise ValueError(f"int8_min_weights={self.int8_min_weights} must be >= 0")
+        if self.precision == "int8" and self.compile:
+            raise ValueError("precision='int8' is the CPU eager path: it does not combine with compile=True")
 
     @property
     def engine_cache(self) -> dict[str, Any]:

@@ -80,10 +80,11 @@ PAPER_STEPS_FRACTION, PAPER_FLOPS_FRACTION = 0.5, 0.6
 
 
 def primary_metric(metrics: dict[str, float]) -> str | None:
-    """The metric a downstream comparison reads: test accuracy (classification) or test ROUGE-L (generation)."""
+    """The metric a downstream comparison reads: test accuracy (classification), exact match (normalization) or
+    ROUGE-L (generation)."""
     from models.metrics import PRIMARY
 
-    for name in (f"test.{PRIMARY['classification']}", f"test.{PRIMARY['generation']}"):
+    for name in (f"test.{PRIMARY[k]}" for k in ("classification", "normalization", "generation")):
         if name in metrics:
             return name
     return None

@@ -27,6 +27,9 @@ from tasks.env import state_dir
 from tasks.orchestration import retry_transient, run_logger
 
 COMPLETE = "_COMPLETE"
+#: characters every vocabulary holds whatever its corpus (digits and the symbols numbers are written with), so that
+#: no downstream input of them turns into <unk> (text_normalization reads £, € and $ differently)
+REQUIRED_CHARS = "0123456789£€$%;:.,-/"
 
 
 def _logger():
@@ -136,6 +139,8 @@ def train_tokenizer(cfg: dict[str, Any], work: Path) -> Path:
             pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
             user_defined_symbols=["<mask>"],
             character_coverage=cfg["character_coverage"],
+            split_digits=cfg.get("split_digits", True),
+            required_chars=REQUIRED_CHARS,
             input_sentence_size=cfg["tokenizer_sample_sentences"],
             shuffle_input_sentence=True,
             max_sentence_length=16384,
@@ -154,17 +159,25 @@ def train_tokenizer(cfg: dict[str, Any], work: Path) -> Path:
     tok.save_pretrained(str(out))
     shutil.copy(spm_dir / "spiece.model", out / "spiece.model")
     shutil.rmtree(spm_dir)
-    check_tokenizer(out)
+    check_tokenizer(out, split_digits=cfg.get("split_digits", True))
     return out
 
 
-def check_tokenizer(path: Path) -> None:
-    """The tokenizer invariants the pretraining objective relies on (raises on violation)."""
+def check_tokenizer(path: Path, split_digits: bool = False) -> None:
+    """The tokenizer invariants the pretraining objective relies on (raises on violation); with ``split_digits``,
+    also that the saved (fast) tokenizer gives every digit a piece of its own and decodes numbers back exactly."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(path))
     sentinels = [tok.convert_tokens_to_ids(f"<extra_id_{i}>") for i in range(100)]
     problems = []
+    if split_digits:
+        probe = "in 2004 it cost £1,250.75 ; 5% or €3/$4"
+        pieces = [p.lstrip("\u2581") for p in tok.tokenize(probe)]
+        if any(len(p) > 1 and any(c.isdigit() for c in p) for p in pieces):
+            problems.append(f"split_digits: digits share pieces ({pieces})")
+        if tok.decode(tok(probe).input_ids, skip_special_tokens=True) != probe:
+            problems.append(f"split_digits: {probe!r} does not decode back exactly")
     if (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) != (0, 1, 2):
         problems.append(f"pad/eos/unk ids are {(tok.pad_token_id, tok.eos_token_id, tok.unk_token_id)}, want (0, 1, 2)")
     if sentinels != [len(tok) - 1 - i for i in range(100)]:

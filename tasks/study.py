@@ -28,19 +28,24 @@ def study_table(sd_rows, undistilled: str):
     return sd[cols].sort_values(["mode", "gamma", "draft"]).reset_index(drop=True)
 
 
-def garden_row(teacher_rows, target_rows, best_draft: str) -> dict[str, Any]:
-    """Teacher-only latency/quality vs distilled target + distilled draft with SD (greedy, best gamma)."""
+def garden_row(teacher_rows, target_rows, best_draft: str, precision: str = "fp32") -> dict[str, Any]:
+    """Teacher-only latency/quality vs distilled target + distilled draft with SD (greedy, best gamma), both
+    decoded with ``precision`` weights (rows without a precision column are fp32)."""
     import pandas as pd
 
-    t = pd.DataFrame(teacher_rows)
-    s = pd.DataFrame(target_rows)
+    def at(df):
+        p = df["precision"].fillna("fp32") if "precision" in df else pd.Series("fp32", index=df.index)
+        return df[p == precision]
+
+    t = at(pd.DataFrame(teacher_rows))
+    s = at(pd.DataFrame(target_rows))
     teacher = t[(t["method"] == "target") & (t["mode"] == "greedy")].iloc[0]
     sd = s[(s["method"] == "sd") & (s["mode"] == "greedy") & (s["draft"] == best_draft)]
     best = sd.sort_values("ms_per_token").iloc[0]
     return {"teacher_ms_per_token": float(teacher["ms_per_token"]), "teacher_rougeL": teacher["rougeL"],
             "garden_ms_per_token": float(best["ms_per_token"]), "garden_rougeL": best["rougeL"],
             "garden_gamma": int(best["gamma"]), "garden_draft": best_draft,
-            "latency_reduction": float(teacher["ms_per_token"]) / float(best["ms_per_token"])}
+            "latency_reduction": float(teacher["ms_per_token"]) / float(best["ms_per_token"]), "precision": precision}
 
 
 def markdown(df) -> str:

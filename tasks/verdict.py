@@ -11,8 +11,9 @@ What is compared with what:
   measured cost of the (gamma+1)-token verification call ``v`` in place of 1 it is ``(E - v) / gamma``.
 - **Distilled vs undistilled draft** (DistillSpec's claim: +10-45% speed): alpha and speedup of the
   distilled draft against the undistilled one at the same mode and gamma.
-- **Task quality.** Each model's test metric (ROUGE-L or accuracy) beside the task's trivial baseline
-  (lead-N or the majority class); a model that does not beat it is flagged.
+- **Task quality.** Each model's test metric (ROUGE-L, accuracy or exact match) beside the task's trivial
+  baseline (lead-N, the majority class, or the better of copying the input and reading its digits); a model that
+  does not beat it is flagged.
 - **Model garden** (DistillSpec's 6-10x claim): the teacher decoding alone vs the distilled target with the
   distilled draft, latency and quality side by side.
 - **Lossy SD.** Quality and speedup over lenience (sampling), with the verdict on the quality cost.
@@ -87,6 +88,79 @@ def explain_sd(row: Mapping[str, Any]) -> str:
     return f"SD does not pay off ({s:.2f}x): {why}"
 
 
+def _precision(row: Mapping[str, Any]) -> str:
+    p = row.get("precision")
+    return p if isinstance(p, str) and p else "fp32"
+
+
+def _sd_block(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[str, Any]],
+              rows: Sequence[Mapping[str, Any]], precision: str, several: bool, distilled_draft: str | None,
+              undistilled_draft: str | None) -> None:
+    """The SD part of the verdict for one weight precision: best row, per mode and draft, the 1.5x target,
+    distilled vs undistilled, lossy SD. Metric names carry ``.<precision>`` for every precision but fp32."""
+    tag = "" if precision == "fp32" else f".{precision}"
+    weights = f" ({precision} weights for target, draft and baseline alike)" if several or precision != "fp32" else ""
+    best = max(sd, key=lambda r: _num(r["speedup"]))
+    out.append(f"**Best lossless SD{weights}:** {_fmt(best['speedup'], '.2f')}x over the faster target-only decoder "
+               f"({best.get('baseline')}), draft `{best['draft']}`, gamma {best['gamma']}, {best['mode']}; "
+               f"alpha {_fmt(best.get('alpha'))}, c {_fmt(best.get('c'))}. {explain_sd(best)}.")
+    metrics.update({f"verdict.sd_best_speedup{tag}": _num(best["speedup"]),
+                    f"verdict.sd_best_alpha{tag}": _num(best.get("alpha")),
+                    f"verdict.sd_best_c{tag}": _num(best.get("c")),
+                    f"verdict.sd_pays_off{tag}": float(_num(best["speedup"]) > 1)})
+    for mode in ("greedy", "sampling"):
+        for draft in sorted({r["draft"] for r in sd}):
+            b = best_row(sd, mode=mode, draft=draft)
+            if b is None:
+                continue
+            key = f"verdict.sd.{draft}.{mode}{tag}"
+            metrics.update({f"{key}.speedup": _num(b["speedup"]), f"{key}.alpha": _num(b.get("alpha")),
+                            f"{key}.c": _num(b.get("c")), f"{key}.gamma": float(b["gamma"])})
+            exact = "" if mode != "greedy" else (", outputs identical to greedy target decoding"
+                                                 if b.get("exact") else ", OUTPUTS DIFFER from the target's")
+            peer = b.get("speedup_vs_hf_assisted")
+            vs_hf = f"; {_fmt(peer, '.2f')}x HF assisted generation's speed" if _ok(peer) else ""
+            out.append(f"- {mode}, `{draft}`: best {_fmt(b['speedup'], '.2f')}x at gamma {b['gamma']} "
+                       f"(alpha {_fmt(b.get('alpha'))}, c {_fmt(b.get('c'))}, verify/step "
+                       f"{_fmt(b.get('verify_ratio'), '.2f')}){exact}{vs_hf}. {explain_sd(b)}.")
+    if distilled_draft:
+        g = best_row(sd, mode="greedy", draft=distilled_draft)
+        if g is not None:
+            hit = _num(g["speedup"]) >= SD_TARGET_SPEEDUP
+            out.append(f"- Target of {SD_TARGET_SPEEDUP}x (lossless greedy, distilled draft, batch 1): "
+                       f"{'**met**' if hit else '**not met**'} ({_fmt(g['speedup'], '.2f')}x).")
+            metrics[f"verdict.sd_target_met{tag}"] = float(hit)
+    out.append("")
+    if distilled_draft and undistilled_draft:
+        out.append(f"**Distilled vs undistilled draft{weights}** (DistillSpec reports +{PAPER_DRAFT_GAIN[0]:.0%} to "
+                   f"+{PAPER_DRAFT_GAIN[1]:.0%} speed):")
+        for mode in ("greedy", "sampling"):
+            d, u = best_row(sd, mode=mode, draft=distilled_draft), best_row(sd, mode=mode, draft=undistilled_draft)
+            if d is None or u is None:
+                continue
+            gain = _num(d["speedup"]) / _num(u["speedup"]) - 1
+            ua = next((r for r in sd if r["mode"] == mode and r["draft"] == undistilled_draft
+                       and r["gamma"] == d["gamma"]), u)
+            higher = _num(d.get("alpha")) > _num(ua.get("alpha")) and gain > 0
+            metrics[f"verdict.distill_gain.{mode}{tag}"] = gain
+            out.append(f"- {mode}: alpha {_fmt(d.get('alpha'))} vs {_fmt(ua.get('alpha'))} at gamma {d['gamma']}; "
+                       f"best speedup {_fmt(d['speedup'], '.2f')}x vs {_fmt(u['speedup'], '.2f')}x ({gain:+.0%}): "
+                       f"{'distillation helps' if higher else '**distillation does not help here**'}.")
+        out.append("")
+    lossy = sorted((r for r in rows if r.get("method") == "sd" and r.get("mode") == "sampling"
+                    and r.get("draft") == (distilled_draft or best["draft"]) and _ok(r.get("speedup"))),
+                   key=lambda r: (-_num(r["lenience"]), r["gamma"]))
+    if len({_num(r["lenience"]) for r in lossy}) > 1:
+        out.append(f"**Lossy SD{weights}** (sampling, best gamma per lenience; lenience < 1 no longer samples the "
+                   "target):")
+        out.append("| lenience | speedup | ROUGE-L |")
+        out.append("|---:|---:|---:|")
+        for lam in sorted({_num(r["lenience"]) for r in lossy}, reverse=True):
+            b = max((r for r in lossy if _num(r["lenience"]) == lam), key=lambda r: _num(r["speedup"]))
+            out.append(f"| {lam:g} | {_fmt(b['speedup'], '.2f')}x | {_fmt(b.get('rougeL'))} |")
+        out.append("")
+
+
 def _fmt(x: Any, spec: str = ".3f") -> str:
     return format(_num(x), spec) if _ok(x) else "n/a"
 
@@ -103,17 +177,19 @@ def quality_lines(quality: Mapping[str, Mapping[str, float]], kind: str, split: 
         label = (labels or {}).get(role, role)
         if not beats:
             flagged.append(label)
-        name = "lead-N" if kind == "generation" else "majority class"
+        name = {"generation": "lead-N", "classification": "majority class"}.get(kind, "copy / read digits")
         n = metrics.get(f"{split}.baseline.lead_n")
         if kind == "generation" and _ok(n):
             name = f"lead-{int(_num(n))}"
+        name = next((k.rsplit(".is.", 1)[1] for k in metrics if k.startswith(f"{split}.baseline.is.")), name)
         lines.append(f"| {label} | {_fmt(model)} | {_fmt(base)} ({name}) | {'yes' if beats else '**NO**'} |")
     return lines, flagged
 
 
 def pipeline_verdict(*, preset: str, task_kind: str, quality: Mapping[str, Mapping[str, float]],
                      sd_rows: Sequence[Mapping[str, Any]] = (), distilled_draft: str | None = None,
-                     undistilled_draft: str | None = "draft-base", garden: Mapping[str, Any] | None = None,
+                     undistilled_draft: str | None = "draft-base",
+                     garden: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
                      pretrain: Mapping[str, Mapping[str, Any]] | None = None,
                      labels: Mapping[str, str] | None = None) -> tuple[str, dict[str, float]]:
     """The verdict as markdown, and the headline numbers as flat metrics (for the parent MLflow run).
@@ -123,65 +199,14 @@ def pipeline_verdict(*, preset: str, task_kind: str, quality: Mapping[str, Mappi
     """
     out: list[str] = [f"## Verdict ({preset} preset)", ""]
     metrics: dict[str, float] = {}
-    # 1. speculative decoding
-    sd = lossless_sd(sd_rows)
-    if sd:
-        best = max(sd, key=lambda r: _num(r["speedup"]))
-        out.append(f"**Best lossless SD:** {_fmt(best['speedup'], '.2f')}x over the faster target-only decoder "
-                   f"({best.get('baseline')}), draft `{best['draft']}`, gamma {best['gamma']}, {best['mode']}; "
-                   f"alpha {_fmt(best.get('alpha'))}, c {_fmt(best.get('c'))}. {explain_sd(best)}.")
-        metrics.update({"verdict.sd_best_speedup": _num(best["speedup"]), "verdict.sd_best_alpha": _num(best.get("alpha")),
-                        "verdict.sd_best_c": _num(best.get("c")), "verdict.sd_pays_off": float(_num(best["speedup"]) > 1)})
-        for mode in ("greedy", "sampling"):
-            for draft in sorted({r["draft"] for r in sd}):
-                b = best_row(sd, mode=mode, draft=draft)
-                if b is None:
-                    continue
-                key = f"verdict.sd.{draft}.{mode}"
-                metrics.update({f"{key}.speedup": _num(b["speedup"]), f"{key}.alpha": _num(b.get("alpha")),
-                                f"{key}.c": _num(b.get("c")), f"{key}.gamma": float(b["gamma"])})
-                exact = "" if mode != "greedy" else (", outputs identical to greedy target decoding"
-                                                     if b.get("exact") else ", OUTPUTS DIFFER from the target's")
-                out.append(f"- {mode}, `{draft}`: best {_fmt(b['speedup'], '.2f')}x at gamma {b['gamma']} "
-                           f"(alpha {_fmt(b.get('alpha'))}, c {_fmt(b.get('c'))}){exact}. {explain_sd(b)}.")
-        if distilled_draft:
-            g = best_row(sd, mode="greedy", draft=distilled_draft)
-            if g is not None:
-                hit = _num(g["speedup"]) >= SD_TARGET_SPEEDUP
-                out.append(f"- Target of {SD_TARGET_SPEEDUP}x (lossless greedy, distilled draft, batch 1): "
-                           f"{'**met**' if hit else '**not met**'} ({_fmt(g['speedup'], '.2f')}x).")
-                metrics["verdict.sd_target_met"] = float(hit)
-        out.append("")
-        # 2. distilled vs undistilled draft
-        if distilled_draft and undistilled_draft:
-            out.append(f"**Distilled vs undistilled draft** (DistillSpec reports +{PAPER_DRAFT_GAIN[0]:.0%} to "
-                       f"+{PAPER_DRAFT_GAIN[1]:.0%} speed):")
-            for mode in ("greedy", "sampling"):
-                d, u = best_row(sd, mode=mode, draft=distilled_draft), best_row(sd, mode=mode, draft=undistilled_draft)
-                if d is None or u is None:
-                    continue
-                gain = _num(d["speedup"]) / _num(u["speedup"]) - 1
-                ua = next((r for r in sd if r["mode"] == mode and r["draft"] == undistilled_draft
-                           and r["gamma"] == d["gamma"]), u)
-                higher = _num(d.get("alpha")) > _num(ua.get("alpha")) and gain > 0
-                metrics[f"verdict.distill_gain.{mode}"] = gain
-                out.append(f"- {mode}: alpha {_fmt(d.get('alpha'))} vs {_fmt(ua.get('alpha'))} at gamma {d['gamma']}; "
-                           f"best speedup {_fmt(d['speedup'], '.2f')}x vs {_fmt(u['speedup'], '.2f')}x ({gain:+.0%}): "
-                           f"{'distillation helps' if higher else '**distillation does not help here**'}.")
-            out.append("")
-        # 3. lossy SD over lenience
-        lossy = sorted((r for r in sd_rows if r.get("method") == "sd" and r.get("mode") == "sampling"
-                        and r.get("draft") == (distilled_draft or best["draft"]) and _ok(r.get("speedup"))),
-                       key=lambda r: (-_num(r["lenience"]), r["gamma"]))
-        if len({_num(r["lenience"]) for r in lossy}) > 1:
-            out.append("**Lossy SD** (sampling, best gamma per lenience; lenience < 1 no longer samples the target):")
-            out.append("| lenience | speedup | ROUGE-L |")
-            out.append("|---:|---:|---:|")
-            for lam in sorted({_num(r["lenience"]) for r in lossy}, reverse=True):
-                b = max((r for r in lossy if _num(r["lenience"]) == lam), key=lambda r: _num(r["speedup"]))
-                out.append(f"| {lam:g} | {_fmt(b['speedup'], '.2f')}x | {_fmt(b.get('rougeL'))} |")
-            out.append("")
-    elif sd_rows is not None:
+    # 1-3. speculative decoding, one block per weight precision (each against its own target-only decoders)
+    sd_all = lossless_sd(sd_rows)
+    precisions = list(dict.fromkeys(_precision(r) for r in sd_all))
+    for precision in precisions:
+        sd = [r for r in sd_all if _precision(r) == precision]
+        rows_p = [r for r in sd_rows if _precision(r) == precision]
+        _sd_block(out, metrics, sd, rows_p, precision, len(precisions) > 1, distilled_draft, undistilled_draft)
+    if not sd_all and sd_rows is not None:
         out.append("**SD:** no lossless SD rows were measured.")
         out.append("")
     # 4. quality against the trivial baseline
@@ -198,16 +223,20 @@ def pipeline_verdict(*, preset: str, task_kind: str, quality: Mapping[str, Mappi
                        "its task numbers (and SD quality columns) show no learning yet.")
         metrics["verdict.models_below_baseline"] = float(len(flagged))
         out.append("")
-    # 5. model garden
-    if garden:
-        ratio = _num(garden.get("latency_reduction"))
+    # 5. model garden, per precision
+    for g in ([garden] if isinstance(garden, Mapping) else list(garden or [])):
+        if not g:
+            continue
+        ratio = _num(g.get("latency_reduction"))
         lo, hi = PAPER_GARDEN_RATIO
-        out.append(f"**Model garden:** teacher alone {_fmt(garden.get('teacher_ms_per_token'), '.2f')} ms/token "
-                   f"(ROUGE-L {_fmt(garden.get('teacher_rougeL'))}) vs distilled target + `{garden.get('garden_draft')}` "
-                   f"with SD at gamma {garden.get('garden_gamma')} {_fmt(garden.get('garden_ms_per_token'), '.2f')} "
-                   f"ms/token (ROUGE-L {_fmt(garden.get('garden_rougeL'))}): {_fmt(ratio, '.2f')}x lower latency "
+        precision = g.get("precision") or "fp32"
+        out.append(f"**Model garden** ({precision} weights): teacher alone "
+                   f"{_fmt(g.get('teacher_ms_per_token'), '.2f')} ms/token "
+                   f"(ROUGE-L {_fmt(g.get('teacher_rougeL'))}) vs distilled target + `{g.get('garden_draft')}` "
+                   f"with SD at gamma {g.get('garden_gamma')} {_fmt(g.get('garden_ms_per_token'), '.2f')} "
+                   f"ms/token (ROUGE-L {_fmt(g.get('garden_rougeL'))}): {_fmt(ratio, '.2f')}x lower latency "
                    f"(DistillSpec reports {lo:g}-{hi:g}x): {'holds' if ratio >= lo else '**does not hold at this scale**'}.")
-        metrics["verdict.garden_latency_ratio"] = ratio
+        metrics["verdict.garden_latency_ratio" + ("" if precision == "fp32" else f".{precision}")] = ratio
         out.append("")
     # 6. pretraining
     if pretrain:
@@ -222,5 +251,5 @@ def pipeline_verdict(*, preset: str, task_kind: str, quality: Mapping[str, Mappi
         out.append(f"_The `{preset}` preset checks that every stage runs and chains; its models are too small and "
                    "too briefly trained for these numbers to mean anything (a target this small costs almost as much "
                    "per token as its draft, so SD cannot pay off). Meaningful numbers: `make run PRESET=laptop` "
-                   "(about 100 minutes on 2 cores, see docs/results.md) and the GPU presets `small` and `base`._")
+                   "(at most 90 minutes on 2 cores, see docs/results.md) and the GPU presets `small` and `base`._")
     return "\n".join(out).rstrip() + "\n", {k: v for k, v in metrics.items() if _ok(v)}

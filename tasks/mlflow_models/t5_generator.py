@@ -34,6 +34,16 @@ class T5TextGenerator(PythonModel):
         self.defaults = {**DEFAULTS, **{k: v for k, v in (context.model_config or {}).items() if k in DEFAULTS}}
 
     # the DataFrame hint keeps MLflow from converting the input; the signature itself is explicit (tasks/tracking.py)
+    def _cache(self) -> dict:
+        """A cache that grows per layer when the decoder is deeper than the encoder (transformers 5.24's generate
+        sizes its own by the encoder's layer count and fails); nothing otherwise (as models.kv_cache.generate_cache)."""
+        cfg = self.model.config
+        if getattr(cfg, "num_decoder_layers", None) in (None, cfg.num_layers):
+            return {}
+        from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+        return {"cache": EncoderDecoderCache(DynamicCache(), DynamicCache())}
+
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict[str, Any]] = None) -> list[str]:
         import torch
 
@@ -54,7 +64,8 @@ class T5TextGenerator(PythonModel):
                                      truncation=True, padding=True, return_tensors="pt")
                 ids = self.model.generate(input_ids=enc.input_ids, attention_mask=enc.attention_mask,
                                           max_new_tokens=int(opts["max_new_tokens"]),
-                                          num_beams=int(opts["num_beams"]), do_sample=False, use_cache=True)
+                                          num_beams=int(opts["num_beams"]), do_sample=False, use_cache=True,
+                                          **self._cache())
                 out.extend(t.strip() for t in self.tokenizer.batch_decode(ids, skip_special_tokens=True))
         return out
 

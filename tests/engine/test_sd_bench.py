@@ -60,9 +60,10 @@ def test_iqr_of_one_value_is_zero_and_of_a_ramp_is_half_its_range():
     assert iqr([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx(2.0)
 
 
-def _t5(seed: int, d_model: int, layers: int, vocab: int = 96) -> T5ForConditionalGeneration:
+def _t5(seed: int, d_model: int, layers: int, vocab: int = 96, decoder_layers: int | None = None) -> T5ForConditionalGeneration:
     config = T5Config(vocab_size=vocab, d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model, num_layers=layers,
-                      num_heads=4, dropout_rate=0.0, eos_token_id=1, pad_token_id=0, decoder_start_token_id=0)
+                      num_decoder_layers=decoder_layers, num_heads=4, dropout_rate=0.0, eos_token_id=1, pad_token_id=0,
+                      decoder_start_token_id=0)
     torch.manual_seed(seed)
     model = T5ForConditionalGeneration(config).eval()
     generator = torch.Generator().manual_seed(seed)
@@ -93,7 +94,7 @@ def test_plain_script_run_gives_one_row_per_case_and_self_draft_accepts_everythi
     assert df[df["mode"] == "greedy"]["exact"].all()
     assert df["rougeL"].isna().all()  # no references, no quality score
     table = markdown_table(df)
-    assert table.count("\n") == len(df) + 2 and "| sampling | sd | other | 2 | 0.5 |" in table
+    assert table.count("\n") == len(df) + 2 and "| sampling | fp32 | sd | other | 2 | 0.5 |" in table
 
 
 def test_bad_settings_raise_value_error_naming_the_field():
@@ -116,6 +117,34 @@ def test_static_cache_benchmark_times_the_static_path_and_stays_exact():
     df = to_frame(run_benchmark(target, {"other": other}, prompts, settings))
     assert set(df["method"]) == {"target", "hf_generate", "sd", "hf_assisted"}
     assert df["exact"].dropna().all() and (df["verify_ratio"].dropna() > 0).all()
+
+
+def test_int8_rows_decode_every_case_with_int8_copies_and_greedy_sd_stays_exact_against_that_target():
+    target, other = _t5(0, 32, 2), _t5(1, 16, 1)
+    before = [p.clone() for p in target.parameters()]
+    rng = torch.Generator().manual_seed(3)
+    prompts = [BenchPrompt(input_ids=torch.randint(2, 96, (8,), generator=rng).tolist() + [1]) for _ in range(2)]
+    settings = BenchSettings(gammas=(1, 3), modes=("greedy",), max_new_tokens=8, repeats=1, warmup=0,
+                             precision="int8", int8_min_weights=0)
+    df = to_frame(run_benchmark(target, {"other": other}, prompts, settings))
+    assert set(df["precision"]) == {"int8"} and set(df["method"]) == {"target", "hf_generate", "sd", "hf_assisted"}
+    assert df["exact"].dropna().all()
+    assert all(torch.equal(a, b) for a, b in zip(before, target.parameters()))  # the caller's model is untouched
+    with pytest.raises(ValueError, match="precision"):
+        BenchSettings(precision="int4")
+
+
+def test_a_target_whose_decoder_is_deeper_than_its_encoder_is_timed_by_every_method_and_stays_exact():
+    from engine.sd_bench import run_batched_benchmark
+
+    target, other = _t5(0, 32, 1, decoder_layers=3), _t5(1, 16, 1)  # transformers' own generate cache fails here
+    rng = torch.Generator().manual_seed(4)
+    prompts = [BenchPrompt(input_ids=torch.randint(2, 96, (8,), generator=rng).tolist() + [1]) for _ in range(2)]
+    settings = BenchSettings(gammas=(2,), modes=("greedy",), max_new_tokens=8, repeats=1, warmup=0)
+    df = to_frame(run_benchmark(target, {"other": other}, prompts, settings))
+    assert set(df["method"]) == {"target", "hf_generate", "sd", "hf_assisted"} and df["exact"].dropna().all()
+    batched = run_batched_benchmark(target, {"other": other}, prompts, settings, batch_sizes=[2])
+    assert all(r["exact"] for r in batched)
 
 
 def test_batched_benchmark_rows_per_batch_size_with_exact_outputs_and_paired_speedups():

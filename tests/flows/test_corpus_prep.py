@@ -37,6 +37,12 @@ def test_files_source_gives_round_tripping_t5_tokenizer_with_100_sentinels(prefe
     assert sentinels == [len(tok) - 1 - i for i in range(100)]
     assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
     assert tok.mask_token_id is not None and tok.mask_token_id < min(sentinels)
+    # split_digits (default): every digit its own piece; the symbols numbers are written with are in the vocabulary
+    number = "in 2004 it cost £1,250.75 ; 5% or €3/$4"
+    pieces = [p.lstrip("\u2581") for p in tok.tokenize(number)]
+    assert not any(len(p) > 1 and any(c.isdigit() for c in p) for p in pieces)
+    assert tok.unk_token_id not in tok(number).input_ids
+    assert tok.decode(tok(number).input_ids, skip_special_tokens=True) == number
     rows = datasets.load_from_disk(f"{res.corpus_dir}/packed/train")
     assert len(rows) > 0 and all(len(r) == 64 for r in rows["input_ids"][:20])
     # the MLflow run holds the tokenizer, the stats and the dataset card
@@ -172,3 +178,21 @@ def test_a_corpus_finished_by_another_run_meanwhile_is_kept_not_replaced(prefect
     assert second == first["dir"]
     assert Path(second).stat().st_ino == first["inode"] and Path(second, corpus.COMPLETE).read_text() == first["marker"]
     assert [p for p in _leftovers(tmp_path) if p.startswith(".tmp")] == []
+
+
+def test_a_tokenizer_that_merges_digits_is_refused_when_split_digits_is_asked(tmp_path):
+    import datasets
+    from pydoc_data.topics import topics
+
+    from tasks.corpus import check_tokenizer, train_tokenizer
+
+    texts = list(topics.values())[:150] + [f"In {1900 + i} it cost {i * 37} and {i * 1234} came." for i in range(400)]
+    cfg = {"vocab_size": 600, "character_coverage": 1.0, "tokenizer_sample_sentences": 10000}
+    built = {}
+    for split_digits in (False, True):
+        work = tmp_path / f"split-{split_digits}"
+        datasets.Dataset.from_dict({"text": texts}).save_to_disk(str(work / "docs" / "train"))
+        built[split_digits] = train_tokenizer({**cfg, "split_digits": split_digits}, work)
+    with pytest.raises(RuntimeError, match="split_digits: digits share pieces"):
+        check_tokenizer(built[False], split_digits=True)
+    check_tokenizer(built[True], split_digits=True)

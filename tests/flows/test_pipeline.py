@@ -66,8 +66,9 @@ def test_tiny_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage(prefect_har
 
     for name, refs in stage_deployment_model_refs().items():
         for ref in refs:  # prefect.yaml's defaults are for the tiny preset's task; this run used bbc_topic
-            assert model_version_info(ref.replace("bbc_headline", "bbc_topic")), f"{name}: {ref} does not resolve"
-    garden = first.stages["sd_benchmark"]["garden"]
+            assert model_version_info(ref.replace("text_normalization", "bbc_topic")), f"{name}: {ref} does not resolve"
+    (garden,) = first.stages["sd_benchmark"]["garden"]  # one per precision; the tiny preset times fp32 only
+    assert garden["precision"] == "fp32"
     assert garden["teacher_ms_per_token"] > 0 and garden["latency_reduction"] > 0
     second = pipeline(config=cfg)
     assert second.skipped == list(STAGES)

@@ -57,3 +57,22 @@ def test_beats_baseline_compares_the_primary_metric_strictly():
     assert beats_baseline({"test.rougeL": 0.3, "test.baseline.rougeL": 0.2}, "generation", "test.") is True
     assert beats_baseline({"test.accuracy": 0.4, "test.baseline.accuracy": 0.4}, "classification", "test.") is False
     assert beats_baseline({"test.accuracy": 0.4}, "classification", "test.") is None
+
+
+def test_word_error_rate_counts_substitutions_deletions_and_insertions_over_reference_words():
+    from models.metrics import normalization, word_errors
+
+    assert word_errors("a b c", "a b c") == 0
+    assert word_errors("a x c", "a b c") == 1 and word_errors("a c", "a b c") == 1 and word_errors("a b b c", "a b c") == 1
+    m = normalization(["One two", "three"], ["one two", "three four"])
+    assert m["exact_match"] == 0.5 and m["wer"] == pytest.approx(1 / 4)
+
+
+def test_the_normalization_baseline_is_the_better_of_copying_and_reading_digits_on_the_other_split():
+    from models.metrics import choose_normalization_baseline, copy_input, read_digits
+
+    assert copy_input(["normalize: in 2004"], "normalize: ") == ["in 2004"]
+    assert read_digits(["normalize: £35bn"], "normalize: ") == ["£ three five bn"]
+    inputs, refs = ["normalize: 1 2", "normalize: 3"], ["one two", "three"]
+    assert choose_normalization_baseline(inputs, refs, "normalize: ") == "read-digits"
+    assert choose_normalization_baseline(["normalize: in 2004"], ["in 2004"], "normalize: ") == "copy-input"
