@@ -549,8 +549,9 @@ def to_frame(rows: Sequence[Mapping[str, Any]]):
 
 
 SUMMARY = [
-    ("mode", "mode", "{}"), ("precision", "weights", "{}"), ("method", "method", "{}"), ("draft", "draft", "{}"), ("gamma", "gamma", "{}"),
-    ("lenience", "lenience", "{:g}"), ("ms_per_token", "ms/token", "{:.2f}"), ("ms_per_token_iqr", "IQR", "{:.2f}"),
+    ("mode", "mode", "{}"), ("method", "method", "{}"), ("draft", "draft", "{}"), ("gamma", "gamma", "{}"),
+    ("lenience", "lenience", "{:g}"), ("precision", "weights", "{}"), ("ms_per_token", "ms/token", "{:.2f}"),
+    ("ms_per_token_iqr", "IQR", "{:.2f}"),
     ("speedup", "speedup", "{:.2f}x"), ("speedup_iqr", "IQR", "{:.2f}"), ("predicted_speedup", "predicted", "{:.2f}x"),
     ("predicted_speedup_verify", "pred. w/ verify", "{:.2f}x"),
     ("speedup_vs_hf_assisted", "vs HF assisted", "{:.2f}x"), ("alpha", "alpha", "{:.3f}"),
@@ -565,7 +566,8 @@ def to_batched_frame(rows: Sequence[Mapping[str, Any]]):
 
 
 BATCH_SUMMARY = [
-    ("batch", "B", "{}"), ("precision", "weights", "{}"), ("method", "method", "{}"), ("draft", "draft", "{}"), ("gamma", "gamma", "{}"),
+    ("batch", "B", "{}"), ("method", "method", "{}"), ("draft", "draft", "{}"), ("gamma", "gamma", "{}"),
+    ("precision", "weights", "{}"),
     ("tokens_per_s", "tokens/s", "{:,.1f}"), ("tokens_per_s_iqr", "IQR", "{:,.1f}"), ("speedup", "speedup", "{:.2f}x"),
     ("speedup_iqr", "IQR", "{:.2f}"), ("alpha", "alpha", "{:.3f}"), ("block_efficiency", "tokens/call/row", "{:.2f}"),
     ("exact", "exact", "{}"),
