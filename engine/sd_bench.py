@@ -34,6 +34,9 @@ Method (Leviathan et al. 2023, arXiv 2211.17192, Section 5 measure the same quan
 - ``exact``: greedy rows only, whether every output equals our target-only output token for token.
 - ``rougeL``: mean ROUGE-L F1 (``rouge_score``) of the decoded outputs against the prompts'
   references, when they have references; over lenience it traces lossy SD's quality-vs-latency curve.
+- ``precision`` (``BenchSettings.precision``): ``fp32``, or ``int8``: every decoder of the run (ours, HF's,
+  target and drafts) uses int8 copies of the models (``models.quantization``), so each speedup is over the
+  target-only decoding of the same int8 target and greedy SD stays exact with respect to it.
 
 Usage from a plain script::
 
@@ -415,8 +418,8 @@ def _rows(cases: list[_Case], costs: dict[str, Any], prompts: Sequence[BenchProm
 # Batched SD
 # ----------------------------------------------------------------------------------------------
 
-BATCH_COLUMNS = ["batch", "precision", "method", "draft", "gamma", "tokens_per_s", "tokens_per_s_iqr", "speedup", "speedup_iqr",
-                 "alpha", "block_efficiency", "exact"]
+BATCH_COLUMNS = ["batch", "precision", "method", "draft", "gamma", "tokens_per_s", "tokens_per_s_iqr", "speedup",
+                 "speedup_iqr", "alpha", "block_efficiency", "exact"]
 """Columns of the batched table: one row per (batch size, method[, draft, gamma]); greedy decoding."""
 
 

@@ -75,6 +75,8 @@ class SDBenchmarkConfig(FlowConfig):
     precisions: list[Literal["fp32", "int8"]] = Field(
         ["fp32"], min_length=1, description="weights to decode with, one full table each: fp32 as loaded, int8 = "
         "int8 linear layers for target and drafts alike (CPU; per-token activation scales keep SD exact)")
+    int8_min_weights: int = Field(1 << 17, ge=0, description="int8: linear layers with fewer weights stay fp32 "
+                                  "(at d_model 64-128 int8 is slower than fp32 on a CPU)")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
         [], description="also time batched greedy SD against batched target.generate at these batch sizes "
         "(prompts taken B at a time); [] skips it")

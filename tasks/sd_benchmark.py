@@ -173,11 +173,13 @@ def speedup_figure(df):
     fig, axes = plt.subplots(1, len(modes), figsize=(5.5 * len(modes), 4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         sub = df[(df["mode"] == mode) & df["method"].isin(["sd", "hf_assisted"]) & (df["lenience"] == 1.0)]
-        for (draft, method), g in sub.groupby(["draft", "method"], sort=False):
+        several = sub["precision"].nunique() > 1
+        for (precision, draft, method), g in sub.groupby(["precision", "draft", "method"], sort=False):
             g = g.sort_values("gamma")
             style = "-o" if method == "sd" else "--s"
+            weights = f", {precision}" if several else ""
             ax.errorbar(g["gamma"].astype(float), g["speedup"], yerr=g["speedup_iqr"] / 2, fmt=style, ms=4,
-                        capsize=3, label=f"{draft} ({'ours' if method == 'sd' else 'HF assisted'})")
+                        capsize=3, label=f"{draft} ({'ours' if method == 'sd' else 'HF assisted'}{weights})")
             if method == "sd":
                 ax.plot(g["gamma"].astype(float), g["predicted_speedup"], ":", color="grey", lw=1)
                 ax.plot(g["gamma"].astype(float), g["predicted_speedup_verify"], "-.", color="grey", lw=1)
@@ -200,17 +202,17 @@ def quality_figure(df):
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     sub = df[(df["mode"] == "sampling") & (df["method"] == "sd")]
-    for (draft, gamma), g in sub.groupby(["draft", "gamma"], sort=False):
+    for (precision, draft, gamma), g in sub.groupby(["precision", "draft", "gamma"], sort=False):
         g = g.sort_values("lenience")
-        ax.plot(g["ms_per_token"], g["rougeL"], "-o", ms=4, label=f"{draft}, gamma={gamma}")
+        ax.plot(g["ms_per_token"], g["rougeL"], "-o", ms=4, label=f"{draft}, gamma={gamma}, {precision}")
         for _, r in g.iterrows():
             ax.annotate(f"{r['lenience']:g}", (r["ms_per_token"], r["rougeL"]), fontsize=7,
                         textcoords="offset points", xytext=(3, 3))
     base = df[(df["mode"] == "sampling") & df["method"].isin(["target", "hf_generate"])]
     for _, r in base.iterrows():
         ax.plot(r["ms_per_token"], r["rougeL"], "k*", ms=9)
-        ax.annotate(r["method"], (r["ms_per_token"], r["rougeL"]), fontsize=7, textcoords="offset points",
-                    xytext=(3, -9))
+        ax.annotate(f"{r['method']} ({r['precision']})", (r["ms_per_token"], r["rougeL"]), fontsize=7,
+                    textcoords="offset points", xytext=(3, -9))
     ax.set_xlabel("ms per token (lower is faster)")
     ax.set_ylabel("ROUGE-L F1 vs reference")
     ax.set_title("lossy SD: quality vs latency (labels: lenience)")
@@ -240,14 +242,21 @@ def log_results(run_id: str, rows: list[dict[str, Any]], batched: list[dict[str,
     for name, fig in figures.items():
         tracking.log_figure(run_id, fig, name)
         plt.close(fig)
-    sd = df[df["method"] == "sd"]
-    metrics = {f"{m}.{k}_ms_per_token": float(df[(df["mode"] == m) & (df["method"] == k)]["ms_per_token"].iloc[0])
-               for m in df["mode"].unique() for k in ("target", "hf_generate")
-               if ((df["mode"] == m) & (df["method"] == k)).any()}
-    if len(sd):
-        best = sd.loc[sd["speedup"].idxmax()]
-        metrics.update(best_speedup=float(best["speedup"]), best_speedup_gamma=int(best["gamma"]),
-                       greedy_exact=float(df[df["mode"] == "greedy"]["exact"].fillna(True).all()))
+    metrics: dict[str, float] = {}
+    for precision, part in df.groupby(df["precision"].fillna("fp32"), sort=False):
+        tag = "" if precision == "fp32" else f"{precision}."  # fp32 keeps the metric names it always had
+        sd = part[part["method"] == "sd"]
+        for m in part["mode"].unique():
+            for k in ("target", "hf_generate"):
+                rows = part[(part["mode"] == m) & (part["method"] == k)]
+                if len(rows):
+                    metrics[f"{tag}{m}.{k}_ms_per_token"] = float(rows["ms_per_token"].iloc[0])
+        if len(sd):
+            best = sd.loc[sd["speedup"].idxmax()]
+            greedy = part[part["mode"] == "greedy"]
+            metrics.update({f"{tag}best_speedup": float(best["speedup"]),
+                            f"{tag}best_speedup_gamma": int(best["gamma"]),
+                            f"{tag}greedy_exact": float(greedy["exact"].fillna(True).all())})
     if batched:
         bdf = to_batched_frame(batched)
         bmd = markdown_table(bdf, BATCH_SUMMARY)

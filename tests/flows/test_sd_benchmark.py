@@ -159,3 +159,21 @@ def test_config_refuses_two_prompt_sources_and_out_of_range_grids():
         build_config(SDBenchmarkConfig, PRESETS, "tiny", {"batch_sizes": [0]})
     # the GPU presets time every decoder on the static-cache compiled path, and batched SD too
     assert (cfg.cache_implementation, cfg.compile, cfg.batch_sizes) == ("static", True, [1, 4, 16])
+
+
+def test_int8_gets_its_own_table_and_metrics_and_its_greedy_sd_equals_its_own_target_only_decoding(
+        prefect_harness, tiny_corpus, pair):
+    from mlflow import MlflowClient
+
+    cfg = _config(target=pair["target"], corpus_dir=tiny_corpus, experiment="sd-bench-int8", gammas=[2],
+                  modes=["greedy"], repeats=1, precisions=["fp32", "int8"], int8_min_weights=0,
+                  drafts=[{"label": "random", "model": pair["draft"]}])
+    res = sd_benchmark(config=cfg)
+    df = res.table
+    assert df.groupby("precision").size().to_dict() == {"fp32": 4, "int8": 4}
+    assert df["exact"].dropna().all()  # each precision against its own target-only decoding
+    assert (df.groupby("precision")["baseline"].nunique() == 1).all()
+    metrics = MlflowClient().get_run(res.run_id).data.metrics
+    assert {"best_speedup", "int8.best_speedup", "greedy.target_ms_per_token", "int8.greedy.target_ms_per_token"} <= set(metrics)
+    with pytest.raises(ValueError, match="int8 is the CPU path"):
+        _config(precisions=["int8"], device="cuda")
