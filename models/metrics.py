@@ -121,6 +121,7 @@ def choose_lead_n(inputs: Sequence[str], references: Sequence[str], prefix: str 
 
 
 _DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_ASCII_DIGITS = frozenset("0123456789")  # str.isdigit() is also true of "²", "³", "①"...
 
 
 def copy_input(inputs: Sequence[str], prefix: str = "") -> list[str]:
@@ -130,7 +131,7 @@ def copy_input(inputs: Sequence[str], prefix: str = "") -> list[str]:
 
 def read_digits(inputs: Sequence[str], prefix: str = "") -> list[str]:
     """Each input with every digit replaced by its word, one by one (``£35bn`` -> ``£three fivebn``)."""
-    return [" ".join("".join(f" {_DIGIT_WORDS[int(c)]} " if c.isdigit() else c for c in x).split())
+    return [" ".join("".join(f" {_DIGIT_WORDS[int(c)]} " if c in _ASCII_DIGITS else c for c in x).split())
             for x in copy_input(inputs, prefix)]
 
 

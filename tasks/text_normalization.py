@@ -57,7 +57,8 @@ _UNITS = {"km": ("kilometre", "kilometres"), "kg": ("kilogram", "kilograms"), "m
           "cm": ("centimetre", "centimetres"), "mm": ("millimetre", "millimetres"),
           "ft": ("foot", "feet"), "lb": ("pound", "pounds"), "lbs": ("pound", "pounds"), "kmh": ("kilometre per hour",
           "kilometres per hour"), "km/h": ("kilometre per hour", "kilometres per hour"), "GB": ("gigabyte", "gigabytes"),
-          "MB": ("megabyte", "megabytes"), "metres": ("metre", "metres"), "miles": ("mile", "miles"), "mins": ("minute", "minutes"), "kW": ("kilowatt", "kilowatts"),
+          "MB": ("megabyte", "megabytes"), "km²": ("square kilometre", "square kilometres"),
+          "m²": ("square metre", "square metres"), "metres": ("metre", "metres"), "miles": ("mile", "miles"), "mins": ("minute", "minutes"), "kW": ("kilowatt", "kilowatts"),
           "MW": ("megawatt", "megawatts"), "ha": ("hectare", "hectares"), "sq km": ("square kilometre",
           "square kilometres"), "ml": ("millilitre", "millilitres")}
 _UNIT_RE = "|".join(re.escape(u) for u in sorted(_UNITS, key=len, reverse=True))
@@ -136,7 +137,7 @@ def decimal(s: str) -> str:
 
 def digits(s: str, zero: str = "oh") -> str:
     """Digit by digit, ``0`` read as ``zero`` (telephone numbers read it ``oh``); other characters dropped."""
-    return " ".join(zero if d == "0" else _DIGIT_WORDS[int(d)] for d in s if d.isdigit())
+    return " ".join(zero if d == "0" else _DIGIT_WORDS[int(d)] for d in s if d in "0123456789")
 
 
 def _money(s: str) -> str:

@@ -73,6 +73,7 @@ def test_the_normalization_baseline_is_the_better_of_copying_and_reading_digits_
 
     assert copy_input(["normalize: in 2004"], "normalize: ") == ["in 2004"]
     assert read_digits(["normalize: £35bn"], "normalize: ") == ["£ three five bn"]
+    assert read_digits(["normalize: 12 km² ①"], "normalize: ") == ["one two km² ①"]  # only ASCII digits are read
     inputs, refs = ["normalize: 1 2", "normalize: 3"], ["one two", "three"]
     assert choose_normalization_baseline(inputs, refs, "normalize: ") == "read-digits"
     assert choose_normalization_baseline(["normalize: in 2004"], ["in 2004"], "normalize: ") == "copy-input"

@@ -27,6 +27,7 @@ from tasks.sources import reserved_for_downstream
     ("at 9:05", "at nine oh five"),
     ("at 10.30pm", "at ten thirty p m"),
     ("about 35 km away", "about thirty five kilometres away"),
+    ("covered 50,000 km² of", "covered fifty thousand square kilometres of"),
     ("King Henry VIII and", "King Henry the eighth and"),
     ("during World War II", "during World War two"),
     ("call 0800 555 111", "call oh eight oh oh five five five one one one"),
