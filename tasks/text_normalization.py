@@ -39,6 +39,8 @@ import re
 from collections import Counter
 from typing import Iterable, Iterator
 
+from models.metrics import ASCII_DIGITS, DIGIT_WORDS
+
 PREFIX = "normalize: "
 SEPARATOR = " ; "
 CLASSES = ("cardinal", "decimal", "ordinal", "year", "date", "time", "money", "percent", "measure", "range",
@@ -79,7 +81,6 @@ Willem Frederik Oscar Gustaf Erik Magnus Valdemar Sweyn Cnut Mieszko Vytautas"""
 _NUMBERED = frozenset({"War", "Part", "Volume", "Chapter", "Act", "Phase", "Stage", "Book", "Series", "Vatican",
                        "Apollo", "Super", "Rocky", "Type", "Class", "Grade", "Mark", "Mk", "Schedule", "Title",
                        "Article", "Section", "Appendix", "Annex", "Division", "Formula", "Cat", "Level", "Gemini"})
-_DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 # One alternation, most specific first; the group name is the class.
 _PATTERN = re.compile(
@@ -131,13 +132,13 @@ def decimal(s: str) -> str:
     whole, _, frac = s.partition(".")
     out = cardinal(_int(whole))
     if frac:
-        out += " point " + " ".join(_DIGIT_WORDS[int(d)] for d in frac)
+        out += " point " + " ".join(DIGIT_WORDS[int(d)] for d in frac)
     return out
 
 
 def digits(s: str, zero: str = "oh") -> str:
     """Digit by digit, ``0`` read as ``zero`` (telephone numbers read it ``oh``); other characters dropped."""
-    return " ".join(zero if d == "0" else _DIGIT_WORDS[int(d)] for d in s if d in "0123456789")
+    return " ".join(zero if d == "0" else DIGIT_WORDS[int(d)] for d in s if d in ASCII_DIGITS)
 
 
 def _money(s: str) -> str:
@@ -321,7 +322,7 @@ def _line_spans(text: str, context: int) -> Iterator[dict[str, str]]:
     for m in _PATTERN.finditer(text):
         cls = m.lastgroup
         written = m.group()
-        prev = text[: m.start()].split()[-1:] or [""]
+        prev = text[: m.start()].rsplit(None, 1)[-1:] or [""]
         if m.start() > 0 and text[m.start() - 1] not in " ([\"'":
             continue  # glued to a preceding token (e.g. "A4", "-5")
         if m.end() < len(text) and (text[m.end()].isalnum() or text[m.end()] in "-–/"):

@@ -79,6 +79,7 @@ def test_spans_and_context_shape_the_examples_and_belong_to_this_task_only():
     for e in short["train"][:300]:
         parts = e["input"].removeprefix(tn.PREFIX).split(tn.SEPARATOR)
         assert 1 <= len(parts) <= 2
+    assert {len(e["input"].split(tn.SEPARATOR)) for e in short["train"]} == {1, 2}  # the default never gives 1
     text = "prices rose by 3.5% to a record"
     assert [s["written"] for s in tn.spans(text, context=0)] == ["3.5%"]
     assert [s["written"] for s in tn.spans(text, context=1)] == ["by 3.5% to"]
