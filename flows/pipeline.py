@@ -247,7 +247,10 @@ def pipeline(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None
             if name not in cfg.stages:
                 return None
             key = stage_store.stage_key(name, stage_cfg, inputs)
-            done = None if name in forced else stage_store.completed(key)
+            done, why = (None, "") if name in forced else stage_store.reusable(key)
+            if why:
+                logger.info("stage %s: completed earlier with the same config, inputs and code, but %s: running it "
+                            "again", name, why)
             if done is not None:
                 logger.info("stage %s: skipped, completed earlier with the same config, inputs and code (%s)", name, key)
                 result.skipped.append(name)

@@ -14,9 +14,12 @@
 # Settings (environment): SPACTOR_STATE_DIR (default <repo>/.state), PREFECT_PORT (4200), MLFLOW_PORT (5000),
 # SPACTOR_WORK_POOL (spactor-process), HEALTH_TIMEOUT (seconds, 120), MLFLOW_WORKERS (1), VENV_BIN (<repo>/.venv/bin),
 # MLFLOW_BACKEND_STORE_URI (sqlite:///<state>/mlflow.db), MLFLOW_ARTIFACT_ROOT (file://<state>/mlartifacts; s3://... on a cluster).
-# BIND_HOST (127.0.0.1) is the ONLY way to listen on another interface; there is no authentication on
-# either server, so only do it on a private network (see infra/README.md). With BIND_HOST set to a
-# non-loopback address MLflow also needs MLFLOW_ALLOWED_HOSTS (its Host-header allow list).
+# BIND_HOST (127.0.0.1) is the ONLY way to listen on another interface. Authentication (SPACTOR_AUTH=on|off;
+# on by default, and required, when BIND_HOST is not loopback): MLflow runs its basic-auth app, whose admin
+# is MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (users and permissions in <state>/mlflow-auth.db),
+# and the Prefect server checks PREFECT_API_AUTH_STRING ("user:password"). Clients (flows, the worker, the
+# Ray workers) send the same variables; they live only in the environment, never in a file. With BIND_HOST
+# set to a non-loopback address MLflow also needs MLFLOW_ALLOWED_HOSTS (its Host-header allow list).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -110,11 +113,33 @@ stop() {  # stop NAME MATCH SIGNAL: signal the process, wait, then kill its whol
   echo "$name: stopped (pid $pid)"
 }
 
-warn_exposed() {
-  if ! is_loopback "$BIND_HOST"; then
-    echo "services.sh: WARNING: BIND_HOST=$BIND_HOST exposes the Prefect and MLflow servers beyond this machine;" \
-      "neither has authentication: use a private network or an authenticating proxy" >&2
-  fi
+auth_on() {  # whether the servers authenticate: SPACTOR_AUTH, by default on exactly when exposed
+  case "${SPACTOR_AUTH:-}" in
+    on | 1 | true) return 0 ;;
+    off | 0 | false)
+      is_loopback "$BIND_HOST" || die "SPACTOR_AUTH=$SPACTOR_AUTH with BIND_HOST=$BIND_HOST: servers reachable from other machines must authenticate"
+      return 1 ;;
+    "") ! is_loopback "$BIND_HOST" ;;
+    *) die "SPACTOR_AUTH=$SPACTOR_AUTH: use on or off" ;;
+  esac
+}
+
+check_auth() {  # refuse to start an authenticating setup whose credentials are missing
+  auth_on || return 0
+  local why="authentication is on (BIND_HOST=$BIND_HOST, SPACTOR_AUTH=${SPACTOR_AUTH:-default})"
+  [[ -n "${MLFLOW_TRACKING_USERNAME:-}" && -n "${MLFLOW_TRACKING_PASSWORD:-}" ]] \
+    || die "$why: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (the MLflow admin; clients send them too)"
+  [[ "${PREFECT_API_AUTH_STRING:-}" == ?*:?* ]] \
+    || die "$why: set PREFECT_API_AUTH_STRING=user:password (the Prefect server checks it; clients send it)"
+}
+
+auth_curl() {  # auth_curl USER:PASSWORD ARGS...: curl with basic auth, the secret read from a pipe, not argv
+  local cred="$1"; shift
+  curl -K <(printf 'user = "%s"\n' "${cred//\"/\\\"}") "$@"
+}
+
+prefect_curl() {  # curl against the Prefect API, with its credentials when authentication is on
+  if auth_on; then auth_curl "$PREFECT_API_AUTH_STRING" "$@"; else curl "$@"; fi
 }
 
 ensure_pool() {
@@ -127,7 +152,7 @@ ensure_pool() {
 }
 
 worker_online() {  # worker_online NAME: the server lists that worker in our pool with status ONLINE
-  curl -fsS -m 3 -X POST -H 'Content-Type: application/json' -d '{}' \
+  prefect_curl -fsS -m 3 -X POST -H 'Content-Type: application/json' -d '{}' \
     "$PREFECT_URL/api/work_pools/$WORK_POOL/workers/filter" 2>/dev/null \
     | "$VENV_BIN/python" -c 'import json, sys; sys.exit(not any(w["name"] == sys.argv[1] and w["status"] == "ONLINE" for w in json.load(sys.stdin)))' "$1" 2>/dev/null
 }
@@ -142,11 +167,41 @@ start_mlflow() {
     allowed=(--allowed-hosts "$MLFLOW_ALLOWED_HOSTS")
   fi
   mkdir -p "$STATE/mlartifacts"
+  local auth=()
+  if auth_on; then
+    # the auth app's settings file holds no secret: the admin's password reaches the server through its
+    # environment only (MLflow creates the admin in mlflow-auth.db on first start, then ignores it)
+    (umask 077; printf '[mlflow]\ndefault_permission = %s\ndatabase_uri = sqlite:///%s\nadmin_username = %s\nauthorization_function = mlflow.server.auth:authenticate_request_basic_auth\n' \
+      "${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}" "$STATE/mlflow-auth.db" "$MLFLOW_TRACKING_USERNAME" >"$RUN_DIR/mlflow-auth.ini")
+    auth=(--app-name basic-auth)
+  fi
   (common_env; export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
+   if auth_on; then
+     export MLFLOW_AUTH_CONFIG_PATH="$RUN_DIR/mlflow-auth.ini" MLFLOW_AUTH_ADMIN_USERNAME="$MLFLOW_TRACKING_USERNAME" \
+       MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_TRACKING_PASSWORD"
+     # the auth app's CSRF key: the user's, else one made once for this state folder (owner-only file, never
+     # in the repository), so restarts and several server workers agree on it
+     if [[ -z "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" ]]; then
+       [[ -s "$RUN_DIR/mlflow-flask-secret" ]] || (umask 077; head -c 32 /dev/urandom | base64 >"$RUN_DIR/mlflow-flask-secret")
+       export MLFLOW_FLASK_SERVER_SECRET_KEY="$(cat "$RUN_DIR/mlflow-flask-secret")"
+     fi
+   fi
    start_bg mlflow "$VENV_BIN/mlflow" server --host "$BIND_HOST" --port "$MLFLOW_PORT" \
     --backend-store-uri "${MLFLOW_BACKEND_STORE_URI:-sqlite:///$STATE/mlflow.db}" \
     --default-artifact-root "${MLFLOW_ARTIFACT_ROOT:-file://$STATE/mlartifacts}" \
-    --workers "$MLFLOW_WORKERS" "${allowed[@]}")
+    --workers "$MLFLOW_WORKERS" "${allowed[@]}" "${auth[@]}")
+}
+
+check_credentials() {  # with authentication on: the servers accept the clients' credentials
+  auth_on || return 0
+  local code
+  code="$(auth_curl "$MLFLOW_TRACKING_USERNAME:$MLFLOW_TRACKING_PASSWORD" -sS -m 5 -o /dev/null -w '%{http_code}' \
+    "$MLFLOW_URL/api/2.0/mlflow/experiments/search?max_results=1" || true)"
+  [[ "$code" == 200 ]] || die "MLflow answered $code to MLFLOW_TRACKING_USERNAME's credentials (an admin made earlier" \
+    "with another password lives in $STATE/mlflow-auth.db: use that password, or change it with MLflow's update-password API)"
+  code="$(auth_curl "$PREFECT_API_AUTH_STRING" -sS -m 5 -o /dev/null -w '%{http_code}' "$PREFECT_URL/api/admin/version" || true)"
+  [[ "$code" == 200 ]] || die "the Prefect server answered $code to PREFECT_API_AUTH_STRING"
+  echo "authentication: on (MLflow basic auth, admin $MLFLOW_TRACKING_USERNAME; Prefect API auth string)"
 }
 
 start_prefect() {
@@ -157,6 +212,7 @@ start_prefect() {
   # API that flows started without PREFECT_API_URL use, so the two never lock each other's SQLite file
   (common_env; export PREFECT_HOME="$STATE/prefect-server" PREFECT_UI_API_URL="${PREFECT_UI_API_URL:-$PREFECT_URL/api}"
    unset PREFECT_API_URL
+   if auth_on; then export PREFECT_SERVER_API_AUTH_STRING="$PREFECT_API_AUTH_STRING"; fi
    start_bg prefect-server "$VENV_BIN/prefect" server start --host "$BIND_HOST" --port "$PREFECT_PORT")
 }
 
@@ -177,11 +233,12 @@ start_worker() {
 
 cmd_up() {
   mkdir -p "$RUN_DIR"
-  warn_exposed
+  check_auth
   start_mlflow
   start_prefect
   wait_healthy mlflow "mlflow" "$MLFLOW_URL/health"
   wait_healthy prefect-server "server" "$PREFECT_URL/api/health"
+  check_credentials
   ensure_pool
   start_worker
   echo
@@ -256,6 +313,9 @@ cmd_env() {
   echo "export PREFECT_API_URL=$PREFECT_URL/api"
   echo "export MLFLOW_TRACKING_URI=$MLFLOW_URL"
   echo "export SPACTOR_STATE_DIR=$STATE"
+  if auth_on; then  # secrets are never printed: the clients read them from the environment you set
+    echo "# authentication is on: also export MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD and PREFECT_API_AUTH_STRING"
+  fi
 }
 
 cmd_logs() {

@@ -41,11 +41,15 @@ WORKERS = {"pretrain": "engine.pretrain_worker", "finetune": "engine.finetune_wo
 
 def run_key(kind: str, cfg: dict[str, Any], *inputs: str) -> str:
     """The checkpoint folder's key: the config, the inputs and the fingerprint of the code the worker runs
-    (its import closure), so a fix in ``models/`` or the loop retrains instead of re-registering old weights."""
-    from tasks.stages import code_version
+    (its import closure), so a fix in ``models/`` or the loop retrains instead of re-registering old weights.
+    Models enter by their content (:func:`tasks.tracking.model_identity`: a model folder's sha256, a registered
+    version's content tag), never by a reference string or a download path: the same weights registered again
+    resume the same run, other weights under the same name start another."""
+    from tasks.stages import by_content, code_version
 
-    payload = json.dumps({k: v for k, v in cfg.items() if k not in ("mlflow_run_id", "fault_kill_at_step", "checkpoint_uri")},
-                         sort_keys=True) + "|".join(inputs) + "|code:" + code_version(WORKERS.get(kind, f"tasks.{kind}"))
+    kept = {k: v for k, v in cfg.items() if k not in ("mlflow_run_id", "fault_kill_at_step", "checkpoint_uri")}
+    payload = (json.dumps(by_content(kept), sort_keys=True) + "|".join(by_content(list(inputs)))
+               + "|code:" + code_version(WORKERS.get(kind, f"tasks.{kind}")))
     return f"{kind}-{hashlib.sha256(payload.encode()).hexdigest()[:16]}"
 
 

@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 
 FLOW_RUN_TAG = "prefect.flow_run_id"
 SHA_TAG = "sha256"
+#: the sha256 of the weights folder itself (the ``save_pretrained`` files, without the pyfunc wrapping, whose
+#: MLmodel carries a creation time): equal for two versions of the same weights, in any store
+CONTENT_TAG = "content_sha256"
 
 
 class TrackingUnavailable(ConnectionError):
@@ -476,11 +479,13 @@ def register_model(
         if is_t5_folder(local_dir):
             local_dir = save_t5_pyfunc(local_dir, Path(tmp) / "model", input_example=input_example,
                                        max_new_tokens=max_new_tokens)
+        content = folder_sha256(hf_folder(local_dir))
         sha = folder_sha256(local_dir)
         log_artifacts(run_id, local_dir, artifact_path)
     client = MlflowClient()
     all_tags = {k: str(v) for k, v in (tags or {}).items()}
     all_tags[SHA_TAG] = sha
+    all_tags[CONTENT_TAG] = content
     try:
         client.create_registered_model(name)
     except mlflow.exceptions.MlflowException:
@@ -498,18 +503,66 @@ def set_alias(model_uri: str, alias: str) -> None:
     MlflowClient().set_registered_model_alias(name, alias, version)
 
 
+def _version(ref: str):
+    """The registry's ModelVersion for ``models:/name/version`` or ``models:/name@alias``; FileNotFoundError
+    (one line naming the store) when it is not there."""
+    body = str(ref)[len("models:/"):]
+    client = MlflowClient()
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        if "/" not in body:
+            raise FileNotFoundError(f"model '{ref}' names no version: use models:/{body}/<version> or "
+                                    f"models:/{body}@<alias>")
+        name, version = body.rsplit("/", 1)
+        return client.get_model_version(name, version)
+    except mlflow.exceptions.MlflowException as err:  # not registered: the user's input, not a crash
+        raise FileNotFoundError(f"model '{ref}' is not in the model registry at {tracking_uri()} "
+                                f"({str(err).splitlines()[0]})") from None
+
+
+def is_model_reference(value: Any) -> bool:
+    """A ``models:/`` or ``runs:/`` URI."""
+    return isinstance(value, str) and value.startswith(("models:/", "runs:/"))
+
+
+def model_identity(ref: str | Path) -> str:
+    """What a model reference stands for, whatever it is called and wherever it is registered: the sha256 of
+    its weights folder (a registered version's ``content_sha256`` tag, or the folder itself for a local path);
+    a version registered before that tag existed falls back to its folder's ``sha256`` tag, and a ``runs:/``
+    URI to itself (run ids are unique across stores). Raises FileNotFoundError when a ``models:/`` reference
+    is not in the current registry. Cache and run keys take this, never the reference string alone: version 1
+    of a name in a fresh store is another model than version 1 in the old one."""
+    text = str(ref)
+    if text.startswith("models:/"):
+        mv = _version(text)
+        if mv.tags.get(CONTENT_TAG):
+            return f"sha256:{mv.tags[CONTENT_TAG]}"
+        if mv.tags.get(SHA_TAG):
+            return f"sha256-pyfunc:{mv.tags[SHA_TAG]}"
+        return f"run:{mv.run_id}:{mv.source}"
+    if text.startswith("runs:/"):
+        return text
+    path = Path(text)
+    if path.is_dir():
+        return f"sha256:{folder_sha256(hf_folder(path))}"
+    raise FileNotFoundError(f"model '{text}' is neither an existing folder nor a models:/ or runs:/ URI")
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether the current tracking store has this run (a deleted run counts as missing)."""
+    try:
+        return MlflowClient().get_run(run_id).info.lifecycle_stage != "deleted"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
 def model_version_info(ref: str) -> dict[str, Any] | None:
     """``{"name", "version", "run_id", "tags", "source"}`` of a ``models:/`` reference, else None."""
     if not str(ref).startswith("models:/"):
         return None
-    client = MlflowClient()
-    body = str(ref)[len("models:/"):]
-    if "@" in body:
-        name, alias = body.split("@", 1)
-        mv = client.get_model_version_by_alias(name, alias)
-    else:
-        name, version = body.rsplit("/", 1)
-        mv = client.get_model_version(name, version)
+    mv = _version(ref)
     return {"name": mv.name, "version": mv.version, "run_id": mv.run_id, "tags": dict(mv.tags), "source": mv.source}
 
 
@@ -522,24 +575,10 @@ def resolve_model(ref: str | Path, dst_root: str | Path | None = None) -> Path:
     ref = str(ref)
     if not ref.startswith(("models:/", "runs:/")):
         raise FileNotFoundError(f"model '{ref}' is neither an existing folder nor a models:/ or runs:/ URI")
-    client = MlflowClient()
     expected_sha = None
     source = ref
     if ref.startswith("models:/"):
-        body = ref[len("models:/"):]
-        try:
-            if "@" in body:
-                name, alias = body.split("@", 1)
-                mv = client.get_model_version_by_alias(name, alias)
-            elif "/" in body:
-                name, version = body.rsplit("/", 1)
-                mv = client.get_model_version(name, version)
-            else:
-                raise FileNotFoundError(f"model '{ref}' names no version: use models:/{body}/<version> or "
-                                        f"models:/{body}@<alias>")
-        except mlflow.exceptions.MlflowException as err:  # not registered: the user's input, not a crash
-            raise FileNotFoundError(f"model '{ref}' is not in the model registry at {tracking_uri()} "
-                                    f"({str(err).splitlines()[0]})") from None
+        mv = _version(ref)
         expected_sha = mv.tags.get(SHA_TAG)
         source = mv.source
     dst_root = Path(dst_root or state_dir() / "model-cache")

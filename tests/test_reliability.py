@@ -359,3 +359,56 @@ def test_sigkill_during_model_registration_never_leaves_a_version_pointing_at_in
     for v in versions:  # resolve_model downloads each version and checks its sha256 tag
         got = tracking.resolve_model(f"models:/kill-register-test/{v.version}", dst_root=tmp_path / "cache")
         assert sorted(p.name for p in got.iterdir() if p.name != ".complete") == sorted(p.name for p in folder.iterdir())
+
+
+def _newer_store(path: Path, table_sql: str, revision: str) -> str:
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute(table_sql)
+    con.execute("insert into alembic_version values (?)", (revision,))
+    con.commit()
+    con.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("var, value, says", [
+    ("SPACTOR_STATE_DIR", "{file}/state", "is a file, not a folder"),
+    ("SPACTOR_STATE_DIR", "/proc/spactor-state", "cannot be created"),
+    ("SPACTOR_STAGE_DIR", "{file}", "is a file, not a folder"),
+    ("SPACTOR_CACHE_DIR", "/sys/kernel", "is not writable"),
+    ("PREFECT_HOME", "{file}/prefect", "is a file, not a folder"),
+    ("HF_HOME", "/sys/kernel/hf", "cannot be created"),
+    ("SPACTOR_ARTIFACT_ROOT", "{file}/artifacts", "is a file, not a folder"),
+    ("MLFLOW_TRACKING_URI", "sqlite:///{file}/x/mlflow.db", "is a file, not a folder"),
+    ("MLFLOW_TRACKING_URI", "sqlite:////sys/kernel/mlflow.db", "is not writable"),
+    ("MLFLOW_TRACKING_URI", "sqlite:///{file}", "is not a readable SQLite database"),
+    ("MLFLOW_TRACKING_URI", "sqlite:///{newer_mlflow}", "holds a store of a newer schema (revision ffff0000ffff"),
+    ("MLFLOW_TRACKING_URI", "file://{file}/mlruns", "is a file, not a folder"),
+    ("MLFLOW_TRACKING_URI", "{file}/mlruns", "is a file, not a folder"),
+    ("PREFECT_HOME", "{newer_prefect}", "holds a store of a newer schema (revision ffff0000ffff"),
+])
+def test_an_environment_that_cannot_work_is_refused_in_one_line_naming_the_variable_before_any_work(
+        tmp_path, var, value, says):
+    file = tmp_path / "a-file"
+    file.write_text("not a folder, not a database\n")
+    newer_prefect = tmp_path / "prefect-home"
+    newer_prefect.mkdir()
+    subs = {"{file}": str(file),
+            "{newer_mlflow}": _newer_store(tmp_path / "mlflow.db", "create table alembic_version (version_num text)",
+                                           "ffff0000ffff"),
+            "{newer_prefect}": str(newer_prefect)}
+    _newer_store(newer_prefect / "prefect.db", "create table alembic_version (version_num text)", "ffff0000ffff")
+    for k, v in subs.items():
+        value = value.replace(k, v)
+    env = {**os.environ, "SPACTOR_STATE_DIR": str(tmp_path / "state"), var: value}
+    for k in ("SPACTOR_TRACEBACKS", "PREFECT_API_URL", "MLFLOW_TRACKING_URI", "PREFECT_HOME", "HF_HOME"):
+        if k != var:
+            env.pop(k, None)
+    p = subprocess.run([sys.executable, "-m", "flows.pipeline"], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.splitlines() == [p.stderr.strip()] and p.stderr.startswith(f"error: {var}={value} cannot be used"), \
+        p.stderr[-2000:]
+    assert says in p.stderr
+    assert not (tmp_path / "state" / "stages").exists() and not (tmp_path / "state" / "runs").exists()  # no work began

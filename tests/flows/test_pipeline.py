@@ -89,3 +89,16 @@ def test_tiny_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage(prefect_har
     assert second.verdict == first.verdict  # computed again from the cached stage results
     forced = pipeline(config=cfg.model_copy(update={"from_stage": "sd_benchmark"}))
     assert forced.skipped == list(STAGES[:-1])
+    # nothing stale (issue 32): a model version deleted from the registry after its stage completed makes that
+    # stage run again (its training is reused from the run folder, keyed by content), and the stages before it
+    # are still reused; against a fresh tracking store nothing is reused and the models are registered there
+    name, version = first.stages["distill_draft"]["model_uri"][len("models:/"):].rsplit("/", 1)
+    client.delete_model_version(name, version)
+    again = pipeline(config=cfg)
+    assert again.skipped[:4] == list(STAGES[:4]) and "distill_draft" not in again.skipped
+    assert again.stages["distill_draft"]["model_uri"] != first.stages["distill_draft"]["model_uri"]
+    assert model_version_info(again.stages["distill_draft"]["model_uri"])
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'fresh.db'}")
+    fresh = pipeline(config=cfg.model_copy(update={"stages": ["corpus", "pretrain"]}))
+    assert fresh.skipped == []
+    assert all(model_version_info(uri) for uri in fresh.stages["pretrain"]["models"].values())

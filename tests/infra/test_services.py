@@ -64,12 +64,34 @@ def test_script_is_valid_bash_and_documents_its_subcommands():
     assert _sh(env, "bogus").returncode == 2
 
 
-def test_binding_beyond_loopback_is_refused_without_an_explicit_mlflow_host_allow_list(tmp_path):
-    env = _env(tmp_path, BIND_HOST="0.0.0.0", PREFECT_PORT=str(_free_port()), MLFLOW_PORT=str(_free_port()))
+CREDENTIALS = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "s3cret-Pa55word!",
+               "PREFECT_API_AUTH_STRING": "spactor:an0ther-s3cret"}
+
+
+@pytest.mark.parametrize("extra, says", [
+    ({}, "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"),
+    ({"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": "x"}, "set PREFECT_API_AUTH_STRING=user:password"),
+    ({**CREDENTIALS, "PREFECT_API_AUTH_STRING": "no-colon"}, "set PREFECT_API_AUTH_STRING=user:password"),
+    ({**CREDENTIALS, "SPACTOR_AUTH": "off"}, "servers reachable from other machines must authenticate"),
+    (CREDENTIALS, "needs MLFLOW_ALLOWED_HOSTS"),
+])
+def test_binding_beyond_loopback_is_refused_without_authentication_or_a_host_allow_list(tmp_path, extra, says):
+    env = _env(tmp_path, BIND_HOST="0.0.0.0", PREFECT_PORT=str(_free_port()), MLFLOW_PORT=str(_free_port()), **extra)
+    for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING", "SPACTOR_AUTH"):
+        if k not in extra:
+            env.pop(k, None)
     out = _sh(env, "up")
-    assert out.returncode == 1
-    assert "WARNING: BIND_HOST=0.0.0.0 exposes" in out.stderr and "needs MLFLOW_ALLOWED_HOSTS" in out.stderr
+    assert out.returncode == 1 and says in out.stderr, out.stderr
     assert not list((tmp_path / "services").glob("*.pid")), "a service was started before the refusal"
+    for secret in ("s3cret", "an0ther"):
+        assert secret not in out.stdout + out.stderr
+
+
+def test_the_env_subcommand_never_prints_a_secret(tmp_path):
+    out = _sh(_env(tmp_path, SPACTOR_AUTH="on", **CREDENTIALS), "env")
+    assert out.returncode == 0 and "export MLFLOW_TRACKING_URI=" in out.stdout
+    assert "also export MLFLOW_TRACKING_USERNAME" in out.stdout
+    assert "s3cret" not in out.stdout and "an0ther" not in out.stdout
 
 
 def test_deploy_without_a_server_fails_fast_naming_the_address(tmp_path):
@@ -421,3 +443,68 @@ def test_down_stops_the_worker_first_then_everything(services):
         with socket.socket() as s:
             assert s.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still accepts connections"
     assert not _service_pids(services["state"])
+
+
+def _authed(url: str, credentials: str, body: dict | None = None):
+    import base64
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST", headers={
+        "Content-Type": "application/json", "Authorization": "Basic " + base64.b64encode(credentials.encode()).decode()})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return resp.status, json.loads(resp.read() or b"null")
+
+
+@pytest.mark.slow
+def test_with_authentication_on_requests_without_credentials_get_401_and_a_run_with_them_completes(tmp_path,
+                                                                                                    tiny_corpus):
+    """SPACTOR_AUTH=on on 127.0.0.1 (what BIND_HOST=<interface> turns on by itself): both servers refuse a request
+    without credentials or with a wrong password (401); a pretraining flow run with the credentials in its
+    environment completes (Prefect flow run, MLflow run with the metrics a Ray worker logged from rank 0, a
+    registered model), and no secret lands in MLflow params or tags."""
+    import urllib.error
+
+    state = tmp_path / "state"
+    ports = {"PREFECT_PORT": str(_free_port()), "MLFLOW_PORT": str(_free_port())}
+    env = _env(state, SPACTOR_AUTH="on", **CREDENTIALS, **ports)
+    mlflow, prefect = f"http://127.0.0.1:{ports['MLFLOW_PORT']}", f"http://127.0.0.1:{ports['PREFECT_PORT']}"
+    mlflow_cred = f"{CREDENTIALS['MLFLOW_TRACKING_USERNAME']}:{CREDENTIALS['MLFLOW_TRACKING_PASSWORD']}"
+    up = _sh(env, "up", timeout=400)
+    try:
+        assert up.returncode == 0, f"{up.stdout}\n{up.stderr}"
+        assert "authentication: on" in up.stdout
+        for url in (f"{mlflow}/api/2.0/mlflow/experiments/search?max_results=1", f"{prefect}/api/admin/version"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(url, timeout=10)
+            assert err.value.code == 401, url
+            with pytest.raises(urllib.error.HTTPError) as err:
+                _authed(url, "admin:wrong-password")
+            assert err.value.code == 401, url
+        assert _authed(f"{prefect}/api/admin/version", CREDENTIALS["PREFECT_API_AUTH_STRING"])[0] == 200
+        assert _sh(env, "status").returncode == 0  # the worker is online (asked with the credentials)
+        exports = dict(line[len("export "):].split("=", 1) for line in _sh(env, "env").stdout.splitlines()
+                       if line.startswith("export "))
+        run_env = {**env, **exports, "PREFECT_HOME": str(state / "prefect-client")}
+        cmd = [str(ROOT / ".venv" / "bin" / "python"), "-m", "flows.pretrain", "--preset", "tiny",
+               "--set", f"corpus_dir={tiny_corpus}", "--set", f"output_root={tmp_path / 'runs'}",
+               "--set", "inputs_length=64", "--set", "total_steps=6", "--set", "tau=3", "--set", "batch_size=4",
+               "--set", "checkpoint_every=3", "--set", "eval_every=3", "--set", "log_every=1",
+               "--set", "threads_per_worker=1", "--set", "register_as=t5-auth-test"]
+        run = subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=400)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        _, exp = _authed(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=pretrain", mlflow_cred)
+        _, found = _authed(f"{mlflow}/api/2.0/mlflow/runs/search", mlflow_cred,
+                           {"experiment_ids": [exp["experiment"]["experiment_id"]]})
+        (mlrun,) = found["runs"]
+        assert mlrun["info"]["status"] == "FINISHED"
+        logged = {m["key"] for m in mlrun["data"].get("metrics", [])}
+        assert {"loss", "sc_loss"} <= logged, logged  # logged by the Ray worker's rank 0
+        _, version = _authed(f"{mlflow}/api/2.0/mlflow/model-versions/get?name=t5-auth-test&version=1", mlflow_cred)
+        assert version["model_version"]["run_id"] == mlrun["info"]["run_id"]
+        flow_run_id = {t["key"]: t["value"] for t in mlrun["data"]["tags"]}["prefect.flow_run_id"]
+        _, flow_run = _authed(f"{prefect}/api/flow_runs/{flow_run_id}", CREDENTIALS["PREFECT_API_AUTH_STRING"])
+        assert flow_run["state_type"] == "COMPLETED"
+        stored = json.dumps([mlrun["data"].get("params", []), mlrun["data"].get("tags", [])])
+        assert "s3cret" not in stored and "an0ther" not in stored
+    finally:
+        _sh(env, "down", timeout=120)
