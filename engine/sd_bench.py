@@ -40,7 +40,8 @@ Method (Leviathan et al. 2023, arXiv 2211.17192, Section 5 measure the same quan
 
 Usage from a plain script::
 
-    from engine.sd_bench import BenchPrompt, BenchSettings, run_benchmark, to_frame, markdown_table
+    from engine.sd_bench import markdown_table, run_benchmark, to_frame
+    from models.sd_bench import BenchPrompt, BenchSettings
     rows = run_benchmark(target, {"small": draft}, [BenchPrompt(input_ids=ids)], BenchSettings(gammas=(2, 4)))
     print(markdown_table(to_frame(rows)))
 """
@@ -61,22 +62,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.sd_bench import (  # noqa: F401 - the benchmark's pure half, re-exported: engine.sd_bench is the whole API
-    COLUMNS,
-    MODES,
-    BenchPrompt,
-    BenchSettings,
-    check_compatible,
-    estimate_alpha,
-    iqr,
-    prompts_from_texts,
-    rouge_l,
-)
 from models.kv_cache import generate_cache
 from models.quantization import at_precision
+from models.sd_bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr, rouge_l
 from models.speculative import (
     CachedDecoder,
     SpeculativeOutput,
+    check_compatible,
     compiled_forward,
     expected_block_efficiency,
     expected_speedup,
@@ -89,18 +81,9 @@ from models.speculative import (
 __all__ = [
     "BATCH_COLUMNS",
     "BATCH_SUMMARY",
-    "BenchPrompt",
-    "BenchSettings",
-    "COLUMNS",
-    "MODES",
     "SUMMARY",
-    "check_compatible",
-    "estimate_alpha",
-    "iqr",
     "markdown_table",
     "measure_step_costs",
-    "prompts_from_texts",
-    "rouge_l",
     "run_batched_benchmark",
     "run_benchmark",
     "sync",

@@ -22,9 +22,8 @@ from typing import Any, Callable, Literal, Mapping, Optional, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from engine.checkpoints import StorageFullError
-from engine.config import FlowConfig, TrainRunFields  # noqa: F401 - public names of this module too
+from engine.config import FlowConfig
 from tasks.tracked_run import RunLockedError
-from tasks.paths import LocalPath
 
 C = TypeVar("C", bound="FlowConfig")
 

@@ -29,8 +29,9 @@ from typing import Annotated, Any, Literal, Optional, Union
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli
-from tasks.paths import LocalPath
+from engine.config import FlowConfig
+from engine.paths import LocalPath
+from flows._cli import build_config, documented, preset_type, run_cli
 
 
 class _Strict(BaseModel):

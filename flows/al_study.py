@@ -24,8 +24,9 @@ from typing import Any, Optional
 from prefect import flow, get_run_logger
 from pydantic import Field
 
+from engine.config import FlowConfig
 from flows import active_learning as al_flow
-from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli
+from flows._cli import build_config, documented, preset_type, run_cli
 
 
 class ALStudyConfig(FlowConfig):

@@ -21,10 +21,10 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field, field_validator
 
-from engine.config import optimiser_section
-from flows._cli import TrainRunFields, build_config, documented, preset_type, run_cli, run_footer
+from engine.config import TrainRunFields, optimiser_section
+from engine.paths import ModelRef
+from flows._cli import build_config, documented, preset_type, run_cli, run_footer
 from tasks.downstream import TaskSpec
-from tasks.paths import ModelRef
 
 
 class DistillConfig(TrainRunFields, optimiser_section(total_steps=100, lr=1e-3, warmup_steps=5, schedule="linear",

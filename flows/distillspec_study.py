@@ -18,11 +18,12 @@ from typing import Any, Optional
 from prefect import flow
 from pydantic import Field
 
+from engine.config import FlowConfig
+from engine.paths import ModelRef
 from flows import distill as distill_mod
 from flows import sd_benchmark as sd_mod
-from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
+from flows._cli import build_config, documented, preset_type, run_cli, run_footer
 from tasks.downstream import TaskSpec
-from tasks.paths import ModelRef
 
 
 class StudyConfig(FlowConfig):

@@ -11,9 +11,10 @@ from typing import Any, Literal, Optional
 from prefect import flow
 from pydantic import Field
 
-from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
+from engine.config import FlowConfig
+from engine.paths import ModelRef
+from flows._cli import build_config, documented, preset_type, run_cli, run_footer
 from tasks.downstream import TaskSpec
-from tasks.paths import ModelRef
 
 
 class EvaluateConfig(FlowConfig):

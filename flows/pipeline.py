@@ -23,12 +23,13 @@ from typing import Any, Callable, Literal, Optional
 from prefect import flow, get_run_logger
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from engine.config import FlowConfig
 from flows import corpus_prep as corpus_mod
 from flows import distill as distill_mod
 from flows import finetune as finetune_mod
 from flows import pretrain as pretrain_mod
 from flows import sd_benchmark as sd_mod
-from flows._cli import ConfigError, FlowConfig, build_config, documented, overrides_model, preset_type, run_cli, section_overrides
+from flows._cli import ConfigError, build_config, documented, overrides_model, preset_type, run_cli, section_overrides
 from tasks.downstream import TaskSpec
 
 STAGES = ("corpus", "pretrain", "finetune", "distill_target", "distill_draft", "sd_benchmark")

@@ -20,9 +20,10 @@ from typing import Annotated, Any, Literal, Optional
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
+from engine.config import FlowConfig
+from engine.paths import FolderOrS3, LocalPath, ModelRef
+from flows._cli import build_config, documented, preset_type, run_cli, run_footer
 from models.sd_bench import BenchSettings
-from tasks.paths import FolderOrS3, LocalPath, ModelRef
 
 
 class DraftRef(BaseModel):

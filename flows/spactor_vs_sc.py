@@ -19,10 +19,11 @@ from typing import Any, Optional
 from prefect import flow
 from pydantic import Field, model_validator
 
+from engine.config import FlowConfig
 from flows import corpus_prep as corpus_mod
 from flows import pretrain as pretrain_mod
 from flows import finetune as finetune_mod
-from flows._cli import FlowConfig, build_config, documented, preset_type, run_cli, run_footer
+from flows._cli import build_config, documented, preset_type, run_cli, run_footer
 from tasks.downstream import TaskSpec
 
 

@@ -3,9 +3,6 @@
 The timing harness that uses them (it times our SD engine, our target-only decoder and transformers'
 ``generate`` and assisted generation, and tabulates the results) is the runtime layer's
 :mod:`engine.sd_bench`, whose docstring describes the method. Nothing here reads a clock.
-
-The names of the harness that used to live here (``run_benchmark``, ``run_batched_benchmark``,
-``to_frame``, ``markdown_table``, ...) still resolve, with a DeprecationWarning, to :mod:`engine.sd_bench`.
 """
 
 from __future__ import annotations
@@ -17,14 +14,13 @@ from typing import Any
 import numpy as np
 
 from models.quantization import INT8_MIN_WEIGHTS, PRECISIONS
-from models.speculative import CACHE_IMPLEMENTATIONS, check_compatible  # noqa: F401 - re-exported
+from models.speculative import CACHE_IMPLEMENTATIONS
 
 __all__ = [
     "COLUMNS",
     "MODES",
     "BenchPrompt",
     "BenchSettings",
-    "check_compatible",
     "estimate_alpha",
     "iqr",
     "prompts_from_texts",
@@ -187,16 +183,3 @@ def prompts_from_texts(
         out.append(BenchPrompt(input_ids=body + ([eos] if eos is not None else []), reference=reference))
     return out
 
-
-_MOVED_TO_ENGINE = frozenset({"BATCH_COLUMNS", "BATCH_SUMMARY", "SUMMARY", "markdown_table", "measure_step_costs", "run_batched_benchmark", "run_benchmark", "to_batched_frame", "to_frame"})
-
-
-def __getattr__(name: str):
-    """Deprecated aliases: the timing harness moved to :mod:`engine.sd_bench` (the runtime layer)."""
-    if name in _MOVED_TO_ENGINE:
-        import importlib
-        import warnings
-
-        warnings.warn(f"models.sd_bench.{name} moved to engine.sd_bench.{name}", DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module("engine.sd_bench"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

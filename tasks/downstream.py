@@ -36,9 +36,9 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from engine.paths import LocalPath
 from tasks import sources
 from tasks.env import state_dir
-from tasks.paths import LocalPath
 
 BUILTIN = {
     "bbc_headline": {"kind": "generation", "prefix": "summarize: "},

@@ -10,7 +10,7 @@ from typing import Any
 from prefect import task
 
 from tasks import tracking
-from tasks.tracked_run import resumable_run, run_key  # noqa: F401 - run_key: public API (tests, the pipeline)
+from tasks.tracked_run import resumable_run
 
 
 def curve_table(evals: list[dict]):

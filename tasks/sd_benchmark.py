@@ -13,8 +13,10 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
-from engine.sd_bench import (BATCH_SUMMARY, BenchPrompt, BenchSettings, check_compatible, markdown_table,
-                             prompts_from_texts, run_batched_benchmark, run_benchmark, to_batched_frame, to_frame)
+from engine.sd_bench import (BATCH_SUMMARY, markdown_table, run_batched_benchmark, run_benchmark, to_batched_frame,
+                             to_frame)
+from models.sd_bench import BenchPrompt, BenchSettings, prompts_from_texts
+from models.speculative import check_compatible
 from tasks import tracking
 from tasks.orchestration import retry_transient
 

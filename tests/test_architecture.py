@@ -5,12 +5,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ("models", "engine", "tasks", "flows")  # each may import only the ones before it
-#: module-level ``__getattr__`` aliases kept for names that moved down a layer (deprecated, lazy)
-DEPRECATED_ALIASES = {"models/sd_bench.py": {"engine"}}
+LAYERS = ("models", "engine", "tasks", "flows")  # each may import only the ones before it, with no exceptions
 
 
-def _imports(path: Path, *, skip_aliases: bool = False) -> set[str]:
+def _imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     out = set()
     for node in ast.walk(tree):
@@ -22,9 +20,6 @@ def _imports(path: Path, *, skip_aliases: bool = False) -> set[str]:
             arg = node.args[0]
             if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
                 out.add(arg.value.split(".")[0])
-    rel = str(path.relative_to(ROOT))
-    if skip_aliases:
-        out -= DEPRECATED_ALIASES.get(rel, set())
     return out
 
 
@@ -33,9 +28,8 @@ def _files(*dirs: str):
 
 
 def test_models_never_import_prefect_mlflow_ray_pandas_or_a_higher_layer():
-    bad = {str(p.relative_to(ROOT)): sorted(_imports(p, skip_aliases=True)
-                                            & {"prefect", "mlflow", "ray", "pandas", "engine", "tasks", "flows"})
-           for p in _files("models")}
+    forbidden = {"prefect", "mlflow", "ray", "pandas", "engine", "tasks", "flows"}
+    bad = {str(p.relative_to(ROOT)): sorted(_imports(p) & forbidden) for p in _files("models")}
     assert {k: v for k, v in bad.items() if v} == {}
 
 
@@ -61,18 +55,10 @@ def test_dependencies_point_from_flows_to_tasks_to_engine_to_models():
     for i, layer in enumerate(LAYERS):
         higher = set(LAYERS[i + 1:])
         for p in _files(layer):
-            wrong = _imports(p, skip_aliases=True) & higher
+            wrong = _imports(p) & higher
             if wrong:
                 back[str(p.relative_to(ROOT))] = sorted(wrong)
     assert back == {}
-
-
-def test_the_deprecated_alias_is_lazy_and_the_only_downward_exception():
-    src = (ROOT / "models/sd_bench.py").read_text()
-    tree = ast.parse(src)
-    top_level = {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
-    assert "engine" not in top_level
-    assert any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body)
 
 
 def test_benchmarks_never_import_flows():

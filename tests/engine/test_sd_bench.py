@@ -9,18 +9,9 @@ import pytest
 import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
-from engine.sd_bench import (
-    COLUMNS,
-    BenchPrompt,
-    BenchSettings,
-    check_compatible,
-    estimate_alpha,
-    iqr,
-    markdown_table,
-    run_benchmark,
-    to_frame,
-)
-from models.speculative import SpeculativeOutput, expected_block_efficiency
+from engine.sd_bench import markdown_table, run_benchmark, to_frame
+from models.sd_bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr
+from models.speculative import SpeculativeOutput, check_compatible, expected_block_efficiency
 
 
 def simulate_blocks(alpha: float, gamma: int, blocks: int, rng: np.random.Generator) -> list[int]:
@@ -175,13 +166,3 @@ def test_the_sd_tables_rouge_l_is_the_evaluations_stemmed_rouge_l():
     assert rouge_l(preds, refs) == pytest.approx(rouge(preds, refs)["rougeL"])
     assert rouge_l(preds, refs) > 0.5
 
-
-def test_the_harness_names_that_lived_in_models_sd_bench_still_resolve_to_the_engine_with_a_warning():
-    import engine.sd_bench as engine_bench
-    import models.sd_bench as pure
-
-    with pytest.warns(DeprecationWarning, match="engine.sd_bench.run_batched_benchmark"):
-        assert pure.run_batched_benchmark is engine_bench.run_batched_benchmark
-    assert pure.rouge_l is engine_bench.rouge_l and pure.BenchSettings is engine_bench.BenchSettings
-    with pytest.raises(AttributeError):
-        pure.no_such_name  # noqa: B018

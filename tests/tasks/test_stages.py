@@ -19,16 +19,17 @@ def test_a_stage_key_changes_with_config_or_inputs_and_records_round_trip(tmp_pa
 
 
 def test_training_run_keys_and_the_corpus_key_change_with_the_code_they_run(monkeypatch):
-    from tasks import corpus, pretrain
+    from tasks import corpus
+    from tasks.tracked_run import run_key
 
     closure = {p.name for p in stages.import_closure("engine.pretrain_worker")}
     assert {"span_corruption.py", "spactor.py", "train_loop.py", "checkpoints.py"} <= closure
     cfg = {"lr": 1e-3, "tau": 3}
-    before = pretrain.run_key("pretrain", cfg, "/corpus")
-    assert before == pretrain.run_key("pretrain", cfg, "/corpus")  # stable for the same code
+    before = run_key("pretrain", cfg, "/corpus")
+    assert before == run_key("pretrain", cfg, "/corpus")  # stable for the same code
     fp = corpus.fingerprint_source.fn({"source": "packaged", "packaged": ["wiki"]})
     monkeypatch.setattr(stages, "code_version", lambda root="flows.pipeline": "edited-" + root)
-    assert pretrain.run_key("pretrain", cfg, "/corpus") != before
+    assert run_key("pretrain", cfg, "/corpus") != before
     assert corpus.fingerprint_source.fn({"source": "packaged", "packaged": ["wiki"]}) != fp
 
 
