@@ -74,6 +74,8 @@ SHARED_PARAMS = {
                  '{"model.d_model": 128} (the same as --set key=value on the command line)',
     "config": "a whole config instead of preset + overrides (what the command line and other flows pass)",
     "parent_run_id": "MLflow run to nest this flow's run under (set by the pipeline; leave empty for a lone run)",
+    "run_name": "name of this flow's MLflow run (the pipeline names each stage's, e.g. pretrain-teacher; leave "
+                "empty for the default)",
 }
 
 

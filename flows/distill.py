@@ -107,7 +107,10 @@ class DistillResult:
 @flow(name="distill")
 @documented()
 def distill_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
-                 config: Optional[DistillConfig] = None, parent_run_id: Optional[str] = None) -> DistillResult:
+                 config: Optional[DistillConfig] = None, parent_run_id: Optional[str] = None,
+                 run_name: Optional[str] = None) -> DistillResult:
+    """Distil a student from a teacher and register it; ``run_name`` names the MLflow run (default
+    ``<mode>-<alias>``)."""
     from tasks.distill import distill
     from tasks.finetune import prepare_task, resolve
 
@@ -117,7 +120,7 @@ def distill_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
     teacher_dir, student_dir = resolve(cfg.teacher), resolve(cfg.student)
     task_dir = prepare_task(cfg.task.model_dump())
     out = distill(cfg.model_dump(), teacher_dir, student_dir, task_dir, teacher_ref=cfg.teacher,
-                  student_ref=cfg.student, parent_run_id=parent_run_id)
+                  student_ref=cfg.student, parent_run_id=parent_run_id, run_name=run_name)
     return DistillResult(**out)
 
 

@@ -85,8 +85,10 @@ class PretrainResult:
 @flow(name="pretrain")
 @documented()
 def pretrain_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
-                  config: Optional[PretrainConfig] = None, parent_run_id: Optional[str] = None) -> PretrainResult:
-    """Pretrain one arm (SpacTor if tau > 0, SC if tau == 0)."""
+                  config: Optional[PretrainConfig] = None, parent_run_id: Optional[str] = None,
+                  run_name: Optional[str] = None) -> PretrainResult:
+    """Pretrain one arm (SpacTor if tau > 0, SC if tau == 0); ``run_name`` names the MLflow run (default
+    ``<preset>-<arm>``)."""
     from tasks.pretrain import pretrain
 
     cfg = config or build_config(PretrainConfig, PRESETS, preset, overrides)
@@ -96,7 +98,7 @@ def pretrain_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] =
 
         ccfg = CORPUS_PRESETS.get(cfg.preset, CORPUS_PRESETS["tiny"])().model_copy(update={"pack_length": cfg.tokens_length})
         corpus_dir = corpus_prep(config=ccfg, parent_run_id=parent_run_id).corpus_dir
-    out = pretrain(cfg.model_dump(), corpus_dir, parent_run_id=parent_run_id)
+    out = pretrain(cfg.model_dump(), corpus_dir, parent_run_id=parent_run_id, run_name=run_name)
     return PretrainResult(**out)
 
 

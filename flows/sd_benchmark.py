@@ -185,8 +185,10 @@ class SDBenchmarkResult:
 @flow(name="sd-benchmark")
 @documented()
 def sd_benchmark(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
-                 config: Optional[SDBenchmarkConfig] = None, parent_run_id: Optional[str] = None) -> SDBenchmarkResult:
-    """Benchmark speculative decoding for a target and its drafts (see module docstring)."""
+                 config: Optional[SDBenchmarkConfig] = None, parent_run_id: Optional[str] = None,
+                 run_name: Optional[str] = None) -> SDBenchmarkResult:
+    """Benchmark speculative decoding for a target and its drafts (see module docstring); ``run_name`` names the
+    MLflow run (default ``<preset>-sd-benchmark``)."""
     from engine.sd_bench import to_batched_frame, to_frame
     from tasks import sd_benchmark as t
     from tasks import tracking
@@ -201,7 +203,7 @@ def sd_benchmark(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
     source["jsonl"] = source.pop("prompts_jsonl")
     prompts = t.load_prompts(source, tokenizer_dir, cfg.max_new_tokens)
     # 2. Measure and log.
-    with tracking.start_run(cfg.experiment, f"{cfg.preset}-sd-benchmark", params=cfg.model_dump(),
+    with tracking.start_run(cfg.experiment, run_name or f"{cfg.preset}-sd-benchmark", params=cfg.model_dump(),
                             tags={"stage": "sd_benchmark", "preset": cfg.preset, "target": cfg.target},
                             parent_run_id=parent_run_id) as run_id:
         measured = t.measure(dirs, prompts, cfg.settings(), tokenizer_dir=tokenizer_dir, device=cfg.device,

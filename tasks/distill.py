@@ -21,7 +21,8 @@ def alias_for(cfg: dict[str, Any]) -> str:
 
 @task(name="distill")
 def distill(cfg: dict[str, Any], teacher_dir: str, student_dir: str, task_dir: str, *, teacher_ref: str,
-            student_ref: str, parent_run_id: str | None = None, experiment: str = "distill") -> dict[str, Any]:
+            student_ref: str, parent_run_id: str | None = None, experiment: str = "distill",
+            run_name: str | None = None) -> dict[str, Any]:
     from engine.distill_worker import check_pair, distill_worker
     from engine.finetune_worker import load_model_and_tokenizer
 
@@ -36,7 +37,7 @@ def distill(cfg: dict[str, Any], teacher_dir: str, student_dir: str, task_dir: s
     tags = {"stage": f"distill_{cfg['mode']}", "alias": alias, "preset": cfg["preset"], **lineage_tags}
     inputs = {"teacher_dir": teacher_dir, "student_dir": student_dir, "task_dir": task_dir}
     with resumable_run("distill", cfg, inputs, worker=distill_worker, experiment=experiment,
-                       run_name=f"{cfg['mode']}-{alias}", tags=tags, parent_run_id=parent_run_id,
+                       run_name=run_name or f"{cfg['mode']}-{alias}", tags=tags, parent_run_id=parent_run_id,
                        describe=f"distilling {teacher_ref} -> {student_ref} ({cfg['divergence']}, "
                                 f"data {cfg['data_mix']})") as run:
         last = run.state["evals"][-1] if run.state["evals"] else {}

@@ -31,7 +31,7 @@ def resolve(ref: str) -> str:
 
 @task(name="finetune")
 def finetune(cfg: dict[str, Any], model_dir: str, task_dir: str, *, model_ref: str, parent_run_id: str | None = None,
-             experiment: str = "finetune") -> dict[str, Any]:
+             experiment: str = "finetune", run_name: str | None = None) -> dict[str, Any]:
     from engine.finetune_worker import finetune_worker, load_model_and_tokenizer
 
     load_model_and_tokenizer(model_dir, cfg["init"])  # refuse a mismatched tokenizer before any work
@@ -41,7 +41,7 @@ def finetune(cfg: dict[str, Any], model_dir: str, task_dir: str, *, model_ref: s
     lineage_tags = {f"lineage.{k}": v for k, v in lineage.items() if v}
     tags = {"stage": "finetune", "task": task_name, "preset": cfg["preset"], **lineage_tags}
     with resumable_run("finetune", cfg, {"model_dir": model_dir, "task_dir": task_dir}, worker=finetune_worker,
-                       experiment=experiment, run_name=f"{task_name}-{cfg['init']}", tags=tags,
+                       experiment=experiment, run_name=run_name or f"{task_name}-{cfg['init']}", tags=tags,
                        parent_run_id=parent_run_id,
                        describe=f"fine-tuning {model_ref} on {task_name} ({cfg['init']} init)") as run:
         tracking.log_metrics(run.run_id, {"steps_trained": run.state["step"],

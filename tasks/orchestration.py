@@ -105,7 +105,7 @@ def stage_markdown(name: str, out: dict, *, skipped_key: str | None, wall_s: flo
     return "\n".join(lines)
 
 
-def _earlier_runs(out: dict) -> list[str]:
+def earlier_runs(out: dict) -> list[str]:
     """The MLflow run ids a recorded stage output names (``run_id``, or ``run_ids`` per model)."""
     ids = [out["run_id"]] if out.get("run_id") else []
     runs = out.get("run_ids") or {}
@@ -114,7 +114,7 @@ def _earlier_runs(out: dict) -> list[str]:
 
 
 def reuse_message(name: str, key: str, out: dict) -> str:
-    runs = _earlier_runs(out)
+    runs = earlier_runs(out)
     return (f"stage {name} reused: completed earlier with the same config, inputs and code (stage key {key})"
             + (f"; MLflow run{'s' if len(runs) > 1 else ''} {', '.join(runs)}" if runs else ""))
 

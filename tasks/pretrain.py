@@ -21,7 +21,7 @@ def curve_table(evals: list[dict]):
 
 @task(name="pretrain")
 def pretrain(cfg: dict[str, Any], corpus_dir: str, *, parent_run_id: str | None = None,
-             experiment: str = "pretrain") -> dict[str, Any]:
+             experiment: str = "pretrain", run_name: str | None = None) -> dict[str, Any]:
     from engine.pretrain_worker import pretrain_worker
     from tasks.corpus import check_corpus_dir
 
@@ -30,7 +30,7 @@ def pretrain(cfg: dict[str, Any], corpus_dir: str, *, parent_run_id: str | None 
     tags = {"stage": "pretrain", "arm": arm, "preset": cfg["preset"], "tau": cfg["tau"], "corpus.path": corpus_dir}
     inputs = {"corpus_dir": corpus_dir, "tokenizer_dir": f"{str(corpus_dir).rstrip('/')}/tokenizer"}  # or s3://
     with resumable_run("pretrain", cfg, inputs, worker=pretrain_worker, experiment=experiment,
-                       run_name=f"{cfg['preset']}-{arm}", tags=tags, parent_run_id=parent_run_id,
+                       run_name=run_name or f"{cfg['preset']}-{arm}", tags=tags, parent_run_id=parent_run_id,
                        describe=f"training {arm} arm (tau={cfg['tau']} of {cfg['total_steps']} steps)") as run:
         state = run.state
         tracking.log_table(run.run_id, curve_table(state["evals"]), "curve.csv")

@@ -40,6 +40,11 @@ def test_tiny_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage(prefect_har
                                   filter_string=f"tags.mlflow.parentRunId = '{first.run_id}'")
     assert {r.data.tags.get("stage") for r in children} >= {"corpus_prep", "pretrain", "finetune",
                                                             "distill_target", "distill_draft"}
+    # every child run is named for its stage and role (issue 35), and so is every Prefect subflow run
+    names = sorted(r.info.run_name for r in children)
+    assert {"pretrain-teacher", "pretrain-target", "pretrain-draft", "finetune-teacher", "finetune-draft-base",
+            "distill-target", "distill-draft", "sd-benchmark", "sd-benchmark-teacher-alone"} <= set(names), names
+    assert len(names) == len(set(names)), names
     # the verdict: computed from the results, printed, logged as summary.md, posted to Prefect
     verdict = first.verdict
     assert "Best lossless SD" in verdict and "trivial baseline" in verdict and "majority class" in verdict
@@ -70,8 +75,23 @@ def test_tiny_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage(prefect_har
     (garden,) = first.stages["sd_benchmark"]["garden"]  # one per precision; the tiny preset times fp32 only
     assert garden["precision"] == "fp32"
     assert garden["teacher_ms_per_token"] > 0 and garden["latency_reduction"] > 0
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentFlowRunId
+
+    first_flow_run = parent.data.tags["prefect.flow_run_id"]
+    with get_client(sync_client=True) as pc:  # the pipeline's Task Runs tab: a task run per stage
+        stage_runs = pc.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[first_flow_run])))
+        subflows = pc.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[first_flow_run])))
+    assert {f"stage-{s.replace('_', '-')}" for s in STAGES} <= {t.name.rsplit("-", 1)[0] for t in stage_runs}
+    assert {"corpus", "pretrain-teacher", "finetune-draft-base", "distill-target", "sd-benchmark"} <= {
+        f.name for f in subflows}
     second = pipeline(config=cfg)
     assert second.skipped == list(STAGES)
+    # a reused stage names the runs it reuses and copies no wall time (compare shows what each run spent)
+    again_run = client.get_run(second.run_id)
+    assert again_run.data.tags["pretrain.reused_from"] == ",".join(first.stages["pretrain"]["run_ids"].values())
+    assert not {f"wall_s.{s}" for s in STAGES} & set(again_run.data.metrics)
+    assert again_run.data.metrics["stages_run"] == 0 and again_run.data.metrics["stages_skipped"] == len(STAGES)
     with get_client(sync_client=True) as pc:
         latest = {a.key: a for a in pc.read_latest_artifacts()}
     assert "Skipped:** reuses the earlier completed stage" in latest["stage-pretrain"].data
@@ -101,4 +121,9 @@ def test_tiny_pipeline_runs_end_to_end_and_a_rerun_skips_every_stage(prefect_har
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'fresh.db'}")
     fresh = pipeline(config=cfg.model_copy(update={"stages": ["corpus", "pretrain"]}))
     assert fresh.skipped == []
+    # a partial run still posts its verdict, says it is partial, and logs what ran (no NaN for the rest)
+    assert "**Partial run:** only corpus, pretrain ran; not run: finetune" in fresh.verdict
+    partial = MlflowClient().get_run(fresh.run_id).data.metrics
+    assert partial["stages_run"] == 2 and "pretrain.teacher.val_sc_loss" in partial
+    assert all(v == v for v in partial.values())
     assert all(model_version_info(uri) for uri in fresh.stages["pretrain"]["models"].values())
