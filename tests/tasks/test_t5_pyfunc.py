@@ -107,10 +107,17 @@ def test_mlflow_models_serve_answers_invocations_with_the_same_text(registered):
             except OSError:
                 assert time.time() < deadline, "mlflow models serve did not answer /ping in 120 s"
                 time.sleep(1)
-        body = json.dumps({"dataframe_split": {"columns": ["input"], "data": [[x] for x in INPUTS]}}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                     headers={"Content-Type": "application/json"})
-        served = json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
+        def call(payload: dict) -> list:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+            return json.loads(urllib.request.urlopen(req, timeout=60).read())["predictions"]
+
+        served = call({"dataframe_split": {"columns": ["input"], "data": [[x] for x in INPUTS]}})
+        # MLflow's other input formats (the README's) give the same text; params reach the model
+        assert call({"dataframe_records": [{"input": x} for x in INPUTS]}) == served
+        assert call({"inputs": {"input": INPUTS}}) == served
+        short = call({"dataframe_records": [{"input": x} for x in INPUTS], "params": {"max_new_tokens": 2}})
+        assert all(len(s.split()) <= 2 for s in short) and short != served
     finally:
         proc.terminate()
         proc.wait(timeout=30)
