@@ -9,6 +9,7 @@ from prefect import task
 
 from tasks import tracking
 from tasks.downstream import example_inputs
+from tasks.evaluate import headline
 from tasks.tracked_run import resumable_run
 
 
@@ -47,7 +48,12 @@ def distill(cfg: dict[str, Any], teacher_dir: str, student_dir: str, task_dir: s
         model_uri = tracking.register_model(run.run_id, run.model_dir, name, aliases=[alias],
                                             tags={"stage": f"distill_{cfg['mode']}", "alias": alias, **lineage_tags},
                                             input_example=example_inputs(task_dir),
-                                            max_new_tokens=cfg["max_target_length"])
+                                            max_new_tokens=cfg["max_target_length"],
+                                            description=f"{cfg['mode']} distilled from {teacher_ref} (student "
+                                                        f"{student_ref}; {cfg['divergence']}, data "
+                                                        f"{cfg['data_mix']}, {run.state['step']} steps); "
+                                                        + headline(test),
+                                            metrics=test)
     return {"run_id": run.run_id, "model_uri": model_uri, "model_dir": str(run.model_dir), "alias": alias,
             "final": last, "metrics": test}
 

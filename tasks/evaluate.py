@@ -105,3 +105,14 @@ def evaluate(model_dir: str, task_dir: str, run_id: str, *, split: str = "test",
     return evaluate_and_log(model_dir, task_dir, run_id, split=split, batch_size=batch_size, num_beams=num_beams,
                             max_input_length=max_input_length, max_new_tokens=max_new_tokens,
                             max_examples=max_examples)
+
+
+def headline(metrics: dict[str, float], split: str = "test") -> str:
+    """One line for a model description: the split's primary metric beside its trivial baseline's."""
+    for name in ("exact_match", "accuracy", "rougeL"):
+        if f"{split}.{name}" in metrics:
+            base = metrics.get(f"{split}.baseline.{name}")
+            which = next((k.rsplit(".", 1)[1] for k in metrics if k.startswith(f"{split}.baseline.is.")), "baseline")
+            return (f"{split} {name} {metrics[f'{split}.{name}']:.3f}"
+                    + (f" (trivial baseline {which}: {base:.3f})" if base is not None else "") + ".")
+    return "no test metrics."

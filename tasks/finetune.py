@@ -8,6 +8,7 @@ from prefect import task
 
 from tasks import tracking
 from tasks.downstream import example_inputs
+from tasks.evaluate import headline
 from tasks.tracked_run import resumable_run
 from tasks.orchestration import retry_transient
 
@@ -52,7 +53,11 @@ def finetune(cfg: dict[str, Any], model_dir: str, task_dir: str, *, model_ref: s
                                             tags={"task": task_name, "stage": "finetune", "preset": cfg["preset"],
                                                   **lineage_tags},
                                             input_example=example_inputs(task_dir),
-                                            max_new_tokens=cfg["max_target_length"])
+                                            max_new_tokens=cfg["max_target_length"],
+                                            description=f"{model_ref} fine-tuned on {task_name} for "
+                                                        f"{run.state['step']} steps ({cfg['preset']} preset); "
+                                                        + headline(metrics),
+                                            metrics=metrics)
     return {"run_id": run.run_id, "model_uri": model_uri, "model_dir": str(run.model_dir), "metrics": metrics,
             "task": task_name}
 

@@ -41,6 +41,19 @@ def pretrain(cfg: dict[str, Any], corpus_dir: str, *, parent_run_id: str | None 
         model_uri = tracking.register_model(
             run.run_id, run.model_dir, cfg["register_as"] or f"t5-{cfg['preset']}-{arm}",
             tags={"preset": cfg["preset"], "arm": arm, "tau": cfg["tau"], "stage": "pretrain",
-                  "corpus": corpus_dir, "mlflow_run_id": run.run_id})
+                  "corpus": corpus_dir, "mlflow_run_id": run.run_id},
+            description=_describe(cfg, arm, state),
+            metrics={"final_val_sc_loss": state["evals"][-1]["val_sc_loss"]} if state["evals"] else None)
     return {"run_id": run.run_id, "model_uri": model_uri, "model_dir": str(run.model_dir), "arm": arm,
             "evals": state["evals"], "cum_flops": state["cum_flops"]}
+
+
+def _describe(cfg: dict[str, Any], arm: str, state: dict[str, Any]) -> str:
+    """The registered version's description: what it is, how it was trained, its headline number."""
+    m = cfg["model"]
+    shape = f"d_model {m['d_model']}, {m['num_layers']}+{m['num_decoder_layers']} layers"
+    how = (f"SpacTor (span corruption + replaced-token detection for tau={cfg['tau']} steps, then span corruption)"
+           if arm == "spactor" else "span corruption only")
+    loss = f"; final validation SC loss {state['evals'][-1]['val_sc_loss']:.4f}" if state["evals"] else ""
+    return (f"T5 ({shape}) pretrained with {how} for {state['step']} steps of {cfg['batch_size']} x "
+            f"{cfg['inputs_length']} tokens ({cfg['preset']} preset){loss}.")

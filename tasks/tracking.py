@@ -468,33 +468,63 @@ def register_model(
     aliases: list[str] | tuple[str, ...] = (),
     input_example: list[str] | None = None,
     max_new_tokens: int = 32,
+    description: str | None = None,
+    metrics: Mapping[str, float] | None = None,
 ) -> str:
-    """Log a ``save_pretrained`` folder as artifacts and register it; returns ``models:/name/version``.
+    """Log a ``save_pretrained`` folder as an MLflow 3 logged model of the run and register it; returns
+    ``models:/name/version``.
 
     A T5 folder is logged as an MLflow pyfunc model (see :func:`save_t5_pyfunc`; ``input_example`` and
-    ``max_new_tokens`` go into it), any other folder as it is. The folder is logged completely before the
-    version is created, so a failure leaves no registered version pointing at half a model.
+    ``max_new_tokens`` go into it; its MLmodel names the run and the logged model, so
+    ``mlflow.models.get_model_info`` reports them), any other folder as it is. The logged model is the run's
+    output (the UI's Models column, ``mlflow.search_logged_models``), carries ``tags`` and ``metrics`` (the
+    headline numbers, logged on the run against the model), and is finalised READY only once every file is
+    there; the registered version is created from it afterwards, with the sha256 tags, ``description`` and
+    ``tags``, so a failure leaves no version pointing at half a model. ``artifact_path`` names the run tag that
+    records the folder's sha256 (``<artifact_path>.sha256``).
     """
+    from mlflow.entities import LoggedModelOutput
+
+    client = MlflowClient()
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    experiment_id = client.get_run(run_id).info.experiment_id
+    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=all_tags)
     with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
         if is_t5_folder(local_dir):
             local_dir = save_t5_pyfunc(local_dir, Path(tmp) / "model", input_example=input_example,
                                        max_new_tokens=max_new_tokens)
+            _stamp_mlmodel(Path(local_dir), run_id=run_id, model_id=logged.model_id)
         content = folder_sha256(hf_folder(local_dir))
         sha = folder_sha256(local_dir)
-        log_artifacts(run_id, local_dir, artifact_path)
-    client = MlflowClient()
-    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+        client.log_model_artifacts(logged.model_id, str(local_dir))
+    client.set_logged_model_tags(logged.model_id, {SHA_TAG: sha, CONTENT_TAG: content})
+    client.finalize_logged_model(logged.model_id, "READY")
+    client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=0)])
+    for key, value in (metrics or {}).items():
+        if isinstance(value, (int, float)) and value == value:
+            client.log_metric(run_id, key, float(value), model_id=logged.model_id)
     all_tags[SHA_TAG] = sha
     all_tags[CONTENT_TAG] = content
     try:
-        client.create_registered_model(name)
+        client.create_registered_model(name, tags={"project": "spactor-pipeline", **({"stage": all_tags["stage"]}
+                                                                                    if "stage" in all_tags else {})})
     except mlflow.exceptions.MlflowException:
         pass  # already exists
-    mv = client.create_model_version(name, source=artifact_uri(run_id, artifact_path), run_id=run_id, tags=all_tags)
+    mv = client.create_model_version(name, source=f"models:/{logged.model_id}", run_id=run_id, tags=all_tags,
+                                     description=description, model_id=logged.model_id)
     for alias in aliases:
         client.set_registered_model_alias(name, alias, mv.version)
     set_tags(run_id, {f"registered.{name}": mv.version, f"{artifact_path}.{SHA_TAG}": sha})
     return f"models:/{name}/{mv.version}"
+
+
+def _stamp_mlmodel(folder: Path, *, run_id: str, model_id: str) -> None:
+    """Write the run and the logged model into a saved model's MLmodel (``save_model`` leaves them empty)."""
+    from mlflow.models import Model
+
+    model = Model.load(str(folder / "MLmodel"))
+    model.run_id, model.model_id = run_id, model_id
+    model.save(str(folder / "MLmodel"))
 
 
 def set_alias(model_uri: str, alias: str) -> None:

@@ -256,7 +256,13 @@ def test_mlflow_artifacts_and_registered_models_live_in_the_bucket_and_load_back
     fs, path = storage.split(tracking.artifact_uri(run_id, "notes/hello.txt"))
     with fs.open_input_stream(path) as f:
         assert f.read() == b"hello"
-    assert storage.exists(tracking.artifact_uri(run_id, "model/MLmodel"))
+    from mlflow import MlflowClient  # the version's files are its MLflow 3 logged model's, in the bucket
+
+    client = MlflowClient()
+    name, version = ref[len("models:/"):].rsplit("/", 1)
+    logged = client.get_logged_model(client.get_model_version(name, version).source[len("models:/"):])
+    assert logged.artifact_location.startswith(f"s3://{BUCKET}/mlflow/s3-artifacts-test/")
+    assert storage.exists(f"{logged.artifact_location}/MLmodel")
     back = tracking.resolve_model(ref, tmp_path / "models")  # downloaded from the bucket, sha256-checked
     assert (back / "config.json").exists()
 

@@ -25,7 +25,8 @@ def registered(tiny_corpus, tmp_path_factory):
     folder = make_t5_dir(str(Path(tiny_corpus) / "tokenizer"), tmp_path_factory.mktemp("t5") / "model", seed=3)
     with tracking.start_run("pyfunc-test", "register") as run_id:
         uri = tracking.register_model(run_id, folder, "pyfunc-test-t5", aliases=["target"],
-                                      input_example=INPUTS[:2], max_new_tokens=6)
+                                      input_example=INPUTS[:2], max_new_tokens=6, tags={"stage": "test"},
+                                      description="a random T5 for the tests", metrics={"test.exact_match": 0.25})
     return {"uri": uri, "folder": folder, "run_id": run_id}
 
 
@@ -49,6 +50,27 @@ def test_a_registered_t5_version_loads_with_pyfunc_and_gives_one_greedy_output_p
     assert list(longer) == _greedy(registered["folder"], INPUTS, 9)
     by_alias = mlflow.pyfunc.load_model("models:/pyfunc-test-t5@target")
     assert list(by_alias.predict(pd.DataFrame({"input": INPUTS}))) == list(out)
+
+
+def test_a_registered_version_comes_from_an_mlflow3_logged_model_of_its_run_with_metrics_and_description(registered):
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    name, version = registered["uri"][len("models:/"):].rsplit("/", 1)
+    mv = client.get_model_version(name, version)
+    assert mv.source.startswith("models:/m-") and mv.description == "a random T5 for the tests"
+    model_id = mv.source[len("models:/"):]
+    run = client.get_run(registered["run_id"])
+    assert [o.model_id for o in run.outputs.model_outputs] == [model_id]  # the UI's Models column
+    (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                            filter_string=f"name = '{name}'")
+    assert logged.model_id == model_id and logged.source_run_id == registered["run_id"] and logged.status == "READY"
+    assert {m.key: m.value for m in logged.metrics} == {"test.exact_match": 0.25}
+    assert logged.tags["stage"] == "test" and logged.tags["content_sha256"] == mv.tags["content_sha256"]
+    info = mlflow.models.get_model_info(registered["uri"])
+    assert info.run_id == registered["run_id"] and info.model_id == model_id
+    assert client.get_registered_model(name).tags["project"] == "spactor-pipeline"
 
 
 def test_a_registered_t5_version_has_a_signature_an_input_example_and_no_pickle(registered):
