@@ -1,5 +1,10 @@
-"""KV-cache adapters for encoder-decoder (T5) decoding: one prompt with a croppable cache (dynamic or
-static, optionally through ``torch.compile``), and B prompts whose rows are realigned after each call.
+"""KV-cache adapters for encoder-decoder (T5) and decoder-only (Llama, SmolLM, ...) decoding: one prompt with a
+croppable cache (dynamic or static, optionally through ``torch.compile``), and B prompts whose rows are realigned
+after each call.
+
+For a decoder-only model the prompt but its last token is prefilled once, and the token sequence the engine
+feeds starts with the prompt's last token: the role T5's decoder start token plays. Everything after that,
+the feeding, cropping and realigning, is the same for both kinds.
 
 The speculative engine (``models.speculative``) drives them: it feeds tokens, reads logits, and cuts
 each cache back to the accepted prefix. Nothing here knows about drafts or verification.
@@ -13,7 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["CACHE_IMPLEMENTATIONS", "BatchedDecoder", "CachedDecoder", "compiled_forward", "generate_cache"]
+__all__ = ["CACHE_IMPLEMENTATIONS", "BatchedDecoder", "CachedDecoder", "CausalBatchedDecoder", "CausalCachedDecoder",
+           "compiled_forward", "generate_cache", "is_causal_lm"]
 
 
 
@@ -25,6 +31,11 @@ def _cache_kwarg(model: nn.Module) -> str:
 
 
 CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    """A decoder-only language model (no encoder): ``config.is_encoder_decoder`` is false."""
+    return not getattr(model.config, "is_encoder_decoder", False)
 
 
 def _decoder_layers(model: nn.Module) -> int:
@@ -264,12 +275,98 @@ class BatchedDecoder:
                     layer.keys = layer.keys[rows].gather(2, idx)
                     layer.values = layer.values[rows].gather(2, idx)
             cross = getattr(self.cache, "cross_attention_cache", None)
-            if cross is not None and len(rows) != self.attention_mask.shape[0]:
+            if cross is not None and len(rows) != len(self.valid):
                 for layer in cross.layers:
                     if getattr(layer, "keys", None) is not None:
                         layer.keys, layer.values = layer.keys[rows], layer.values[rows]
-        if len(rows) != self.attention_mask.shape[0]:
+        if self.encoder_outputs is not None and len(rows) != len(self.valid):
             self.attention_mask = self.attention_mask[rows]
             self.encoder_outputs.last_hidden_state = self.encoder_outputs.last_hidden_state[rows]
         self.valid, self.width = valid, width
 
+
+
+class CausalCachedDecoder(CachedDecoder):
+    """One decoder-only model bound to one prompt: the prompt's real tokens but the last are prefilled once;
+    ``advance(tokens)`` then takes the sequence that starts with the prompt's last token (see the module
+    docstring) and ``crop`` forgets positions of it, exactly as :class:`CachedDecoder` does for T5. Positions
+    follow from the cache's length (the prefix is contiguous: padding is dropped)."""
+
+    def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                 cache_implementation: str = "dynamic", max_cache_len: int | None = None, forward=None):
+        if cache_implementation not in CACHE_IMPLEMENTATIONS:
+            raise ValueError(f"cache_implementation={cache_implementation!r} must be one of {CACHE_IMPLEMENTATIONS}")
+        self.model = model
+        self.forward = forward if forward is not None else model
+        self.device = input_ids.device
+        self._cache_kwarg = _cache_kwarg(model)
+        prefix = input_ids[0][attention_mask[0].bool()][:-1]
+        self.max_cache_len = max_cache_len
+        self.encoder_outputs = None
+        if cache_implementation == "static":
+            if max_cache_len is None or max_cache_len < 1:
+                raise ValueError("cache_implementation='static' needs max_cache_len >= 1 (decoder positions)")
+            from transformers.cache_utils import Cache, StaticLayer
+
+            total = max_cache_len + len(prefix)
+            self.cache = Cache(layers=[StaticLayer(max_cache_len=total) for _ in range(model.config.num_hidden_layers)])
+        else:
+            self.cache = None
+        if len(prefix):
+            out = self.forward(input_ids=prefix[None], use_cache=True, return_dict=True,
+                               **{self._cache_kwarg: self.cache})
+            self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        self._length = 0
+
+    def advance(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Feed ``tokens[self.length:]`` and return their next-token logits, shape (k, V)."""
+        new = list(tokens[self._length :])
+        assert new, "advance() needs at least one token the cache has not seen"
+        if self.max_cache_len is not None and self._length + len(new) > self.max_cache_len:
+            raise ValueError(
+                f"the static KV cache holds {self.max_cache_len} positions after the prompt; "
+                f"{self._length + len(new)} were asked for (raise max_cache_len)"
+            )
+        out = self.forward(input_ids=torch.tensor([new], dtype=torch.long, device=self.device), use_cache=True,
+                           return_dict=True, **{self._cache_kwarg: self.cache})
+        self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        self._length += len(new)
+        return out.logits[0]
+
+
+class CausalBatchedDecoder(BatchedDecoder):
+    """A decoder-only model over B left-padded prompts whose rows hold different numbers of positions.
+
+    The prompts but their last column are prefilled; rows stay right-aligned in the common cache, as in
+    :class:`BatchedDecoder`, and every call passes each row's own position ids (its count of real tokens so
+    far), so a rotary or learned position embedding sees what the row would see alone; the left columns a row
+    does not use are masked out."""
+
+    def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        mask = attention_mask.long()
+        if not bool(mask[:, -1].all()) or bool((mask[:, 1:] < mask[:, :-1]).any()):
+            raise ValueError("a decoder-only model needs left-padded prompts (attention_mask 0...0 1...1 per row, "
+                             "as with tokenizer.padding_side='left')")
+        self.model = model
+        self.device = input_ids.device
+        self.encoder_outputs = None
+        self.attention_mask = mask
+        self._cache_kwarg = _cache_kwarg(model)
+        self.cache = None
+        self.width = input_ids.shape[1] - 1
+        self.valid = mask[:, :-1].sum(dim=1)
+        if self.width:
+            out = model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1],
+                        position_ids=(mask[:, :-1].cumsum(dim=1) - 1).clamp_min(0), use_cache=True, return_dict=True)
+            self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+
+    def advance(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """Feed (B, k) tokens after each row's cached positions; returns their logits (B, k, V)."""
+        k = new_tokens.shape[1]
+        positions = self.valid[:, None] + torch.arange(k, device=self.device)[None, :]
+        self.width += k
+        self.valid = self.valid + k
+        out = self.model(input_ids=new_tokens, attention_mask=self.mask, position_ids=positions, use_cache=True,
+                         return_dict=True, **{self._cache_kwarg: self.cache})
+        self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
+        return out.logits

@@ -48,7 +48,8 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from models.kv_cache import CACHE_IMPLEMENTATIONS, BatchedDecoder, CachedDecoder, compiled_forward
+from models.kv_cache import (CACHE_IMPLEMENTATIONS, BatchedDecoder, CachedDecoder, CausalBatchedDecoder,
+                              CausalCachedDecoder, compiled_forward, is_causal_lm)
 from models.sd_verify import (  # noqa: F401 - the public names of SD live here too
     _check_lenience,
     _check_sampling_args,
@@ -100,8 +101,9 @@ class SpeculativeOutput:
     """What a generation call returns; the same type for SD and for the target-only baseline."""
 
     sequences: torch.Tensor
-    """(B, 1 + new tokens): decoder start token first, as ``target.generate`` lays it out (rows that
-    stop early are padded with the pad token)."""
+    """As ``target.generate`` lays it out: (B, 1 + new tokens), the decoder start token first, for an
+    encoder-decoder model; (B, prompt length + new tokens), the prompt first, for a decoder-only one. Rows that
+    stop early are padded with the pad token."""
     num_target_calls: int
     """Target decoder forward passes (the encoder pass is not counted)."""
     num_draft_calls: int
@@ -149,7 +151,9 @@ def token_ids(model: nn.Module, eos_token_id: int | Sequence[int] | None = None)
     gen = getattr(model, "generation_config", None)
     start = getattr(gen, "decoder_start_token_id", None)
     if start is None:
-        start = model.config.decoder_start_token_id
+        start = getattr(model.config, "decoder_start_token_id", None)
+    if start is None and is_causal_lm(model):
+        start = -1  # a decoder-only model starts from each prompt's last token (see _starts)
     if start is None:
         raise ValueError(
             "the target has no decoder_start_token_id; set target.generation_config.decoder_start_token_id"
@@ -217,6 +221,10 @@ def check_compatible(
     Pass models, or their vocabulary sizes (from their configs, before loading them). Tokenizers,
     when both are given, must map the same strings to the same ids. Raises ValueError naming the draft.
     """
+    if target is not None and draft is not None and is_causal_lm(target) != is_causal_lm(draft):
+        kinds = {True: "decoder-only", False: "encoder-decoder"}
+        raise ValueError(f"draft '{label}' is {kinds[is_causal_lm(draft)]} but the target is "
+                         f"{kinds[is_causal_lm(target)]}: speculative decoding needs two models of the same kind")
     tv = target_vocab_size if target_vocab_size is not None else _vocab_size(target)
     dv = draft_vocab_size if draft_vocab_size is not None else _vocab_size(draft)
     if tv != dv:
@@ -282,7 +290,8 @@ def _decoder(
 ) -> CachedDecoder:
     # A cache never holds more than max_new_tokens positions: it keeps every committed token but the
     # last, and a block is cut so that what it adds fits the remaining budget.
-    return CachedDecoder(
+    kind = CausalCachedDecoder if is_causal_lm(model) else CachedDecoder
+    return kind(
         model,
         input_ids,
         attention_mask,
@@ -290,6 +299,28 @@ def _decoder(
         max_cache_len=max_new_tokens + 1 if cache_implementation == "static" else None,
         forward=compiled_forward(model) if compile else None,
     )
+
+
+def _batched_decoder(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> BatchedDecoder:
+    kind = CausalBatchedDecoder if is_causal_lm(model) else BatchedDecoder
+    return kind(model, input_ids, attention_mask)
+
+
+def _starts(model: nn.Module, start: int, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[int]:
+    """Each row's first token of the decoded sequence: the decoder start token of an encoder-decoder model,
+    the last real prompt token of a decoder-only one (its cache holds the rest of the prompt)."""
+    if not is_causal_lm(model):
+        return [start] * input_ids.shape[0]
+    return [int(row[mask.bool()][-1]) for row, mask in zip(input_ids, attention_mask)]
+
+
+def _sequences(model: nn.Module, tokens: list[list[int]], input_ids: torch.Tensor, pad: int) -> torch.Tensor:
+    """The decoded rows laid out as ``generate`` lays them out: for a decoder-only model the prompt (as given,
+    padding included) then the new tokens; for an encoder-decoder one the decoder start then the new tokens.
+    Rows that stop early are filled with ``pad`` up to the longest row."""
+    width = max(len(t) for t in tokens)
+    rows = torch.tensor([t + [pad] * (width - len(t)) for t in tokens], dtype=torch.long, device=input_ids.device)
+    return torch.cat([input_ids[:, :-1], rows], dim=1) if is_causal_lm(model) else rows
 
 
 @torch.inference_mode()
@@ -321,7 +352,7 @@ def target_generate(
     t_begin = _now(input_ids.device)
     with _eval_mode(target):
         dec = _decoder(target, input_ids, attention_mask, cache_implementation, compile, max_new_tokens)
-        tokens = [start]
+        tokens = _starts(target, start, input_ids, attention_mask)
         calls = 0
         while len(tokens) - 1 < max_new_tokens:
             logits = dec.advance(tokens)[-1]  # (V,)
@@ -336,11 +367,12 @@ def target_generate(
                 break
     total = _now(input_ids.device) - t_begin
     return SpeculativeOutput(
-        sequences=torch.tensor([tokens], dtype=torch.long, device=input_ids.device),
+        sequences=_sequences(target, [tokens], input_ids, pad_id(target, eos)),
         num_target_calls=calls,
         num_draft_calls=0,
         target_time_s=total,
         total_time_s=total,
+        new_tokens_per_row=[len(tokens) - 1],
     )
 
 
@@ -364,14 +396,17 @@ def speculative_generate(
     cache_implementation: str = "dynamic",
     compile: bool = False,
 ) -> SpeculativeOutput:
-    """Speculative decoding of one prompt with an encoder-decoder target and draft.
+    """Speculative decoding with a target and a draft: encoder-decoder LMs (e.g. ``T5ForConditionalGeneration``)
+    or decoder-only ones (e.g. ``LlamaForCausalLM``: the prompt but its last token is prefilled into each
+    model's cache once, see ``models.kv_cache``).
 
     Args:
-        target, draft: encoder-decoder LMs (e.g. ``T5ForConditionalGeneration``) with the same
-            vocabulary; they are put in eval mode for the call and restored afterwards.
+        target, draft: two LMs of the same kind with the same vocabulary; they are put in eval mode for
+            the call and restored afterwards.
         input_ids: (B, S) prompts. B = 1 is the latency path. B > 1 is batched SD (each row accepts
             its own number of draft tokens; see ``_decode`` and ``BatchedDecoder``); padded prompts
-            need ``attention_mask``, as with ``generate``. attention_mask: (B, S) or None.
+            need ``attention_mask``, as with ``generate`` (left padding for a decoder-only model).
+            attention_mask: (B, S) or None.
         gamma: draft tokens per target call (>= 1); the starting value when ``adaptive_gamma``.
         max_new_tokens: tokens to generate after the decoder start token, EOS included.
         do_sample: False = greedy, output equal to greedy target decoding token for token.
@@ -425,29 +460,24 @@ def speculative_generate(
             verifier: Verifier = OneRowVerifier(
                 _decoder(target, input_ids, attention_mask, cache_implementation, compile, max_new_tokens))
         else:
-            verifier = BatchedVerifier(BatchedDecoder(target, input_ids, attention_mask))
+            verifier = BatchedVerifier(_batched_decoder(target, input_ids, attention_mask))
         t1 = _now(input_ids.device)
         if batch == 1:
             drafter: Drafter = OneRowDrafter(
                 _decoder(draft, input_ids, attention_mask, cache_implementation, compile, max_new_tokens),
                 do_sample=do_sample, warp=warp, eos=eos, generator=generator)
         else:
-            drafter = BatchedDrafter(BatchedDecoder(draft, input_ids, attention_mask), do_sample=do_sample,
+            drafter = BatchedDrafter(_batched_decoder(draft, input_ids, attention_mask), do_sample=do_sample,
                                      warp=warp, generator=generator)
         out.target_time_s += t1 - t0
         out.draft_time_s += _now(input_ids.device) - t1
-        tokens = _decode(drafter, verifier, out, batch=batch, start=start, eos=eos, gamma=gamma,
+        tokens = _decode(drafter, verifier, out, starts=_starts(target, start, input_ids, attention_mask), eos=eos,
+                         gamma=gamma,
                          max_new_tokens=max_new_tokens, do_sample=do_sample, warp=warp, lenience=lenience,
                          adaptive_gamma=adaptive_gamma, generator=generator, device=input_ids.device)
 
-    if batch == 1:
-        out.sequences = torch.tensor(tokens, dtype=torch.long, device=input_ids.device)
-    else:
-        pad = pad_id(target, eos)
-        width = max(len(t) for t in tokens)
-        out.sequences = torch.tensor([t + [pad] * (width - len(t)) for t in tokens], dtype=torch.long,
-                                     device=input_ids.device)
-        out.new_tokens_per_row = [len(t) - 1 for t in tokens]
+    out.sequences = _sequences(target, tokens, input_ids, pad_id(target, eos))
+    out.new_tokens_per_row = [len(t) - 1 for t in tokens]
     out.total_time_s = _now(input_ids.device) - t_begin
     return out
 
@@ -583,7 +613,7 @@ class BatchedVerifier:
         self.dec.keep(rows, self.dec.width - (self.n + 1) + n_t + 1)
 
 
-def _decode(drafter: Drafter, verifier: Verifier, out: SpeculativeOutput, *, batch: int, start: int,
+def _decode(drafter: Drafter, verifier: Verifier, out: SpeculativeOutput, *, starts: list[int],
             eos: frozenset[int], gamma: int, max_new_tokens: int, do_sample: bool, warp: Callable,
             lenience: float, adaptive_gamma: bool, generator: torch.Generator | None,
             device: torch.device) -> list[list[int]]:
@@ -596,8 +626,8 @@ def _decode(drafter: Drafter, verifier: Verifier, out: SpeculativeOutput, *, bat
     ``max_new_tokens``) leave; 4. drafter and verifier cut their caches to what each kept row accepted.
     ``accepted`` / ``drafted`` get one entry per (target call, row verified by it).
     """
-    tokens: list[list[int]] = [[start] for _ in range(batch)]
-    active = list(range(batch))  # original row ids, in the caches' row order
+    tokens: list[list[int]] = [[s] for s in starts]
+    active = list(range(len(starts)))  # original row ids, in the caches' row order
     block = gamma
     while active:
         rows = [tokens[r] for r in active]
