@@ -20,6 +20,10 @@ eats most of SD's gain (the closed form assumes a ratio of 1).
     .venv/bin/python benchmarks/verify_cost.py --d-model 64 --d-ff 128 --layers 1 --heads 4   # its draft
     .venv/bin/python benchmarks/verify_cost.py --compile                # the engine's compiled fast path
     .venv/bin/python benchmarks/verify_cost.py --device cuda --d-model 2048 --d-ff 5120 --layers 24 --heads 32
+    .venv/bin/python benchmarks/verify_cost.py --model smollm2 [--int8]   # a real decoder-only LLM (SmolLM2-135M)
+
+With ``--model`` (a decoder-only reference of ``engine.causal_lm``: ``smollm2``, ``gguf:PATH``, a folder, a hub
+id), table 1 uses that model's shapes and table 2 times ``models.kv_cache.CausalCachedDecoder`` on it.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from engine.sd_bench import sync  # noqa: E402
-from models.kv_cache import CachedDecoder, compiled_forward  # noqa: E402
+from models.kv_cache import CachedDecoder, CausalCachedDecoder, compiled_forward  # noqa: E402
 from models.quantization import dynamic_int8  # noqa: E402
 
 
@@ -66,11 +70,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--int8", action="store_true",
                     help="table 2 with the model's linear layers dynamically quantised to int8 (models.quantization)")
     ap.add_argument("--decoder-layers", type=int, default=None, help="decoder layers (default: --layers)")
+    ap.add_argument("--model", default=None,
+                    help="a decoder-only LM reference (engine.causal_lm: smollm2, gguf:PATH, a folder, a hub id) "
+                         "instead of a random T5")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     for name in ("d_model", "d_ff", "layers", "heads", "vocab", "prompt_len", "max_k", "calls", "threads", "cold_mb"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.model and args.compile:
+        ap.error("--model times the eager dynamic cache: drop --compile")
     if args.int8 and (args.compile or args.device != "cpu"):
         ap.error("--int8 is the CPU eager path: drop --compile and --device")
     if args.d_model % args.heads:
@@ -116,8 +125,21 @@ def linear_table(args: argparse.Namespace, device: torch.device, gen: torch.Gene
     return rows
 
 
-def decoder_table(args: argparse.Namespace, device: torch.device, gen: torch.Generator) -> list[dict]:
+def _causal_decoder(args: argparse.Namespace, model, device: torch.device, gen: torch.Generator):
+    """A decoder-only model's cached decoder on a prompt of ``--prompt-len`` tokens, and the tokens it is fed."""
+    if args.int8:
+        model = dynamic_int8(model)
+    ids = torch.randint(2, model.config.vocab_size, (1, args.prompt_len), generator=gen).to(device)
+    feed = [int(ids[0, -1])] + torch.randint(2, model.config.vocab_size, (32 + args.max_k,), generator=gen).tolist()
+    return CausalCachedDecoder(model.to(device), ids, torch.ones_like(ids)), feed
+
+
+def decoder_table(args: argparse.Namespace, device: torch.device, gen: torch.Generator, causal=None) -> list[dict]:
     """Rows of table 2: one KV-cached decoder call per k, on a cache of 32 decoded positions."""
+    if causal is not None:
+        with torch.inference_mode():
+            dec, feed = _causal_decoder(args, causal, device, gen)
+        return _time_calls(args, dec, feed, device)
     config = T5Config(vocab_size=args.vocab, d_model=args.d_model, d_ff=args.d_ff, d_kv=args.d_model // args.heads,
                       num_heads=args.heads, num_layers=args.layers,
                       num_decoder_layers=args.decoder_layers or args.layers,
@@ -129,13 +151,18 @@ def decoder_table(args: argparse.Namespace, device: torch.device, gen: torch.Gen
     ids = torch.randint(2, args.vocab, (1, args.prompt_len), generator=gen).to(device)
     mask = torch.ones_like(ids)
     feed = [0] + torch.randint(2, args.vocab, (32 + args.max_k,), generator=gen).tolist()
-    rows = []
     with torch.inference_mode():
         if args.compile:
             dec = CachedDecoder(model, ids, mask, cache_implementation="static", max_cache_len=32 + args.max_k,
                                 forward=compiled_forward(model))
         else:
             dec = CachedDecoder(model, ids, mask)
+    return _time_calls(args, dec, feed, device)
+
+
+def _time_calls(args: argparse.Namespace, dec, feed: list[int], device: torch.device) -> list[dict]:
+    rows = []
+    with torch.inference_mode():
         dec.advance(feed[:32])
         base = None
         for k in range(1, args.max_k + 1):
@@ -155,8 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(args.seed)
-    print(f"# torch {torch.__version__}, device {device}, {args.threads} thread(s); T5 d_model {args.d_model}, "
-          f"d_ff {args.d_ff}, {args.layers}+{args.decoder_layers or args.layers} layers, vocab {args.vocab}, prompt {args.prompt_len}")
+    causal = None
+    if args.model:
+        from engine.causal_lm import load_causal_lm
+
+        causal, _ = load_causal_lm(args.model)
+        c = causal.config
+        args.d_model, args.d_ff, args.layers, args.vocab = c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.vocab_size
+        print(f"# torch {torch.__version__}, device {device}, {args.threads} thread(s); {args.model}: "
+              f"{type(causal).__name__}, d_model {c.hidden_size}, d_ff {c.intermediate_size}, {c.num_hidden_layers} "
+              f"layers, vocab {c.vocab_size}, prompt {args.prompt_len}")
+    else:
+        print(f"# torch {torch.__version__}, device {device}, {args.threads} thread(s); T5 d_model {args.d_model}, "
+              f"d_ff {args.d_ff}, {args.layers}+{args.decoder_layers or args.layers} layers, vocab {args.vocab}, "
+              f"prompt {args.prompt_len}")
     print(f"\n## 1. linear layers, weights from memory (> {args.cold_mb} MiB cycled): k rows against 1\n")
     print("| layer | weight | " + " | ".join(f"k={k}" for k in range(1, args.max_k + 1)) + " |")
     print("|---|---|" + "---:|" * args.max_k)
@@ -166,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = [f"{rs[0]['us']:.1f} us"] + [f"{r['ratio']:.2f}x" for r in rs[1:]]
         print(f"| {name} | {rs[0]['weight']} | " + " | ".join(cells) + " |")
     how = "static cache, torch.compile" if args.compile else "dynamic cache, eager" + (", int8" if args.int8 else "")
-    print(f"\n## 2. one KV-cached decoder call (models.kv_cache.CachedDecoder, {how}) with k new tokens\n")
-    dec = decoder_table(args, device, gen)
+    kind = "CausalCachedDecoder" if causal is not None else "CachedDecoder"
+    print(f"\n## 2. one KV-cached decoder call (models.kv_cache.{kind}, {how}) with k new tokens\n")
+    dec = decoder_table(args, device, gen, causal)
     print("| k new tokens | ms/call | vs k=1 | per token |")
     print("|---:|---:|---:|---:|")
     for r in dec:

@@ -48,3 +48,21 @@ def test_verify_cost_refuses_bad_shapes_in_one_line(bad, capsys):
         verify_cost.main(bad)
     assert e.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_verify_cost_times_a_decoder_only_model_by_reference_with_its_own_shapes(capsys, tmp_path):
+    from tests.models.test_speculative_causal import llama
+
+    llama(0).save_pretrained(tmp_path / "llama")  # d_model 32, d_ff 64, 2 layers, vocab 64
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(64)}, unk_token="w3"))
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="w1").save_pretrained(tmp_path / "llama")
+    assert verify_cost.main(["--model", str(tmp_path / "llama"), "--prompt-len", "8", "--max-k", "3", "--calls", "3",
+                             "--cold-mb", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "LlamaForCausalLM, d_model 32, d_ff 64, 2 layers, vocab 64" in out and "CausalCachedDecoder" in out
+    linear, decoder = _tables(out)
+    assert [r[1] for r in linear] == ["32 x 32", "64 x 32", "32 x 64", "64 x 32"]
+    assert [r[0] for r in decoder] == ["1", "2", "3"] and decoder[0][2] == "1.00x"
