@@ -376,6 +376,51 @@ def target_generate(
     )
 
 
+def _check_sd_args(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, *, gamma: int, lenience: float,
+                   do_sample: bool, cache_implementation: str, compile: bool) -> None:
+    """The checks speculative decoding adds to target-only decoding's: gamma, the pair, lenience, the cache."""
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma={gamma!r} must be an int >= 1 (draft tokens per target call)")
+    check_compatible(target, draft)
+    _check_lenience(lenience)
+    if not do_sample and lenience != 1.0:
+        raise ValueError(
+            f"lenience={lenience} only applies with do_sample=True; greedy verification is exact argmax "
+            "matching (use lenience=1.0)"
+        )
+    _check_cache_args(cache_implementation, compile)
+    batch = input_ids.shape[0] if input_ids.ndim == 2 else 1
+    if batch > 1 and cache_implementation != "dynamic":
+        raise ValueError(
+            f"batch size {batch} needs cache_implementation='dynamic': batched SD realigns "
+            "the rows of its KV caches after every verification"
+        )
+
+
+def _pair(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+          out: SpeculativeOutput, *, cache_implementation: str, compile: bool, max_new_tokens: int, do_sample: bool,
+          warp: Callable, eos: frozenset[int], generator: torch.Generator | None) -> tuple["Drafter", "Verifier"]:
+    """The drafter and verifier for this batch (batch 1: ``CachedDecoder``s; B > 1: ``BatchedDecoder``s), their
+    set-up time (encoders, prompt prefill) added to the draft's and the target's time in ``out``."""
+    t0 = _now(input_ids.device)
+    if input_ids.shape[0] == 1:
+        verifier: Verifier = OneRowVerifier(
+            _decoder(target, input_ids, attention_mask, cache_implementation, compile, max_new_tokens))
+    else:
+        verifier = BatchedVerifier(_batched_decoder(target, input_ids, attention_mask))
+    t1 = _now(input_ids.device)
+    if input_ids.shape[0] == 1:
+        drafter: Drafter = OneRowDrafter(
+            _decoder(draft, input_ids, attention_mask, cache_implementation, compile, max_new_tokens),
+            do_sample=do_sample, warp=warp, eos=eos, generator=generator)
+    else:
+        drafter = BatchedDrafter(_batched_decoder(draft, input_ids, attention_mask), do_sample=do_sample, warp=warp,
+                                 generator=generator)
+    out.target_time_s += t1 - t0
+    out.draft_time_s += _now(input_ids.device) - t1
+    return drafter, verifier
+
+
 @torch.inference_mode()
 def speculative_generate(
     target: nn.Module,
@@ -429,48 +474,22 @@ def speculative_generate(
         ``SpeculativeOutput``; ``sequences`` is laid out as ``target.generate`` lays it out (for
         B > 1: rows that stop early are filled with the pad token up to the longest row).
     """
-    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
-        raise ValueError(f"gamma={gamma!r} must be an int >= 1 (draft tokens per target call)")
-    check_compatible(target, draft)
-    _check_lenience(lenience)
-    if not do_sample and lenience != 1.0:
-        raise ValueError(
-            f"lenience={lenience} only applies with do_sample=True; greedy verification is exact argmax "
-            "matching (use lenience=1.0)"
-        )
+    _check_sd_args(target, draft, input_ids, gamma=gamma, lenience=lenience, do_sample=do_sample,
+                   cache_implementation=cache_implementation, compile=compile)
     start, eos = token_ids(target, eos_token_id)
     _check_common(max_new_tokens, do_sample, temperature, top_k, top_p)
-    _check_cache_args(cache_implementation, compile)
     attention_mask = _check_prompt(target, input_ids, attention_mask, eos, allow_batch=True)
 
     def warp(logits: torch.Tensor) -> torch.Tensor:
         return sampling_distribution(logits, temperature=temperature, top_k=top_k, top_p=top_p)
 
-    batch = input_ids.shape[0]
-    if batch > 1 and cache_implementation != "dynamic":
-        raise ValueError(
-            f"batch size {batch} needs cache_implementation='dynamic': batched SD realigns "
-            "the rows of its KV caches after every verification"
-        )
-    out = SpeculativeOutput(sequences=input_ids.new_zeros((batch, 0)), num_target_calls=0, num_draft_calls=0)
+    out = SpeculativeOutput(sequences=input_ids.new_zeros((input_ids.shape[0], 0)), num_target_calls=0,
+                            num_draft_calls=0)
     t_begin = _now(input_ids.device)
     with _eval_mode(target, draft):
-        t0 = _now(input_ids.device)
-        if batch == 1:
-            verifier: Verifier = OneRowVerifier(
-                _decoder(target, input_ids, attention_mask, cache_implementation, compile, max_new_tokens))
-        else:
-            verifier = BatchedVerifier(_batched_decoder(target, input_ids, attention_mask))
-        t1 = _now(input_ids.device)
-        if batch == 1:
-            drafter: Drafter = OneRowDrafter(
-                _decoder(draft, input_ids, attention_mask, cache_implementation, compile, max_new_tokens),
-                do_sample=do_sample, warp=warp, eos=eos, generator=generator)
-        else:
-            drafter = BatchedDrafter(_batched_decoder(draft, input_ids, attention_mask), do_sample=do_sample,
-                                     warp=warp, generator=generator)
-        out.target_time_s += t1 - t0
-        out.draft_time_s += _now(input_ids.device) - t1
+        drafter, verifier = _pair(target, draft, input_ids, attention_mask, out, cache_implementation=cache_implementation,
+                                  compile=compile, max_new_tokens=max_new_tokens, do_sample=do_sample, warp=warp,
+                                  eos=eos, generator=generator)
         tokens = _decode(drafter, verifier, out, starts=_starts(target, start, input_ids, attention_mask), eos=eos,
                          gamma=gamma,
                          max_new_tokens=max_new_tokens, do_sample=do_sample, warp=warp, lenience=lenience,
