@@ -209,47 +209,62 @@ def pipeline_verdict(*, preset: str, task_kind: str, quality: Mapping[str, Mappi
     if not sd_all and sd_rows is not None:
         out.append("**SD:** no lossless SD rows were measured.")
         out.append("")
-    # 4. quality against the trivial baseline
-    if quality:
-        lines, flagged = quality_lines(quality, task_kind, labels=labels)
-        out.append("**Task quality against the trivial baseline:**")
-        out += lines
-        for role, m in quality.items():
-            for k in (f"test.{PRIMARY[task_kind]}", f"test.baseline.{PRIMARY[task_kind]}"):
-                if _ok(m.get(k)):
-                    metrics[f"quality.{role}.{k.removeprefix('test.')}"] = _num(m[k])
-        if flagged:
-            out.append(f"\nFlagged: {', '.join(flagged)} do(es) **not** beat the trivial baseline, so "
-                       "its task numbers (and SD quality columns) show no learning yet.")
-        metrics["verdict.models_below_baseline"] = float(len(flagged))
-        out.append("")
-    # 5. model garden, per precision
+    # 4. quality against the trivial baseline; 5. the model garden, per precision; 6. pretraining
+    _quality_block(out, metrics, quality, task_kind, labels)
     for g in ([garden] if isinstance(garden, Mapping) else list(garden or [])):
-        if not g:
-            continue
-        ratio = _num(g.get("latency_reduction"))
-        lo, hi = PAPER_GARDEN_RATIO
-        precision = g.get("precision") or "fp32"
-        out.append(f"**Model garden** ({precision} weights): teacher alone "
-                   f"{_fmt(g.get('teacher_ms_per_token'), '.2f')} ms/token "
-                   f"(ROUGE-L {_fmt(g.get('teacher_rougeL'))}) vs distilled target + `{g.get('garden_draft')}` "
-                   f"with SD at gamma {g.get('garden_gamma')} {_fmt(g.get('garden_ms_per_token'), '.2f')} "
-                   f"ms/token (ROUGE-L {_fmt(g.get('garden_rougeL'))}): {_fmt(ratio, '.2f')}x lower latency "
-                   f"(DistillSpec reports {lo:g}-{hi:g}x): {'holds' if ratio >= lo else '**does not hold at this scale**'}.")
-        metrics["verdict.garden_latency_ratio" + ("" if precision == "fp32" else f".{precision}")] = ratio
-        out.append("")
-    # 6. pretraining
-    if pretrain:
-        parts = [f"{size} {_fmt(p.get('val_sc_loss'))} ({_num(p.get('cum_flops')):.2e} FLOPs)"
-                 for size, p in pretrain.items()]
-        out.append("**Pretraining**, final validation SC loss: " + "; ".join(parts) + ".")
-        for size, p in pretrain.items():
-            metrics[f"pretrain.{size}.val_sc_loss"] = _num(p.get("val_sc_loss"))
-            metrics[f"pretrain.{size}.cum_flops"] = _num(p.get("cum_flops"))
-        out.append("")
+        _garden_block(out, metrics, g)
+    _pretrain_block(out, metrics, pretrain)
     if preset not in MEANINGFUL_PRESETS:
         out.append(f"_The `{preset}` preset checks that every stage runs and chains; its models are too small and "
                    "too briefly trained for these numbers to mean anything (a target this small costs almost as much "
                    "per token as its draft, so SD cannot pay off). Meaningful numbers: `make run PRESET=laptop` "
                    "(at most 90 minutes on 2 cores, see docs/results.md) and the GPU presets `small` and `base`._")
     return "\n".join(out).rstrip() + "\n", {k: v for k, v in metrics.items() if _ok(v)}
+
+
+def _quality_block(out: list[str], metrics: dict[str, float], quality: Mapping[str, Mapping[str, float]],
+                   task_kind: str, labels: Mapping[str, str] | None) -> None:
+    """Each model's primary test metric against the trivial baseline's; the models that do not beat it."""
+    if not quality:
+        return
+    lines, flagged = quality_lines(quality, task_kind, labels=labels)
+    out.append("**Task quality against the trivial baseline:**")
+    out += lines
+    for role, m in quality.items():
+        for k in (f"test.{PRIMARY[task_kind]}", f"test.baseline.{PRIMARY[task_kind]}"):
+            if _ok(m.get(k)):
+                metrics[f"quality.{role}.{k.removeprefix('test.')}"] = _num(m[k])
+    if flagged:
+        out.append(f"\nFlagged: {', '.join(flagged)} do(es) **not** beat the trivial baseline, so "
+                   "its task numbers (and SD quality columns) show no learning yet.")
+    metrics["verdict.models_below_baseline"] = float(len(flagged))
+    out.append("")
+
+
+def _garden_block(out: list[str], metrics: dict[str, float], g: Mapping[str, Any] | None) -> None:
+    """The model garden at one precision: the teacher alone against the distilled target with its draft."""
+    if not g:
+        return
+    ratio = _num(g.get("latency_reduction"))
+    lo, hi = PAPER_GARDEN_RATIO
+    precision = g.get("precision") or "fp32"
+    out.append(f"**Model garden** ({precision} weights): teacher alone "
+               f"{_fmt(g.get('teacher_ms_per_token'), '.2f')} ms/token "
+               f"(ROUGE-L {_fmt(g.get('teacher_rougeL'))}) vs distilled target + `{g.get('garden_draft')}` "
+               f"with SD at gamma {g.get('garden_gamma')} {_fmt(g.get('garden_ms_per_token'), '.2f')} "
+               f"ms/token (ROUGE-L {_fmt(g.get('garden_rougeL'))}): {_fmt(ratio, '.2f')}x lower latency "
+               f"(DistillSpec reports {lo:g}-{hi:g}x): {'holds' if ratio >= lo else '**does not hold at this scale**'}.")
+    metrics["verdict.garden_latency_ratio" + ("" if precision == "fp32" else f".{precision}")] = ratio
+    out.append("")
+
+
+def _pretrain_block(out: list[str], metrics: dict[str, float], pretrain: Mapping[str, Mapping[str, Any]] | None) -> None:
+    """Each size's final validation SC loss and its training FLOPs."""
+    if not pretrain:
+        return
+    parts = [f"{size} {_fmt(p.get('val_sc_loss'))} ({_num(p.get('cum_flops')):.2e} FLOPs)" for size, p in pretrain.items()]
+    out.append("**Pretraining**, final validation SC loss: " + "; ".join(parts) + ".")
+    for size, p in pretrain.items():
+        metrics[f"pretrain.{size}.val_sc_loss"] = _num(p.get("val_sc_loss"))
+        metrics[f"pretrain.{size}.cum_flops"] = _num(p.get("cum_flops"))
+    out.append("")
