@@ -260,6 +260,14 @@ def test_deployments_register_and_a_deployment_run_completes_through_the_worker(
     assert all(p["info"]["status"] == "FINISHED" for p in parents + children)
     assert sorted(c["tags"]["mlflow.parentRunId"] for c in children) == sorted(p["info"]["run_id"] for p in parents)
     assert all(c["tags"]["corpus.path"].startswith(str(services["state"])) for c in children)
+    # names that say what ran (issue 35): the stage is a task run of the pipeline run (its Task Runs tab), holding
+    # a subflow run named for the stage; a partial run (stages=["corpus"]) still posts its verdict
+    for run in runs:
+        _, task_runs = _http(api + "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
+        assert "stage-corpus" in {t["name"].rsplit("-", 1)[0] for t in task_runs}
+        _, subflows = _http(api + "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}})
+        assert [f["name"] for f in subflows] == ["corpus"]
+    assert all(p["tags"].get("corpus.skipped") in ("False", "True") for p in parents)
 
 
 @pytest.mark.slow
@@ -456,12 +464,12 @@ def _authed(url: str, credentials: str, body: dict | None = None):
 
 
 @pytest.mark.slow
-def test_with_authentication_on_requests_without_credentials_get_401_and_a_run_with_them_completes(tmp_path,
-                                                                                                    tiny_corpus):
+def test_with_authentication_on_requests_without_credentials_get_401_and_a_run_with_them_completes(tmp_path):
     """SPACTOR_AUTH=on on 127.0.0.1 (what BIND_HOST=<interface> turns on by itself): both servers refuse a request
     without credentials or with a wrong password (401); a pretraining flow run with the credentials in its
-    environment completes (Prefect flow run, MLflow run with the metrics a Ray worker logged from rank 0, a
-    registered model), and no secret lands in MLflow params or tags."""
+    environment completes (a pipeline run of the corpus and pretraining stages: the Prefect flow run COMPLETED,
+    MLflow runs with the metrics a Ray worker logged from rank 0, registered models), and no secret lands in
+    MLflow params or tags."""
     import urllib.error
 
     state = tmp_path / "state"
@@ -485,26 +493,30 @@ def test_with_authentication_on_requests_without_credentials_get_401_and_a_run_w
         exports = dict(line[len("export "):].split("=", 1) for line in _sh(env, "env").stdout.splitlines()
                        if line.startswith("export "))
         run_env = {**env, **exports, "PREFECT_HOME": str(state / "prefect-client")}
-        cmd = [str(ROOT / ".venv" / "bin" / "python"), "-m", "flows.pretrain", "--preset", "tiny",
-               "--set", f"corpus_dir={tiny_corpus}", "--set", f"output_root={tmp_path / 'runs'}",
-               "--set", "inputs_length=64", "--set", "total_steps=6", "--set", "tau=3", "--set", "batch_size=4",
-               "--set", "checkpoint_every=3", "--set", "eval_every=3", "--set", "log_every=1",
-               "--set", "threads_per_worker=1", "--set", "register_as=t5-auth-test"]
-        run = subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=400)
+        fast = ["pretrain.total_steps=6", "pretrain.tau=3", "pretrain.eval_every=3", "pretrain.checkpoint_every=3",
+                "pretrain.cosine_every=3", "pretrain.log_every=1", "pretrain.threads_per_worker=1",
+                "corpus.max_documents=800", "corpus.vocab_size=800", 'stages=["corpus", "pretrain"]']
+        cmd = [str(ROOT / ".venv" / "bin" / "python"), "-m", "flows.pipeline", "--preset", "tiny",
+               *[a for kv in fast for a in ("--set", kv)]]
+        run = subprocess.run(cmd, cwd=ROOT, env=run_env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-        _, exp = _authed(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=pretrain", mlflow_cred)
+        _, exp = _authed(f"{mlflow}/api/2.0/mlflow/experiments/get-by-name?experiment_name=pipeline", mlflow_cred)
         _, found = _authed(f"{mlflow}/api/2.0/mlflow/runs/search", mlflow_cred,
                            {"experiment_ids": [exp["experiment"]["experiment_id"]]})
-        (mlrun,) = found["runs"]
-        assert mlrun["info"]["status"] == "FINISHED"
+        runs = {r["info"]["run_name"]: r for r in found["runs"]}
+        assert {"pipeline-tiny", "pretrain-teacher", "pretrain-target", "pretrain-draft"} <= set(runs), sorted(runs)
+        assert all(r["info"]["status"] == "FINISHED" for r in found["runs"])
+        mlrun = runs["pretrain-teacher"]
         logged = {m["key"] for m in mlrun["data"].get("metrics", [])}
         assert {"loss", "sc_loss"} <= logged, logged  # logged by the Ray worker's rank 0
-        _, version = _authed(f"{mlflow}/api/2.0/mlflow/model-versions/get?name=t5-auth-test&version=1", mlflow_cred)
+        _, version = _authed(f"{mlflow}/api/2.0/mlflow/model-versions/get?name=t5-tiny-teacher-pretrained&version=1",
+                             mlflow_cred)
         assert version["model_version"]["run_id"] == mlrun["info"]["run_id"]
-        flow_run_id = {t["key"]: t["value"] for t in mlrun["data"]["tags"]}["prefect.flow_run_id"]
+        parent = runs["pipeline-tiny"]
+        flow_run_id = {t["key"]: t["value"] for t in parent["data"]["tags"]}["prefect.flow_run_id"]
         _, flow_run = _authed(f"{prefect}/api/flow_runs/{flow_run_id}", CREDENTIALS["PREFECT_API_AUTH_STRING"])
         assert flow_run["state_type"] == "COMPLETED"
-        stored = json.dumps([mlrun["data"].get("params", []), mlrun["data"].get("tags", [])])
+        stored = json.dumps([[r["data"].get("params", []), r["data"].get("tags", [])] for r in found["runs"]])
         assert "s3cret" not in stored and "an0ther" not in stored
     finally:
         _sh(env, "down", timeout=120)
