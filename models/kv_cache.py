@@ -155,17 +155,14 @@ class CachedDecoder:
                 f"the static KV cache holds {self.max_cache_len} decoder positions; "
                 f"{self._length + len(new)} were asked for (raise max_cache_len)"
             )
-        out = self.forward(
-            encoder_outputs=self.encoder_outputs,
-            attention_mask=self.attention_mask,
-            decoder_input_ids=torch.tensor([new], dtype=torch.long, device=self.device),
-            use_cache=True,
-            return_dict=True,
-            **{self._cache_kwarg: self.cache},
-        )
+        out = self._call(torch.tensor([new], dtype=torch.long, device=self.device))
         self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
         self._length += len(new)
         return out.logits[0]  # (k, V)
+
+    def _call(self, new: torch.Tensor):
+        return self.forward(encoder_outputs=self.encoder_outputs, attention_mask=self.attention_mask,
+                            decoder_input_ids=new, use_cache=True, return_dict=True, **{self._cache_kwarg: self.cache})
 
     def crop(self, length: int) -> None:
         """Keep only the first ``length`` cached decoder positions."""
@@ -313,25 +310,12 @@ class CausalCachedDecoder(CachedDecoder):
         else:
             self.cache = None
         if len(prefix):
-            out = self.forward(input_ids=prefix[None], use_cache=True, return_dict=True,
-                               **{self._cache_kwarg: self.cache})
+            out = self._call(prefix[None])
             self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
         self._length = 0
 
-    def advance(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Feed ``tokens[self.length:]`` and return their next-token logits, shape (k, V)."""
-        new = list(tokens[self._length :])
-        assert new, "advance() needs at least one token the cache has not seen"
-        if self.max_cache_len is not None and self._length + len(new) > self.max_cache_len:
-            raise ValueError(
-                f"the static KV cache holds {self.max_cache_len} positions after the prompt; "
-                f"{self._length + len(new)} were asked for (raise max_cache_len)"
-            )
-        out = self.forward(input_ids=torch.tensor([new], dtype=torch.long, device=self.device), use_cache=True,
-                           return_dict=True, **{self._cache_kwarg: self.cache})
-        self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        self._length += len(new)
-        return out.logits[0]
+    def _call(self, new: torch.Tensor):
+        return self.forward(input_ids=new, use_cache=True, return_dict=True, **{self._cache_kwarg: self.cache})
 
 
 class CausalBatchedDecoder(BatchedDecoder):
