@@ -272,6 +272,8 @@ def test_local_ray_workers_and_detached_actors_do_not_log_the_dashboardless_stat
     (["flows.finetune", "--set", "model={tmp}"], "is a folder but not a model"),
     (["flows.corpus_prep", "--set", "source=files", "--set", 'paths=["/nonexistent/*.txt"]'], "no files match"),
     (["flows.pretrain", "--set", "corpus_dir={tmp}"], "is not a prepared corpus"),
+    (["flows.import_model", "--set", "ref=hf:HuggingFaceTB/SmolLM2-135M"], "the hub is off"),
+    (["flows.import_model", "--set", "ref=gguf:/nonexistent/model.gguf"], "no GGUF file at"),
 ])
 def test_bad_input_inside_a_flow_gives_one_error_line_no_traceback_and_no_retry(tmp_path, args, says):
     env = {**os.environ, "SPACTOR_STATE_DIR": str(tmp_path / "state")}

@@ -1,0 +1,41 @@
+"""Import a decoder-only LM (a packaged name, a gguf: file, a hub id or a folder) into the model registry once,
+so that later stages take it as ``models:/NAME/VERSION`` like every model the pipeline trains."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from tasks import tracking
+
+
+@task(name="import-model")
+def import_model(ref: str, name: str, *, experiment: str = "import", parent_run_id: str | None = None,
+                 run_name: str | None = None) -> dict[str, Any]:
+    """Load ``ref`` (``engine.causal_lm.load_causal_lm``), save it with ``save_pretrained`` (safetensors, fp32)
+    and its tokenizer, and register it as ``name`` with its source, licence and shape in the tags (and the
+    sha256 tags every version has). Returns the run id and the ``models:/`` URI."""
+    from engine.causal_lm import PACKAGED, load_causal_lm
+
+    model, tokenizer = load_causal_lm(ref)
+    c = model.config
+    licence = PACKAGED[ref][2] if ref in PACKAGED else "see the source"
+    tags = {"stage": "import", "source": ref, "licence": licence, "architecture": type(model).__name__,
+            "layers": c.num_hidden_layers, "d_model": c.hidden_size, "vocab_size": c.vocab_size}
+    params = sum(p.numel() for p in model.parameters())
+    with tracking.start_run(experiment, run_name or f"import-{name}", params={"ref": ref, "name": name},
+                            tags=tags, parent_run_id=parent_run_id) as run_id, \
+            tempfile.TemporaryDirectory(prefix="import-") as tmp:
+        folder = Path(tmp) / "model"
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        tracking.log_metrics(run_id, {"parameters": float(params)})
+        uri = tracking.register_model(run_id, folder, name, tags=tags,
+                                      description=f"{type(model).__name__} of {params / 1e6:.0f}M parameters "
+                                                  f"({c.num_hidden_layers} layers, d_model {c.hidden_size}, "
+                                                  f"vocabulary {c.vocab_size}) imported from {ref} "
+                                                  f"(licence: {licence}).")
+    return {"run_id": run_id, "model_uri": uri}
