@@ -60,7 +60,7 @@ def locate(ref: str) -> tuple[str, str | None]:
         return str(Path(ref).resolve()), None
     name = ref[len("hf:"):] if ref.startswith("hf:") else ref
     if ref.startswith("hf:") or _HUB_ID.match(ref):
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        if os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in ("1", "ON", "YES", "TRUE"):
             raise FileNotFoundError(f"model '{ref}' is a Hugging Face hub id and the hub is off (HF_HUB_OFFLINE="
                                     f"{os.environ['HF_HUB_OFFLINE']}): set HF_HUB_OFFLINE=0 where the hub can be "
                                     "reached, or pass a folder, a gguf: file or a packaged name "

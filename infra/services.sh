@@ -131,11 +131,15 @@ check_auth() {  # refuse to start an authenticating setup whose credentials are 
     || die "$why: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (the MLflow admin; clients send them too)"
   [[ "${PREFECT_API_AUTH_STRING:-}" == ?*:?* ]] \
     || die "$why: set PREFECT_API_AUTH_STRING=user:password (the Prefect server checks it; clients send it)"
+  [[ "$MLFLOW_TRACKING_USERNAME$MLFLOW_TRACKING_PASSWORD$PREFECT_API_AUTH_STRING" != *$'\n'* ]] \
+    || die "$why: a credential holds a line break; use one without"
 }
 
 auth_curl() {  # auth_curl USER:PASSWORD ARGS...: curl with basic auth, the secret read from a pipe, not argv
   local cred="$1"; shift
-  curl -K <(printf 'user = "%s"\n' "${cred//\"/\\\"}") "$@"
+  cred="${cred//\\/\\\\}"  # curl's config syntax: backslashes first, then quotes
+  cred="${cred//\"/\\\"}"
+  curl -K <(printf 'user = "%s"\n' "$cred") "$@"
 }
 
 prefect_curl() {  # curl against the Prefect API, with its credentials when authentication is on

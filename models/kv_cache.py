@@ -297,6 +297,9 @@ class CausalCachedDecoder(CachedDecoder):
         self.forward = forward if forward is not None else model
         self.device = input_ids.device
         self._cache_kwarg = _cache_kwarg(model)
+        if not bool(attention_mask[0, -1]):
+            raise ValueError("a decoder-only model needs left-padded prompts (attention_mask 0...0 1...1, as with "
+                             "tokenizer.padding_side='left')")
         prefix = input_ids[0][attention_mask[0].bool()][:-1]
         self.max_cache_len = max_cache_len
         self.encoder_outputs = None

@@ -140,8 +140,10 @@ def _tracking_problem(uri: str) -> str | None:
         path = Path(urllib.parse.unquote(uri[len("sqlite:///"):]))
         return _folder_problem(path.parent) or _database_problem(path, "mlflow", "store", "db_migrations",
                                                                    "versions")
-    if parsed.scheme == "file" or (parsed.scheme == "" and uri):
-        return _folder_problem(Path(urllib.parse.unquote(parsed.path) if parsed.scheme else uri))
+    if parsed.scheme == "file":
+        return _folder_problem(Path(urllib.parse.unquote(parsed.path)))
+    if parsed.scheme == "" and ("/" in uri or uri.startswith(".")):  # a plain folder ("databricks" is a name)
+        return _folder_problem(Path(uri))
     return None
 
 
@@ -170,7 +172,8 @@ def environment_problems() -> list[str]:
     if uri:
         check("MLFLOW_TRACKING_URI", uri, _tracking_problem(uri))
     home = os.environ.get("PREFECT_HOME")
-    if home and not os.environ.get("PREFECT_API_URL") and not os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL"):
+    if home and not any(os.environ.get(v) for v in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL",
+                                                    "PREFECT_SERVER_DATABASE_CONNECTION_URL")):
         if not any(line.startswith("PREFECT_HOME") for line in out):  # the temporary local API's database
             check("PREFECT_HOME", home, _database_problem(Path(home) / "prefect.db", "prefect", "server", "database",
                                                           "_migrations", "versions", "sqlite"))

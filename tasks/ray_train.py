@@ -16,8 +16,9 @@ from typing import Any, Callable
 from tasks.env import PROJECT_ROOT, state_dir
 
 #: variables every Ray worker needs to see (tracking and offline settings)
-FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN",
-                 "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "SPACTOR_STATE_DIR",
+#: (MLflow credentials are not among them: Ray logs a job's runtime env, so secrets would land in its log
+#: files; local workers inherit the driver's environment, and cluster nodes must have them in their own)
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "SPACTOR_STATE_DIR",
                  "TOKENIZERS_PARALLELISM", "MLFLOW_DISABLE_TELEMETRY", "OMP_NUM_THREADS",
                  "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "SPACTOR_ARTIFACT_ROOT", "SPACTOR_FAULT_INJECT",
                  # object storage for checkpoints (engine.storage) and MLflow artifacts

@@ -84,8 +84,17 @@ def by_content(value: Any) -> Any:
 
 
 def _is_model_folder(path: str) -> bool:
+    """A ``save_pretrained`` folder (its config.json names a ``model_type``) or an MLflow model; not a corpus
+    folder, whose config.json is the corpus prep config (corpora are named by their content already)."""
     p = Path(path)
-    return p.is_dir() and ((p / "config.json").is_file() or (p / "MLmodel").is_file())
+    if not p.is_dir():
+        return False
+    if (p / "MLmodel").is_file():
+        return True
+    try:
+        return "model_type" in json.loads((p / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def stage_key(name: str, config: dict[str, Any], inputs: dict[str, Any]) -> str:

@@ -488,16 +488,23 @@ def register_model(
     client = MlflowClient()
     all_tags = {k: str(v) for k, v in (tags or {}).items()}
     experiment_id = client.get_run(run_id).info.experiment_id
-    logged = client.create_logged_model(experiment_id, name=name, source_run_id=run_id, tags=all_tags)
-    with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
-        if is_t5_folder(local_dir):
-            local_dir = save_t5_pyfunc(local_dir, Path(tmp) / "model", input_example=input_example,
-                                       max_new_tokens=max_new_tokens)
-            _stamp_mlmodel(Path(local_dir), run_id=run_id, model_id=logged.model_id)
-        content = folder_sha256(hf_folder(local_dir))
-        sha = folder_sha256(local_dir)
-        client.log_model_artifacts(logged.model_id, str(local_dir))
-    client.set_logged_model_tags(logged.model_id, {SHA_TAG: sha, CONTENT_TAG: content})
+    # named like the run's artifact path, so runs:/<run>/<artifact_path> keeps resolving (MLflow 3 resolves it
+    # through the run's logged model of that name)
+    logged = client.create_logged_model(experiment_id, name=artifact_path, source_run_id=run_id,
+                                        tags={**all_tags, "registered_name": name})
+    try:
+        with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
+            if is_t5_folder(local_dir):
+                local_dir = save_t5_pyfunc(local_dir, Path(tmp) / "model", input_example=input_example,
+                                           max_new_tokens=max_new_tokens)
+                _stamp_mlmodel(Path(local_dir), run_id=run_id, model_id=logged.model_id)
+            content = folder_sha256(hf_folder(local_dir))
+            sha = folder_sha256(local_dir)
+            client.log_model_artifacts(logged.model_id, str(local_dir))
+        client.set_logged_model_tags(logged.model_id, {SHA_TAG: sha, CONTENT_TAG: content})
+    except BaseException:
+        _retry(client.finalize_logged_model, logged.model_id, "FAILED", what="mark the logged model FAILED")
+        raise
     client.finalize_logged_model(logged.model_id, "READY")
     client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=0)])
     for key, value in (metrics or {}).items():
@@ -547,9 +554,16 @@ def _version(ref: str):
                                     f"models:/{body}@<alias>")
         name, version = body.rsplit("/", 1)
         return client.get_model_version(name, version)
-    except mlflow.exceptions.MlflowException as err:  # not registered: the user's input, not a crash
+    except mlflow.exceptions.MlflowException as err:
+        if not _is_missing(err):
+            raise  # the store is down or refuses us: not "the model is gone"
         raise FileNotFoundError(f"model '{ref}' is not in the model registry at {tracking_uri()} "
                                 f"({str(err).splitlines()[0]})") from None
+
+
+def _is_missing(err: Exception) -> bool:
+    """An MLflow error that says the thing asked for does not exist (not an outage or a refusal)."""
+    return getattr(err, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
 
 
 def is_model_reference(value: Any) -> bool:
@@ -584,8 +598,10 @@ def run_exists(run_id: str) -> bool:
     """Whether the current tracking store has this run (a deleted run counts as missing)."""
     try:
         return MlflowClient().get_run(run_id).info.lifecycle_stage != "deleted"
-    except mlflow.exceptions.MlflowException:
-        return False
+    except mlflow.exceptions.MlflowException as err:
+        if _is_missing(err):
+            return False
+        raise
 
 
 def model_version_info(ref: str) -> dict[str, Any] | None:

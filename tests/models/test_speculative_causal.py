@@ -92,6 +92,8 @@ def test_causal_prompts_must_be_left_padded_and_kinds_must_match(target, random_
     ids = torch.tensor([[BOS, 5, PAD], [BOS, 7, 8]])
     with pytest.raises(ValueError, match="left-padded"):
         speculative_generate(target, random_draft, ids, ids.ne(PAD).long(), gamma=2, max_new_tokens=4)
+    with pytest.raises(ValueError, match="left-padded"):  # one right-padded row too
+        speculative_generate(target, random_draft, ids[:1], ids[:1].ne(PAD).long(), gamma=2, max_new_tokens=4)
     from tests.models.test_speculative import tiny_t5
 
     with pytest.raises(ValueError, match="decoder-only but the target is encoder-decoder"):

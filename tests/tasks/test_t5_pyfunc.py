@@ -64,7 +64,8 @@ def test_a_registered_version_comes_from_an_mlflow3_logged_model_of_its_run_with
     run = client.get_run(registered["run_id"])
     assert [o.model_id for o in run.outputs.model_outputs] == [model_id]  # the UI's Models column
     (logged,) = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
-                                            filter_string=f"name = '{name}'")
+                                            filter_string=f"source_run_id = '{registered['run_id']}'")
+    assert logged.name == "model" and logged.tags["registered_name"] == name  # runs:/<run>/model resolves
     assert logged.model_id == model_id and logged.source_run_id == registered["run_id"] and logged.status == "READY"
     assert {m.key: m.value for m in logged.metrics} == {"test.exact_match": 0.25}
     assert logged.tags["stage"] == "test" and logged.tags["content_sha256"] == mv.tags["content_sha256"]
