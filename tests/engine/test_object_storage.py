@@ -328,8 +328,9 @@ def test_a_pretraining_run_with_corpus_checkpoints_and_artifacts_on_s3_killed_wh
     logged = [m.step for m in client.get_metric_history(resumed.info.run_id, "sc_loss")]
     assert logged and min(logged) > killed_at  # resumed from the bucket's checkpoint, not from step 0
     (version,) = client.search_model_versions("name = 't5-s3test'")
-    assert version.source.startswith(f"s3://{BUCKET}/e2e/mlflow/pretrain/")
-    assert storage.exists(f"{version.source}/MLmodel")
+    files = client.get_logged_model(version.source[len("models:/"):]).artifact_location  # its MLflow 3 logged model
+    assert files.startswith(f"s3://{BUCKET}/e2e/mlflow/pretrain/")
+    assert storage.exists(f"{files}/MLmodel")
     assert not [f for f in (state / "mlartifacts").rglob("*") if f.is_file()]  # nothing on local disk
     assert not [d for d in out.rglob("step-*") if d.is_dir()]  # step checkpoints only in the bucket
     assert len([d for d in (cache / "objects").iterdir() if d.is_dir() and not d.name.startswith(".")]) == 1
