@@ -337,7 +337,6 @@ class CausalBatchedDecoder(BatchedDecoder):
         self.model = model
         self.device = input_ids.device
         self.encoder_outputs = None
-        self.attention_mask = mask
         self._cache_kwarg = _cache_kwarg(model)
         self.cache = None
         self.width = input_ids.shape[1] - 1

@@ -498,8 +498,9 @@ def register_model(
                 local_dir = save_t5_pyfunc(local_dir, Path(tmp) / "model", input_example=input_example,
                                            max_new_tokens=max_new_tokens)
                 _stamp_mlmodel(Path(local_dir), run_id=run_id, model_id=logged.model_id)
-            content = folder_sha256(hf_folder(local_dir))
             sha = folder_sha256(local_dir)
+            weights = hf_folder(local_dir)  # the pyfunc's t5 artifact, or the folder itself: hash it once
+            content = sha if Path(weights) == Path(local_dir) else folder_sha256(weights)
             client.log_model_artifacts(logged.model_id, str(local_dir))
         client.set_logged_model_tags(logged.model_id, {SHA_TAG: sha, CONTENT_TAG: content})
     except BaseException:
