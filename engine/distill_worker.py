@@ -11,6 +11,9 @@ The loss is ``divergence(kind, teacher_logits, student_logits, mask)`` over the 
 models teacher-forced on the same ``y``). Every ``eval_every`` steps rank 0 measures, on held-out prompts and
 the student's own rollouts, the SD acceptance rate ``mean sum_x min(p, q)`` (= 1 - TVD) at the sampling
 temperature and the greedy (argmax) agreement, plus the student's task quality.
+
+T5s and decoder-only LMs alike (``models.text_io``): a decoder-only pair sees chat-templated prompts and the
+divergence covers the response tokens only.
 """
 
 from __future__ import annotations
@@ -24,9 +27,9 @@ import torch
 
 from models.speculative import check_compatible
 from models.distillation import divergence, greedy_agreement, rollout_labels, token_acceptance_rate
-from models.kv_cache import generate_cache
+from models.text_io import text_io
 from models.training import global_batch_rows, step_seed
-from engine.finetune_worker import encode, load_model_and_tokenizer, load_task_data, pad
+from engine.finetune_worker import load_model_and_tokenizer, load_task_data
 from engine.jobs import DistillJob
 from engine.train_loop import run, use_worker_threads
 
@@ -49,66 +52,57 @@ class DistillObjective:
         self.model, _ = load_model_and_tokenizer(cfg.student_dir)
         check_pair(self.teacher, self.model, f"{cfg.teacher_dir} vs {cfg.student_dir}")
         self.teacher.requires_grad_(False).eval()
-        data, self.train_x, self.train_y = load_task_data(self.tok, cfg)
+        self.io = text_io(self.teacher, self.tok)
+        data, self.train_x, self.train_y = load_task_data(self.io, cfg)
         val = data["validation"] if len(data["validation"]) else data["test"]
         n = min(len(val), cfg.eval_examples)
-        self.val_x = encode(self.tok, list(val["input"])[:n], cfg.max_input_length)
+        self.val_inputs = list(val["input"])[:n]
+        self.val_x = self.io.prompts(self.val_inputs, cfg.max_input_length)
         self.val_refs = list(val["target"])[:n]
         info = json.loads((Path(cfg.task_dir) / "task.json").read_text())["info"]
         self.task_info = info
         mix = np.array([cfg.data_mix.get(s, 0.0) for s in SOURCES], dtype=np.float64)
         self.mix = mix / mix.sum()
-        self.device = torch.device("cpu")
         self.last_sources: list[str] = []
 
     # --- data ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, model, x: torch.Tensor, seed: int, *, do_sample: bool = True) -> torch.Tensor:
-        """Sequences from ``model`` (eval mode, KV cache), as labels: decoder start dropped, after EOS -> -100."""
+    def sample(self, model, prompts: list[list[int]], seed: int, *, do_sample: bool = True) -> list[list[int]]:
+        """Responses from ``model`` (eval mode, KV cache) to ``prompts``, each cut after its first EOS."""
         was = model.training
         model.eval()
         torch.manual_seed(seed)
-        out = model.generate(input_ids=x, attention_mask=x != self.tok.pad_token_id, do_sample=do_sample,
-                             temperature=self.cfg.sample_temperature if do_sample else None,
-                             top_k=0 if do_sample else None, max_new_tokens=self.cfg.max_target_length,
-                             use_cache=True, **generate_cache(model))
+        out = self.io.sample(model, prompts, do_sample=do_sample, temperature=self.cfg.sample_temperature,
+                             max_new_tokens=self.cfg.max_target_length)
         model.train(was)
-        # only the positions after the first EOS are padding; a sampled pad id before it is kept
-        return rollout_labels(out[:, 1:], self.tok.eos_token_id)
+        return [r or [self.io.eos] for r in out]
 
-    def batch(self, model, step: int, micro: int, rank: int, world: int):
+    def batch(self, model, step: int, micro: int, rank: int, world: int) -> tuple[list[list[int]], list[list[int]]]:
+        """``(prompts, responses)`` of this micro-batch: each row's response from its source."""
         c = self.cfg
         idx = global_batch_rows(n_rows=len(self.train_x), step=step, micro=micro, grad_accum=c.grad_accum,
                                 rank=rank, world_size=world, batch_size=c.batch_size, seed=c.seed)
         rng = np.random.default_rng(step_seed(c.seed, step, micro, rank, stream=5))
         sources = rng.choice(len(SOURCES), size=len(idx), p=self.mix)
         self.last_sources = [SOURCES[s] for s in sources]
-        x = pad([self.train_x[i] for i in idx], self.tok.pad_token_id).to(self.device)
-        ys: list[list[int]] = []
-        generated = {}
+        prompts = [self.train_x[i] for i in idx]
+        ys = [self.train_y[i] for i in idx]
         for s_id, name in enumerate(SOURCES):
             rows = np.nonzero(sources == s_id)[0]
             if len(rows) == 0 or name == "fixed":
                 continue
             src_model = self.teacher if name == "teacher" else _unwrap(model)
-            generated[name] = (rows, self.sample(src_model, x[rows], step_seed(c.seed, step, micro, rank, 6 + s_id)))
-        per_row: dict[int, list[int]] = {}
-        for name, (rows, y) in generated.items():
-            for r, seq in zip(rows, y.tolist()):
-                per_row[int(r)] = [t for t in seq if t != -100] or [self.tok.eos_token_id]
-        for r, i in enumerate(idx):
-            ys.append(per_row.get(r, self.train_y[i]))
-        return x, pad(ys, -100).to(self.device)
+            sampled = self.sample(src_model, [prompts[r] for r in rows], step_seed(c.seed, step, micro, rank, 6 + s_id))
+            for r, seq in zip(rows, sampled):
+                ys[int(r)] = seq
+        return prompts, ys
 
     # --- loss ---------------------------------------------------------------------------------
     def loss(self, model, step, micro, rank, world):
-        self.device = next(self.model.parameters()).device
-        x, y = self.batch(model, step, micro, rank, world)
-        attn = x != self.tok.pad_token_id
+        prompts, ys = self.batch(model, step, micro, rank, world)
         with torch.no_grad():
-            t_logits = self.teacher(input_ids=x, attention_mask=attn, labels=y).logits
-        s_logits = model(input_ids=x, attention_mask=attn, labels=y).logits
-        mask = y != -100
+            t_logits, mask = self.io.forced_logits(self.teacher, prompts, ys)
+        s_logits, _ = self.io.forced_logits(model, prompts, ys)
         c = self.cfg
         loss = divergence(c.divergence, t_logits.float(), s_logits.float(), mask, beta=c.beta,
                           temperature=c.temperature, reduction=c.reduction)
@@ -131,14 +125,11 @@ class DistillObjective:
         acc, agree, n = 0.0, 0.0, 0
         temp = self.cfg.sample_temperature if do_sample else 1.0
         for i in range(0, len(self.val_x), bs):
-            x = pad(self.val_x[i:i + bs], self.tok.pad_token_id).to(self.device)
+            x = self.val_x[i:i + bs]
             y = self.sample(self.model, x, seed + i, do_sample=do_sample)
-            if not bool((y != -100).any()):  # rollouts that emitted only padding: nothing to score
-                continue
-            attn = x != self.tok.pad_token_id
-            t = self.teacher(input_ids=x, attention_mask=attn, labels=y).logits.float()
-            s = self.model(input_ids=x, attention_mask=attn, labels=y).logits.float()
-            m = y != -100
+            t, m = self.io.forced_logits(self.teacher, x, y)
+            s, _ = self.io.forced_logits(self.model, x, y)
+            t, s = t.float(), s.float()
             k = int(m.sum())
             acc += float(token_acceptance_rate(t, s, m, temperature=temp)) * k
             agree += float(greedy_agreement(t, s, m)) * k
@@ -154,8 +145,7 @@ class DistillObjective:
         self.model.eval()
         out = {f"greedy.{k}": v for k, v in self.acceptance(False).items()}
         out.update({f"sampled.{k}": v for k, v in self.acceptance(True, seed=step).items()})
-        texts = self.tok.batch_decode([[t for t in x] for x in self.val_x], skip_special_tokens=True)
-        preds, _ = batched_generate(self.model, self.tok, texts, batch_size=self.cfg.batch_size,
+        preds, _ = batched_generate(self.model, self.tok, self.val_inputs, batch_size=self.cfg.batch_size,
                                     max_input_length=self.cfg.max_input_length,
                                     max_new_tokens=self.cfg.max_target_length)
         out.update({f"val.{k}": v for k, v in score(self.task_info["kind"], preds, self.val_refs,

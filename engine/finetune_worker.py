@@ -1,4 +1,6 @@
-"""Fine-tuning objective (text-to-text cross-entropy) on the shared training loop; Ray worker entry point.
+"""Fine-tuning objective (cross-entropy over the response tokens) on the shared training loop; Ray worker entry
+point. T5s and decoder-only LMs alike: ``models.text_io`` lays out each kind's examples (a decoder-only model's
+prompts go through its chat template and only the response tokens are trained on).
 
 The same loop as pretraining (``engine/train_loop.py``): schedule, accumulation, clipping, DDP,
 checkpoints with exact resume, early stopping on validation loss, rank-0 MLflow logging.
@@ -12,56 +14,66 @@ from typing import Any
 
 import torch
 
+from models.text_io import pad_right, text_io
 from models.training import global_batch_rows
 from engine.jobs import FinetuneJob
 from engine.train_loop import run, use_worker_threads
 
 
 def check_tokenizer_matches(model, tokenizer, where: str) -> None:
-    """Refuse a tokenizer whose vocabulary does not fit the model (before any work)."""
+    """Refuse a tokenizer whose vocabulary does not fit the model (before any work). A decoder-only model whose
+    config names no pad id takes the tokenizer's; a config may list several EOS ids."""
     n_tok, n_emb = len(tokenizer), model.get_input_embeddings().num_embeddings
     if n_tok > n_emb:
         raise ValueError(f"{where}: the tokenizer has {n_tok} tokens but the model's embedding has {n_emb} rows; "
                          "use the tokenizer saved with this model")
-    if tokenizer.pad_token_id != model.config.pad_token_id or tokenizer.eos_token_id != model.config.eos_token_id:
+    pad, eos = model.config.pad_token_id, model.config.eos_token_id
+    eos_ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    pad_ok = tokenizer.pad_token_id == pad or (pad is None and not model.config.is_encoder_decoder)
+    if not pad_ok or tokenizer.eos_token_id not in eos_ids:
         raise ValueError(f"{where}: tokenizer pad/eos ids ({tokenizer.pad_token_id}, {tokenizer.eos_token_id}) differ "
-                         f"from the model's ({model.config.pad_token_id}, {model.config.eos_token_id})")
+                         f"from the model's ({pad}, {eos})")
 
 
 def load_model_and_tokenizer(model_dir: str, init: str = "pretrained", seed: int = 0):
-    """A T5 and its tokenizer from a ``save_pretrained`` folder; ``init="random"`` keeps only the architecture."""
-    from transformers import AutoConfig, AutoTokenizer, T5ForConditionalGeneration
+    """A model and its tokenizer from a ``save_pretrained`` folder: a T5, or a decoder-only LM (its tokenizer
+    then has a pad token, the EOS when it had none, and pads on the left); ``init="random"`` keeps only the
+    architecture."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, T5ForConditionalGeneration
 
     tok = AutoTokenizer.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    cls = T5ForConditionalGeneration if config.is_encoder_decoder else AutoModelForCausalLM
     if init == "random":
         torch.manual_seed(seed)
-        model = T5ForConditionalGeneration(AutoConfig.from_pretrained(model_dir))
+        model = (cls(config) if cls is T5ForConditionalGeneration else cls.from_config(config))
     else:
-        model = T5ForConditionalGeneration.from_pretrained(model_dir)
+        model = cls.from_pretrained(model_dir)
+    if not config.is_encoder_decoder:
+        tok.padding_side = "left"
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
     check_tokenizer_matches(model, tok, model_dir)
     return model, tok
 
 
-def encode(tok, texts: list[str], max_length: int) -> list[list[int]]:
-    return tok(texts, max_length=max_length, truncation=True, add_special_tokens=True).input_ids
-
-
-def load_task_data(tok, cfg: FinetuneJob):
-    """(the task's DatasetDict, encoded training inputs, encoded training targets) from ``cfg.task_dir``."""
+def load_task_data(io, cfg: FinetuneJob):
+    """(the task's DatasetDict, training prompts, training responses) from ``cfg.task_dir``, as token lists of
+    the model's kind (``models.text_io``)."""
     import datasets
 
     data = datasets.load_from_disk(str(Path(cfg.task_dir) / "data"))
     train = data["train"]
-    return (data, encode(tok, list(train["input"]), cfg.max_input_length),
-            encode(tok, list(train["target"]), cfg.max_target_length))
+    return (data, io.prompts(list(train["input"]), cfg.max_input_length),
+            io.responses(list(train["target"]), cfg.max_target_length))
 
 
-def pad(seqs: list[list[int]], value: int) -> torch.Tensor:
-    n = max(len(s) for s in seqs)
-    out = torch.full((len(seqs), n), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-    return out
+def response_loss(io, model, prompts, responses) -> torch.Tensor:
+    """Mean cross-entropy over the response tokens (teacher forcing): the same value as a T5's ``.loss`` with
+    labels, and for a decoder-only model the loss of supervised fine-tuning on responses only."""
+    logits, mask = io.forced_logits(model, prompts, responses)
+    targets = pad_right(responses, -100)[0].to(logits.device)
+    return torch.nn.functional.cross_entropy(logits[mask].float(), targets[mask])
 
 
 class FinetuneObjective:
@@ -72,25 +84,18 @@ class FinetuneObjective:
         for m in self.model.modules():
             if isinstance(m, torch.nn.Dropout):
                 m.p = cfg.dropout_rate
-        data, self.train_x, self.train_y = load_task_data(self.tok, cfg)
+        self.io = text_io(self.model, self.tok)
+        data, self.train_x, self.train_y = load_task_data(self.io, cfg)
         val = data["validation"] if len(data["validation"]) else data["train"]
         n_val = min(len(val), cfg.eval_examples)
-        self.val_x = encode(self.tok, list(val["input"])[:n_val], cfg.max_input_length)
-        self.val_y = encode(self.tok, list(val["target"])[:n_val], cfg.max_target_length)
-        self.device = torch.device("cpu")
-
-    def _batch(self, xs, ys):
-        x = pad(xs, self.tok.pad_token_id).to(self.device)
-        y = pad(ys, -100).to(self.device)
-        return x, y
+        self.val_x = self.io.prompts(list(val["input"])[:n_val], cfg.max_input_length)
+        self.val_y = self.io.responses(list(val["target"])[:n_val], cfg.max_target_length)
 
     def loss(self, model, step, micro, rank, world):
-        self.device = next(self.model.parameters()).device
         c = self.cfg
         idx = global_batch_rows(n_rows=len(self.train_x), step=step, micro=micro, grad_accum=c.grad_accum,
                                 rank=rank, world_size=world, batch_size=c.batch_size, seed=c.seed)
-        x, y = self._batch([self.train_x[i] for i in idx], [self.train_y[i] for i in idx])
-        loss = model(input_ids=x, attention_mask=x != self.tok.pad_token_id, labels=y).loss
+        loss = response_loss(self.io, model, [self.train_x[i] for i in idx], [self.train_y[i] for i in idx])
         return loss, {"loss": loss.detach()}
 
     def tokens_per_micro(self) -> int:
@@ -106,9 +111,9 @@ class FinetuneObjective:
         self.model.eval()
         bs, total, n = self.cfg.batch_size, 0.0, 0
         for i in range(0, len(self.val_x), bs):
-            x, y = self._batch(self.val_x[i:i + bs], self.val_y[i:i + bs])
-            total += self.model(input_ids=x, attention_mask=x != self.tok.pad_token_id, labels=y).loss.item() * len(x)
-            n += len(x)
+            xs = self.val_x[i:i + bs]
+            total += response_loss(self.io, self.model, xs, self.val_y[i:i + bs]).item() * len(xs)
+            n += len(xs)
         self.model.train(was)
         return {"val_loss": total / max(n, 1)}
 

@@ -1,13 +1,18 @@
 """Latency benchmark of speculative decoding (SD): the runtime layer's timing harness (no prefect / mlflow / ray).
 
-For one target and one or more drafts, over a prompt set, it times four decoders per decoding mode
+For one target and one or more drafts, over a prompt set, it times these decoders per decoding mode
 (``greedy`` or ``sampling``), each at batch 1:
 
-  ``target``       models.speculative.target_generate           our target-only decoding
-  ``hf_generate``  target.generate(...)                         transformers' target-only decoding
-  ``sd``           models.speculative.speculative_generate      per (draft, gamma, lenience)
-  ``hf_assisted``  target.generate(assistant_model=draft)       the peer baseline: num_assistant_tokens
-                                                                = gamma, schedule "constant" (lenience 1)
+  ``target``            models.speculative.target_generate       our target-only decoding
+  ``hf_generate``       target.generate(...)                     transformers' target-only decoding
+  ``sd``                models.speculative.speculative_generate  per (draft, gamma, lenience)
+  ``hf_assisted``       target.generate(assistant_model=draft)   the peer baseline: num_assistant_tokens
+                                                                 = gamma, schedule "constant" (lenience 1)
+  ``hf_prompt_lookup``  target.generate(prompt_lookup_num_tokens  decoder-only targets: the draft-free method
+                        =gamma)                                  (n-grams of the prompt as drafts), per gamma
+
+Targets and drafts are T5s or decoder-only LMs (a pair is of one kind). Token counts and outputs are the new
+tokens only: a T5's decoder start token and a decoder-only model's prompt are not counted.
 
 Method (Leviathan et al. 2023, arXiv 2211.17192, Section 5 measure the same quantities):
 - Fixed torch threads and seeds: sampling uses ``torch.Generator(seed + prompt index)`` for our
@@ -62,11 +67,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.kv_cache import generate_cache
+from models.kv_cache import cached_decoder, generate_cache, is_causal_lm
 from models.quantization import at_precision
 from models.sd_bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr, rouge_l
 from models.speculative import (
-    CachedDecoder,
     SpeculativeOutput,
     check_compatible,
     compiled_forward,
@@ -156,14 +160,16 @@ def measure_step_costs(
         sync(device)
         return 1e3 * (time.perf_counter() - t0)
 
+    causal = is_causal_lm(target)
     for r in range(warmup + repeats):
         for ids in prompts:
-            feed = [0] + (ids[0].tolist() * (steps // ids.shape[1] + 2))[: steps + max(gammas) + 1]
+            start = int(ids[0, -1]) if causal else 0  # what a decoded sequence starts with (see CachedDecoder)
+            feed = [start] + (ids[0].tolist() * (steps // ids.shape[1] + 2))[: steps + max(gammas) + 1]
             mask = torch.ones_like(ids)
             max_len = steps + max(gammas) + 2 if cache_implementation == "static" else None
             decoders = {
-                name: CachedDecoder(model, ids, mask, cache_implementation=cache_implementation,
-                                    max_cache_len=max_len, forward=compiled_forward(model) if compile else None)
+                name: cached_decoder(model, ids, mask, cache_implementation=cache_implementation,
+                                     max_cache_len=max_len, forward=compiled_forward(model) if compile else None)
                 for name, model in models.items()
             }
             # Models alternate step by step, so drift of a shared machine hits them alike.
@@ -195,7 +201,7 @@ class _Case:
     lenience: float | None
     call: Callable[[int], tuple[list[int], SpeculativeOutput | None]]
     ms_per_token: list[float] = field(default_factory=list)  # one per timed pass
-    outputs: list[list[int]] = field(default_factory=list)  # last pass, one per prompt
+    outputs: list[list[int]] = field(default_factory=list)  # last pass, one per prompt: the new tokens
     stats: list[SpeculativeOutput] = field(default_factory=list)  # last pass (our engine only)
 
 
@@ -219,9 +225,12 @@ def _build_cases(
         # Explicit top_k=0 / top_p=1: generation_config defaults must not add a warper we do not apply.
         return {"do_sample": True, "temperature": s.temperature, "top_k": top_k or 0, "top_p": top_p or 1.0}
 
-    def hf_call(i: int, mode: str, assistant: nn.Module | None = None, gamma: int | None = None):
+    def hf_call(i: int, mode: str, assistant: nn.Module | None = None, gamma: int | None = None,
+                lookup: int | None = None):
         extra = {}
-        if assistant is None and s.cache_implementation == "static":
+        if lookup is not None:
+            extra["prompt_lookup_num_tokens"] = lookup
+        elif assistant is None and s.cache_implementation == "static":
             extra["cache_implementation"] = "static"
         else:
             extra.update(generate_cache(target))  # a decoder deeper than the encoder needs its own cache
@@ -256,21 +265,26 @@ def _build_cases(
                 if s.hf_baselines:
                     cases.append(_Case(mode, "hf_assisted", label, gamma, 1.0,
                                        partial(hf_call, mode=mode, assistant=draft, gamma=gamma)))
+        if s.hf_baselines and is_causal_lm(target):
+            for gamma in s.gammas:
+                cases.append(_Case(mode, "hf_prompt_lookup", None, gamma, 1.0,
+                                   partial(hf_call, mode=mode, lookup=gamma)))
     return cases
 
 
-def _timed_pass(case: _Case, n_prompts: int, device: torch.device, keep: bool) -> float:
-    """Run a case over all prompts; returns ms per generated token (decoder start token excluded)."""
+def _timed_pass(case: _Case, skip: Sequence[int], device: torch.device, keep: bool) -> float:
+    """Run a case over all prompts; returns ms per generated token. ``skip[i]``: how many leading positions of
+    prompt i's output are not new tokens (the decoder start token, or a decoder-only model's prompt)."""
     seconds, tokens = 0.0, 0
     outputs, stats = [], []
-    for i in range(n_prompts):
+    for i, lead in enumerate(skip):
         sync(device)
         t0 = time.perf_counter()
         seq, out = case.call(i)
         sync(device)
         seconds += time.perf_counter() - t0
-        tokens += len(seq) - 1
-        outputs.append(seq)
+        tokens += len(seq) - lead
+        outputs.append(seq[lead:])
         if out is not None:
             stats.append(out)
     if keep:
@@ -321,12 +335,13 @@ def run_benchmark(
                                    gammas=s.gammas, repeats=s.repeats, warmup=min(s.warmup, 1),
                                    **s.engine_cache)
         cases = _build_cases(target, drafts, ids, s)
+        skip = [x.shape[1] if is_causal_lm(target) else 1 for x in ids]
         for r in range(s.warmup + s.repeats):
             timed = r >= s.warmup
             say(f"{'timed' if timed else 'warm-up'} pass {r + 1 - s.warmup * timed} of "
                 f"{s.repeats if timed else s.warmup}: {len(cases)} cases x {len(ids)} prompts")
             for k in rng.permutation(len(cases)):
-                ms = _timed_pass(cases[k], len(ids), device, keep=r == s.warmup + s.repeats - 1)
+                ms = _timed_pass(cases[k], skip, device, keep=r == s.warmup + s.repeats - 1)
                 if timed:
                     cases[k].ms_per_token.append(ms)
     return _rows(cases, costs, prompts, s, decode)
@@ -365,7 +380,7 @@ def _rows(cases: list[_Case], costs: dict[str, Any], prompts: Sequence[BenchProm
             mode=case.mode, precision=s.precision, method=case.method, draft=case.draft, gamma=case.gamma,
             lenience=case.lenience,
             ms_per_token=statistics.median(case.ms_per_token), ms_per_token_iqr=iqr(case.ms_per_token),
-            new_tokens=sum(len(o) - 1 for o in case.outputs), baseline=base.method,
+            new_tokens=sum(len(o) for o in case.outputs), baseline=base.method,
             speedup=speedup, speedup_iqr=speedup_iqr, speedup_vs_target=_paired(own, case)[0],
             target_step_ms=costs["target_step_ms"], exact=None,
         )
@@ -392,7 +407,7 @@ def _rows(cases: list[_Case], costs: dict[str, Any], prompts: Sequence[BenchProm
             if peer is not None and case.lenience == 1.0:
                 row["speedup_vs_hf_assisted"] = _paired(peer, case)[0]
         if decode is not None and scored:
-            row["rougeL"] = rouge_l([decode(case.outputs[i][1:]) for i in scored], [refs[i] for i in scored])
+            row["rougeL"] = rouge_l([decode(case.outputs[i]) for i in scored], [refs[i] for i in scored])
         rows.append(row)
     return rows
 
@@ -406,9 +421,8 @@ BATCH_COLUMNS = ["batch", "precision", "method", "draft", "gamma", "tokens_per_s
 """Columns of the batched table: one row per (batch size, method[, draft, gamma]); greedy decoding."""
 
 
-def _generated(row: list[int], eos: frozenset[int]) -> list[int]:
-    """A decoded row without its start token and without the padding after its first EOS."""
-    body = row[1:]
+def _generated(body: list[int], eos: frozenset[int]) -> list[int]:
+    """A row's new tokens without the padding after its first EOS."""
     cut = next((i for i, t in enumerate(body) if t in eos), None)
     return body if cut is None else body[: cut + 1]
 
@@ -425,7 +439,8 @@ def run_batched_benchmark(
 ) -> list[dict[str, Any]]:
     """Greedy throughput of batched SD against batched ``target.generate``, per batch size B.
 
-    Prompts are taken B at a time in order (right-padded, with an attention mask); each case decodes
+    Prompts are taken B at a time in order (padded with an attention mask: on the right for a T5, on the left
+    for a decoder-only model); each case decodes
     every batch once per pass. ``warmup`` untimed then ``repeats`` timed passes in a shuffled case
     order, as in ``run_benchmark``. ``tokens_per_s`` counts generated tokens (EOS included, padding
     excluded) over wall time; ``speedup`` is the median over passes of the case's tokens/s over
@@ -441,6 +456,7 @@ def run_batched_benchmark(
     target, drafts = _at_precision(target, drafts, s, say)
     _, eos = token_ids(target)  # the engine's own reading of EOS and pad
     pad = pad_id(target, eos)
+    causal = is_causal_lm(target)
     n = s.max_new_tokens
     rng = np.random.default_rng(s.seed)
     rows: list[dict[str, Any]] = []
@@ -452,12 +468,17 @@ def run_batched_benchmark(
                 ids = torch.full((len(group), max(map(len, group))), pad, dtype=torch.long)
                 mask = torch.zeros_like(ids)
                 for r, toks in enumerate(group):
-                    ids[r, : len(toks)], mask[r, : len(toks)] = torch.tensor(toks), 1
+                    cols = slice(ids.shape[1] - len(toks), None) if causal else slice(0, len(toks))
+                    ids[r, cols], mask[r, cols] = torch.tensor(toks), 1
                 batches.append((ids.to(device), mask.to(device)))
 
+            def new_tokens(seqs: torch.Tensor, ids: torch.Tensor) -> list[list[int]]:
+                return seqs[:, ids.shape[1] if causal else 1:].tolist()
+
             def hf(ids, mask):
-                return target.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
-                                       **generate_cache(target)).tolist(), None
+                seqs = target.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=pad,
+                                       **generate_cache(target))
+                return new_tokens(seqs, ids), None
 
             def sd_b1(ids, mask, draft, gamma):
                 seqs, outs = [], []
@@ -469,7 +490,7 @@ def run_batched_benchmark(
 
             def sd(ids, mask, draft, gamma):
                 out = speculative_generate(target, draft, ids, mask, gamma=gamma, max_new_tokens=n)
-                return out.sequences.tolist(), [out]
+                return new_tokens(out.sequences, ids), [out]
 
             methods = [("sd", sd)] + ([("sd_b1", sd_b1)] if include_unbatched else [])
             cases = [("hf_generate", None, None, hf)] + [

@@ -356,3 +356,10 @@ class CausalBatchedDecoder(BatchedDecoder):
                          return_dict=True, **{self._cache_kwarg: self.cache})
         self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
         return out.logits
+
+
+def cached_decoder(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> CachedDecoder:
+    """The :class:`CachedDecoder` of ``model``'s kind (:class:`CausalCachedDecoder` for a decoder-only model);
+    ``kwargs`` as theirs (``cache_implementation``, ``max_cache_len``, ``forward``)."""
+    kind = CausalCachedDecoder if is_causal_lm(model) else CachedDecoder
+    return kind(model, input_ids, attention_mask, **kwargs)

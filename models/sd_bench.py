@@ -160,16 +160,21 @@ def prompts_from_texts(
     prompt_tokens: int,
     references: Sequence[str | None] | None = None,
     continuation_tokens: int = 0,
+    causal: bool = False,
 ) -> list[BenchPrompt]:
-    """Tokenize texts into prompts of at most ``prompt_tokens`` tokens, EOS last (as T5 inputs end).
+    """Tokenize texts into prompts of at most ``prompt_tokens`` tokens of text, EOS last (as T5 inputs end).
 
     With ``references`` given they are kept as they are. Otherwise, with ``continuation_tokens > 0``,
     the reference is the text of the next ``continuation_tokens`` tokens after the prompt (a proxy
     reference for documents without a task target); texts too short to leave a continuation get none.
+    ``causal``: prompts for a decoder-only model: no EOS; a text to answer (no continuation reference) goes
+    through the tokenizer's chat template when it has one (``models.text_io.CausalIO``), whose tokens come on
+    top of the ``prompt_tokens`` of text.
     """
     if prompt_tokens < 2:
         raise ValueError(f"prompt_tokens={prompt_tokens} must be >= 2 (at least one token and EOS)")
-    eos = tokenizer.eos_token_id
+    eos = None if causal else tokenizer.eos_token_id
+    chat = causal and continuation_tokens == 0 and bool(getattr(tokenizer, "chat_template", None))
     out = []
     for i, text in enumerate(texts):
         ids = tokenizer(text, add_special_tokens=False).input_ids
@@ -180,6 +185,10 @@ def prompts_from_texts(
         if references is None and continuation_tokens > 0:
             rest = ids[len(body) : len(body) + continuation_tokens]
             reference = tokenizer.decode(rest, skip_special_tokens=True) if rest else None
+        if chat:
+            from models.text_io import CausalIO
+
+            body = CausalIO(tokenizer).prompts([tokenizer.decode(body)], 1 << 30)[0]
         out.append(BenchPrompt(input_ids=body + ([eos] if eos is not None else []), reference=reference))
     return out
 

@@ -49,7 +49,9 @@ import torch
 from torch import nn
 
 from models.kv_cache import (CACHE_IMPLEMENTATIONS, BatchedDecoder, CachedDecoder, CausalBatchedDecoder,
-                              CausalCachedDecoder, compiled_forward, is_causal_lm)
+                              cached_decoder, compiled_forward, is_causal_lm)
+
+
 from models.sd_verify import (  # noqa: F401 - the public names of SD live here too
     _check_lenience,
     _check_sampling_args,
@@ -290,8 +292,7 @@ def _decoder(
 ) -> CachedDecoder:
     # A cache never holds more than max_new_tokens positions: it keeps every committed token but the
     # last, and a block is cut so that what it adds fits the remaining budget.
-    kind = CausalCachedDecoder if is_causal_lm(model) else CachedDecoder
-    return kind(
+    return cached_decoder(
         model,
         input_ids,
         attention_mask,

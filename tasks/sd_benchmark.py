@@ -2,7 +2,8 @@
 
 The measurement itself is ``engine.sd_bench.run_benchmark`` (the runtime layer: torch, no Prefect or MLflow); these tasks do the I/O around
 it. Models are MLflow registered-model URIs (``models:/name/1``, ``models:/name@alias``), ``runs:/``
-URIs or ``save_pretrained`` folders, resolved by ``tasks.tracking.resolve_model``.
+URIs or ``save_pretrained`` folders, resolved by ``tasks.tracking.resolve_model``: T5 pairs or decoder-only pairs
+(whose task prompts go through the tokenizer's chat template).
 """
 
 from __future__ import annotations
@@ -46,24 +47,29 @@ def resolve_models(target: str, drafts: dict[str, str]) -> dict[str, str]:
     return out
 
 
-@task(name="check-vocabularies", cache_policy=NONE)
-def check_vocabularies(dirs: dict[str, str]) -> None:
-    """Refuse a draft with another vocabulary than the target's, from configs and tokenizers (no weights)."""
+def _is_causal(folder: str) -> bool:
     from transformers import AutoConfig
 
-    def vocab(folder: str) -> int:
-        cfg = AutoConfig.from_pretrained(folder)
-        if not cfg.is_encoder_decoder:
-            raise ValueError(f"model at {folder} is a {cfg.model_type} decoder-only model; the SD engine needs "
-                             "encoder-decoder models (T5)")
-        return int(cfg.vocab_size)
+    return not AutoConfig.from_pretrained(folder).is_encoder_decoder
 
-    target_vocab, target_tok = vocab(dirs["target"]), _tokenizer(dirs["target"])
+
+@task(name="check-vocabularies", cache_policy=NONE)
+def check_vocabularies(dirs: dict[str, str]) -> None:
+    """Refuse a draft with another vocabulary than the target's, or of another kind (encoder-decoder vs
+    decoder-only), from configs and tokenizers (no weights)."""
+    from transformers import AutoConfig
+
+    target_vocab, target_tok = int(AutoConfig.from_pretrained(dirs["target"]).vocab_size), _tokenizer(dirs["target"])
+    kinds = {True: "decoder-only", False: "encoder-decoder"}
     for key, folder in dirs.items():
         if key.startswith("draft:"):
+            if _is_causal(folder) != _is_causal(dirs["target"]):
+                raise ValueError(f"draft '{key[len('draft:'):]}' is {kinds[_is_causal(folder)]} but the target is "
+                                 f"{kinds[_is_causal(dirs['target'])]}: speculative decoding needs two models of "
+                                 "the same kind")
             check_compatible(None, None, label=key[len("draft:"):], target_vocab_size=target_vocab,
-                             draft_vocab_size=vocab(folder), target_tokenizer=target_tok,
-                             draft_tokenizer=_tokenizer(folder))
+                             draft_vocab_size=int(AutoConfig.from_pretrained(folder).vocab_size),
+                             target_tokenizer=target_tok, draft_tokenizer=_tokenizer(folder))
 
 
 @task(name="load-prompts", cache_policy=NONE)
@@ -79,14 +85,15 @@ def load_prompts(source: dict[str, Any], tokenizer_dir: str, max_new_tokens: int
     if tok is None:
         raise FileNotFoundError(f"no tokenizer in {tokenizer_dir}: set tokenizer= to a save_pretrained folder")
     n, length = source["num_prompts"], source["prompt_tokens"]
+    causal = _is_causal(tokenizer_dir) if Path(tokenizer_dir, "config.json").exists() else False
     if source.get("jsonl"):
         texts, refs = _read_jsonl(Path(source["jsonl"]), source["input_field"], source["target_field"], n)
-        prompts = prompts_from_texts(texts, tok, prompt_tokens=length, references=refs)
+        prompts = prompts_from_texts(texts, tok, prompt_tokens=length, references=refs, causal=causal)
     else:
         from engine.storage import local_folder
 
         texts = _read_corpus_docs(local_folder(source["corpus_dir"]), source["split"], tok, length, n)
-        prompts = prompts_from_texts(texts, tok, prompt_tokens=length,
+        prompts = prompts_from_texts(texts, tok, prompt_tokens=length, causal=causal,
                                      continuation_tokens=max_new_tokens if source["continuation_reference"] else 0)
     _logger().info("loaded %d prompts of <= %d tokens (%d with references)", len(prompts), length,
                    sum(p.reference is not None for p in prompts))
@@ -141,12 +148,13 @@ def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: Bench
     import dataclasses
 
     import torch
-    from transformers import AutoModelForSeq2SeqLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     logger = _logger()
 
     def load(folder: str):
-        model = AutoModelForSeq2SeqLM.from_pretrained(folder, dtype=getattr(torch, dtype))
+        cls = AutoModelForCausalLM if _is_causal(folder) else AutoModelForSeq2SeqLM
+        model = cls.from_pretrained(folder, dtype=getattr(torch, dtype))
         return model.to(device).eval()
 
     target = load(dirs["target"])

@@ -9,6 +9,7 @@ What is compared with what:
   computed: the closed form (Leviathan et al. 2023, Theorem 3.8) gives ``E[tokens per call] / (gamma c + 1)``,
   so SD can pay off only for ``c < (E - 1) / gamma`` (the break-even c at the measured alpha); with the
   measured cost of the (gamma+1)-token verification call ``v`` in place of 1 it is ``(E - v) / gamma``.
+  Decoder-only targets also have prompt-lookup decoding (transformers' draft-free method) beside it.
 - **Distilled vs undistilled draft** (DistillSpec's claim: +10-45% speed): alpha and speedup of the
   distilled draft against the undistilled one at the same mode and gamma.
 - **Task quality.** Each model's test metric (ROUGE-L, accuracy or exact match) beside the task's trivial
@@ -123,6 +124,17 @@ def _sd_block(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[st
             out.append(f"- {mode}, `{draft}`: best {_fmt(b['speedup'], '.2f')}x at gamma {b['gamma']} "
                        f"(alpha {_fmt(b.get('alpha'))}, c {_fmt(b.get('c'))}, verify/step "
                        f"{_fmt(b.get('verify_ratio'), '.2f')}){exact}{vs_hf}. {explain_sd(b)}.")
+    for mode in ("greedy", "sampling"):  # the draft-free method a decoder-only user tries first
+        lookup = [r for r in rows if r.get("method") == "hf_prompt_lookup" and r.get("mode") == mode
+                  and _ok(r.get("speedup"))]
+        ours = [r for r in sd if r["mode"] == mode]
+        if lookup and ours:
+            pl, b = max(lookup, key=lambda r: _num(r["speedup"])), max(ours, key=lambda r: _num(r["speedup"]))
+            metrics[f"verdict.prompt_lookup.{mode}{tag}.speedup"] = _num(pl["speedup"])
+            ahead = _num(b["speedup"]) > _num(pl["speedup"])
+            out.append(f"- {mode}, prompt-lookup decoding (no draft): best {_fmt(pl['speedup'], '.2f')}x at "
+                       f"gamma {pl['gamma']}; our best SD ({_fmt(b['speedup'], '.2f')}x, `{b['draft']}`) is "
+                       f"{'**ahead of it**' if ahead else '**behind it**'}.")
     if distilled_draft:
         g = best_row(sd, mode="greedy", draft=distilled_draft)
         if g is not None:

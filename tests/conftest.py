@@ -84,6 +84,32 @@ def make_t5_dir(tokenizer_dir: str, out, *, d_model: int = 32, layers: int = 2, 
     return str(out)
 
 
+TEST_CHAT_TEMPLATE = "{% for m in messages %}question: {{ m['content'] }} answer:{% endfor %}"
+
+
+def make_llama_dir(tokenizer_dir: str, out, *, hidden: int = 32, layers: int = 2, seed: int = 0,
+                   chat_template: str | None = TEST_CHAT_TEMPLATE, head_scale: float = 1.0) -> str:
+    """A random-init decoder-only LM (a tiny Llama) with the given tokenizer (and a chat template), saved with
+    save_pretrained; ``head_scale`` > 1 sharpens its next-token distributions (a random one is near uniform)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if chat_template:
+        tok.chat_template = chat_template
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+                                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=512, pad_token_id=tok.pad_token_id,
+                                         eos_token_id=tok.eos_token_id, bos_token_id=None,
+                                         tie_word_embeddings=False))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def copy_task(tmp_path_factory) -> dict:
     """A learnable toy task as local jsonl files: copy the first word of the input."""

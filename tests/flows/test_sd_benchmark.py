@@ -177,3 +177,42 @@ def test_int8_gets_its_own_table_and_metrics_and_its_greedy_sd_equals_its_own_ta
     assert {"best_speedup", "int8.best_speedup", "greedy.target_ms_per_token", "int8.greedy.target_ms_per_token"} <= set(metrics)
     with pytest.raises(ValueError, match="int8 is the CPU path"):
         _config(precisions=["int8"], device="cuda")
+
+
+def test_a_decoder_only_pair_gets_the_same_table_plus_prompt_lookup_with_chat_templated_task_prompts(
+        prefect_harness, tiny_corpus, copy_task, tmp_path):
+    from tests.conftest import make_llama_dir
+
+    tok = f"{tiny_corpus}/tokenizer"
+    target = make_llama_dir(tok, tmp_path / "target", hidden=48, layers=2, seed=0, head_scale=20.0)
+    draft = make_llama_dir(tok, tmp_path / "draft", hidden=32, layers=1, seed=1)
+    cfg = _config(target=target, prompts_jsonl=copy_task["jsonl"]["test"], experiment="sd-bench-causal",
+                  drafts=[{"label": "small", "model": draft}], gammas=[2], lenience=[1.0], batch_sizes=[2])
+    res = sd_benchmark(config=cfg)
+    df = res.table
+    counts = df.groupby(["mode", "method"]).size().to_dict()
+    assert counts == {(m, k): 1 for m in ("greedy", "sampling")
+                      for k in ("target", "hf_generate", "sd", "hf_assisted", "hf_prompt_lookup")}
+    greedy = df[df["mode"] == "greedy"]
+    assert greedy["exact"].all() and (df["new_tokens"] <= 2 * 8).all()
+    assert df["rougeL"].between(0.0, 1.0).all()  # task prompts keep their references
+    assert res.batched["exact"].all()
+    with pytest.raises(ValueError, match="decoder-only but the target is encoder-decoder"):
+        sd_benchmark(config=_config(target=_save_t5(tmp_path / "t5", tok, seed=0, d_model=16, layers=1),
+                                    prompts_jsonl=copy_task["jsonl"]["test"], experiment="sd-bench-mixed",
+                                    drafts=[{"label": "llama", "model": draft}]))
+
+
+def test_causal_task_prompts_go_through_the_chat_template_without_eos(tiny_corpus, copy_task, tmp_path):
+    from tasks.sd_benchmark import load_prompts
+    from tests.conftest import make_llama_dir
+    from transformers import AutoTokenizer
+
+    folder = make_llama_dir(f"{tiny_corpus}/tokenizer", tmp_path / "m")
+    source = dict(jsonl=copy_task["jsonl"]["test"], input_field="input", target_field="target", num_prompts=3,
+                  prompt_tokens=4)
+    prompts = load_prompts.fn(source, folder, 8)
+    tok = AutoTokenizer.from_pretrained(folder)
+    text = tok.decode(prompts[0]["input_ids"])
+    assert text.startswith("question:") and text.rstrip().endswith("answer:")
+    assert prompts[0]["input_ids"][-1] != tok.eos_token_id and prompts[0]["reference"]

@@ -11,8 +11,8 @@ def test_batched_generate_decodes_a_t5_whose_decoder_is_deeper_than_its_encoder(
     from models.generation import batched_generate
     from models.kv_cache import generate_cache
 
-    class Tok:  # the two calls batched_generate makes of a tokenizer
-        pad_token_id = 0
+    class Tok:  # what batched_generate uses of a tokenizer
+        pad_token_id, eos_token_id = 0, 1
 
         def __call__(self, texts, **_):
             return type("E", (), {"input_ids": [[2 + (ord(c) % 90) for c in t] + [1] for t in texts]})

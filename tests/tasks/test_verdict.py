@@ -72,3 +72,13 @@ def test_model_garden_ratio_is_read_against_the_papers_range():
     text, metrics = pipeline_verdict(preset="laptop", task_kind="generation", quality={}, garden=garden)
     assert "4.00x lower latency" in text and "does not hold at this scale" in text
     assert metrics["verdict.garden_latency_ratio"] == 4.0
+
+
+def test_prompt_lookup_rows_of_a_decoder_only_target_are_read_against_our_best_sd():
+    rows = [_row("distilled", 2, 1.30, 0.70, 0.1),
+            dict(_row(None, 3, 1.45, float("nan"), float("nan")), method="hf_prompt_lookup"),
+            dict(_row(None, 2, 1.10, float("nan"), float("nan")), method="hf_prompt_lookup")]
+    text, metrics = pipeline_verdict(preset="llm", task_kind="generation", quality={}, sd_rows=rows,
+                                     distilled_draft="distilled")
+    assert "prompt-lookup decoding (no draft): best 1.45x at gamma 3" in text and "**behind it**" in text
+    assert metrics["verdict.prompt_lookup.greedy.speedup"] == 1.45
