@@ -14,7 +14,7 @@ PORT ?= 5002
 .PHONY: setup run test test-reliability test-fast bench servers-up servers-down servers-status deploy worker serve clean help
 
 help:
-	@echo "make run              set up and run the end-to-end pipeline (PRESET=$(PRESET))"
+	@echo "make run              set up and run the end-to-end pipeline (PRESET=$(PRESET); PRESET=llm: the SmolLM2 pipeline)"
 	@echo "make test             set up and run the whole test suite (CI)"
 	@echo "make test-reliability fault-injection tests only"
 	@echo "make bench            run the benchmarks and print their tables"
@@ -33,7 +33,7 @@ $(STAMP): requirements.txt requirements-data.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m flows.pipeline --preset $(PRESET)
+	$(PY) -m $(if $(filter llm,$(PRESET)),flows.llm_pipeline,flows.pipeline) --preset $(PRESET)
 
 # The suite runs on PYTEST_WORKERS processes (pytest-xdist; most slow tests wait on process start-up, not on
 # the CPU), then the tests marked `serial` (they stop machine-wide services) alone. PYTEST_WORKERS=0: one process.

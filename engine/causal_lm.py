@@ -82,6 +82,11 @@ def load_causal_lm(ref: str, *, dtype: torch.dtype = torch.float32):
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as err:  # hub unreachable, a gated model, a file transformers cannot read
         raise FileNotFoundError(f"model '{ref}' could not be loaded ({str(err).splitlines()[0]})") from None
+    if gguf:  # transformers dequantises GGUF weights on load: an ordinary fp32 model that save_pretrained can write
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
     if model.config.is_encoder_decoder:
         raise ValueError(f"model '{ref}' is an encoder-decoder model; load_causal_lm takes decoder-only ones")
     tokenizer.padding_side = "left"

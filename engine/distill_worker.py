@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from models.speculative import check_compatible
-from models.distillation import divergence, greedy_agreement, rollout_labels, token_acceptance_rate
+from models.distillation import divergence, greedy_agreement, token_acceptance_rate
 from models.text_io import text_io
 from models.training import global_batch_rows, step_seed
 from engine.finetune_worker import load_model_and_tokenizer, load_task_data

@@ -12,11 +12,11 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import json
 import logging
 import os
-from pathlib import Path
-import json
 import sys
+from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -328,3 +328,15 @@ def run_footer(run_id: str, *, model_uri: str | None = None, files: str = "") ->
 
     model = f"registered model: {model_uri}\n" if model_uri else ""
     return f"{model}MLflow run id: {run_id}\nartifacts: {artifact_local_path(run_id)}{f' ({files})' if files else ''}"
+
+
+def named_subflow(stage_flow, name: str) -> Callable[..., Any]:
+    """The stage's subflow with its Prefect run and its MLflow run both named ``name`` (``pretrain-teacher``,
+    ``distill-draft``, ``sd-benchmark``...), so both UIs' trees read without opening runs."""
+    named = stage_flow.with_options(flow_run_name=name)
+    return lambda **kwargs: named(run_name=name, **kwargs)
+
+
+def records(df) -> list[dict[str, Any]]:
+    """A results DataFrame as JSON-safe records (missing values -> None), for a pipeline's stage record."""
+    return json.loads(df.to_json(orient="records"))

@@ -28,7 +28,8 @@ from flows import distill as distill_mod
 from flows import finetune as finetune_mod
 from flows import pretrain as pretrain_mod
 from flows import sd_benchmark as sd_mod
-from flows._cli import ConfigError, build_config, documented, overrides_model, preset_type, run_cli, section_overrides
+from flows._cli import (ConfigError, build_config, documented, named_subflow, overrides_model, preset_type, records,
+                        run_cli, section_overrides)
 from tasks.downstream import TaskSpec
 
 STAGES = ("corpus", "pretrain", "finetune", "distill_target", "distill_draft", "sd_benchmark")
@@ -284,7 +285,7 @@ def _pretrain(cfg: PipelineConfig, corpus_dir: str, parent: str) -> dict[str, An
     def one(size: str) -> Callable[[], Any]:
         p = cfg.pretrain.model_copy(update={"corpus_dir": corpus_dir, "model": getattr(cfg.sizes, size),
                                             "register_as": f"t5-{cfg.preset}-{size}-pretrained"})
-        return lambda: _named(pretrain_mod.pretrain_flow, f"pretrain-{size}")(config=p, parent_run_id=parent)
+        return lambda: named_subflow(pretrain_mod.pretrain_flow, f"pretrain-{size}")(config=p, parent_run_id=parent)
 
     done = side_by_side({size: one(size) for size in ("teacher", "target", "draft")}, parallel=cfg.parallel)
     models, runs, summary = {}, {}, {}
@@ -301,7 +302,7 @@ def _finetune(cfg: PipelineConfig, pretrained: dict[str, str], parent: str) -> d
     def one(role: str, size: str) -> Callable[[], Any]:
         f = cfg.finetune.model_copy(update={"model": pretrained[size], "task": cfg.task,
                                             "register_as": f"t5-{cfg.preset}-{cfg.task.name}-{role}"})
-        return lambda: _named(finetune_mod.finetune_flow, f"finetune-{role.replace('_', '-')}")(config=f,
+        return lambda: named_subflow(finetune_mod.finetune_flow, f"finetune-{role.replace('_', '-')}")(config=f,
                                                                                                parent_run_id=parent)
 
     done = side_by_side({role: one(role, size) for role, size in (("teacher", "teacher"), ("draft_base", "draft"))},
@@ -314,13 +315,6 @@ def _finetune(cfg: PipelineConfig, pretrained: dict[str, str], parent: str) -> d
     return {"models": models, "metrics": metrics}
 
 
-def _named(stage_flow, name: str) -> Callable[..., Any]:
-    """The stage's subflow with its Prefect run and its MLflow run both named ``name`` (``pretrain-teacher``,
-    ``finetune-draft-base``, ``distill-target``, ``sd-benchmark``...), so both UIs' trees read without opening runs."""
-    named = stage_flow.with_options(flow_run_name=name)
-    return lambda **kwargs: named(run_name=name, **kwargs)
-
-
 def _alias(uri: str, alias: str) -> None:
     from tasks.tracking import set_alias
 
@@ -330,7 +324,7 @@ def _alias(uri: str, alias: str) -> None:
 def _distill(cfg: PipelineConfig, dcfg: distill_mod.DistillConfig, teacher: str, student: str, parent: str) -> dict[str, Any]:
     d = dcfg.model_copy(update={"teacher": teacher, "student": student, "task": cfg.task,
                                 "register_as": f"t5-{cfg.preset}-{cfg.task.name}-{dcfg.mode}"})
-    r = _named(distill_mod.distill_flow, f"distill-{dcfg.mode}")(config=d, parent_run_id=parent)
+    r = named_subflow(distill_mod.distill_flow, f"distill-{dcfg.mode}")(config=d, parent_run_id=parent)
     if dcfg.mode == "draft":
         _alias(r.model_uri, "draft")  # the latest pipeline's DistillSpec draft, whatever its divergence and data
     return {"run_id": r.run_id, "model_uri": r.model_uri, "alias": r.alias, "final": r.final, "metrics": r.metrics}
@@ -344,25 +338,18 @@ def _sd(cfg: PipelineConfig, target: str, ft: dict[str, Any], dd: dict[str, Any]
         "target": target, "prompts_jsonl": prompts, "corpus_dir": None,
         "drafts": [sd_mod.DraftRef(label="draft-base", model=ft["models"]["draft_base"]),
                    sd_mod.DraftRef(label=dd["alias"], model=dd["model_uri"])]})
-    r = _named(sd_mod.sd_benchmark, "sd-benchmark")(config=s, parent_run_id=parent)
-    rows = _records(r.table)
+    r = named_subflow(sd_mod.sd_benchmark, "sd-benchmark")(config=s, parent_run_id=parent)
+    rows = records(r.table)
     # the model garden: the teacher decoding alone on the same prompts (greedy), against the distilled
     # target with the distilled draft
-    t = _named(sd_mod.sd_benchmark, "sd-benchmark-teacher-alone")(config=s.model_copy(update={
+    t = named_subflow(sd_mod.sd_benchmark, "sd-benchmark-teacher-alone")(config=s.model_copy(update={
         "target": ft["models"]["teacher"], "drafts": [sd_mod.DraftRef(label="draft-base", model=ft["models"]["draft_base"])],
         "gammas": [1], "lenience": [1.0], "modes": ["greedy"], "hf_baselines": False, "batch_sizes": []}),
         parent_run_id=parent)
     from tasks.study import garden_row
 
-    garden = [garden_row(_records(t.table), rows, dd["alias"], precision=p) for p in s.precisions]
+    garden = [garden_row(records(t.table), rows, dd["alias"], precision=p) for p in s.precisions]
     return {"run_id": r.run_id, "markdown": r.markdown, "rows": rows, "teacher_run_id": t.run_id, "garden": garden}
-
-
-def _records(df) -> list[dict[str, Any]]:
-    """A results DataFrame as JSON-safe records (missing values -> None), for the stage record."""
-    import json
-
-    return json.loads(df.to_json(orient="records"))
 
 
 if __name__ == "__main__":

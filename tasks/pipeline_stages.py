@@ -93,8 +93,6 @@ def report_verdict(run_id: str, *, preset: str, task_kind: str, stages: dict[str
     """Compare every number the stages that ran produced with what it must be compared with
     (:func:`tasks.verdict.pipeline_verdict`), saying first which stages did not run (``not_run``); log it, log ``summary.md`` and the verdict metrics (finite ones:
     a stage that did not run leaves no NaN behind) on the parent run, post it to Prefect; return the text."""
-    import math
-
     from tasks.verdict import pipeline_verdict
 
     quality: dict[str, dict[str, float]] = dict((stages.get("finetune") or {}).get("metrics", {}))
@@ -110,6 +108,38 @@ def report_verdict(run_id: str, *, preset: str, task_kind: str, stages: dict[str
         preset=preset, task_kind=task_kind, quality=quality, sd_rows=sd.get("rows") or [],
         distilled_draft=(stages.get("distill_draft") or {}).get("alias"), undistilled_draft="draft-base",
         garden=sd.get("garden"), pretrain=(stages.get("pretrain") or {}).get("summary"), labels=labels)
+    return _publish_verdict(run_id, text, metrics, stages=stages, not_run=not_run, preset=preset, logger=logger)
+
+
+def report_llm_verdict(run_id: str, *, preset: str, task_kind: str, stages: dict[str, dict[str, Any]],
+                       not_run: list[str], logger) -> str:
+    """:func:`report_verdict` for ``flows.llm_pipeline``: the LLM as imported, its distilled draft, the garden's
+    target and draft against the task's baseline; SD with the LLM as the target; the garden against the LLM."""
+    from tasks.verdict import pipeline_verdict
+
+    sources = {"llm": ("import", "metrics", "the LLM (as imported)"),
+               "draft": ("distill_draft", "metrics", "draft (distilled from the LLM)"),
+               "garden_target": ("garden", "target_metrics", "garden target (distilled from the LLM)"),
+               "garden_draft": ("garden", "draft_metrics", "garden draft (distilled from the garden target)")}
+    quality, labels = {}, {}
+    for role, (stage, key, label) in sources.items():
+        if (stages.get(stage) or {}).get(key):
+            quality[role], labels[role] = stages[stage][key], label
+    sd = stages.get("sd_benchmark") or {}
+    garden = [{**g, "teacher_label": "the LLM"} for g in sd.get("garden") or []]
+    text, metrics = pipeline_verdict(
+        preset=preset, task_kind=task_kind, quality=quality, sd_rows=sd.get("rows") or [],
+        distilled_draft=(stages.get("distill_draft") or {}).get("alias"), undistilled_draft="draft-base",
+        garden=garden, labels=labels)
+    return _publish_verdict(run_id, text, metrics, stages=stages, not_run=not_run, preset=preset, logger=logger)
+
+
+def _publish_verdict(run_id: str, text: str, metrics: dict[str, float], *, stages: dict[str, Any], not_run: list[str],
+                     preset: str, logger) -> str:
+    """Say first which stages did not run; log the verdict, ``summary.md`` and its finite metrics on the parent
+    run, post it to Prefect; return the text."""
+    import math
+
     if not_run:  # a partial run (a `stages` prefix): say so first, then what the stages that ran show
         head, _, rest = text.partition("\n\n")
         text = (f"{head}\n\n**Partial run:** only {', '.join(stages) or 'no stage'} ran; not run: {', '.join(not_run)} "

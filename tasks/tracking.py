@@ -402,13 +402,16 @@ T5_MODEL_CODE = Path(__file__).resolve().parent / "mlflow_models" / "t5_generato
 T5_ARTIFACT = "t5"
 
 
-def is_t5_folder(folder: str | Path) -> bool:
-    """A ``save_pretrained`` folder of a T5 model (its config says ``model_type: t5``)."""
+def is_text_generator_folder(folder: str | Path) -> bool:
+    """A ``save_pretrained`` folder of a model the pyfunc wrapper serves: a T5 (``model_type: t5``) or a
+    decoder-only LM (an architecture ``...ForCausalLM``)."""
     cfg = Path(folder) / "config.json"
     try:
-        return cfg.is_file() and json.loads(cfg.read_text()).get("model_type") == "t5"
+        config = json.loads(cfg.read_text()) if cfg.is_file() else {}
     except (OSError, ValueError):
         return False
+    return config.get("model_type") == "t5" or any(str(a).endswith("ForCausalLM")
+                                                   for a in config.get("architectures") or [])
 
 
 def _pip_requirements() -> list[str]:
@@ -474,7 +477,7 @@ def register_model(
     """Log a ``save_pretrained`` folder as an MLflow 3 logged model of the run and register it; returns
     ``models:/name/version``.
 
-    A T5 folder is logged as an MLflow pyfunc model (see :func:`save_t5_pyfunc`; ``input_example`` and
+    A T5 or decoder-only LM folder is logged as an MLflow pyfunc model (see :func:`save_t5_pyfunc`; ``input_example`` and
     ``max_new_tokens`` go into it; its MLmodel names the run and the logged model, so
     ``mlflow.models.get_model_info`` reports them), any other folder as it is. The logged model is the run's
     output (the UI's Models column, ``mlflow.search_logged_models``), carries ``tags`` and ``metrics`` (the
@@ -494,7 +497,7 @@ def register_model(
                                         tags={**all_tags, "registered_name": name})
     try:
         with tempfile.TemporaryDirectory(prefix="pyfunc-") as tmp:
-            if is_t5_folder(local_dir):
+            if is_text_generator_folder(local_dir):
                 local_dir = save_t5_pyfunc(local_dir, Path(tmp) / "model", input_example=input_example,
                                            max_new_tokens=max_new_tokens)
                 _stamp_mlmodel(Path(local_dir), run_id=run_id, model_id=logged.model_id)

@@ -29,7 +29,7 @@ from models.metrics import PRIMARY, beats_baseline
 from models.speculative import expected_block_efficiency
 
 #: the presets whose numbers are meant to be read; the others check that the plumbing works
-MEANINGFUL_PRESETS = ("laptop", "small", "base")
+MEANINGFUL_PRESETS = ("laptop", "llm", "small", "base")
 #: the laptop preset's SD target (issue: lossless greedy SD with the distilled draft at batch 1)
 SD_TARGET_SPEEDUP = 1.5
 #: DistillSpec's reported ranges
@@ -260,7 +260,7 @@ def _garden_block(out: list[str], metrics: dict[str, float], g: Mapping[str, Any
     ratio = _num(g.get("latency_reduction"))
     lo, hi = PAPER_GARDEN_RATIO
     precision = g.get("precision") or "fp32"
-    out.append(f"**Model garden** ({precision} weights): teacher alone "
+    out.append(f"**Model garden** ({precision} weights): {g.get('teacher_label') or 'teacher'} alone "
                f"{_fmt(g.get('teacher_ms_per_token'), '.2f')} ms/token "
                f"(ROUGE-L {_fmt(g.get('teacher_rougeL'))}) vs distilled target + `{g.get('garden_draft')}` "
                f"with SD at gamma {g.get('garden_gamma')} {_fmt(g.get('garden_ms_per_token'), '.2f')} "

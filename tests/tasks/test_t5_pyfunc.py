@@ -52,6 +52,21 @@ def test_a_registered_t5_version_loads_with_pyfunc_and_gives_one_greedy_output_p
     assert list(by_alias.predict(pd.DataFrame({"input": INPUTS}))) == list(out)
 
 
+def test_a_registered_decoder_only_version_answers_through_its_chat_template_like_batched_generate(
+        tiny_corpus, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from tasks import tracking
+    from tests.conftest import make_llama_dir
+
+    folder = make_llama_dir(str(Path(tiny_corpus) / "tokenizer"), tmp_path / "model", seed=4, head_scale=10.0)
+    with tracking.start_run("pyfunc-test", "register-llama") as run_id:
+        uri = tracking.register_model(run_id, folder, "pyfunc-test-llama", input_example=INPUTS[:2], max_new_tokens=5)
+    out = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"input": INPUTS}))
+    assert list(out) == _greedy(folder, INPUTS, 5)  # prompt cut off, padding on the left changes nothing
+
+
 def test_a_registered_version_comes_from_an_mlflow3_logged_model_of_its_run_with_metrics_and_description(registered):
     import mlflow
     from mlflow import MlflowClient
@@ -98,7 +113,7 @@ def test_resolve_model_hands_the_pipeline_the_save_pretrained_folder_of_a_pyfunc
     from tasks import tracking
 
     folder = tracking.resolve_model(registered["uri"])
-    assert tracking.is_t5_folder(folder) and not (folder / "MLmodel").exists()
+    assert tracking.is_text_generator_folder(folder) and not (folder / "MLmodel").exists()
     assert tracking.hf_folder(folder.parent.parent) == folder  # a local pyfunc folder maps the same way
     assert tracking.resolve_model(str(folder.parent.parent)) == folder
 

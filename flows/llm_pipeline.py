@@ -1,0 +1,292 @@
+"""The decoder-only pipeline (``make run PRESET=llm``), as Prefect subflows under one MLflow parent run:
+
+import the LLM (the packaged SmolLM2-135M-Instruct) -> build drafts from it -> DistillSpec: distil the draft from
+the LLM itself (on-policy) -> the model garden: a smaller target distilled from the LLM, and a draft distilled
+from that target -> SD benchmark with the LLM as the target (its undistilled and distilled drafts, HF assisted
+generation and prompt lookup beside them), and the garden pair timed against the LLM alone -> the verdict.
+
+    python -m flows.llm_pipeline --preset llm                 # what `make run PRESET=llm` does
+    python -m flows.llm_pipeline --preset llm --set model=hf:HuggingFaceTB/SmolLM2-360M-Instruct
+    python -m flows.llm_pipeline --preset llm --set from_stage=sd_benchmark
+
+Prompts are the task's (default ``bbc_headline``: "summarize: <article>") through the model's chat template;
+losses cover response tokens only. Stages are reused when their config, inputs and code are unchanged (as in
+``flows.pipeline``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+from prefect import flow, get_run_logger
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from engine.config import FlowConfig
+from flows import distill as distill_mod
+from flows import import_model as import_mod
+from flows import sd_benchmark as sd_mod
+from flows._cli import build_config, documented, named_subflow, preset_type, records, run_cli
+from tasks.downstream import TaskSpec
+
+STAGES = ("import", "drafts", "distill_draft", "garden", "sd_benchmark")
+Stage = Literal["import", "drafts", "distill_draft", "garden", "sd_benchmark"]
+
+
+class DraftShape(BaseModel):
+    """A model built from the LLM (``models.causal_draft``): its first ``layers`` layers (``init=target``), or
+    a fresh model of ``hidden_size`` (``init=fresh``)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    layers: int = Field(2, ge=1, description="decoder layers")
+    init: Literal["target", "fresh"] = Field("target", description="copy the LLM's first layers, or fresh weights")
+    hidden_size: Optional[int] = Field(None, ge=8, description="init=fresh only: width (default the LLM's)")
+    intermediate_size: Optional[int] = Field(None, ge=8, description="init=fresh only: MLP width")
+    num_attention_heads: Optional[int] = Field(None, ge=1, description="init=fresh only")
+    num_key_value_heads: Optional[int] = Field(None, ge=1, description="init=fresh only")
+
+    def sizes(self) -> dict[str, int]:
+        return {k: v for k, v in self.model_dump(exclude={"layers", "init"}).items() if v is not None}
+
+
+class LLMPipelineConfig(FlowConfig):
+    preset: str = "llm"
+    model: str = Field("smollm2", description="the LLM: smollm2 (packaged), gguf:PATH, hf:ORG/NAME or a folder")
+    register_as: str = Field("smollm2-135m-instruct", description="registered name of the imported LLM")
+    task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="bbc_headline"),
+                           description="the task whose prompts distillation and the SD benchmark use")
+    draft: DraftShape = Field(default_factory=DraftShape, description="the draft of the LLM")
+    garden_target: DraftShape = Field(default_factory=lambda: DraftShape(layers=8),
+                                      description="the model garden's smaller target, distilled from the LLM")
+    garden_draft: DraftShape = Field(default_factory=lambda: DraftShape(layers=1),
+                                     description="the garden target's draft (built from the garden target)")
+    distill_draft: distill_mod.DistillConfig = Field(default_factory=lambda: _distill(200))
+    distill_garden_target: distill_mod.DistillConfig = Field(default_factory=lambda: _distill(200, "target"))
+    distill_garden_draft: distill_mod.DistillConfig = Field(default_factory=lambda: _distill(100))
+    sd_benchmark: sd_mod.SDBenchmarkConfig = Field(default_factory=lambda: _sd())
+    stages: list[Stage] = Field(list(STAGES), description="stages to run (a prefix of the full list)")
+    from_stage: Optional[Stage] = Field(None, description="force this stage and all later ones to run even if cached")
+    experiment: str = Field("pipeline-llm", description="MLflow experiment of the parent run")
+
+    @field_validator("stages")
+    @classmethod
+    def _prefix(cls, v: list[str]) -> list[str]:
+        if not v or list(v) != list(STAGES[:len(v)]):
+            raise ValueError(f"stages must be a non-empty prefix of {list(STAGES)}, got {v}")
+        return v
+
+
+def _distill(steps: int, mode: str = "draft") -> distill_mod.DistillConfig:
+    """DistillSpec on 2 cores: batches of 4 task prompts (up to 96 tokens) with on-policy responses of up to 32
+    tokens, forward KL (the target: half sampled from the LLM, half from the student), lr 5e-4."""
+    mix = {"student": 1.0} if mode == "draft" else {"teacher": 0.5, "student": 0.5}
+    return distill_mod.DistillConfig(preset="llm", mode=mode, total_steps=steps, batch_size=4, lr=5e-4,
+                                     warmup_steps=10, max_input_length=96, max_target_length=32, data_mix=mix,
+                                     divergence="fkl", eval_every=steps, eval_examples=16, checkpoint_every=50,
+                                     log_every=10, test_examples=32, threads_per_worker=2)
+
+
+def _sd() -> sd_mod.SDBenchmarkConfig:
+    """Batch 1 on one thread, greedy (lossless), 8 task prompts of up to 64 tokens of text, 32 new tokens, gamma
+    2-4, fp32 and int8 weights; then batched greedy SD at B = 4."""
+    return sd_mod.SDBenchmarkConfig(preset="llm", num_prompts=8, prompt_tokens=64, max_new_tokens=32,
+                                    gammas=[2, 3, 4], lenience=[1.0], modes=["greedy"], repeats=2, warmup=1,
+                                    precisions=["fp32", "int8"], batch_sizes=[4])
+
+
+def llm() -> LLMPipelineConfig:
+    """SmolLM2-135M-Instruct, a 2-layer draft copied from it, a garden target of its first 8 layers."""
+    return LLMPipelineConfig()
+
+
+def tiny() -> LLMPipelineConfig:
+    """Every stage in a few minutes (the checks that the LLM stages run and chain): 1-layer drafts, a 2-layer
+    garden target, a handful of steps, fp32 only; its numbers mean nothing."""
+    short = dict(total_steps=4, eval_every=4, eval_examples=4, checkpoint_every=0, test_examples=4,
+                 max_target_length=8, max_input_length=48, preset="tiny")
+    return LLMPipelineConfig(preset="tiny", draft=DraftShape(layers=1), garden_target=DraftShape(layers=2),
+                             garden_draft=DraftShape(layers=1),
+                             distill_draft=_distill(4).model_copy(update=short),
+                             distill_garden_target=_distill(4, "target").model_copy(update=short),
+                             distill_garden_draft=_distill(4).model_copy(update=short),
+                             sd_benchmark=_sd().model_copy(update=dict(preset="tiny", num_prompts=2, prompt_tokens=24,
+                                                                       max_new_tokens=8, gammas=[2], repeats=1,
+                                                                       warmup=0, precisions=["fp32"],
+                                                                       batch_sizes=[])))
+
+
+def small() -> LLMPipelineConfig:
+    """The same models on one GPU: 1,000 distillation steps of 16 sequences of up to 64 new tokens, bf16; the SD
+    benchmark on the GPU (50 prompts, bf16 weights; int8 is a CPU path)."""
+    gpu = dict(preset="small", total_steps=1000, batch_size=16, max_target_length=64, max_input_length=256,
+               eval_every=250, eval_examples=64, checkpoint_every=250, test_examples=200, use_gpu=True,
+               threads_per_worker=0)
+    return LLMPipelineConfig(preset="small", distill_draft=_distill(1000).model_copy(update=gpu),
+                             distill_garden_target=_distill(1000, "target").model_copy(update=gpu),
+                             distill_garden_draft=_distill(1000).model_copy(update=gpu),
+                             sd_benchmark=_sd().model_copy(update=dict(preset="small", num_prompts=50, prompt_tokens=256,
+                                                                       max_new_tokens=128, gammas=[2, 3, 4, 5],
+                                                                       repeats=3, device="cuda", dtype="bfloat16",
+                                                                       precisions=["fp32"], batch_sizes=[1, 4, 16])))
+
+
+def base() -> LLMPipelineConfig:
+    """SmolLM2-1.7B-Instruct from the hub (it needs HF_HUB_OFFLINE=0 and a GPU), a 4-layer draft and a garden
+    target of 12 of its 24 layers; otherwise the ``small`` settings."""
+    return small().model_copy(update=dict(preset="base", model="hf:HuggingFaceTB/SmolLM2-1.7B-Instruct",
+                                          register_as="smollm2-1.7b-instruct", draft=DraftShape(layers=4),
+                                          garden_target=DraftShape(layers=12), garden_draft=DraftShape(layers=2)))
+
+
+PRESETS = {"llm": llm, "tiny": tiny, "small": small, "base": base}
+Preset = preset_type(PRESETS)
+
+
+@dataclass
+class LLMPipelineResult:
+    run_id: str
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
+    verdict: str = ""
+
+    def summary(self) -> str:
+        from tasks.tracking import artifact_local_path
+
+        lines = [f"LLM pipeline finished; MLflow parent run id: {self.run_id}",
+                 f"artifacts: {artifact_local_path(self.run_id)}"]
+        for name, out in self.stages.items():
+            state = "skipped (cached)" if name in self.skipped else "ran"
+            refs = out.get("models") or out.get("model_uri") or ""
+            lines.append(f"  {name:<15} {state:<17} {refs}")
+        if (self.stages.get("sd_benchmark") or {}).get("markdown"):
+            lines.append(self.stages["sd_benchmark"]["markdown"])
+        return "\n".join(lines + ([self.verdict] if self.verdict else []))
+
+
+@flow(name="llm-pipeline")
+@documented(from_stage="force this stage and every later one to run, even where an earlier run would be reused",
+            stages="the stages to run: a prefix of import, drafts, distill_draft, garden, sd_benchmark (empty: all)")
+def llm_pipeline(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
+                 config: Optional[LLMPipelineConfig] = None, from_stage: Optional[Stage] = None,
+                 stages: Optional[list[Stage]] = None) -> LLMPipelineResult:
+    """Run the stages in order (see the module docstring)."""
+    from tasks import tracking
+    from tasks.orchestration import tag_current_flow_run
+    from tasks.pipeline_stages import StageRunner, report_llm_verdict
+
+    typed = {k: v for k, v in (("from_stage", from_stage), ("stages", stages)) if v}
+    cfg = config or build_config(LLMPipelineConfig, PRESETS, preset, {**(overrides or {}), **typed})
+    logger = get_run_logger()
+    forced = set(STAGES[STAGES.index(cfg.from_stage):]) if cfg.from_stage else set()
+    result = LLMPipelineResult(run_id="")
+    with tracking.start_run(cfg.experiment, f"llm-pipeline-{cfg.preset}", params=cfg.model_dump(),
+                            tags={"stage": "pipeline", "preset": cfg.preset}) as run_id:
+        result.run_id = run_id
+        tag_current_flow_run(f"mlflow_run_id:{run_id}", f"preset:{cfg.preset}")
+        tracking.log_dict(run_id, cfg.model_dump(), "pipeline_config.json")
+        stage = StageRunner(run_id, cfg.stages, forced, logger)
+        imp = stage("import", {"model": cfg.model, "register_as": cfg.register_as, "task": cfg.task.model_dump(),
+                               "eval": cfg.distill_draft.model_dump(include=EVAL_FIELDS)}, {},
+                    lambda: _import(cfg, run_id))
+        drafts = stage("drafts", {"draft": cfg.draft.model_dump(), "garden_target": cfg.garden_target.model_dump()},
+                       imp and {"llm": imp["model_uri"]}, lambda: _drafts(cfg, imp["model_uri"], run_id))
+        dd = stage("distill_draft", {"distill": cfg.distill_draft.model_dump(), "task": cfg.task.model_dump()},
+                   drafts and {"teacher": imp["model_uri"], "student": drafts["models"]["draft_base"]},
+                   lambda: _distill_stage(cfg, cfg.distill_draft, imp["model_uri"], drafts["models"]["draft_base"],
+                                          "draft", run_id))
+        garden = stage("garden", {"target": cfg.distill_garden_target.model_dump(), "task": cfg.task.model_dump(),
+                                  "draft": cfg.distill_garden_draft.model_dump(),
+                                  "garden_draft": cfg.garden_draft.model_dump()},
+                       dd and {"teacher": imp["model_uri"], "student": drafts["models"]["garden_target_base"]},
+                       lambda: _garden(cfg, imp["model_uri"], drafts["models"]["garden_target_base"], run_id))
+        stage("sd_benchmark", cfg.sd_benchmark.model_dump(),
+              garden and {"target": imp["model_uri"], "drafts": [drafts["models"]["draft_base"], dd["model_uri"]],
+                          "garden": [garden["target_uri"], garden["draft_uri"]]},
+              lambda: _sd_stage(cfg, imp["model_uri"], drafts, dd, garden, run_id))
+        stage.finish()
+        result.stages, result.skipped = stage.outputs, stage.skipped
+        result.verdict = report_llm_verdict(run_id, preset=cfg.preset, task_kind=cfg.task.info()["kind"],
+                                            stages=result.stages,
+                                            not_run=[s for s in STAGES if s not in result.stages], logger=logger)
+    return result
+
+
+EVAL_FIELDS = {"test_examples", "batch_size", "max_input_length", "max_target_length", "threads_per_worker"}
+
+
+def _import(cfg: LLMPipelineConfig, parent: str) -> dict[str, Any]:
+    """Register the LLM, then score it on the task's test split (with the settings the distilled models are
+    scored with), so the verdict reads every model against the same baseline."""
+    from tasks.distill import evaluate_test
+    from tasks.finetune import prepare_task, resolve
+
+    c = import_mod.ImportModelConfig(ref=cfg.model, register_as=cfg.register_as, experiment=cfg.experiment)
+    r = named_subflow(import_mod.import_model_flow, "import")(config=c, parent_run_id=parent)
+    metrics = evaluate_test(resolve(r.model_uri), prepare_task(cfg.task.model_dump()), r.run_id,
+                            cfg.distill_draft.model_dump(include=EVAL_FIELDS))
+    return {"run_id": r.run_id, "model_uri": r.model_uri, "metrics": metrics}
+
+
+def _drafts(cfg: LLMPipelineConfig, llm_uri: str, parent: str) -> dict[str, Any]:
+    from tasks.finetune import resolve
+    from tasks.import_model import make_draft
+
+    folder = resolve(llm_uri)
+    models = {}
+    for role, shape in (("draft_base", cfg.draft), ("garden_target_base", cfg.garden_target)):
+        out = make_draft(folder, f"{cfg.register_as}-{role.replace('_', '-')}", target_ref=llm_uri,
+                         layers=shape.layers, init=shape.init, sizes=shape.sizes(), experiment=cfg.experiment,
+                         parent_run_id=parent, run_name=f"build-{role.replace('_', '-')}")
+        models[role] = out["model_uri"]
+    return {"models": models}
+
+
+def _distill_stage(cfg: LLMPipelineConfig, dcfg: distill_mod.DistillConfig, teacher: str, student: str, role: str,
+                   parent: str) -> dict[str, Any]:
+    d = dcfg.model_copy(update={"teacher": teacher, "student": student, "task": cfg.task,
+                                "register_as": f"{cfg.register_as}-{role}"})
+    r = named_subflow(distill_mod.distill_flow, f"distill-{role}")(config=d, parent_run_id=parent)
+    return {"run_id": r.run_id, "model_uri": r.model_uri, "alias": r.alias, "final": r.final, "metrics": r.metrics}
+
+
+def _garden(cfg: LLMPipelineConfig, llm_uri: str, target_base: str, parent: str) -> dict[str, Any]:
+    """The smaller target distilled from the LLM, a draft built from it and distilled towards it."""
+    from tasks.finetune import resolve
+    from tasks.import_model import make_draft
+
+    target = _distill_stage(cfg, cfg.distill_garden_target, llm_uri, target_base, "garden-target", parent)
+    shape = cfg.garden_draft
+    base = make_draft(resolve(target["model_uri"]), f"{cfg.register_as}-garden-draft-base",
+                      target_ref=target["model_uri"], layers=shape.layers, init=shape.init, sizes=shape.sizes(),
+                      experiment=cfg.experiment, parent_run_id=parent, run_name="build-garden-draft-base")
+    draft = _distill_stage(cfg, cfg.distill_garden_draft, target["model_uri"], base["model_uri"], "garden-draft",
+                           parent)
+    return {"target_uri": target["model_uri"], "draft_uri": draft["model_uri"], "draft_alias": draft["alias"],
+            "target_metrics": target["metrics"], "draft_metrics": draft["metrics"]}
+
+
+def _sd_stage(cfg: LLMPipelineConfig, llm_uri: str, drafts: dict[str, Any], dd: dict[str, Any],
+              garden: dict[str, Any], parent: str) -> dict[str, Any]:
+    from tasks.downstream import sd_prompts
+    from tasks.study import garden_row
+
+    prompts = sd_prompts(cfg.task)
+    s = cfg.sd_benchmark.model_copy(update={
+        "target": llm_uri, "prompts_jsonl": prompts, "corpus_dir": None,
+        "drafts": [sd_mod.DraftRef(label="draft-base", model=drafts["models"]["draft_base"]),
+                   sd_mod.DraftRef(label=dd["alias"], model=dd["model_uri"])]})
+    r = named_subflow(sd_mod.sd_benchmark, "sd-benchmark")(config=s, parent_run_id=parent)
+    rows = records(r.table)
+    # the model garden: the garden target with its draft, against the LLM decoding alone (the rows above)
+    g = named_subflow(sd_mod.sd_benchmark, "sd-benchmark-garden")(config=s.model_copy(update={
+        "target": garden["target_uri"], "drafts": [sd_mod.DraftRef(label=garden["draft_alias"],
+                                                                   model=garden["draft_uri"])],
+        "hf_baselines": False, "batch_sizes": []}), parent_run_id=parent)
+    garden_rows = [garden_row(rows, records(g.table), garden["draft_alias"], precision=p) for p in s.precisions]
+    return {"run_id": r.run_id, "markdown": r.markdown, "rows": rows, "garden_run_id": g.run_id,
+            "garden": garden_rows}
+
+
+if __name__ == "__main__":
+    run_cli(lambda c: llm_pipeline(config=c), LLMPipelineConfig, PRESETS,
+            description="Run the decoder-only pipeline (import -> drafts -> DistillSpec -> garden -> SD benchmark).")
