@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 
 from engine.causal_lm import load_causal_lm  # noqa: E402
 from engine.distill_worker import DistillObjective, distill_worker  # noqa: E402
-from models.causal_draft import head_share, make_causal_draft  # noqa: E402
+from models.causal_draft import frequent_token_ids, head_share, load_causal, make_causal_draft  # noqa: E402
 from models.kv_cache import cached_decoder  # noqa: E402
 
 
@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--divergence", default="fkl", choices=["fkl", "rkl", "jsd", "tvd"])
     ap.add_argument("--data", default="student", choices=["student", "teacher", "fixed"],
                     help="distillation sequences: on-policy (student), sampled from the target, or the task's")
+    ap.add_argument("--head-tokens", type=int, default=0,
+                    help="> 0: a frequent-token head (FR-Spec) over that many ids, counted on the task's training texts")
     ap.add_argument("--gamma", type=int, default=3, help="draft tokens per target call of the SD alpha column")
     ap.add_argument("--max-input-length", type=int, default=96)
     ap.add_argument("--max-new-tokens", type=int, default=32)
@@ -99,7 +101,14 @@ def main(argv: list[str] | None = None) -> None:
                                                  "intermediate_size": 8 * args.fresh_width // 3,
                                                  "num_attention_heads": max(1, args.fresh_width // 64),
                                                  "num_key_value_heads": 1}
-            draft = make_causal_draft(target, layers=args.layers, init=init,
+            head = None
+            if args.head_tokens:
+                import datasets
+
+                train = datasets.load_from_disk(str(Path(folder) / "data"))["train"]
+                head = frequent_token_ids(tok, list(train["input"]) + list(train["target"]), args.head_tokens,
+                                          always=[tok.eos_token_id, tok.pad_token_id, tok.bos_token_id])
+            draft = make_causal_draft(target, layers=args.layers, init=init, head_tokens=head,
                                       generator=torch.Generator().manual_seed(args.seed), **extra)
             ddir = Path(tmp) / f"draft-{init}"
             draft.save_pretrained(ddir)
@@ -124,9 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             state = distill_worker(job)
             seconds = time.perf_counter() - t0
             after = state["evals"][-1]
-            from transformers import AutoModelForCausalLM
-
-            distilled = AutoModelForCausalLM.from_pretrained(Path(job["checkpoint_dir"]) / "final" / "model").eval()
+            distilled = load_causal(Path(job["checkpoint_dir"]) / "final" / "model").eval()
             sd_after = sd_alpha(target, distilled, prompts, args.gamma, args.max_new_tokens)
             rows.append((init, args.layers, draft.config.hidden_size, sum(p.numel() for p in draft.parameters()) / 1e6,
                          head_share(draft), c, sd_before, sd_after, before["acceptance_rate"],

@@ -75,11 +75,16 @@ def load_causal_lm(ref: str, *, dtype: torch.dtype = torch.float32):
     tokenizer pads on the left (what batched decoding of a decoder-only model needs) and has a pad token."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from models.causal_draft import load_causal
+
     source, gguf = locate(ref)
     kwargs = {"gguf_file": gguf} if gguf else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        if gguf is None and Path(source).is_dir():  # a folder: maybe a draft with a frequent-token head
+            model = load_causal(source, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
     except OSError as err:  # hub unreachable, a gated model, a file transformers cannot read
         raise FileNotFoundError(f"model '{ref}' could not be loaded ({str(err).splitlines()[0]})") from None
     if gguf:  # transformers dequantises GGUF weights on load: an ordinary fp32 model that save_pretrained can write

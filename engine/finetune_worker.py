@@ -41,14 +41,20 @@ def load_model_and_tokenizer(model_dir: str, init: str = "pretrained", seed: int
     architecture."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, T5ForConditionalGeneration
 
+    from models.causal_draft import FrequentHeadLlama, load_causal
+
     tok = AutoTokenizer.from_pretrained(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
-    cls = T5ForConditionalGeneration if config.is_encoder_decoder else AutoModelForCausalLM
     if init == "random":
         torch.manual_seed(seed)
-        model = (cls(config) if cls is T5ForConditionalGeneration else cls.from_config(config))
+        if config.is_encoder_decoder:
+            model = T5ForConditionalGeneration(config)
+        else:
+            model = (FrequentHeadLlama(config) if getattr(config, "head_token_ids", None)
+                     else AutoModelForCausalLM.from_config(config))
     else:
-        model = cls.from_pretrained(model_dir)
+        model = (T5ForConditionalGeneration.from_pretrained(model_dir) if config.is_encoder_decoder
+                 else load_causal(model_dir))
     if not config.is_encoder_decoder:
         tok.padding_side = "left"
         if tok.pad_token is None:

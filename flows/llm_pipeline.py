@@ -44,9 +44,11 @@ class DraftShape(BaseModel):
     intermediate_size: Optional[int] = Field(None, ge=8, description="init=fresh only: MLP width")
     num_attention_heads: Optional[int] = Field(None, ge=1, description="init=fresh only")
     num_key_value_heads: Optional[int] = Field(None, ge=1, description="init=fresh only")
+    head_tokens: int = Field(0, ge=0, description="> 0: an LM head over that many most frequent tokens of the task's "
+                                                  "training texts only (FR-Spec); 0: the full vocabulary")
 
     def sizes(self) -> dict[str, int]:
-        return {k: v for k, v in self.model_dump(exclude={"layers", "init"}).items() if v is not None}
+        return {k: v for k, v in self.model_dump(exclude={"layers", "init", "head_tokens"}).items() if v is not None}
 
 
 class LLMPipelineConfig(FlowConfig):
@@ -229,15 +231,16 @@ def _import(cfg: LLMPipelineConfig, parent: str) -> dict[str, Any]:
 
 
 def _drafts(cfg: LLMPipelineConfig, llm_uri: str, parent: str) -> dict[str, Any]:
-    from tasks.finetune import resolve
+    from tasks.finetune import prepare_task, resolve
     from tasks.import_model import make_draft
 
-    folder = resolve(llm_uri)
+    folder, task = resolve(llm_uri), prepare_task(cfg.task.model_dump())
     models = {}
     for role, shape in (("draft_base", cfg.draft), ("garden_target_base", cfg.garden_target)):
         out = make_draft(folder, f"{cfg.register_as}-{role.replace('_', '-')}", target_ref=llm_uri,
-                         layers=shape.layers, init=shape.init, sizes=shape.sizes(), experiment=cfg.experiment,
-                         parent_run_id=parent, run_name=f"build-{role.replace('_', '-')}")
+                         layers=shape.layers, init=shape.init, sizes=shape.sizes(), head_tokens=shape.head_tokens,
+                         task_dir=task, experiment=cfg.experiment, parent_run_id=parent,
+                         run_name=f"build-{role.replace('_', '-')}")
         models[role] = out["model_uri"]
     return {"models": models}
 
@@ -252,13 +255,14 @@ def _distill_stage(cfg: LLMPipelineConfig, dcfg: distill_mod.DistillConfig, teac
 
 def _garden(cfg: LLMPipelineConfig, llm_uri: str, target_base: str, parent: str) -> dict[str, Any]:
     """The smaller target distilled from the LLM, a draft built from it and distilled towards it."""
-    from tasks.finetune import resolve
+    from tasks.finetune import prepare_task, resolve
     from tasks.import_model import make_draft
 
     target = _distill_stage(cfg, cfg.distill_garden_target, llm_uri, target_base, "garden-target", parent)
     shape = cfg.garden_draft
     base = make_draft(resolve(target["model_uri"]), f"{cfg.register_as}-garden-draft-base",
                       target_ref=target["model_uri"], layers=shape.layers, init=shape.init, sizes=shape.sizes(),
+                      head_tokens=shape.head_tokens, task_dir=prepare_task(cfg.task.model_dump()),
                       experiment=cfg.experiment, parent_run_id=parent, run_name="build-garden-draft-base")
     draft = _distill_stage(cfg, cfg.distill_garden_draft, target["model_uri"], base["model_uri"], "garden-draft",
                            parent)

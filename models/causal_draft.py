@@ -12,19 +12,94 @@ one pretrained model at hand the draft can start from the target's own weights):
 
 Its cost per token is its layers plus the LM head: with a vocabulary of 49,152 and d_model 576 the head alone is
 28M multiply-adds, more than a SmolLM2 layer's 3.5M by far, which is why the width and the head decide what a
-draft costs (``head_share``).
+draft costs (``head_share``). ``head_tokens`` gives the draft a head over those token ids only (FR-Spec, Zhao et
+al. 2025, arXiv 2502.14856: the most frequent tokens, ``frequent_token_ids``): :class:`FrequentHeadLlama` scores
+them and gives every other token the logit ``OUTSIDE_LOGIT`` (probability 0 after the softmax), so the draft
+never proposes them. SD stays exact, because verification uses the target's full distribution; only the
+acceptance rate can drop, on the tokens the head leaves out. Such a draft loads with :func:`load_causal`.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import Counter
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["INITS", "make_causal_draft", "head_share"]
+__all__ = ["INITS", "OUTSIDE_LOGIT", "FrequentHead", "FrequentHeadLlama", "frequent_token_ids", "head_share",
+           "load_causal", "make_causal_draft"]
 
 INITS = ("target", "fresh")
+#: the logit of a token a frequent-token head leaves out: exp(-1e4) is 0 in fp32 and bf16, and unlike -inf it keeps
+#: a divergence against a teacher that gives such a token mass finite (its gradient then only renormalises q)
+OUTSIDE_LOGIT = -1e4
+
+
+class FrequentHead(nn.Module):
+    """An LM head over ``token_ids`` only, laid out over the whole vocabulary: ``(..., d) -> (..., vocab)`` with
+    ``OUTSIDE_LOGIT`` for every other token. Its cost is ``len(token_ids) * d`` multiply-adds per position."""
+
+    def __init__(self, hidden_size: int, token_ids: Sequence[int], vocab_size: int):
+        super().__init__()
+        self.vocab_size = int(vocab_size)
+        self.weight = nn.Parameter(torch.zeros(len(token_ids), hidden_size))
+        self.register_buffer("token_ids", torch.as_tensor(list(token_ids), dtype=torch.long))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        small = nn.functional.linear(hidden, self.weight)  # (..., K)
+        out = small.new_full((*small.shape[:-1], self.vocab_size), OUTSIDE_LOGIT)
+        return out.index_copy_(out.ndim - 1, self.token_ids, small)
+
+
+def _frequent_head_llama():
+    from transformers import LlamaForCausalLM
+
+    class FrequentHeadLlama(LlamaForCausalLM):
+        """A Llama whose LM head is a :class:`FrequentHead` over ``config.head_token_ids`` (untied)."""
+
+        def __init__(self, config):
+            config.tie_word_embeddings = False
+            super().__init__(config)
+            self.lm_head = FrequentHead(config.hidden_size, config.head_token_ids, config.vocab_size)
+            nn.init.normal_(self.lm_head.weight, std=getattr(config, "initializer_range", 0.02))
+
+    return FrequentHeadLlama
+
+
+FrequentHeadLlama = _frequent_head_llama()
+
+
+def frequent_token_ids(tokenizer, texts: Iterable[str], k: int, *, always: Iterable[int] = ()) -> list[int]:
+    """The ``k`` token ids most frequent in ``texts`` (ties by lower id), the ids in ``always`` (EOS, pad...) among
+    them; sorted. Raises when ``k`` is below ``len(always)`` or above the vocabulary."""
+    always = sorted({int(t) for t in always if t is not None})
+    if not len(always) <= k <= len(tokenizer):
+        raise ValueError(f"k={k} must be between the {len(always)} ids always kept and the vocabulary ({len(tokenizer)})")
+    counts: Counter[int] = Counter()
+    for text in texts:
+        counts.update(tokenizer(text, add_special_tokens=False).input_ids)
+    keep = set(always)
+    for tok, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(keep) >= k:
+            break
+        keep.add(tok)
+    for tok in range(len(tokenizer)):  # fewer distinct tokens than k in the texts: fill with the lowest ids
+        if len(keep) >= k:
+            break
+        keep.add(tok)
+    return sorted(keep)
+
+
+def load_causal(folder, **kwargs) -> nn.Module:
+    """A decoder-only model from a ``save_pretrained`` folder: a :class:`FrequentHeadLlama` when its config names
+    ``head_token_ids``, otherwise what ``AutoModelForCausalLM`` loads. ``kwargs`` go to ``from_pretrained``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    cls = FrequentHeadLlama if getattr(config, "head_token_ids", None) else AutoModelForCausalLM
+    return cls.from_pretrained(folder, **kwargs)
 
 
 def _llama_parts(model: nn.Module):
@@ -37,7 +112,8 @@ def _llama_parts(model: nn.Module):
 
 def make_causal_draft(target: nn.Module, *, layers: int, init: str = "target", hidden_size: int | None = None,
                       intermediate_size: int | None = None, num_attention_heads: int | None = None,
-                      num_key_value_heads: int | None = None, generator: torch.Generator | None = None) -> nn.Module:
+                      num_key_value_heads: int | None = None, generator: torch.Generator | None = None,
+                      head_tokens: Sequence[int] | None = None) -> nn.Module:
     """A ``LlamaForCausalLM`` draft of ``layers`` decoder layers for ``target`` (see the module docstring).
 
     ``init="target"`` copies the target's weights and keeps its width (the size arguments must be left unset or
@@ -63,6 +139,12 @@ def make_causal_draft(target: nn.Module, *, layers: int, init: str = "target", h
     config = LlamaConfig(**{**tc.to_dict(), **{k: v for k, v in sizes.items() if v is not None},
                             "num_hidden_layers": layers, "architectures": ["LlamaForCausalLM"],
                             "model_type": "llama"})
+    cls = LlamaForCausalLM
+    if head_tokens is not None:
+        ids = sorted({int(t) for t in head_tokens})
+        if not ids or ids[0] < 0 or ids[-1] >= tc.vocab_size:
+            raise ValueError(f"head_tokens must be ids in [0, {tc.vocab_size}), got {len(ids)} ids")
+        config.head_token_ids, config.architectures, cls = ids, ["FrequentHeadLlama"], FrequentHeadLlama
     if config.hidden_size % config.num_attention_heads or config.num_attention_heads % config.num_key_value_heads:
         raise ValueError(f"hidden_size {config.hidden_size} must be divisible by num_attention_heads "
                          f"{config.num_attention_heads}, and that by num_key_value_heads {config.num_key_value_heads}")
@@ -70,17 +152,21 @@ def make_causal_draft(target: nn.Module, *, layers: int, init: str = "target", h
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            draft = LlamaForCausalLM(config)
+            draft = cls(config)
         return draft.float().eval()
-    draft = LlamaForCausalLM(config)
+    draft = cls(config)
     d = draft.model
     with torch.no_grad():
         d.embed_tokens.weight.copy_(inner.embed_tokens.weight)
         d.layers = nn.ModuleList(copy.deepcopy(inner.layers[i]) for i in range(layers))
         d.norm.load_state_dict(inner.norm.state_dict())
-        if not config.tie_word_embeddings:
-            draft.lm_head.weight.copy_(target.get_output_embeddings().weight)
-    draft.tie_weights()
+        head = target.get_output_embeddings().weight
+        if head_tokens is not None:
+            draft.lm_head.weight.copy_(head[draft.lm_head.token_ids])
+        elif not config.tie_word_embeddings:
+            draft.lm_head.weight.copy_(head)
+    if head_tokens is None:
+        draft.tie_weights()
     return draft.float().eval()
 
 

@@ -43,23 +43,34 @@ def import_model(ref: str, name: str, *, experiment: str = "import", parent_run_
 
 @task(name="make-draft")
 def make_draft(target_dir: str, name: str, *, target_ref: str, layers: int, init: str, sizes: dict[str, int] | None = None,
-               seed: int = 0, experiment: str = "import", parent_run_id: str | None = None,
-               run_name: str | None = None) -> dict[str, Any]:
+               head_tokens: int = 0, task_dir: str | None = None, seed: int = 0, experiment: str = "import",
+               parent_run_id: str | None = None, run_name: str | None = None) -> dict[str, Any]:
     """Build a draft for the decoder-only model in ``target_dir`` (``models.causal_draft.make_causal_draft``:
     its first ``layers`` layers, or a fresh model of ``sizes`` seeded by ``seed``), save it with the target's
-    tokenizer and register it as ``name`` with its lineage. Returns the run id and the ``models:/`` URI."""
+    tokenizer and register it as ``name`` with its lineage. ``head_tokens`` > 0: a frequent-token head (FR-Spec)
+    over the ids most frequent in the training split of ``task_dir`` (inputs and targets). Returns the run id and
+    the ``models:/`` URI."""
     import torch
 
     from engine.finetune_worker import load_model_and_tokenizer
-    from models.causal_draft import head_share, make_causal_draft
+    from models.causal_draft import frequent_token_ids, head_share, make_causal_draft
 
     target, tokenizer = load_model_and_tokenizer(target_dir)
+    head = None
+    if head_tokens:
+        import datasets
+
+        if task_dir is None:
+            raise ValueError("head_tokens needs task_dir: the frequent tokens are counted on its training split")
+        train = datasets.load_from_disk(str(Path(task_dir) / "data"))["train"]
+        head = frequent_token_ids(tokenizer, list(train["input"]) + list(train["target"]), head_tokens,
+                                  always=[tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id])
     draft = make_causal_draft(target, layers=layers, init=init, generator=torch.Generator().manual_seed(seed),
-                              **(sizes or {}))
+                              head_tokens=head, **(sizes or {}))
     c = draft.config
     params = sum(p.numel() for p in draft.parameters())
     tags = {"stage": "draft_init", "lineage.target": target_ref, "init": init, "layers": layers,
-            "d_model": c.hidden_size, "architecture": type(draft).__name__}
+            "d_model": c.hidden_size, "architecture": type(draft).__name__, "head_tokens": head_tokens or "all"}
     with tracking.start_run(experiment, run_name or f"draft-{name}", params={"layers": layers, "init": init,
                                                                              "seed": seed, **(sizes or {})},
                             tags=tags, parent_run_id=parent_run_id) as run_id, \
@@ -70,6 +81,8 @@ def make_draft(target_dir: str, name: str, *, target_ref: str, layers: int, init
         tracking.log_metrics(run_id, {"parameters": float(params), "head_share": head_share(draft)})
         how = (f"its first {layers} layers, embeddings and head copied" if init == "target"
                else f"fresh, width {c.hidden_size}, seed {seed}")
+        if head_tokens:
+            how += f"; head over its {head_tokens} most frequent tokens"
         uri = tracking.register_model(run_id, folder, name, tags=tags,
                                       description=f"undistilled draft of {params / 1e6:.0f}M parameters for "
                                                   f"{target_ref} ({how}).")

@@ -148,13 +148,15 @@ def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: Bench
     import dataclasses
 
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM
+
+    from models.causal_draft import load_causal
 
     logger = _logger()
 
     def load(folder: str):
-        cls = AutoModelForCausalLM if _is_causal(folder) else AutoModelForSeq2SeqLM
-        model = cls.from_pretrained(folder, dtype=getattr(torch, dtype))
+        kind = load_causal if _is_causal(folder) else AutoModelForSeq2SeqLM.from_pretrained
+        model = kind(folder, dtype=getattr(torch, dtype))
         return model.to(device).eval()
 
     target = load(dirs["target"])

@@ -46,3 +46,37 @@ def test_bad_draft_requests_are_refused_in_one_line():
         make_causal_draft(target, layers=1, init="fresh")
     with pytest.raises(ValueError, match="must be one of"):
         make_causal_draft(target, layers=1, init="copy")
+
+
+def test_a_frequent_token_head_scores_its_tokens_as_the_full_head_does_and_no_other(tmp_path):
+    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from models.causal_draft import OUTSIDE_LOGIT, FrequentHeadLlama, frequent_token_ids, load_causal
+
+    target = llama(0, layers=2, hidden=32, scale=20.0)
+    keep = list(range(0, 64, 2))  # half the vocabulary
+    draft = make_causal_draft(target, layers=2, init="target", head_tokens=keep)
+    assert isinstance(draft, FrequentHeadLlama) and head_share(draft) < head_share(target)
+    ids = torch.tensor([[2, 5, 9, 11]])
+    with torch.no_grad():
+        full, small = target(input_ids=ids).logits, draft(input_ids=ids).logits
+    torch.testing.assert_close(small[..., keep], full[..., keep])  # same layers, same head rows
+    assert bool((small[..., 1::2] == OUTSIDE_LOGIT).all())
+    # it saves and loads as itself, and greedy SD with it stays exact (it can only propose kept tokens)
+    draft.save_pretrained(tmp_path / "d")
+    again = load_causal(tmp_path / "d")
+    assert isinstance(again, FrequentHeadLlama) and torch.equal(again(input_ids=ids).logits, small)
+    out = speculative_generate(target, again, ids, gamma=3, max_new_tokens=12)
+    ref = target.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert out.sequences.tolist() == ref.tolist()
+    assisted = target.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=0, assistant_model=again)
+    assert assisted.tolist() == ref.tolist()  # transformers' assisted generation takes it too
+    # frequent ids: by count in the texts, the always-kept ids included, sorted
+    vocab = {f"w{i}": i for i in range(64)}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="w3"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="w1")
+    assert frequent_token_ids(tok, ["w7 w7 w7 w9 w9 w5", "w9 w8"], 3, always=[1]) == [1, 7, 9]
+    with pytest.raises(ValueError, match="between"):
+        frequent_token_ids(tok, ["w7"], 100)
