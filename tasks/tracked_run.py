@@ -155,4 +155,6 @@ def _locked_run(cfg, inputs, key, root, final, tags, *, worker, experiment, run_
             if uri and storage.fetch_valid(storage.join(ckpt_root, "final"), final) is None:
                 raise RuntimeError(f"training finished but {storage.join(ckpt_root, 'final')} is not complete")
         state = json.loads((final / "trainer_state.json").read_text())
+        if not uri:  # the kept step checkpoints, as logged models the run's evaluations rank
+            tracking.log_checkpoints(run_id, root / "checkpoints", state.get("evals") or [])
         yield TrainedRun(run_id=run_id, key=key, final=final, state=state)

@@ -529,6 +529,59 @@ def register_model(
     return f"models:/{name}/{mv.version}"
 
 
+#: the tag that marks a logged model as one of its run's step checkpoints (``log_checkpoints``)
+CHECKPOINT_TAG = ("kind", "checkpoint")
+
+
+def log_checkpoints(run_id: str, checkpoint_root: str | Path, evals: list[Mapping[str, Any]]) -> list[str]:
+    """Log each step checkpoint kept under ``checkpoint_root`` as an MLflow 3 logged model of the run, named
+    ``checkpoint-<step>`` and tagged ``kind=checkpoint`` and ``step``: its weights (``model.safetensors``) and the
+    trainer state at that step, with the evaluation made at that step as the model's metrics. So MLflow's own
+    API ranks a run's checkpoints (:func:`best_checkpoint`; the UI's Models column lists them). A checkpoint
+    already logged for this run is not logged again (a resumed or reused run). Returns the logged model ids."""
+    from engine.checkpoints import list_checkpoints
+
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    done = {m.tags.get("step") for m in mlflow.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run_id}' AND tags.kind = 'checkpoint'",
+        output_format="list")}
+    by_step = {int(e["step"]): e for e in evals if "step" in e}
+    ids = []
+    for ckpt in list_checkpoints(checkpoint_root):
+        step = int(ckpt.name.split("-")[1])
+        if str(step) in done:
+            continue
+        logged = client.create_logged_model(experiment_id, name=f"checkpoint-{step}", source_run_id=run_id,
+                                            tags={CHECKPOINT_TAG[0]: CHECKPOINT_TAG[1], "step": str(step)})
+        try:
+            with tempfile.TemporaryDirectory(prefix="checkpoint-") as tmp:
+                for name in ("model.safetensors", "state.json"):
+                    shutil.copy2(ckpt / name, Path(tmp) / name)
+                client.log_model_artifacts(logged.model_id, tmp)
+        except BaseException:
+            _retry(client.finalize_logged_model, logged.model_id, "FAILED", what="mark the logged model FAILED")
+            raise
+        client.finalize_logged_model(logged.model_id, "READY")
+        for key, value in by_step.get(step, {}).items():
+            if key != "step" and isinstance(value, (int, float)) and value == value:
+                client.log_metric(run_id, key, float(value), step=step, model_id=logged.model_id)
+        ids.append(logged.model_id)
+    return ids
+
+
+def best_checkpoint(run_id: str, metric: str, *, lower_is_better: bool = True):
+    """The run's checkpoint logged model (:func:`log_checkpoints`) with the best ``metric``, found with
+    ``mlflow.search_logged_models``; None when the run logged no checkpoint with that metric."""
+    experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    found = mlflow.search_logged_models(
+        experiment_ids=[experiment_id],
+        filter_string=f"source_run_id = '{run_id}' AND tags.kind = 'checkpoint' AND metrics.{metric} > -1e300",
+        order_by=[{"field_name": f"metrics.{metric}", "ascending": lower_is_better}], max_results=1,
+        output_format="list")
+    return found[0] if found else None
+
+
 def _stamp_mlmodel(folder: Path, *, run_id: str, model_id: str) -> None:
     """Write the run and the logged model into a saved model's MLmodel (``save_model`` leaves them empty)."""
     from mlflow.models import Model

@@ -29,6 +29,23 @@ def test_finetune_registers_the_model_with_task_and_lineage_tags_and_evaluates_i
     ev = evaluate_flow(config=EvaluateConfig(model=res.model_uri, task=copy_task, max_input_length=16,
                                              max_new_tokens=4))
     assert ev.metrics["test.accuracy"] == pytest.approx(res.metrics["test.accuracy"])
+    # the two kept step checkpoints (100, 150) are logged models of the run; MLflow's API ranks them by val loss
+    import mlflow
+
+    from tasks import tracking
+
+    ckpts = mlflow.search_logged_models(filter_string=f"source_run_id = '{res.run_id}' AND tags.kind = 'checkpoint'",
+                                        experiment_ids=[MlflowClient().get_run(res.run_id).info.experiment_id],
+                                        output_format="list")
+    assert sorted(m.tags["step"] for m in ckpts) == ["100", "150"] and all(m.status.name == "READY" for m in ckpts)
+    losses = {int(m.tags["step"]): next(x.value for x in m.metrics if x.key == "val_loss") for m in ckpts}
+    best = tracking.best_checkpoint(res.run_id, "val_loss")
+    assert int(best.tags["step"]) == min(losses, key=losses.get)
+    from pathlib import Path
+
+    files = Path(mlflow.artifacts.download_artifacts(artifact_uri=best.artifact_location, dst_path=str(tmp_path / "b")))
+    assert json.loads((files / "state.json").read_text())["step"] == int(best.tags["step"])
+    assert (files / "model.safetensors").stat().st_size > 0
 
 
 def test_a_tokenizer_that_does_not_match_the_model_is_refused_before_training(prefect_harness, tiny_t5_dir, copy_task,
