@@ -16,7 +16,6 @@ losses cover response tokens only. Stages are reused when their config, inputs a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from prefect import flow, get_run_logger
@@ -27,6 +26,7 @@ from flows import distill as distill_mod
 from flows import import_model as import_mod
 from flows import sd_benchmark as sd_mod
 from flows._cli import build_config, documented, named_subflow, preset_type, records, run_cli
+from flows.pipeline import PipelineResult
 from tasks.downstream import TaskSpec
 
 STAGES = ("import", "drafts", "distill_draft", "garden", "sd_benchmark")
@@ -146,33 +146,12 @@ PRESETS = {"llm": llm, "tiny": tiny, "small": small, "base": base}
 Preset = preset_type(PRESETS)
 
 
-@dataclass
-class LLMPipelineResult:
-    run_id: str
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
-    verdict: str = ""
-
-    def summary(self) -> str:
-        from tasks.tracking import artifact_local_path
-
-        lines = [f"LLM pipeline finished; MLflow parent run id: {self.run_id}",
-                 f"artifacts: {artifact_local_path(self.run_id)}"]
-        for name, out in self.stages.items():
-            state = "skipped (cached)" if name in self.skipped else "ran"
-            refs = out.get("models") or out.get("model_uri") or ""
-            lines.append(f"  {name:<15} {state:<17} {refs}")
-        if (self.stages.get("sd_benchmark") or {}).get("markdown"):
-            lines.append(self.stages["sd_benchmark"]["markdown"])
-        return "\n".join(lines + ([self.verdict] if self.verdict else []))
-
-
 @flow(name="llm-pipeline")
 @documented(from_stage="force this stage and every later one to run, even where an earlier run would be reused",
             stages="the stages to run: a prefix of import, drafts, distill_draft, garden, sd_benchmark (empty: all)")
 def llm_pipeline(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                  config: Optional[LLMPipelineConfig] = None, from_stage: Optional[Stage] = None,
-                 stages: Optional[list[Stage]] = None) -> LLMPipelineResult:
+                 stages: Optional[list[Stage]] = None) -> PipelineResult:
     """Run the stages in order (see the module docstring)."""
     from tasks import tracking
     from tasks.orchestration import tag_current_flow_run
@@ -182,7 +161,7 @@ def llm_pipeline(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
     cfg = config or build_config(LLMPipelineConfig, PRESETS, preset, {**(overrides or {}), **typed})
     logger = get_run_logger()
     forced = set(STAGES[STAGES.index(cfg.from_stage):]) if cfg.from_stage else set()
-    result = LLMPipelineResult(run_id="")
+    result = PipelineResult(run_id="")
     with tracking.start_run(cfg.experiment, f"llm-pipeline-{cfg.preset}", params=cfg.model_dump(),
                             tags={"stage": "pipeline", "preset": cfg.preset}) as run_id:
         result.run_id = run_id

@@ -10,6 +10,7 @@ from models.generation import batched_generate
 from models.text_io import CausalIO, text_io
 from tasks.downstream import TaskSpec, task_dir
 from tests.conftest import make_llama_dir
+from tests.engine.test_distill_worker import _cfg as t5_cfg
 
 
 @pytest.fixture(scope="module")
@@ -20,15 +21,9 @@ def llamas(tiny_corpus, tmp_path_factory):
 
 
 def _cfg(llamas, copy_task, tmp_path, **kw):
-    cfg = dict(preset="test", mode="draft", divergence="tvd", beta=0.5, temperature=1.0, data_mix={"student": 1.0},
-               sample_temperature=1.0, total_steps=40, batch_size=8, grad_accum=1, lr=3e-3, warmup_steps=0,
-               schedule="constant", clip_norm=1.0, max_input_length=24, max_target_length=6, eval_every=40,
-               eval_examples=16, checkpoint_every=0, log_every=10, num_workers=1, threads_per_worker=1,
-               use_gpu=False, bf16=False, max_failures=0, seed=0, in_ray=False,
-               teacher_dir=llamas[0], student_dir=llamas[1], task_dir=str(task_dir(TaskSpec(**copy_task))),
-               checkpoint_dir=str(tmp_path / "ckpt"), task=copy_task)
-    cfg.update(kw)
-    return cfg
+    """The T5 tests' distillation job with the Llama pair, TVD, 40 steps and room for chat-templated prompts."""
+    return t5_cfg(llamas, copy_task, tmp_path, **{"divergence": "tvd", "total_steps": 40, "max_input_length": 24,
+                                                  "eval_every": 40, **kw})
 
 
 def test_causal_prompts_go_through_the_chat_template_and_responses_end_with_eos(llamas):
