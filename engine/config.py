@@ -103,11 +103,23 @@ class PretrainConfig(TrainRunFields, optimiser_section(total_steps=60, lr=3e-3, 
     log_every: int = Field(5, ge=1)
     cosine_every: int = Field(10, ge=0, description="log the SC/RTD gradient cosine every K steps (0 = never)")
     register_as: Optional[str] = Field(None, description="registered model name (default t5-<preset>-<arm>)")
+    stream_shards: bool = Field(False, description="read the training rows from the corpus's Parquet shards "
+                                "(<corpus>/shards/train, written by corpus prep with shard_rows > 0), fetched on "
+                                "demand into a bounded per-worker cache (engine.shards), instead of memory-mapping the "
+                                "packed split; an s3:// corpus is then not copied whole to each node, only its "
+                                "tokenizer and validation split")
+    shard_window: int = Field(4, ge=1, description="with stream_shards: shards whose rows are shuffled together "
+                              "(models.shard_order; the epoch permutes the shards, then each window's rows)")
+    max_cached_shards: int = Field(8, ge=1, description="with stream_shards: shard files a worker keeps on local disk "
+                                   "and decoded in memory (least recently used out first); at least shard_window")
 
     @model_validator(mode="after")
     def _check(self):
         if self.tau > self.total_steps:
             raise ValueError(f"tau={self.tau} exceeds total_steps={self.total_steps}; use tau <= total_steps")
+        if self.max_cached_shards < self.shard_window:
+            raise ValueError(f"max_cached_shards={self.max_cached_shards} is below shard_window={self.shard_window}; "
+                             "a window's shards must fit in the cache")
         from models.span_corruption import SpanCorruptionCollator
 
         SpanCorruptionCollator(vocab_size=1000, inputs_length=self.inputs_length, noise_density=self.noise_density,
@@ -145,6 +157,9 @@ class CorpusPrepConfig(FlowConfig):
                                                  "read digit by digit; text_normalization cannot be learned without)")
     tokenizer_sample_sentences: int = Field(1_000_000, ge=1000, description="sentences sampled to train the tokenizer")
     pack_length: int = Field(568, ge=8, description="tokens per packed row (span corruption's tokens_length)")
+    shard_rows: int = Field(0, ge=0, description="also write each packed split as Parquet shards of this many rows "
+                            "(<corpus>/shards/<split>/, with index.json), for pretraining's stream_shards; 0 = off "
+                            "(then not part of the corpus's cache key, so existing corpora keep theirs)")
     num_proc: int = Field(2, ge=1, description="processes for tokenization")
     output_root: Optional[LocalPath] = Field(None, description="where corpora are written (default <state>/corpus)")
     publish_uri: Optional[str] = Field(None, pattern=r"^s3://[^/]+/.+", description="s3://bucket/prefix: also publish "

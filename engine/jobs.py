@@ -85,6 +85,10 @@ class PretrainJob(Job):
     mean_noise_span_length: float
     eval_batches: int
     cosine_every: int
+    # how the training rows are read (engine.shards); configs and bundles written before streaming lack them
+    stream_shards: bool = False
+    shard_window: int = 4
+    max_cached_shards: int = 8
 
     @classmethod
     def loop_overrides(cls, values):

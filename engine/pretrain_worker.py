@@ -3,6 +3,8 @@
 ``pretrain_worker(job)`` runs on every Ray Train worker (or as a plain function with
 ``in_ray=False``): it takes an :class:`engine.jobs.PretrainJob` (or a config dict, made into one), builds the T5 + generator + RTD head from the config and the corpus'
 tokenizer, and hands a :class:`PretrainObjective` to the shared loop in ``engine/train_loop.py``.
+Training rows come from the memory-mapped packed split (:func:`load_rows`) or, with ``stream_shards``, from the
+corpus's Parquet shards fetched on demand (:class:`engine.shards.ShardStream`); validation rows are always mapped.
 No Prefect import here; Ray is imported only by the loop.
 """
 
@@ -24,6 +26,7 @@ import dataclasses
 
 from engine import storage
 from engine.jobs import PretrainJob
+from engine.shards import ShardStream
 from engine.train_loop import run, use_worker_threads
 
 def build_t5(model_cfg: dict[str, Any], vocab_size: int):
@@ -32,6 +35,9 @@ def build_t5(model_cfg: dict[str, Any], vocab_size: int):
 
     return T5ForConditionalGeneration(t5_config(vocab_size, **model_cfg))
 
+
+STREAMED_CORPUS_PARTS = ("tokenizer/", "packed/validation/")
+"""What a worker that streams its training shards copies of an ``s3://`` corpus (everything else stays there)."""
 
 ROWS_NPY = "rows.npy"
 """A packed split may also be a plain int32 array (``export_rows``): readable without ``datasets``."""
@@ -143,7 +149,8 @@ class PretrainObjective:
         from transformers import AutoTokenizer
 
         self.cfg = cfg = PretrainJob.of(cfg)
-        corpus = storage.local_folder(cfg.corpus_dir)  # s3://: one verified download per node, then mmap
+        # s3://: one verified download per node, then mmap; streamed training rows leave their split behind
+        corpus = storage.local_folder(cfg.corpus_dir, only=STREAMED_CORPUS_PARTS if cfg.stream_shards else ())
         self.tokenizer_dir = _under(cfg.tokenizer_dir, cfg.corpus_dir, corpus)
         tok = AutoTokenizer.from_pretrained(self.tokenizer_dir)
         self.vocab_size = len(tok)
@@ -158,7 +165,12 @@ class PretrainObjective:
         self.collator = SpanCorruptionCollator(vocab_size=self.vocab_size, inputs_length=cfg.inputs_length,
                                                noise_density=cfg.noise_density,
                                                mean_noise_span_length=cfg.mean_noise_span_length)
-        self.train_rows = load_rows(corpus / "packed" / "train", self.collator.tokens_length)
+        if cfg.stream_shards:  # fetched shard by shard into a bounded cache (engine.shards)
+            self.train_rows = ShardStream(storage.join(str(cfg.corpus_dir), "shards", "train"),
+                                          tokens_length=self.collator.tokens_length, window=cfg.shard_window,
+                                          max_cached_shards=cfg.max_cached_shards)
+        else:
+            self.train_rows = load_rows(corpus / "packed" / "train", self.collator.tokens_length)
         self.val_rows = load_rows(corpus / "packed" / "validation", self.collator.tokens_length)
         if len(self.train_rows) == 0:
             raise ValueError(f"corpus {cfg.corpus_dir} has no training rows")
@@ -173,12 +185,20 @@ class PretrainObjective:
         b = self.collator(rows, rng=np.random.default_rng(seed))
         return {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
 
+    def _train_batch(self, **where) -> np.ndarray:
+        """The training rows at (step, micro, grad_accum, rank, world_size, batch_size, seed): the packed split's
+        epoch permutation (``global_batch_rows``), or the shard stream's windowed order (``models.shard_order``)."""
+        if isinstance(self.train_rows, ShardStream):
+            return self.train_rows.batch(**where)
+        return self.train_rows[global_batch_rows(n_rows=len(self.train_rows), **where)]
+
     def loss(self, model, step, micro, rank, world):
         self.device = next(self.model.parameters()).device
         c = self.cfg
-        idx = global_batch_rows(n_rows=len(self.train_rows), step=step, micro=micro, grad_accum=c.grad_accum,
-                                rank=rank, world_size=world, batch_size=c.batch_size, seed=c.seed)
-        batch = self._batch(self.train_rows[idx], step_seed(c.seed, step, micro, rank, stream=0))
+        self._last_where = dict(step=step, micro=micro, grad_accum=c.grad_accum, rank=rank, world_size=world,
+                                batch_size=c.batch_size, seed=c.seed)
+        rows = self._train_batch(**self._last_where)
+        batch = self._batch(rows, step_seed(c.seed, step, micro, rank, stream=0))
         gen = torch.Generator(self.device).manual_seed(step_seed(c.seed, step, micro, rank, stream=1))
         out = model(batch["input_ids"], batch["labels"], hybrid=curriculum_is_hybrid(step, c.tau), generator=gen)
         metrics = {"loss": out.loss, "sc_loss": out.sc_loss, "mlm_loss": out.mlm_loss, "rtd_loss": out.rtd_loss,
@@ -217,9 +237,12 @@ class PretrainObjective:
         if not curriculum_is_hybrid(step - 1, self.cfg.tau):
             return {}
         c = self.cfg
-        idx = global_batch_rows(n_rows=len(self.train_rows), step=step, micro=0, grad_accum=1, rank=0,
-                                world_size=1, batch_size=c.batch_size, seed=c.seed + 1)
-        b = self._batch(self.train_rows[idx], step_seed(c.seed, step, 0, 0, stream=3))
+        if isinstance(self.train_rows, ShardStream):  # the rows this worker just trained on: their shards are cached
+            rows = self.train_rows.batch(**self._last_where)
+        else:
+            rows = self._train_batch(step=step, micro=0, grad_accum=1, rank=0, world_size=1,
+                                     batch_size=c.batch_size, seed=c.seed + 1)
+        b = self._batch(rows, step_seed(c.seed, step, 0, 0, stream=3))
         gen = torch.Generator(self.device).manual_seed(step_seed(c.seed, step, 0, 0, stream=4))
         return {"grad_cosine_sc_rtd": float(sc_rtd_gradient_cosine(self.model, b["input_ids"], b["labels"], generator=gen))}
 

@@ -216,11 +216,15 @@ def cache_root() -> Path:
                                                              Path.home() / ".cache") / "spactor").absolute()
 
 
-def cached_folder(uri: str, cache: str | Path | None = None) -> Path:
+def cached_folder(uri: str, cache: str | Path | None = None, *, only: tuple[str, ...] = ()) -> Path:
     """A verified local copy of the folder published at ``uri`` (:func:`publish_folder`), downloaded once per
     node and content: concurrent callers on one node wait on a lock and share one download. Raises
     FileNotFoundError, naming the URI, when the folder has no ``checksums.json`` (not published, or its upload
-    was cut) and ValueError when a downloaded file does not match it."""
+    was cut) and ValueError when a downloaded file does not match it.
+
+    ``only``: copy just the files under these sub-folders (``("tokenizer/", "packed/validation/")``: a worker that
+    streams its training shards needs no local copy of them); such a partial copy is its own cache entry, whose
+    ``checksums.json`` lists the files it holds."""
     from engine.checkpoints import verify
 
     marker = join(uri, CHECKSUMS)
@@ -232,7 +236,8 @@ def cached_folder(uri: str, cache: str | Path | None = None) -> Path:
     root = Path(cache) if cache is not None else cache_root() / "objects"
     root.mkdir(parents=True, exist_ok=True)
     name = uri.rstrip("/").rsplit("/", 1)[1]
-    final = root / f"{name}-{hashlib.sha256(sums).hexdigest()[:16]}"
+    key = sums + (json.dumps(sorted(only)).encode() if only else b"")
+    final = root / f"{name}-{hashlib.sha256(key).hexdigest()[:16]}"
     with open(root / f".{final.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node; others wait, then find it in place
         if final.is_dir():
@@ -241,8 +246,20 @@ def cached_folder(uri: str, cache: str | Path | None = None) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
         try:
-            download_folder(uri, tmp)
-            (tmp / CHECKSUMS).write_bytes(sums)  # the version we keyed on, whatever was uploaded meanwhile
+            if only:
+                wanted = {n: d for n, d in json.loads(sums).items() if n.startswith(tuple(only))}
+                if not wanted:
+                    raise FileNotFoundError(f"{uri} holds no files under {', '.join(only)}")
+                fs, src = split(uri)
+                for rel in wanted:
+                    target = tmp / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with fs.open_input_stream(f"{src}/{rel}") as inp, open(target, "wb") as out:
+                        shutil.copyfileobj(inp, out, 1 << 20)
+                (tmp / CHECKSUMS).write_text(json.dumps(wanted, indent=2, sort_keys=True))
+            else:
+                download_folder(uri, tmp)
+                (tmp / CHECKSUMS).write_bytes(sums)  # the version we keyed on, whatever was uploaded meanwhile
             problem = verify(tmp)
             if problem is not None:
                 raise ValueError(f"{uri}: {problem}; republish it")
@@ -252,6 +269,6 @@ def cached_folder(uri: str, cache: str | Path | None = None) -> Path:
     return final
 
 
-def local_folder(path_or_uri: str | Path) -> Path:
-    """A local path as it is; an ``s3://`` folder through :func:`cached_folder`."""
-    return cached_folder(path_or_uri) if is_remote(path_or_uri) else Path(path_or_uri)
+def local_folder(path_or_uri: str | Path, *, only: tuple[str, ...] = ()) -> Path:
+    """A local path as it is; an ``s3://`` folder through :func:`cached_folder` (``only``: just those sub-folders)."""
+    return cached_folder(path_or_uri, only=only) if is_remote(path_or_uri) else Path(path_or_uri)

@@ -46,6 +46,12 @@ PRESETS = {"tiny": tiny, "laptop": laptop, "small": small, "base": base}
 Preset = preset_type(PRESETS)
 
 
+def corpus_identity(cfg: CorpusPrepConfig) -> dict[str, Any]:
+    """The fields that make the corpus (its build task's input and cache key). Where a copy is published does
+    not change it; ``shard_rows=0`` (no shards) is left out, so corpora built before sharding keep their key."""
+    return cfg.model_dump(exclude={"publish_uri"} | ({"shard_rows"} if cfg.shard_rows == 0 else set()))
+
+
 @dataclass
 class CorpusPrepResult:
     run_id: str
@@ -68,7 +74,7 @@ def corpus_prep(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = N
     """Prepare a pretraining corpus (see module docstring)."""
     cfg = config or build_config(CorpusPrepConfig, PRESETS, preset, overrides)
     logger = get_run_logger()
-    c = cfg.model_dump(exclude={"publish_uri"})  # where a copy goes does not change the corpus
+    c = corpus_identity(cfg)
     fingerprint = fingerprint_source(c)
     state = build_corpus(c, fingerprint, return_state=True)
     corpus_dir, cached = state.result(), state.name == "Cached"

@@ -2,13 +2,14 @@
 
 * ``lr_at``: warmup then decay (cosine, linear, inverse square root or constant);
 * ``make_optimizer``: AdamW without weight decay on biases and layer norms;
-* ``global_batch_rows``: which data rows a worker reads at a given step. The stream of rows is a fixed
+* ``batch_positions`` / ``global_batch_rows``: which data rows a worker reads at a given step. The stream of rows is a fixed
   function of (seed, step, micro-batch, rank): an epoch is a seeded permutation, a step reads the next
   ``world_size * batch_size`` rows per micro-batch, and a worker takes its slice. Resuming at step ``s``
   therefore reads exactly what an uninterrupted run would have read; no sampler state to save.
   Up to ``PERMUTATION_TABLE_MAX_ROWS`` rows the epoch's permutation is a table (8 bytes a row, at most
   8 MiB); above it, ``feistel_permute`` computes each position's row on its own, in O(batch) memory, so a
-  worker's memory stays constant however large the corpus.
+  worker's memory stays constant however large the corpus. Sharded rows (``engine/shards.py``) map the same
+  positions through ``models.shard_order`` instead.
 * ``step_seed``: a per-(seed, step, micro, rank) seed for the objective's own randomness (span
   corruption, masking, sampling), again so a resumed run draws the same numbers.
 
@@ -125,14 +126,23 @@ def feistel_permute(positions, n: int, *, seed: int, epoch: int) -> np.ndarray:
     return out.astype(np.int64)
 
 
+def batch_positions(*, step: int, micro: int, grad_accum: int, rank: int, world_size: int,
+                    batch_size: int) -> np.ndarray:
+    """Positions in the endless stream of rows that one worker's micro-batch reads:
+    ``((step * grad_accum + micro) * world_size + rank) * batch_size + i`` for ``i < batch_size``. Position
+    ``p`` is row ``p % n_rows`` of epoch ``p // n_rows``'s order (:func:`global_batch_rows`, or
+    ``models.shard_order`` for sharded rows); ranks of one micro-batch read adjacent, disjoint slices."""
+    start = ((step * grad_accum + micro) * world_size + rank) * batch_size
+    return np.arange(start, start + batch_size, dtype=np.int64)
+
+
 def global_batch_rows(*, n_rows: int, step: int, micro: int, grad_accum: int, rank: int, world_size: int,
                       batch_size: int, seed: int) -> np.ndarray:
     """Row indices for one worker's micro-batch (see module docstring); epochs are seeded permutations."""
     if n_rows <= 0:
         raise ValueError("the training split has no rows; prepare a larger corpus or lower pack_length")
-    per_micro = world_size * batch_size
-    start = ((step * grad_accum + micro) * per_micro) + rank * batch_size
-    positions = np.arange(start, start + batch_size)
+    positions = batch_positions(step=step, micro=micro, grad_accum=grad_accum, rank=rank, world_size=world_size,
+                                batch_size=batch_size)
     epochs = positions // n_rows
     out = np.empty(batch_size, dtype=np.int64)
     for e in np.unique(epochs):

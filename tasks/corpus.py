@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from prefect import task
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from tqdm.auto import tqdm
@@ -226,6 +227,23 @@ def tokenize_and_pack(cfg: dict[str, Any], work: Path) -> dict[str, Any]:
     return stats
 
 
+def shard_splits(cfg: dict[str, Any], work: Path) -> dict[str, int]:
+    """Write each packed split as Parquet shards of ``shard_rows`` rows under ``shards/<split>/`` (with
+    ``index.json``; ``engine.shards``), read in chunks of one shard; returns the shard count per split."""
+    import datasets
+
+    from engine.shards import write_shards
+
+    n = cfg["shard_rows"]
+    counts = {}
+    for split in SPLITS:
+        ds = datasets.load_from_disk(str(work / "packed" / split)).with_format("numpy")
+        chunks = (np.asarray(ds[i:i + n]["input_ids"], dtype=np.int32) for i in range(0, len(ds), n))
+        index = write_shards(chunks, work / "shards" / split, rows_per_shard=n, row_length=cfg["pack_length"])
+        counts[split] = len(index["shards"])
+    return counts
+
+
 def dataset_card(cfg: dict[str, Any], stats: dict[str, Any], fingerprint: str) -> str:
     lines = [
         "# Pretraining corpus",
@@ -262,12 +280,14 @@ def is_complete(path: str | Path) -> bool:
 _NEEDED = ("tokenizer/tokenizer_config.json", "packed/train", "packed/validation")
 
 
-def check_corpus_dir(path: str | Path) -> None:
+def check_corpus_dir(path: str | Path, *, shards: bool = False) -> None:
     """Refuse, in one line and before any worker starts, a folder that is not a prepared corpus: pretraining
-    needs ``tokenizer/`` and the packed ``train`` and ``validation`` splits (what ``flows.corpus_prep`` writes).
+    needs ``tokenizer/`` and the packed ``train`` and ``validation`` splits (what ``flows.corpus_prep`` writes),
+    and with ``shards`` (``stream_shards``) the training shards' ``shards/train/index.json``.
     An ``s3://`` corpus is checked from its published ``checksums.json`` (nothing is downloaded here)."""
     from engine import storage
 
+    needed = _NEEDED + (("shards/train/index.json",) if shards else ())
     if storage.is_remote(path):
         try:
             names = json.loads(storage.read_bytes(storage.join(str(path), storage.CHECKSUMS)))
@@ -275,15 +295,16 @@ def check_corpus_dir(path: str | Path) -> None:
             raise FileNotFoundError(f"corpus_dir {path} holds no published corpus (no {storage.CHECKSUMS}: never "
                                     "published, or its upload was cut); publish one with python -m flows.corpus_prep "
                                     "--set publish_uri=...") from None
-        missing = [n for n in _NEEDED if not any(k == n or k.startswith(n + "/") for k in names)]
+        missing = [n for n in needed if not any(k == n or k.startswith(n + "/") for k in names)]
     else:
         root = Path(path)
         if not root.is_dir():
             raise FileNotFoundError(f"corpus_dir {root} does not exist; build one with python -m flows.corpus_prep")
-        missing = [n for n in _NEEDED if not (root / n).exists()]
+        missing = [n for n in needed if not (root / n).exists()]
     if missing:
+        how = " --set shard_rows=N" if any(n.startswith("shards/") for n in missing) else ""
         raise FileNotFoundError(f"corpus_dir {path} is not a prepared corpus (missing {', '.join(missing)}); "
-                                "build one with python -m flows.corpus_prep")
+                                f"build one with python -m flows.corpus_prep{how}")
 
 
 @task(name="publish-corpus", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2)
@@ -325,6 +346,9 @@ def build_corpus(cfg: dict[str, Any], fingerprint: str) -> str:
         tok_dir = train_tokenizer(cfg, work)
         logger.info("tokenizing and packing rows of %d tokens", cfg["pack_length"])
         stats.update(tokenize_and_pack(cfg, work))
+        if cfg.get("shard_rows"):
+            logger.info("writing Parquet shards of %d rows", cfg["shard_rows"])
+            stats["shards"] = shard_splits(cfg, work)
         from transformers import AutoTokenizer
 
         stats["vocab_size"] = len(AutoTokenizer.from_pretrained(str(tok_dir)))

@@ -25,7 +25,8 @@ def pretrain(cfg: dict[str, Any], corpus_dir: str, *, parent_run_id: str | None 
     from engine.pretrain_worker import pretrain_worker
     from tasks.corpus import check_corpus_dir
 
-    check_corpus_dir(corpus_dir)  # one line on the driver, not a worker traceback retried by Ray
+    # one line on the driver, not a worker traceback retried by Ray
+    check_corpus_dir(corpus_dir, shards=cfg.get("stream_shards", False))
     arm = "sc" if cfg["tau"] == 0 else "spactor"
     tags = {"stage": "pretrain", "arm": arm, "preset": cfg["preset"], "tau": cfg["tau"], "corpus.path": corpus_dir}
     inputs = {"corpus_dir": corpus_dir, "tokenizer_dir": f"{str(corpus_dir).rstrip('/')}/tokenizer"}  # or s3://
