@@ -126,7 +126,8 @@ def report_llm_verdict(run_id: str, *, preset: str, task_kind: str, stages: dict
         if (stages.get(stage) or {}).get(key):
             quality[role], labels[role] = stages[stage][key], label
     sd = stages.get("sd_benchmark") or {}
-    garden = [{**g, "teacher_label": "the LLM"} for g in sd.get("garden") or []]
+    garden = [{**g, "teacher_label": "the LLM", "garden_draft": f"garden draft {g.get('garden_draft')}"}
+              for g in sd.get("garden") or []]
     text, metrics = pipeline_verdict(
         preset=preset, task_kind=task_kind, quality=quality, sd_rows=sd.get("rows") or [],
         distilled_draft=(stages.get("distill_draft") or {}).get("alias"), undistilled_draft="draft-base",

@@ -265,7 +265,10 @@ def _garden_block(out: list[str], metrics: dict[str, float], g: Mapping[str, Any
                f"(ROUGE-L {_fmt(g.get('teacher_rougeL'))}) vs distilled target + `{g.get('garden_draft')}` "
                f"with SD at gamma {g.get('garden_gamma')} {_fmt(g.get('garden_ms_per_token'), '.2f')} "
                f"ms/token (ROUGE-L {_fmt(g.get('garden_rougeL'))}): {_fmt(ratio, '.2f')}x lower latency "
-               f"(DistillSpec reports {lo:g}-{hi:g}x): {'holds' if ratio >= lo else '**does not hold at this scale**'}.")
+               f"(DistillSpec reports {lo:g}-{hi:g}x): {'holds' if ratio >= lo else '**does not hold at this scale**'}"
+               + (f"; and the garden's outputs are **worse** (ROUGE-L {_fmt(g.get('garden_rougeL'))} against "
+                  f"{_fmt(g.get('teacher_rougeL'))})" if _num(g.get("garden_rougeL")) < _num(g.get("teacher_rougeL")) - 0.02
+                  else "") + ".")
     metrics["verdict.garden_latency_ratio" + ("" if precision == "fp32" else f".{precision}")] = ratio
     out.append("")
 

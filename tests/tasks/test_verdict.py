@@ -70,8 +70,11 @@ def test_model_garden_ratio_is_read_against_the_papers_range():
     garden = {"teacher_ms_per_token": 8.0, "teacher_rougeL": 0.4, "garden_ms_per_token": 2.0, "garden_rougeL": 0.38,
               "garden_gamma": 3, "garden_draft": "d", "latency_reduction": 4.0}
     text, metrics = pipeline_verdict(preset="laptop", task_kind="generation", quality={}, garden=garden)
-    assert "4.00x lower latency" in text and "does not hold at this scale" in text
+    assert "4.00x lower latency" in text and "does not hold at this scale" in text and "worse" not in text
     assert metrics["verdict.garden_latency_ratio"] == 4.0
+    text, _ = pipeline_verdict(preset="llm", task_kind="generation", quality={},
+                               garden={**garden, "garden_rougeL": 0.0, "teacher_label": "the LLM"})
+    assert "the LLM alone" in text and "outputs are **worse** (ROUGE-L 0.000 against 0.400)" in text
 
 
 def test_prompt_lookup_rows_of_a_decoder_only_target_are_read_against_our_best_sd():
