@@ -536,7 +536,8 @@ CHECKPOINT_TAG = ("kind", "checkpoint")
 def log_checkpoints(run_id: str, checkpoint_root: str | Path, evals: list[Mapping[str, Any]]) -> list[str]:
     """Log each step checkpoint kept under ``checkpoint_root`` as an MLflow 3 logged model of the run, named
     ``checkpoint-<step>`` and tagged ``kind=checkpoint`` and ``step``: its weights (``model.safetensors``) and the
-    trainer state at that step, with the evaluation made at that step as the model's metrics. So MLflow's own
+    trainer state at that step, with the evaluation made at that step as the model's metrics, named
+    ``checkpoint.<metric>`` (so the run's own metric histories keep one point per evaluation). So MLflow's own
     API ranks a run's checkpoints (:func:`best_checkpoint`; the UI's Models column lists them). A checkpoint
     already logged for this run is not logged again (a resumed or reused run). Returns the logged model ids."""
     from engine.checkpoints import list_checkpoints
@@ -565,19 +566,21 @@ def log_checkpoints(run_id: str, checkpoint_root: str | Path, evals: list[Mappin
         client.finalize_logged_model(logged.model_id, "READY")
         for key, value in by_step.get(step, {}).items():
             if key != "step" and isinstance(value, (int, float)) and value == value:
-                client.log_metric(run_id, key, float(value), step=step, model_id=logged.model_id)
+                client.log_metric(run_id, f"checkpoint.{key}", float(value), step=step, model_id=logged.model_id)
         ids.append(logged.model_id)
     return ids
 
 
 def best_checkpoint(run_id: str, metric: str, *, lower_is_better: bool = True):
-    """The run's checkpoint logged model (:func:`log_checkpoints`) with the best ``metric``, found with
-    ``mlflow.search_logged_models``; None when the run logged no checkpoint with that metric."""
+    """The run's checkpoint logged model (:func:`log_checkpoints`) with the best ``metric`` (an evaluation key such
+    as ``val_loss``, logged on the model as ``checkpoint.<metric>``), found with ``mlflow.search_logged_models``;
+    None when the run logged no checkpoint with that metric."""
     experiment_id = MlflowClient().get_run(run_id).info.experiment_id
+    key = f"metrics.`checkpoint.{metric}`"
     found = mlflow.search_logged_models(
         experiment_ids=[experiment_id],
-        filter_string=f"source_run_id = '{run_id}' AND tags.kind = 'checkpoint' AND metrics.{metric} > -1e300",
-        order_by=[{"field_name": f"metrics.{metric}", "ascending": lower_is_better}], max_results=1,
+        filter_string=f"source_run_id = '{run_id}' AND tags.kind = 'checkpoint' AND {key} > -1e300",
+        order_by=[{"field_name": f"metrics.checkpoint.{metric}", "ascending": lower_is_better}], max_results=1,
         output_format="list")
     return found[0] if found else None
 

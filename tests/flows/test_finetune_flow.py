@@ -38,7 +38,8 @@ def test_finetune_registers_the_model_with_task_and_lineage_tags_and_evaluates_i
                                         experiment_ids=[MlflowClient().get_run(res.run_id).info.experiment_id],
                                         output_format="list")
     assert sorted(m.tags["step"] for m in ckpts) == ["100", "150"] and all(m.status.name == "READY" for m in ckpts)
-    losses = {int(m.tags["step"]): next(x.value for x in m.metrics if x.key == "val_loss") for m in ckpts}
+    losses = {int(m.tags["step"]): next(x.value for x in m.metrics if x.key == "checkpoint.val_loss") for m in ckpts}
+    assert [p.step for p in MlflowClient().get_metric_history(res.run_id, "val_loss")] == [50, 100, 150]
     best = tracking.best_checkpoint(res.run_id, "val_loss")
     assert int(best.tags["step"]) == min(losses, key=losses.get)
     from pathlib import Path
