@@ -67,7 +67,8 @@ def _storage_full(err: BaseException, what: Path, root: Path) -> StorageFullErro
                             + ": free space, then rerun to resume")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -76,7 +77,7 @@ def _sha256(path: Path) -> str:
 
 
 def _checksums(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): _sha256(p) for p in sorted(folder.rglob("*"))
+    return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name != CHECKSUMS}
 
 
@@ -258,7 +259,7 @@ def verify(path: str | Path) -> str | None:
         return "checksums.json is corrupted"
     for name, digest in sums.items():
         try:
-            if _sha256(path / name) != digest:
+            if file_sha256(path / name) != digest:
                 return f"{name} does not match its checksum (truncated or corrupted)"
         except FileNotFoundError:  # missing, or removed while we read it (another writer pruning)
             return f"{name} is missing"

@@ -32,6 +32,7 @@ from typing import Iterable
 import numpy as np
 
 from engine import storage
+from engine.checkpoints import file_sha256
 from models.shard_order import shard_batch_rows
 
 INDEX = "index.json"
@@ -41,14 +42,6 @@ COLUMN = "input_ids"
 
 def shard_name(i: int) -> str:
     return f"shard-{i:05d}.parquet"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_one(rows: np.ndarray, path: Path) -> None:
@@ -79,7 +72,7 @@ def write_shards(chunks: Iterable[np.ndarray], out_dir: str | Path, *, rows_per_
         block = np.concatenate(pending) if len(pending) > 1 else pending[0]
         name = shard_name(len(shards))
         _write_one(block[:n], out / name)
-        shards.append({"file": name, "rows": int(n), "sha256": _sha256(out / name)})
+        shards.append({"file": name, "rows": int(n), "sha256": file_sha256(out / name)})
         pending = [block[n:]] if n < len(block) else []
         n_pending = len(block) - n
 
