@@ -21,6 +21,7 @@ pads prompts on the left, as batched decoding of a decoder-only model needs.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Sequence
 
 import torch
@@ -60,8 +61,8 @@ def _cut(rows: torch.Tensor, eos: int) -> list[list[int]]:
     return [[t for t in row if t != -100] for row in y.tolist()]
 
 
-class TextIO:
-    """What both kinds share: the tokenizer, its pad and EOS ids."""
+class TextIO(abc.ABC):
+    """The interface of both kinds (module docstring), and what they share: the tokenizer, its pad and EOS ids."""
 
     causal: bool = False
 
@@ -70,19 +71,23 @@ class TextIO:
         self.eos = int(tokenizer.eos_token_id)
         self.pad = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
 
+    @abc.abstractmethod
     def prompts(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
-        raise NotImplementedError
+        """See the module docstring."""
 
+    @abc.abstractmethod
     def responses(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
-        raise NotImplementedError
+        """See the module docstring."""
 
+    @abc.abstractmethod
     def sample(self, model, prompts: Sequence[Sequence[int]], *, do_sample: bool, temperature: float,
                max_new_tokens: int) -> list[list[int]]:
-        raise NotImplementedError
+        """See the module docstring."""
 
+    @abc.abstractmethod
     def forced_logits(self, model, prompts: Sequence[Sequence[int]],
                       responses: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """See the module docstring."""
 
     def _generate_kwargs(self, do_sample: bool, temperature: float, max_new_tokens: int) -> dict[str, Any]:
         return dict(do_sample=do_sample, temperature=temperature if do_sample else None, top_k=0 if do_sample else None,

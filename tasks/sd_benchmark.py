@@ -59,17 +59,19 @@ def check_vocabularies(dirs: dict[str, str]) -> None:
     decoder-only), from configs and tokenizers (no weights)."""
     from transformers import AutoConfig
 
-    target_vocab, target_tok = int(AutoConfig.from_pretrained(dirs["target"]).vocab_size), _tokenizer(dirs["target"])
-    kinds = {True: "decoder-only", False: "encoder-decoder"}
+    configs = {key: AutoConfig.from_pretrained(folder) for key, folder in dirs.items()}  # each read once
+    target, target_tok = configs["target"], _tokenizer(dirs["target"])
+    kinds = {True: "encoder-decoder", False: "decoder-only"}
     for key, folder in dirs.items():
         if key.startswith("draft:"):
-            if _is_causal(folder) != _is_causal(dirs["target"]):
-                raise ValueError(f"draft '{key[len('draft:'):]}' is {kinds[_is_causal(folder)]} but the target is "
-                                 f"{kinds[_is_causal(dirs['target'])]}: speculative decoding needs two models of "
+            draft = configs[key]
+            if draft.is_encoder_decoder != target.is_encoder_decoder:
+                raise ValueError(f"draft '{key[len('draft:'):]}' is {kinds[draft.is_encoder_decoder]} but the target "
+                                 f"is {kinds[target.is_encoder_decoder]}: speculative decoding needs two models of "
                                  "the same kind")
-            check_compatible(None, None, label=key[len("draft:"):], target_vocab_size=target_vocab,
-                             draft_vocab_size=int(AutoConfig.from_pretrained(folder).vocab_size),
-                             target_tokenizer=target_tok, draft_tokenizer=_tokenizer(folder))
+            check_compatible(None, None, label=key[len("draft:"):], target_vocab_size=int(target.vocab_size),
+                             draft_vocab_size=int(draft.vocab_size), target_tokenizer=target_tok,
+                             draft_tokenizer=_tokenizer(folder))
 
 
 @task(name="load-prompts", cache_policy=NONE)
