@@ -50,7 +50,8 @@ from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from models.sd_bench import estimate_alpha  # noqa: E402
-from models.speculative import expected_speedup, speculative_generate, target_generate  # noqa: E402
+from models.sd_verify import expected_speedup  # noqa: E402
+from models.speculative import speculative_generate, target_generate  # noqa: E402
 from engine.sd_bench import measure_step_costs, sync  # noqa: E402
 
 EOS, PAD, START = 1, 0, 0

@@ -67,15 +67,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.kv_cache import cached_decoder, generate_cache, is_causal_lm
+from models.kv_cache import cached_decoder, compiled_forward, generate_cache, is_causal_lm
 from models.quantization import at_precision
 from models.sd_bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr, rouge_l
+from models.sd_verify import expected_block_efficiency, expected_speedup
 from models.speculative import (
     SpeculativeOutput,
     check_compatible,
-    compiled_forward,
-    expected_block_efficiency,
-    expected_speedup,
     pad_id,
     speculative_generate,
     target_generate,
@@ -456,80 +454,117 @@ def run_batched_benchmark(
     target, drafts = _at_precision(target, drafts, s, say)
     _, eos = token_ids(target)  # the engine's own reading of EOS and pad
     pad = pad_id(target, eos)
-    causal = is_causal_lm(target)
-    n = s.max_new_tokens
     rng = np.random.default_rng(s.seed)
     rows: list[dict[str, Any]] = []
     with _bench_environment(s.threads, [target, *drafts.values()]):
         for b in batch_sizes:
-            batches = []
-            for i in range(0, len(prompts), b):
-                group = [p.input_ids for p in prompts[i : i + b]]
-                ids = torch.full((len(group), max(map(len, group))), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for r, toks in enumerate(group):
-                    cols = slice(ids.shape[1] - len(toks), None) if causal else slice(0, len(toks))
-                    ids[r, cols], mask[r, cols] = torch.tensor(toks), 1
-                batches.append((ids.to(device), mask.to(device)))
+            batches = _batches(prompts, b, pad=pad, causal=is_causal_lm(target), device=device)
+            cases = _batched_cases(target, drafts, s, pad=pad, include_unbatched=include_unbatched)
+            rates, outputs, stats = _time_batched_cases(cases, batches, s, rng, eos=eos, device=device,
+                                                        say=lambda msg: say(f"batch {b}: {msg}"))
+            rows.extend(_batched_rows(cases, rates, outputs, stats, batch=b, precision=s.precision))
+    return rows
 
-            def new_tokens(seqs: torch.Tensor, ids: torch.Tensor) -> list[list[int]]:
-                return seqs[:, ids.shape[1] if causal else 1:].tolist()
 
-            def hf(ids, mask):
-                seqs = target.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=pad,
-                                       **generate_cache(target))
-                return new_tokens(seqs, ids), None
+def _batches(prompts: Sequence[BenchPrompt], b: int, *, pad: int, causal: bool,
+             device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The prompts B at a time in order, as (input_ids, attention_mask) padded with ``pad``: on the left for a
+    decoder-only model, on the right for an encoder-decoder one."""
+    batches = []
+    for i in range(0, len(prompts), b):
+        group = [p.input_ids for p in prompts[i : i + b]]
+        ids = torch.full((len(group), max(map(len, group))), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, toks in enumerate(group):
+            cols = slice(ids.shape[1] - len(toks), None) if causal else slice(0, len(toks))
+            ids[r, cols], mask[r, cols] = torch.tensor(toks), 1
+        batches.append((ids.to(device), mask.to(device)))
+    return batches
 
-            def sd_b1(ids, mask, draft, gamma):
-                seqs, outs = [], []
-                for row, keep in zip(ids, mask.bool()):
-                    seq, out = sd(row[keep][None], None, draft, gamma)
-                    seqs.extend(seq)
-                    outs.extend(out)
-                return seqs, outs
 
-            def sd(ids, mask, draft, gamma):
-                out = speculative_generate(target, draft, ids, mask, gamma=gamma, max_new_tokens=n)
-                return new_tokens(out.sequences, ids), [out]
+def _batched_cases(target: nn.Module, drafts: Mapping[str, nn.Module], s: BenchSettings, *, pad: int,
+                   include_unbatched: bool) -> list[tuple[str, str | None, int | None, Callable]]:
+    """The cases of one batch size, ``(method, draft, gamma, decode)``; ``decode(ids, mask)`` returns each row's
+    new tokens and the engine's outputs (None for ``hf_generate``). ``hf_generate`` is first: the reference."""
+    causal, n = is_causal_lm(target), s.max_new_tokens
 
-            methods = [("sd", sd)] + ([("sd_b1", sd_b1)] if include_unbatched else [])
-            cases = [("hf_generate", None, None, hf)] + [
-                (method, label, g, partial(fn, draft=draft, gamma=g))
-                for label, draft in drafts.items() for g in s.gammas for method, fn in methods
-            ]
-            rates: dict[int, list[float]] = {k: [] for k in range(len(cases))}
-            outputs: dict[int, list[list[int]]] = {}
-            stats: dict[int, list[SpeculativeOutput]] = {}
-            for r in range(s.warmup + s.repeats):
-                say(f"batch {b}: {'timed' if r >= s.warmup else 'warm-up'} pass, {len(cases)} cases x "
-                    f"{len(batches)} batches")
-                for k in rng.permutation(len(cases)):
-                    fn = cases[k][3]
-                    decoded, outs = [], []
-                    sync(device)
-                    t0 = time.perf_counter()
-                    for ids, mask in batches:
-                        seqs, out = fn(ids, mask)
-                        decoded.extend(seqs)
-                        outs.extend(out or [])
-                    sync(device)
-                    seconds = time.perf_counter() - t0
-                    decoded = [_generated(row, eos) for row in decoded]
-                    if r >= s.warmup:
-                        rates[k].append(sum(map(len, decoded)) / seconds)
-                    outputs[k], stats[k] = decoded, outs
-            for k, (method, label, gamma, _) in enumerate(cases):
-                ratios = [a / h for a, h in zip(rates[k], rates[0], strict=True)]
-                row = dict.fromkeys(BATCH_COLUMNS, float("nan"))
-                row.update(batch=b, precision=s.precision, method=method, draft=label, gamma=gamma,
-                           tokens_per_s=statistics.median(rates[k]), tokens_per_s_iqr=iqr(rates[k]),
-                           speedup=statistics.median(ratios), speedup_iqr=iqr(ratios),
-                           exact=outputs[k] == outputs[0])
-                if stats[k]:
-                    accepted = [a for o in stats[k] for a in o.accepted]
-                    row.update(alpha=estimate_alpha(accepted, [d for o in stats[k] for d in o.drafted]),
-                               block_efficiency=sum(o.num_new_tokens for o in stats[k]) / max(len(accepted), 1))
-                rows.append(row)
+    def new_tokens(seqs: torch.Tensor, ids: torch.Tensor) -> list[list[int]]:
+        return seqs[:, ids.shape[1] if causal else 1:].tolist()
+
+    def hf(ids, mask):
+        seqs = target.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=pad,
+                               **generate_cache(target))
+        return new_tokens(seqs, ids), None
+
+    def sd_b1(ids, mask, draft, gamma):
+        seqs, outs = [], []
+        for row, keep in zip(ids, mask.bool()):
+            seq, out = sd(row[keep][None], None, draft, gamma)
+            seqs.extend(seq)
+            outs.extend(out)
+        return seqs, outs
+
+    def sd(ids, mask, draft, gamma):
+        out = speculative_generate(target, draft, ids, mask, gamma=gamma, max_new_tokens=n)
+        return new_tokens(out.sequences, ids), [out]
+
+    methods = [("sd", sd)] + ([("sd_b1", sd_b1)] if include_unbatched else [])
+    return [("hf_generate", None, None, hf)] + [
+        (method, label, g, partial(fn, draft=draft, gamma=g))
+        for label, draft in drafts.items() for g in s.gammas for method, fn in methods
+    ]
+
+
+def _time_batched_cases(cases: list[tuple], batches: list[tuple[torch.Tensor, torch.Tensor]], s: BenchSettings,
+                        rng: np.random.Generator, *, eos: frozenset[int], device: torch.device,
+                        say: Callable[[str], None]) -> tuple[dict[int, list[float]], dict[int, list[list[int]]],
+                                                             dict[int, list[SpeculativeOutput]]]:
+    """``warmup`` untimed then ``repeats`` timed passes over every batch, cases in a shuffled order. Per case:
+    its tokens/s of each timed pass, its outputs and the engine's outputs of the last pass."""
+    rates: dict[int, list[float]] = {k: [] for k in range(len(cases))}
+    outputs: dict[int, list[list[int]]] = {}
+    stats: dict[int, list[SpeculativeOutput]] = {}
+    for r in range(s.warmup + s.repeats):
+        say(f"{'timed' if r >= s.warmup else 'warm-up'} pass, {len(cases)} cases x {len(batches)} batches")
+        for k in rng.permutation(len(cases)):
+            decoded, outs, seconds = _decode_batches(cases[k][3], batches, eos=eos, device=device)
+            if r >= s.warmup:
+                rates[k].append(sum(map(len, decoded)) / seconds)
+            outputs[k], stats[k] = decoded, outs
+    return rates, outputs, stats
+
+
+def _decode_batches(fn: Callable, batches: list[tuple[torch.Tensor, torch.Tensor]], *, eos: frozenset[int],
+                    device: torch.device) -> tuple[list[list[int]], list[SpeculativeOutput], float]:
+    """One case over every batch: each row's new tokens (cut after EOS), the engine's outputs, the wall time."""
+    decoded, outs = [], []
+    sync(device)
+    t0 = time.perf_counter()
+    for ids, mask in batches:
+        seqs, out = fn(ids, mask)
+        decoded.extend(seqs)
+        outs.extend(out or [])
+    sync(device)
+    seconds = time.perf_counter() - t0
+    return [_generated(row, eos) for row in decoded], outs, seconds
+
+
+def _batched_rows(cases: list[tuple], rates: dict[int, list[float]], outputs: dict[int, list[list[int]]],
+                  stats: dict[int, list[SpeculativeOutput]], *, batch: int, precision: str) -> list[dict[str, Any]]:
+    """One row of BATCH_COLUMNS per case; speedup and exactness against the first case (``hf_generate``)."""
+    rows = []
+    for k, (method, label, gamma, _) in enumerate(cases):
+        ratios = [a / h for a, h in zip(rates[k], rates[0], strict=True)]
+        row = dict.fromkeys(BATCH_COLUMNS, float("nan"))
+        row.update(batch=batch, precision=precision, method=method, draft=label, gamma=gamma,
+                   tokens_per_s=statistics.median(rates[k]), tokens_per_s_iqr=iqr(rates[k]),
+                   speedup=statistics.median(ratios), speedup_iqr=iqr(ratios),
+                   exact=outputs[k] == outputs[0])
+        if stats[k]:
+            accepted = [a for o in stats[k] for a in o.accepted]
+            row.update(alpha=estimate_alpha(accepted, [d for o in stats[k] for d in o.drafted]),
+                       block_efficiency=sum(o.num_new_tokens for o in stats[k]) / max(len(accepted), 1))
+        rows.append(row)
     return rows
 
 

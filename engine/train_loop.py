@@ -211,7 +211,7 @@ def run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
     A sink that logs in the background (``tasks.tracking.MetricsSink``) is flushed at the end, also when
     training stops with an error."""
     try:
-        return _run(objective, s)
+        return _Training(objective, s).run()
     finally:
         close = getattr(s.metrics_sink, "close", None)
         if callable(close):
@@ -227,132 +227,200 @@ def progress_line(step: int, total: int, logged: dict[str, float]) -> str:
             f"{logged.get('step_time_s', 0.0):.2f} s/step | {eta} left")
 
 
-def _run(objective: Objective, s: LoopSettings) -> dict[str, Any]:
-    rank, world_size = world() if s.in_ray else (0, 1)
-    device = torch.device("cuda" if s.use_gpu and torch.cuda.is_available() else "cpu")
-    model = objective.model.to(device)
-    optimizer = make_optimizer(model, lr=s.lr, weight_decay=s.weight_decay)
+class _Training:
+    """One call of :func:`run`, in the order it happens: set-up (device, optimizer, resume, data parallelism), then
+    per optimizer step 1. the update, 2. rank-0 logging, 3. diagnostics, evaluation and early stopping,
+    4. the checkpoint; finally the final model. Its attributes are the loop's state between those steps."""
 
-    # 1. resume from the newest valid checkpoint (corrupted ones are skipped with a warning)
-    state: dict[str, Any] = {"step": 0, "cum_flops": 0, "evals": [], "best": None, "bad_evals": 0, **s.extra_state}
-    store = _CheckpointStore(s.checkpoint_dir, s.keep_checkpoints) if s.checkpoint_dir else None
-    ckpt = store.latest() if store else None
-    if ckpt is not None:
-        state.update(checkpoints.load(ckpt, model=model, optimizer=optimizer, map_location=device))
-        log.info("rank %d resumed from %s at step %d", rank, ckpt, state["step"])
-    start = state["step"]
+    def __init__(self, objective: Objective, s: LoopSettings):
+        self.objective, self.s = objective, s
+        self.rank, self.world_size = world() if s.in_ray else (0, 1)
+        self.device = torch.device("cuda" if s.use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = objective.model.to(self.device)
+        self.optimizer = make_optimizer(self.model, lr=s.lr, weight_decay=s.weight_decay)
+        self.store = _CheckpointStore(s.checkpoint_dir, s.keep_checkpoints) if s.checkpoint_dir else None
+        self.state = self._resume()
+        self.train_model = self._parallel_model()
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" and s.bf16
+                         else contextlib.nullcontext())
+        self.progress = None
+        if self.rank == 0 and not s.in_ray:
+            from tqdm.auto import tqdm
 
-    # 2. data parallelism: DDP over gloo (CPU) or NCCL (GPU) when there are several workers
-    train_model = model
-    if s.in_ray and world_size > 1:
-        import ray.train.torch
+            self.progress = tqdm(total=s.total_steps, initial=self.state["step"], desc="training", unit="step")
+        self._new_window()
 
-        train_model = ray.train.torch.prepare_model(
-            model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
-    if s.compile:
-        train_model = torch.compile(train_model)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and s.bf16
-                else contextlib.nullcontext())
+    def _resume(self) -> dict[str, Any]:
+        """The trainer state, from the newest valid checkpoint when there is one (corrupted ones are skipped with a
+        warning); the model and optimizer are loaded from it too."""
+        state: dict[str, Any] = {"step": 0, "cum_flops": 0, "evals": [], "best": None, "bad_evals": 0,
+                                 **self.s.extra_state}
+        ckpt = self.store.latest() if self.store else None
+        if ckpt is not None:
+            state.update(checkpoints.load(ckpt, model=self.model, optimizer=self.optimizer, map_location=self.device))
+            log.info("rank %d resumed from %s at step %d", self.rank, ckpt, state["step"])
+        return state
 
-    progress = None
-    if rank == 0 and not s.in_ray:
-        from tqdm.auto import tqdm
+    def _parallel_model(self) -> torch.nn.Module:
+        """The model the steps run: DDP over gloo (CPU) or NCCL (GPU) when there are several workers, compiled if
+        asked."""
+        train_model = self.model
+        if self.s.in_ray and self.world_size > 1:
+            import ray.train.torch
 
-        progress = tqdm(total=s.total_steps, initial=start, desc="training", unit="step")
-    window: dict[str, list] = {}
-    t_window, tok_window = time.perf_counter(), 0
-    step = start
-    stopped_early = False
-    for step in range(start, s.total_steps):
+            train_model = ray.train.torch.prepare_model(
+                self.model, move_to_device=False, parallel_strategy_kwargs={"find_unused_parameters": True})
+        if self.s.compile:
+            train_model = torch.compile(train_model)
+        return train_model
+
+    def _new_window(self) -> None:
+        """Start a logging window: the metrics, wall time and tokens of the steps until the next log."""
+        self.window: dict[str, list] = {}
+        self.t_window, self.tok_window = time.perf_counter(), 0
+
+    def run(self) -> dict[str, Any]:
+        s = self.s
+        stopped_early = False
+        for step in range(self.state["step"], s.total_steps):
+            self._inject_fault(step)
+            self._optimizer_step(step)
+            done = step + 1 == s.total_steps
+            self._log_window(step, done)
+            stop_now = self._evaluate(step, done)
+            self._checkpoint(step, done, stop_now)
+            if stop_now:
+                stopped_early = True
+                log.info("early stopping at step %d (%s did not improve for %d evaluations)", step + 1,
+                         s.early_stop_metric, s.early_stop_patience)
+                break
+        return self._finish(stopped_early)
+
+    def _inject_fault(self, step: int) -> None:
+        """The test hook ``fault_kill_at_step``: SIGKILL this worker once (a marker file remembers it)."""
+        s = self.s
         if s.fault_kill_at_step is not None and step == s.fault_kill_at_step and s.checkpoint_dir:
-            marker = store.fault_marker(rank)
+            marker = self.store.fault_marker(self.rank)
             if not marker.exists():
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()
                 os.kill(os.getpid(), signal.SIGKILL)
-        # 3. one optimizer step: accumulate micro-batches, clip, update
-        set_lr(optimizer, lr_at(step, lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.total_steps,
-                                schedule=s.schedule))
+
+    # 1. one optimizer step: accumulate micro-batches, clip, update
+
+    def _optimizer_step(self, step: int) -> None:
+        s = self.s
+        set_lr(self.optimizer, lr_at(step, lr=s.lr, warmup_steps=s.warmup_steps, total_steps=s.total_steps,
+                                     schedule=s.schedule))
+        loss = self._accumulate(step)
+        grad_norm = (torch.nn.utils.clip_grad_norm_(self.model.parameters(), s.clip_norm) if s.clip_norm > 0
+                     else grad_global_norm(self.model.parameters()))
+        self._check_finite(step, loss, grad_norm)
+        self.window.setdefault("grad_norm", []).append(grad_norm.detach().float())
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state["cum_flops"] += self.objective.step_flops(step, self.world_size)
+        self.state["step"] = step + 1
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def _accumulate(self, step: int) -> torch.Tensor:
+        """Forward and backward over the step's micro-batches (DDP syncs on the last one only); the last loss."""
+        s, train_model = self.s, self.train_model
         for micro in range(s.grad_accum):
-            sync = micro == s.grad_accum - 1 or train_model is model
+            sync = micro == s.grad_accum - 1 or train_model is self.model
             ctx = contextlib.nullcontext() if sync else train_model.no_sync()
-            with ctx, autocast:
-                loss, metrics = objective.loss(train_model, step, micro, rank, world_size)
+            with ctx, self.autocast:
+                loss, metrics = self.objective.loss(train_model, step, micro, self.rank, self.world_size)
                 (loss / s.grad_accum).backward()
             for k, v in metrics.items():
                 if v is not None:
-                    window.setdefault(k, []).append(v.detach().float())
-            tok_window += objective.tokens_per_micro()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), s.clip_norm) if s.clip_norm > 0
-                     else grad_global_norm(model.parameters()))
-        # Never apply (let alone checkpoint or register) a non-finite update. One host sync per step; every
-        # rank sees the same all-reduced gradient norm, so all stop together.
-        finite = torch.isfinite(torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(())]))
-        if not bool(finite.all()):
+                    self.window.setdefault(k, []).append(v.detach().float())
+            self.tok_window += self.objective.tokens_per_micro()
+        return loss
+
+    def _check_finite(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        """Never apply (let alone checkpoint or register) a non-finite update. One host sync per step; every rank
+        sees the same all-reduced gradient norm, so all stop together."""
+        pair = torch.stack([loss.detach().float().reshape(()), grad_norm.detach().float().reshape(())])
+        if not bool(torch.isfinite(pair).all()):
             raise NonFiniteTrainingError(
                 f"training stopped at step {step + 1}: loss {loss.item():.4g}, grad norm {grad_norm.item():.4g} "
                 f"(not finite); nothing was saved from this step, the last good checkpoint is "
-                f"{store.latest_name() if store else 'none'}. Lower lr or check the data.")
-        window.setdefault("grad_norm", []).append(grad_norm.detach().float())
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state["cum_flops"] += objective.step_flops(step, world_size)
-        state["step"] = step + 1
-        if progress is not None:
-            progress.update(1)
+                f"{self.store.latest_name() if self.store else 'none'}. Lower lr or check the data.")
 
-        done = step + 1 == s.total_steps
-        # 4. rank-0 logging: host syncs only here, every log_every steps
-        if rank == 0 and (done or (s.log_every and (step + 1) % s.log_every == 0)):
-            dt = time.perf_counter() - t_window
-            logged = {k: torch.stack(v).mean().item() for k, v in window.items()}
-            logged.update(lr=optimizer.param_groups[0]["lr"], tokens_per_s=tok_window * world_size / max(dt, 1e-9),
-                          step_time_s=dt / max(1, len(window.get("grad_norm", [1]))), cum_flops=state["cum_flops"])
-            _log(s.metrics_sink, logged, step + 1)
-            if progress is not None:
-                progress.set_postfix({k: f"{logged[k]:.3g}" for k in list(logged)[:3]})
-            elif s.in_ray:  # Ray forwards a worker's stdout to the driver's terminal: one progress line per log
-                # written to the process's own stdout: Ray Train's patched print() would also log it (twice)
-                out = sys.__stdout__ or sys.stdout
-                out.write(progress_line(step + 1, s.total_steps, logged) + "\n")
-                out.flush()
-            window, t_window, tok_window = {}, time.perf_counter(), 0
-        if rank == 0 and s.diag_every and (step + 1) % s.diag_every == 0:
-            _log(s.metrics_sink, objective.periodic(step + 1), step + 1)
-        evaluated = rank == 0 and (done or (s.eval_every and (step + 1) % s.eval_every == 0))
-        if evaluated:
-            ev = objective.evaluate(step + 1)
+    # 2. rank-0 logging: host syncs only here, every log_every steps
+
+    def _log_window(self, step: int, done: bool) -> None:
+        s = self.s
+        if not (self.rank == 0 and (done or (s.log_every and (step + 1) % s.log_every == 0))):
+            return
+        dt = time.perf_counter() - self.t_window
+        logged = {k: torch.stack(v).mean().item() for k, v in self.window.items()}
+        logged.update(lr=self.optimizer.param_groups[0]["lr"],
+                      tokens_per_s=self.tok_window * self.world_size / max(dt, 1e-9),
+                      step_time_s=dt / max(1, len(self.window.get("grad_norm", [1]))),
+                      cum_flops=self.state["cum_flops"])
+        _log(s.metrics_sink, logged, step + 1)
+        if self.progress is not None:
+            self.progress.set_postfix({k: f"{logged[k]:.3g}" for k in list(logged)[:3]})
+        elif s.in_ray:  # Ray forwards a worker's stdout to the driver's terminal: one progress line per log
+            # written to the process's own stdout: Ray Train's patched print() would also log it (twice)
+            out = sys.__stdout__ or sys.stdout
+            out.write(progress_line(step + 1, s.total_steps, logged) + "\n")
+            out.flush()
+        self._new_window()
+
+    # 3. rank-0 diagnostics and evaluation; early stopping, decided on rank 0 for every rank
+
+    def _evaluate(self, step: int, done: bool) -> bool:
+        """Run what is due at this step (diagnostics, evaluation); whether to stop early now."""
+        s = self.s
+        if self.rank == 0 and s.diag_every and (step + 1) % s.diag_every == 0:
+            _log(s.metrics_sink, self.objective.periodic(step + 1), step + 1)
+        if self.rank == 0 and (done or (s.eval_every and (step + 1) % s.eval_every == 0)):
+            ev = self.objective.evaluate(step + 1)
             if ev:
-                state["evals"].append({"step": step + 1, "cum_flops": state["cum_flops"], **ev})
+                self.state["evals"].append({"step": step + 1, "cum_flops": self.state["cum_flops"], **ev})
                 _log(s.metrics_sink, ev, step + 1)
-                if s.early_stop_metric and s.early_stop_patience:
-                    val = ev[s.early_stop_metric]
-                    if state["best"] is None or val < state["best"]:
-                        state["best"], state["bad_evals"] = val, 0
-                    else:
-                        state["bad_evals"] += 1
-        stop_now = bool(s.early_stop_patience and state["bad_evals"] >= s.early_stop_patience)
-        if s.in_ray and world_size > 1 and s.early_stop_patience:
-            flag = torch.tensor([1.0 if stop_now else 0.0], device=device)
+                self._track_best(ev)
+        stop_now = bool(s.early_stop_patience and self.state["bad_evals"] >= s.early_stop_patience)
+        if s.in_ray and self.world_size > 1 and s.early_stop_patience:
+            flag = torch.tensor([1.0 if stop_now else 0.0], device=self.device)
             torch.distributed.broadcast(flag, src=0)
             stop_now = bool(flag.item())
-        # 5. checkpoint (rank 0 writes; every rank reports so Ray keeps them in step)
-        if s.checkpoint_dir and (done or stop_now or (s.checkpoint_every and (step + 1) % s.checkpoint_every == 0)):
-            upload = None
-            if rank == 0:
-                upload = store.save(step + 1, model=model, optimizer=optimizer,
-                                    state={k: v for k, v in state.items() if k != "step"}, in_ray=s.in_ray)
-            _report({"step": step + 1, "cum_flops": state["cum_flops"]}, upload, s.in_ray)
-            if upload is not None:  # uploaded by Ray: now keep the newest ones in the bucket
-                store.prune()
-        if stop_now:
-            stopped_early = True
-            log.info("early stopping at step %d (%s did not improve for %d evaluations)", step + 1,
-                     s.early_stop_metric, s.early_stop_patience)
-            break
-    if progress is not None:
-        progress.close()
-    state["stopped_early"] = stopped_early
-    if rank == 0 and store is not None:
-        store.save_final(objective.save_final, state)
-    return state
+        return stop_now
+
+    def _track_best(self, ev: dict[str, float]) -> None:
+        """Early stopping's bookkeeping: the best value of the metric so far, evaluations since it improved."""
+        s, state = self.s, self.state
+        if s.early_stop_metric and s.early_stop_patience:
+            val = ev[s.early_stop_metric]
+            if state["best"] is None or val < state["best"]:
+                state["best"], state["bad_evals"] = val, 0
+            else:
+                state["bad_evals"] += 1
+
+    # 4. checkpoint (rank 0 writes; every rank reports so Ray keeps them in step)
+
+    def _checkpoint(self, step: int, done: bool, stop_now: bool) -> None:
+        s = self.s
+        due = done or stop_now or (s.checkpoint_every and (step + 1) % s.checkpoint_every == 0)
+        if not (s.checkpoint_dir and due):
+            return
+        upload = None
+        if self.rank == 0:
+            upload = self.store.save(step + 1, model=self.model, optimizer=self.optimizer,
+                                     state={k: v for k, v in self.state.items() if k != "step"}, in_ray=s.in_ray)
+        _report({"step": step + 1, "cum_flops": self.state["cum_flops"]}, upload, s.in_ray)
+        if upload is not None:  # uploaded by Ray: now keep the newest ones in the bucket
+            self.store.prune()
+
+    def _finish(self, stopped_early: bool) -> dict[str, Any]:
+        """Close the progress bar; rank 0 writes the final model. Returns the final trainer state."""
+        if self.progress is not None:
+            self.progress.close()
+        self.state["stopped_early"] = stopped_early
+        if self.rank == 0 and self.store is not None:
+            self.store.save_final(self.objective.save_final, self.state)
+        return self.state

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from models.quantization import INT8_MIN_WEIGHTS, PRECISIONS
-from models.speculative import CACHE_IMPLEMENTATIONS
+from models.kv_cache import CACHE_IMPLEMENTATIONS
 
 __all__ = [
     "COLUMNS",

@@ -1,22 +1,20 @@
-"""Speculative decoding's verification maths: closed forms, sampling distributions, the rejection step.
+"""Speculative decoding's probability maths: closed forms, sampling distributions, and the acceptance
+probability and residual distribution of the rejection step.
 
-Pure functions of probabilities and token ids; no model, no cache. The engine (``models.speculative``)
-calls them once per target call.
+Pure functions of probabilities and token ids; no model, no cache. The verification of one draft block
+that uses them (``rejection_sample``, ``greedy_verify``) and the engine live in ``models.speculative``.
 
 References
 - Leviathan, Kalman, Matias 2023, "Fast Inference from Transformers via Speculative Decoding"
-  (arXiv 2211.17192): Algorithm 1 (verification, residual ``norm(max(0, p - q))``), Eq. 1
+  (arXiv 2211.17192): Algorithm 1 (acceptance ``min(1, p / q)``, residual ``norm(max(0, p - q))``), Eq. 1
   (``expected_block_efficiency``), Theorem 3.8 (``expected_speedup``), Appendix A.5 (lenience).
 - Chen et al. 2023, "Accelerating LLM Decoding with Speculative Sampling" (arXiv 2302.01318).
 - Zhou et al. 2023, "DistillSpec" (arXiv 2310.08461), Section 5.3 / Appendix: lossy SD with a
   lenience function ``f(p, lenience) = p / lenience``.
-- The verification function follows the variable names of transformers'
-  ``generation/utils.py::_speculative_sampling`` (p, q, n_matches, p_prime).
+- The names follow transformers' ``generation/utils.py::_speculative_sampling`` (p, q, p_prime).
 
-- Greedy: ``greedy_verify`` accepts the longest draft prefix equal to the target's argmax, then the
-  target's own argmax: the output equals greedy target decoding whatever the draft.
-- Sampling with ``lenience=1``: ``rejection_sample`` emits tokens distributed exactly as the target's.
-- ``lenience < 1`` is LOSSY: faster, but the output no longer follows the target distribution.
+- ``lenience = 1`` is lossless; ``lenience < 1`` is LOSSY: faster, but the output no longer follows the
+  target distribution (see ``check_lenience``).
 """
 
 from __future__ import annotations
@@ -25,11 +23,12 @@ import torch
 
 __all__ = [
     "acceptance_probability",
+    "check_lenience",
+    "check_sampling_args",
     "expected_block_efficiency",
     "expected_speedup",
-    "greedy_verify",
-    "rejection_sample",
     "residual_distribution",
+    "sample_token",
     "sampling_distribution",
 ]
 
@@ -44,8 +43,6 @@ def _check_alpha_gamma(alpha: float, gamma: int) -> None:
         raise ValueError(f"alpha={alpha} must be an acceptance rate in [0, 1]")
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
         raise ValueError(f"gamma={gamma!r} must be an int >= 0 (draft tokens per target call)")
-
-
 
 
 def expected_block_efficiency(alpha: float, gamma: int) -> float:
@@ -72,11 +69,12 @@ def expected_speedup(alpha: float, gamma: int, c: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# Distributions and the verification step
+# Distributions of the verification step
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+def check_sampling_args(temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Refuse a sampling setting ``sampling_distribution`` cannot apply; ValueError names the bad value."""
     if not temperature > 0:
         raise ValueError(f"temperature={temperature} must be > 0 (use do_sample=False for greedy)")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -99,7 +97,7 @@ def sampling_distribution(
     lossless guarantee needs. Top-p keeps the smallest set of most likely tokens whose mass reaches
     ``top_p`` (at least one token).
     """
-    _check_sampling_args(temperature, top_k, top_p)
+    check_sampling_args(temperature, top_k, top_p)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
@@ -114,7 +112,8 @@ def sampling_distribution(
     return logits.softmax(dim=-1)
 
 
-def _check_lenience(lenience: float) -> None:
+def check_lenience(lenience: float) -> None:
+    """Refuse a lenience outside (0, 1]. 1 is lossless SD; **anything below 1 is LOSSY**."""
     if not 0.0 < lenience <= 1.0:
         raise ValueError(
             f"lenience={lenience} must be in (0, 1]; 1 is lossless SD, smaller values accept more "
@@ -131,7 +130,7 @@ def acceptance_probability(
     Returns (gamma,). A token with ``q_i(x_i) == 0`` cannot have been sampled; it gets 1 if
     ``p_i(x_i) > 0`` (the ratio's limit) and 0 otherwise.
     """
-    _check_lenience(lenience)
+    check_lenience(lenience)
     gamma = draft_tokens.shape[0]
     idx = torch.arange(gamma, device=p.device)
     p_i = p[idx, draft_tokens].double()  # (gamma,)
@@ -150,7 +149,7 @@ def residual_distribution(p_row: torch.Tensor, q_row: torch.Tensor, *, lenience:
     ``p < lenience * q``, so the residual has mass whenever a rejection has positive probability;
     if rounding still leaves it all zero (p == q numerically), we fall back to p.
     """
-    _check_lenience(lenience)
+    check_lenience(lenience)
     p_prime = (p_row.double() - lenience * q_row.double()).clamp_min(0.0)  # (V,)
     total = p_prime.sum()
     if total <= torch.finfo(torch.float32).tiny:
@@ -158,75 +157,6 @@ def residual_distribution(p_row: torch.Tensor, q_row: torch.Tensor, *, lenience:
     return p_prime / total
 
 
-def _sample(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+def sample_token(probs: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One token id drawn from ``probs`` (V,) with ``generator`` (None uses torch's global one)."""
     return int(torch.multinomial(probs.float(), 1, generator=generator))
-
-
-def _check_rejection_shapes(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor) -> int:
-    if draft_tokens.ndim != 1:
-        raise ValueError(f"draft_tokens must be 1-D (gamma,), got shape {tuple(draft_tokens.shape)}")
-    gamma = draft_tokens.shape[0]
-    if p.ndim != 2 or p.shape[0] != gamma + 1:
-        raise ValueError(
-            f"p must have shape (gamma+1, V) = ({gamma + 1}, V) for {gamma} draft tokens, got {tuple(p.shape)}"
-        )
-    if q.ndim != 2 or q.shape != (gamma, p.shape[1]):
-        raise ValueError(f"q must have shape (gamma, V) = ({gamma}, {p.shape[1]}), got {tuple(q.shape)}")
-    if gamma and (int(draft_tokens.min()) < 0 or int(draft_tokens.max()) >= p.shape[1]):
-        raise ValueError(f"draft_tokens {draft_tokens.tolist()} must lie in [0, V={p.shape[1]})")
-    return gamma
-
-
-def rejection_sample(
-    p: torch.Tensor,
-    q: torch.Tensor,
-    draft_tokens: torch.Tensor,
-    *,
-    lenience: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> tuple[int, int]:
-    """Speculative-sampling verification of one draft block (Leviathan et al. Algorithm 1).
-
-    Args:
-        p: (gamma+1, V) target probabilities at the gamma+1 positions (row gamma is the bonus).
-        q: (gamma, V) draft probabilities, exactly the distributions ``draft_tokens`` were drawn from.
-        draft_tokens: (gamma,) the drafted token ids.
-        lenience: draft token i is accepted with probability ``min(1, p_i(x)/(lenience q_i(x)))``.
-            **lenience = 1 (default) is lossless: every emitted token follows p exactly.
-            lenience < 1 is LOSSY speculative decoding (Leviathan et al. A.5, DistillSpec 5.3):
-            more draft tokens are accepted, and the output distribution is no longer p.**
-        generator: the random source (None uses torch's global generator).
-
-    Returns:
-        ``(n_accepted, next_token)`` as python ints: the first ``n_accepted`` draft tokens are kept
-        and ``next_token`` follows them. It is drawn from ``residual_distribution(p[n], q[n])`` after
-        a rejection, and from ``p[gamma]`` when all gamma tokens were accepted.
-    """
-    _check_lenience(lenience)
-    draft_tokens = torch.as_tensor(draft_tokens, dtype=torch.long, device=p.device)
-    gamma = _check_rejection_shapes(p, q, draft_tokens)
-    accept_prob = acceptance_probability(p, q, draft_tokens, lenience=lenience)  # (gamma,)
-    r = torch.rand(gamma, generator=generator, device=p.device, dtype=torch.float64)
-    # Strict '<': with r ~ U[0, 1) this accepts with probability exactly accept_prob (0 stays 0).
-    is_accepted = r < accept_prob
-    n_matches = int(torch.cumprod(is_accepted.long(), dim=0).sum()) if gamma else 0
-    if n_matches < gamma:
-        p_prime = residual_distribution(p[n_matches], q[n_matches], lenience=lenience)
-    else:
-        p_prime = p[gamma]
-    return n_matches, _sample(p_prime, generator)
-
-
-def greedy_verify(target_logits: torch.Tensor, draft_tokens: torch.Tensor) -> tuple[int, int]:
-    """Greedy verification: the longest draft prefix equal to the target argmax, then one argmax.
-
-    ``target_logits`` is (gamma+1, V). The emitted tokens are exactly what greedy target decoding
-    produces, whatever the draft proposed.
-    """
-    _check_rejection_shapes(target_logits, target_logits[:-1], draft_tokens)
-    greedy = target_logits.argmax(dim=-1)  # (gamma+1,)
-    gamma = draft_tokens.shape[0]
-    matches = (greedy[:gamma] == draft_tokens).long()
-    n_matches = int(torch.cumprod(matches, dim=0).sum()) if gamma else 0
-    return n_matches, int(greedy[n_matches])
-

@@ -5,13 +5,14 @@ them in one forward pass; a rejection step keeps the longest acceptable prefix a
 from the target, so every target call emits between 1 and gamma + 1 tokens.
 
 The code is in three parts:
-- ``models.sd_verify``: the verification maths (closed forms, sampling distributions, the greedy and
-  rejection-sampling verification of one block), with the papers' references;
+- ``models.sd_verify``: the probability maths (closed forms, sampling distributions, the acceptance
+  probability and residual distribution), with the papers' references;
 - ``models.kv_cache``: the KV-cache adapters (``CachedDecoder``: one prompt, dynamic or static cache,
   optionally compiled; ``BatchedDecoder``: B prompts realigned row by row after each call);
-- this module: one draft / verify / commit loop (``_decode``) behind a drafter interface (``propose`` /
-  ``update``) and a verifier interface (``score`` / ``update``), with a batch-1 and a batched
-  implementation of each. ``speculative_generate`` picks the pair; ``target_generate`` is the
+- this module: the verification of one draft block (``greedy_verify``, ``rejection_sample``: Leviathan
+  et al. Algorithm 1), and one draft / verify / commit loop (``_decode``) behind a drafter interface
+  (``propose`` / ``update``) and a verifier interface (``score`` / ``update``), with a batch-1 and a
+  batched implementation of each. ``speculative_generate`` picks the pair; ``target_generate`` is the
   target-only baseline on the same cache.
 
 Exactness contract
@@ -50,34 +51,16 @@ from torch import nn
 
 from models.kv_cache import (CACHE_IMPLEMENTATIONS, BatchedDecoder, CachedDecoder, CausalBatchedDecoder,
                               cached_decoder, compiled_forward, is_causal_lm)
-
-
-from models.sd_verify import (  # noqa: F401 - the public names of SD live here too
-    _check_lenience,
-    _check_sampling_args,
-    _sample,
-    acceptance_probability,
-    expected_block_efficiency,
-    expected_speedup,
-    greedy_verify,
-    rejection_sample,
-    residual_distribution,
-    sampling_distribution,
-)
+from models.sd_verify import (acceptance_probability, check_lenience, check_sampling_args, residual_distribution,
+                              sample_token, sampling_distribution)
 
 __all__ = [
-    "CACHE_IMPLEMENTATIONS",
-    "CachedDecoder",
     "SpeculativeOutput",
-    "acceptance_probability",
-    "compiled_forward",
-    "expected_block_efficiency",
-    "expected_speedup",
+    "adapt_block",
+    "check_compatible",
     "greedy_verify",
     "pad_id",
     "rejection_sample",
-    "residual_distribution",
-    "sampling_distribution",
     "speculative_generate",
     "target_generate",
     "token_ids",
@@ -91,6 +74,80 @@ def _now(device: torch.device) -> float:
         torch.cuda.synchronize(device)
     return time.perf_counter()
 
+
+# ----------------------------------------------------------------------------------------------
+# Verification of one draft block (Leviathan et al. 2023, Algorithm 1)
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_rejection_shapes(p: torch.Tensor, q: torch.Tensor, draft_tokens: torch.Tensor) -> int:
+    """Refuse shapes that do not describe one block of gamma drafts; returns gamma."""
+    if draft_tokens.ndim != 1:
+        raise ValueError(f"draft_tokens must be 1-D (gamma,), got shape {tuple(draft_tokens.shape)}")
+    gamma = draft_tokens.shape[0]
+    if p.ndim != 2 or p.shape[0] != gamma + 1:
+        raise ValueError(
+            f"p must have shape (gamma+1, V) = ({gamma + 1}, V) for {gamma} draft tokens, got {tuple(p.shape)}"
+        )
+    if q.ndim != 2 or q.shape != (gamma, p.shape[1]):
+        raise ValueError(f"q must have shape (gamma, V) = ({gamma}, {p.shape[1]}), got {tuple(q.shape)}")
+    if gamma and (int(draft_tokens.min()) < 0 or int(draft_tokens.max()) >= p.shape[1]):
+        raise ValueError(f"draft_tokens {draft_tokens.tolist()} must lie in [0, V={p.shape[1]})")
+    return gamma
+
+
+def rejection_sample(
+    p: torch.Tensor,
+    q: torch.Tensor,
+    draft_tokens: torch.Tensor,
+    *,
+    lenience: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> tuple[int, int]:
+    """Speculative-sampling verification of one draft block (Leviathan et al. Algorithm 1).
+
+    Args:
+        p: (gamma+1, V) target probabilities at the gamma+1 positions (row gamma is the bonus).
+        q: (gamma, V) draft probabilities, exactly the distributions ``draft_tokens`` were drawn from.
+        draft_tokens: (gamma,) the drafted token ids.
+        lenience: draft token i is accepted with probability ``min(1, p_i(x)/(lenience q_i(x)))``.
+            **lenience = 1 (default) is lossless: every emitted token follows p exactly.
+            lenience < 1 is LOSSY speculative decoding (Leviathan et al. A.5, DistillSpec 5.3):
+            more draft tokens are accepted, and the output distribution is no longer p.**
+        generator: the random source (None uses torch's global generator).
+
+    Returns:
+        ``(n_accepted, next_token)`` as python ints: the first ``n_accepted`` draft tokens are kept
+        and ``next_token`` follows them. It is drawn from ``residual_distribution(p[n], q[n])`` after
+        a rejection, and from ``p[gamma]`` when all gamma tokens were accepted.
+    """
+    check_lenience(lenience)
+    draft_tokens = torch.as_tensor(draft_tokens, dtype=torch.long, device=p.device)
+    gamma = _check_rejection_shapes(p, q, draft_tokens)
+    accept_prob = acceptance_probability(p, q, draft_tokens, lenience=lenience)  # (gamma,)
+    r = torch.rand(gamma, generator=generator, device=p.device, dtype=torch.float64)
+    # Strict '<': with r ~ U[0, 1) this accepts with probability exactly accept_prob (0 stays 0).
+    is_accepted = r < accept_prob
+    n_matches = int(torch.cumprod(is_accepted.long(), dim=0).sum()) if gamma else 0
+    if n_matches < gamma:
+        p_prime = residual_distribution(p[n_matches], q[n_matches], lenience=lenience)
+    else:
+        p_prime = p[gamma]
+    return n_matches, sample_token(p_prime, generator)
+
+
+def greedy_verify(target_logits: torch.Tensor, draft_tokens: torch.Tensor) -> tuple[int, int]:
+    """Greedy verification: the longest draft prefix equal to the target argmax, then one argmax.
+
+    ``target_logits`` is (gamma+1, V). The emitted tokens are exactly what greedy target decoding
+    produces, whatever the draft proposed.
+    """
+    _check_rejection_shapes(target_logits, target_logits[:-1], draft_tokens)
+    greedy = target_logits.argmax(dim=-1)  # (gamma+1,)
+    gamma = draft_tokens.shape[0]
+    matches = (greedy[:gamma] == draft_tokens).long()
+    n_matches = int(torch.cumprod(matches, dim=0).sum()) if gamma else 0
+    return n_matches, int(greedy[n_matches])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,7 +316,7 @@ def _check_common(max_new_tokens: int, do_sample: bool, temperature: float, top_
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an int >= 1")
     if do_sample:
-        _check_sampling_args(temperature, top_k, top_p)
+        check_sampling_args(temperature, top_k, top_p)
 
 
 def _first_eos(tokens: Sequence[int], eos: frozenset[int]) -> int | None:
@@ -360,7 +417,7 @@ def target_generate(
             calls += 1
             if do_sample:
                 probs = sampling_distribution(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-                token = _sample(probs, generator)
+                token = sample_token(probs, generator)
             else:
                 token = int(logits.argmax())
             tokens.append(token)
@@ -377,13 +434,17 @@ def target_generate(
     )
 
 
-def _check_sd_args(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, *, gamma: int, lenience: float,
-                   do_sample: bool, cache_implementation: str, compile: bool) -> None:
-    """The checks speculative decoding adds to target-only decoding's: gamma, the pair, lenience, the cache."""
+def _check_sd_call(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                   *, gamma: int, max_new_tokens: int, do_sample: bool, temperature: float, top_k: int | None,
+                   top_p: float | None, lenience: float, eos_token_id: int | Sequence[int] | None,
+                   cache_implementation: str, compile: bool) -> tuple[int, frozenset[int], torch.Tensor]:
+    """Every check of a ``speculative_generate`` call, in one place: target-only decoding's (budget, sampling,
+    prompt) and the ones SD adds (gamma, the pair, lenience, the cache). Returns (decoder start token, EOS ids,
+    attention mask) as the checks read them."""
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma={gamma!r} must be an int >= 1 (draft tokens per target call)")
     check_compatible(target, draft)
-    _check_lenience(lenience)
+    check_lenience(lenience)
     if not do_sample and lenience != 1.0:
         raise ValueError(
             f"lenience={lenience} only applies with do_sample=True; greedy verification is exact argmax "
@@ -396,30 +457,42 @@ def _check_sd_args(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor,
             f"batch size {batch} needs cache_implementation='dynamic': batched SD realigns "
             "the rows of its KV caches after every verification"
         )
+    start, eos = token_ids(target, eos_token_id)
+    _check_common(max_new_tokens, do_sample, temperature, top_k, top_p)
+    attention_mask = _check_prompt(target, input_ids, attention_mask, eos, allow_batch=True)
+    return start, eos, attention_mask
+
+
+def _timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    """``fn(*args)`` and the wall time it took."""
+    t0 = _now(device)
+    result = fn(*args)
+    return result, _now(device) - t0
 
 
 def _pair(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
           out: SpeculativeOutput, *, cache_implementation: str, compile: bool, max_new_tokens: int, do_sample: bool,
           warp: Callable, eos: frozenset[int], generator: torch.Generator | None) -> tuple["Drafter", "Verifier"]:
-    """The drafter and verifier for this batch (batch 1: ``CachedDecoder``s; B > 1: ``BatchedDecoder``s), their
-    set-up time (encoders, prompt prefill) added to the draft's and the target's time in ``out``."""
-    t0 = _now(input_ids.device)
-    if input_ids.shape[0] == 1:
-        verifier: Verifier = OneRowVerifier(
-            _decoder(target, input_ids, attention_mask, cache_implementation, compile, max_new_tokens))
-    else:
-        verifier = BatchedVerifier(_batched_decoder(target, input_ids, attention_mask))
-    t1 = _now(input_ids.device)
-    if input_ids.shape[0] == 1:
-        drafter: Drafter = OneRowDrafter(
-            _decoder(draft, input_ids, attention_mask, cache_implementation, compile, max_new_tokens),
-            do_sample=do_sample, warp=warp, eos=eos, generator=generator)
-    else:
-        drafter = BatchedDrafter(_batched_decoder(draft, input_ids, attention_mask), do_sample=do_sample, warp=warp,
-                                 generator=generator)
-    out.target_time_s += t1 - t0
-    out.draft_time_s += _now(input_ids.device) - t1
-    return drafter, verifier
+    """The drafter and verifier for this batch, their decoders' set-up time (encoders, prompt prefill) added to the
+    draft's and the target's time in ``out``.
+
+    Batch 1 is the latency path: ``CachedDecoder``s (dynamic or static cache, optionally compiled), and the
+    drafter stops a block at EOS. B > 1 is batched SD: ``BatchedDecoder``s, realigned row by row."""
+    one_row = input_ids.shape[0] == 1
+
+    def decoder(model: nn.Module) -> CachedDecoder | BatchedDecoder:
+        if one_row:
+            return _decoder(model, input_ids, attention_mask, cache_implementation, compile, max_new_tokens)
+        return _batched_decoder(model, input_ids, attention_mask)
+
+    target_dec, target_s = _timed(input_ids.device, decoder, target)
+    draft_dec, draft_s = _timed(input_ids.device, decoder, draft)
+    out.target_time_s += target_s
+    out.draft_time_s += draft_s
+    if one_row:
+        return (OneRowDrafter(draft_dec, do_sample=do_sample, warp=warp, eos=eos, generator=generator),
+                OneRowVerifier(target_dec))
+    return BatchedDrafter(draft_dec, do_sample=do_sample, warp=warp, generator=generator), BatchedVerifier(target_dec)
 
 
 @torch.inference_mode()
@@ -475,11 +548,10 @@ def speculative_generate(
         ``SpeculativeOutput``; ``sequences`` is laid out as ``target.generate`` lays it out (for
         B > 1: rows that stop early are filled with the pad token up to the longest row).
     """
-    _check_sd_args(target, draft, input_ids, gamma=gamma, lenience=lenience, do_sample=do_sample,
-                   cache_implementation=cache_implementation, compile=compile)
-    start, eos = token_ids(target, eos_token_id)
-    _check_common(max_new_tokens, do_sample, temperature, top_k, top_p)
-    attention_mask = _check_prompt(target, input_ids, attention_mask, eos, allow_batch=True)
+    start, eos, attention_mask = _check_sd_call(
+        target, draft, input_ids, attention_mask, gamma=gamma, max_new_tokens=max_new_tokens, do_sample=do_sample,
+        temperature=temperature, top_k=top_k, top_p=top_p, lenience=lenience, eos_token_id=eos_token_id,
+        cache_implementation=cache_implementation, compile=compile)
 
     def warp(logits: torch.Tensor) -> torch.Tensor:
         return sampling_distribution(logits, temperature=temperature, top_k=top_k, top_p=top_p)
@@ -488,14 +560,13 @@ def speculative_generate(
                             num_draft_calls=0)
     t_begin = _now(input_ids.device)
     with _eval_mode(target, draft):
-        drafter, verifier = _pair(target, draft, input_ids, attention_mask, out, cache_implementation=cache_implementation,
-                                  compile=compile, max_new_tokens=max_new_tokens, do_sample=do_sample, warp=warp,
-                                  eos=eos, generator=generator)
+        drafter, verifier = _pair(target, draft, input_ids, attention_mask, out,
+                                  cache_implementation=cache_implementation, compile=compile,
+                                  max_new_tokens=max_new_tokens, do_sample=do_sample, warp=warp, eos=eos,
+                                  generator=generator)
         tokens = _decode(drafter, verifier, out, starts=_starts(target, start, input_ids, attention_mask), eos=eos,
-                         gamma=gamma,
-                         max_new_tokens=max_new_tokens, do_sample=do_sample, warp=warp, lenience=lenience,
+                         gamma=gamma, max_new_tokens=max_new_tokens, do_sample=do_sample, warp=warp, lenience=lenience,
                          adaptive_gamma=adaptive_gamma, generator=generator, device=input_ids.device)
-
     out.sequences = _sequences(target, tokens, input_ids, pad_id(target, eos))
     out.new_tokens_per_row = [len(t) - 1 for t in tokens]
     out.total_time_s = _now(input_ids.device) - t_begin
@@ -545,7 +616,7 @@ class OneRowDrafter:
             self.calls += 1
             if self.do_sample:
                 q_row = self.warp(logits)
-                token = _sample(q_row, self.generator)
+                token = sample_token(q_row, self.generator)
                 q_rows.append(q_row)
             else:
                 token = int(logits.argmax())
@@ -633,6 +704,29 @@ class BatchedVerifier:
         self.dec.keep(rows, self.dec.width - (self.n + 1) + n_t + 1)
 
 
+def _verify_row(target_logits: torch.Tensor, p: torch.Tensor | None, q: torch.Tensor | None, drafted: list[int], *,
+                lenience: float, generator: torch.Generator | None) -> tuple[int, int]:
+    """One row's verification, ``(n_matches, next_token)``: greedy prefix match when ``p`` is None (greedy
+    decoding), else ``rejection_sample`` of the target's p (drafted + 1, V) against the draft's q (drafted, V)."""
+    draft_t = torch.tensor(drafted, dtype=torch.long, device=target_logits.device)
+    if p is None:
+        return greedy_verify(target_logits, draft_t)
+    if q is None:  # nothing drafted
+        q = target_logits.new_zeros((0, target_logits.shape[-1]))
+    return rejection_sample(p, q, draft_t, lenience=lenience, generator=generator)
+
+
+def _commit(row: list[int], new_tokens: list[int], eos: frozenset[int], *, budget: int) -> bool:
+    """Append ``new_tokens`` (accepted drafts and the target's token) to ``row``, cut after the first EOS and at
+    ``budget`` tokens; whether the row goes on (no EOS, budget left)."""
+    cut = _first_eos(new_tokens, eos)
+    if cut is not None:
+        new_tokens = new_tokens[: cut + 1]
+    added = new_tokens[:budget]
+    row.extend(added)
+    return cut is None and len(added) < budget
+
+
 def _decode(drafter: Drafter, verifier: Verifier, out: SpeculativeOutput, *, starts: list[int],
             eos: frozenset[int], gamma: int, max_new_tokens: int, do_sample: bool, warp: Callable,
             lenience: float, adaptive_gamma: bool, generator: torch.Generator | None,
@@ -668,22 +762,13 @@ def _decode(drafter: Drafter, verifier: Verifier, out: SpeculativeOutput, *, sta
         # 3. Per row: accepted prefix + one target token, cut at EOS and at the budget
         keep, n_kept, full = [], [], True
         for i, r in enumerate(active):
-            draft_t = torch.tensor(drafted[i], dtype=torch.long, device=target_logits.device)
-            if do_sample:
-                q_i = q[i] if q is not None else target_logits.new_zeros((0, target_logits.shape[-1]))
-                n_matches, next_token = rejection_sample(p_all[i], q_i, draft_t, lenience=lenience,
-                                                         generator=generator)
-            else:
-                n_matches, next_token = greedy_verify(target_logits[i], draft_t)
+            n_matches, next_token = _verify_row(target_logits[i], p_all[i] if do_sample else None,
+                                                q[i] if q is not None else None, drafted[i], lenience=lenience,
+                                                generator=generator)
             out.accepted.append(n_matches)
             out.drafted.append(len(drafted[i]))
             full = full and n_matches == len(drafted[i]) == block
-            new_tokens = drafted[i][:n_matches] + [next_token]
-            cut = _first_eos(new_tokens, eos)
-            if cut is not None:
-                new_tokens = new_tokens[: cut + 1]
-            tokens[r].extend(new_tokens[: remaining[i]])
-            if cut is None and len(tokens[r]) - 1 < max_new_tokens:
+            if _commit(tokens[r], drafted[i][:n_matches] + [next_token], eos, budget=remaining[i]):
                 keep.append(i)
                 n_kept.append(n_matches)
         if adaptive_gamma:

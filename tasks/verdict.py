@@ -26,7 +26,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from models.metrics import PRIMARY, beats_baseline
-from models.speculative import expected_block_efficiency
+from models.sd_verify import expected_block_efficiency
 
 #: the presets whose numbers are meant to be read; the others check that the plumbing works
 MEANINGFUL_PRESETS = ("laptop", "llm", "small", "base")
@@ -101,6 +101,19 @@ def _sd_block(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[st
     distilled vs undistilled, lossy SD. Metric names carry ``.<precision>`` for every precision but fp32."""
     tag = "" if precision == "fp32" else f".{precision}"
     weights = f" ({precision} weights for target, draft and baseline alike)" if several or precision != "fp32" else ""
+    best = _sd_best(out, metrics, sd, tag, weights)
+    _sd_per_draft(out, metrics, sd, tag)
+    _sd_prompt_lookup(out, metrics, sd, rows, tag)
+    _sd_target(out, metrics, sd, tag, distilled_draft)
+    out.append("")
+    if distilled_draft and undistilled_draft:
+        _sd_distilled_vs_undistilled(out, metrics, sd, tag, weights, distilled_draft, undistilled_draft)
+    _sd_lossy(out, rows, weights, distilled_draft or best["draft"])
+
+
+def _sd_best(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[str, Any]], tag: str,
+             weights: str) -> Mapping[str, Any]:
+    """The best lossless SD row over every mode and draft, with why it pays off or not; returns it."""
     best = max(sd, key=lambda r: _num(r["speedup"]))
     out.append(f"**Best lossless SD{weights}:** {_fmt(best['speedup'], '.2f')}x over the faster target-only decoder "
                f"({best.get('baseline')}), draft `{best['draft']}`, gamma {best['gamma']}, {best['mode']}; "
@@ -109,6 +122,11 @@ def _sd_block(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[st
                     f"verdict.sd_best_alpha{tag}": _num(best.get("alpha")),
                     f"verdict.sd_best_c{tag}": _num(best.get("c")),
                     f"verdict.sd_pays_off{tag}": float(_num(best["speedup"]) > 1)})
+    return best
+
+
+def _sd_per_draft(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[str, Any]], tag: str) -> None:
+    """One line per (mode, draft): its best gamma, exactness (greedy) and the ratio to HF assisted generation."""
     for mode in ("greedy", "sampling"):
         for draft in sorted({r["draft"] for r in sd}):
             b = best_row(sd, mode=mode, draft=draft)
@@ -124,7 +142,13 @@ def _sd_block(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[st
             out.append(f"- {mode}, `{draft}`: best {_fmt(b['speedup'], '.2f')}x at gamma {b['gamma']} "
                        f"(alpha {_fmt(b.get('alpha'))}, c {_fmt(b.get('c'))}, verify/step "
                        f"{_fmt(b.get('verify_ratio'), '.2f')}){exact}{vs_hf}. {explain_sd(b)}.")
-    for mode in ("greedy", "sampling"):  # the draft-free method a decoder-only user tries first
+
+
+def _sd_prompt_lookup(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[str, Any]],
+                      rows: Sequence[Mapping[str, Any]], tag: str) -> None:
+    """Per mode, our best SD against prompt-lookup decoding: the draft-free method a decoder-only user tries
+    first."""
+    for mode in ("greedy", "sampling"):
         lookup = [r for r in rows if r.get("method") == "hf_prompt_lookup" and r.get("mode") == mode
                   and _ok(r.get("speedup"))]
         ours = [r for r in sd if r["mode"] == mode]
@@ -135,42 +159,56 @@ def _sd_block(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[st
             out.append(f"- {mode}, prompt-lookup decoding (no draft): best {_fmt(pl['speedup'], '.2f')}x at "
                        f"gamma {pl['gamma']}; our best SD ({_fmt(b['speedup'], '.2f')}x, `{b['draft']}`) is "
                        f"{'**ahead of it**' if ahead else '**behind it**'}.")
-    if distilled_draft:
-        g = best_row(sd, mode="greedy", draft=distilled_draft)
-        if g is not None:
-            hit = _num(g["speedup"]) >= SD_TARGET_SPEEDUP
-            out.append(f"- Target of {SD_TARGET_SPEEDUP}x (lossless greedy, distilled draft, batch 1): "
-                       f"{'**met**' if hit else '**not met**'} ({_fmt(g['speedup'], '.2f')}x).")
-            metrics[f"verdict.sd_target_met{tag}"] = float(hit)
+
+
+def _sd_target(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[str, Any]], tag: str,
+               distilled_draft: str | None) -> None:
+    """Whether lossless greedy SD with the distilled draft meets ``SD_TARGET_SPEEDUP``."""
+    g = best_row(sd, mode="greedy", draft=distilled_draft) if distilled_draft else None
+    if g is None:
+        return
+    hit = _num(g["speedup"]) >= SD_TARGET_SPEEDUP
+    out.append(f"- Target of {SD_TARGET_SPEEDUP}x (lossless greedy, distilled draft, batch 1): "
+               f"{'**met**' if hit else '**not met**'} ({_fmt(g['speedup'], '.2f')}x).")
+    metrics[f"verdict.sd_target_met{tag}"] = float(hit)
+
+
+def _sd_distilled_vs_undistilled(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[str, Any]],
+                                 tag: str, weights: str, distilled_draft: str, undistilled_draft: str) -> None:
+    """Per mode, the distilled draft's alpha and best speedup against the undistilled one's (DistillSpec's claim)."""
+    out.append(f"**Distilled vs undistilled draft{weights}** (DistillSpec reports +{PAPER_DRAFT_GAIN[0]:.0%} to "
+               f"+{PAPER_DRAFT_GAIN[1]:.0%} speed):")
+    for mode in ("greedy", "sampling"):
+        d, u = best_row(sd, mode=mode, draft=distilled_draft), best_row(sd, mode=mode, draft=undistilled_draft)
+        if d is None or u is None:
+            continue
+        gain = _num(d["speedup"]) / _num(u["speedup"]) - 1
+        ua = next((r for r in sd if r["mode"] == mode and r["draft"] == undistilled_draft
+                   and r["gamma"] == d["gamma"]), u)
+        higher = _num(d.get("alpha")) > _num(ua.get("alpha")) and gain > 0
+        metrics[f"verdict.distill_gain.{mode}{tag}"] = gain
+        out.append(f"- {mode}: alpha {_fmt(d.get('alpha'))} vs {_fmt(ua.get('alpha'))} at gamma {d['gamma']}; "
+                   f"best speedup {_fmt(d['speedup'], '.2f')}x vs {_fmt(u['speedup'], '.2f')}x ({gain:+.0%}): "
+                   f"{'distillation helps' if higher else '**distillation does not help here**'}.")
     out.append("")
-    if distilled_draft and undistilled_draft:
-        out.append(f"**Distilled vs undistilled draft{weights}** (DistillSpec reports +{PAPER_DRAFT_GAIN[0]:.0%} to "
-                   f"+{PAPER_DRAFT_GAIN[1]:.0%} speed):")
-        for mode in ("greedy", "sampling"):
-            d, u = best_row(sd, mode=mode, draft=distilled_draft), best_row(sd, mode=mode, draft=undistilled_draft)
-            if d is None or u is None:
-                continue
-            gain = _num(d["speedup"]) / _num(u["speedup"]) - 1
-            ua = next((r for r in sd if r["mode"] == mode and r["draft"] == undistilled_draft
-                       and r["gamma"] == d["gamma"]), u)
-            higher = _num(d.get("alpha")) > _num(ua.get("alpha")) and gain > 0
-            metrics[f"verdict.distill_gain.{mode}{tag}"] = gain
-            out.append(f"- {mode}: alpha {_fmt(d.get('alpha'))} vs {_fmt(ua.get('alpha'))} at gamma {d['gamma']}; "
-                       f"best speedup {_fmt(d['speedup'], '.2f')}x vs {_fmt(u['speedup'], '.2f')}x ({gain:+.0%}): "
-                       f"{'distillation helps' if higher else '**distillation does not help here**'}.")
-        out.append("")
+
+
+def _sd_lossy(out: list[str], rows: Sequence[Mapping[str, Any]], weights: str, draft: str) -> None:
+    """Speedup and ROUGE-L over lenience for ``draft`` (sampling, best gamma per lenience), when more than one
+    lenience was measured."""
     lossy = sorted((r for r in rows if r.get("method") == "sd" and r.get("mode") == "sampling"
-                    and r.get("draft") == (distilled_draft or best["draft"]) and _ok(r.get("speedup"))),
+                    and r.get("draft") == draft and _ok(r.get("speedup"))),
                    key=lambda r: (-_num(r["lenience"]), r["gamma"]))
-    if len({_num(r["lenience"]) for r in lossy}) > 1:
-        out.append(f"**Lossy SD{weights}** (sampling, best gamma per lenience; lenience < 1 no longer samples the "
-                   "target):")
-        out.append("| lenience | speedup | ROUGE-L |")
-        out.append("|---:|---:|---:|")
-        for lam in sorted({_num(r["lenience"]) for r in lossy}, reverse=True):
-            b = max((r for r in lossy if _num(r["lenience"]) == lam), key=lambda r: _num(r["speedup"]))
-            out.append(f"| {lam:g} | {_fmt(b['speedup'], '.2f')}x | {_fmt(b.get('rougeL'))} |")
-        out.append("")
+    if len({_num(r["lenience"]) for r in lossy}) <= 1:
+        return
+    out.append(f"**Lossy SD{weights}** (sampling, best gamma per lenience; lenience < 1 no longer samples the "
+               "target):")
+    out.append("| lenience | speedup | ROUGE-L |")
+    out.append("|---:|---:|---:|")
+    for lam in sorted({_num(r["lenience"]) for r in lossy}, reverse=True):
+        b = max((r for r in lossy if _num(r["lenience"]) == lam), key=lambda r: _num(r["speedup"]))
+        out.append(f"| {lam:g} | {_fmt(b['speedup'], '.2f')}x | {_fmt(b.get('rougeL'))} |")
+    out.append("")
 
 
 def _fmt(x: Any, spec: str = ".3f") -> str:

@@ -11,7 +11,8 @@ from transformers import T5Config, T5ForConditionalGeneration
 
 from engine.sd_bench import markdown_table, run_benchmark, to_frame
 from models.sd_bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr
-from models.speculative import SpeculativeOutput, check_compatible, expected_block_efficiency
+from models.sd_verify import expected_block_efficiency
+from models.speculative import SpeculativeOutput, check_compatible
 
 
 def simulate_blocks(alpha: float, gamma: int, blocks: int, rng: np.random.Generator) -> list[int]:

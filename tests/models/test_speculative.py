@@ -16,17 +16,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import T5Config, T5ForConditionalGeneration
 
-from models.speculative import (
-    CachedDecoder,
+from models.kv_cache import CachedDecoder
+from models.sd_verify import (
     acceptance_probability,
     expected_block_efficiency,
     expected_speedup,
-    rejection_sample,
     residual_distribution,
     sampling_distribution,
-    speculative_generate,
-    target_generate,
 )
+from models.speculative import rejection_sample, speculative_generate, target_generate
 
 EOS, PAD, START = 1, 0, 0
 VOCAB = 128
