@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--num-proc", type=int, default=2)
     args = ap.parse_args()
 
-    from engine.config import CorpusPrepConfig
+    from engine.config.corpus_prep import CorpusPrepConfig
     from tasks import corpus
 
     cfg = CorpusPrepConfig(name="bench", max_documents=args.max_documents, vocab_size=args.vocab_size,

@@ -40,7 +40,7 @@ import torch  # noqa: E402
 
 
 def corpus_for(pack_length: int, tmp: Path, vocab_size: int = 2000, max_documents: int = 1500) -> str:
-    from engine.config import CorpusPrepConfig
+    from engine.config.corpus_prep import CorpusPrepConfig
     from tasks.corpus import build_corpus, source_fingerprint
 
     cfg = CorpusPrepConfig(name="bench", packaged=["wiki", "parl"], max_documents=max_documents,
@@ -51,7 +51,8 @@ def corpus_for(pack_length: int, tmp: Path, vocab_size: int = 2000, max_document
 
 def prepare(args: argparse.Namespace, tmp: Path) -> tuple[dict, str]:
     """The full pretraining config for the CLI's shape (``PretrainConfig`` defaults), and a corpus."""
-    from engine.config import PretrainConfig, T5Shape
+    from engine.config.base import T5Shape
+    from engine.config.pretrain import PretrainConfig
 
     shape = T5Shape(d_model=args.d_model, d_ff=args.d_ff, d_kv=args.d_model // args.heads, num_heads=args.heads,
                     num_layers=args.layers, num_decoder_layers=args.layers)

@@ -1,6 +1,6 @@
 """The typed jobs the training workers receive: one frozen dataclass per objective, built on the driver.
 
-A run's config (pydantic: ``engine/config.py``, or ``flows/`` for the task-bound ones) is dumped, joined with the paths its tasks resolved (corpus,
+A run's config (pydantic, in the config room ``engine/config/``) is dumped, joined with the paths its tasks resolved (corpus,
 tokenizer, model and task folders, the checkpoint folder, the metrics sink) and turned into a job by
 :meth:`Job.of` *before* anything is sent to Ray: a field that is missing or renamed fails there, in one
 line naming it, not on a worker minutes later. Workers read attributes (``job.tau``), never strings.

@@ -22,7 +22,7 @@ from typing import Any, Callable, Literal, Mapping, Optional, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from engine.checkpoints import StorageFullError
-from engine.config import FlowConfig
+from engine.config.base import FlowConfig
 from tasks.tracked_run import RunLockedError
 
 C = TypeVar("C", bound="FlowConfig")

@@ -22,34 +22,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from prefect import flow, get_run_logger
-from pydantic import Field
 
-from engine.config import FlowConfig
+from engine.config.al_study import PRESETS, ALStudyConfig
+from engine.config.active_learning import ActiveLearningConfig
 from flows import active_learning as al_flow
 from flows._cli import build_config, documented, preset_type, run_cli
 
 
-class ALStudyConfig(FlowConfig):
-    preset: str = "tiny"
-    experiment: str = "thai-active-learning"
-    name: Optional[str] = Field(None, description="study name: seeds run in folders <name>-seed<seed> "
-                                "(default al-study-<preset>); a rerun reuses finished seeds")
-    active_learning: al_flow.ActiveLearningConfig = Field(default_factory=al_flow.tiny)
-    seeds: list[int] = Field([0, 1, 2], min_length=1, description="one active-learning run per seed")
-    full_pool: bool = Field(True, description="train one segmenter on the whole gold pool (the curves' ceiling)")
-    goal_fraction: float = Field(0.7, gt=0.0, le=1.0, description="goal: reach random's final F1 with at most "
-                                 "this fraction of its characters")
-
-
-def _preset(name: str):
-    def make() -> ALStudyConfig:
-        return ALStudyConfig(preset=name, active_learning=al_flow.PRESETS[name]())
-
-    make.__name__ = name
-    return make
-
-
-PRESETS = {name: _preset(name) for name in al_flow.PRESETS}
 Preset = preset_type(PRESETS)
 
 
@@ -108,7 +87,7 @@ def _seed_run(cfg: ALStudyConfig, name: str, seed: int, parent: str, log):
     if state is not None and state.get("round_done", -1) >= run_cfg.rounds and not state.get("stopped"):
         log.info("seed %d: reusing the finished run %s", seed, run_cfg.run_name)
     else:
-        al_flow.active_learning(config=al_flow.ActiveLearningConfig.model_validate(run_cfg.model_dump()),
+        al_flow.active_learning(config=ActiveLearningConfig.model_validate(run_cfg.model_dump()),
                                 parent_run_id=parent)
         state = load_state(Path(root) / run_cfg.run_name)
     return {arm: s["history"] for arm, s in state["arms"].items()}, state.get("events", [])

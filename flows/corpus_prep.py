@@ -11,45 +11,12 @@ from typing import Any, Optional
 
 from prefect import flow, get_run_logger
 
-from engine import config
+from engine.config.corpus_prep import PRESETS, CorpusPrepConfig, corpus_identity
 from flows._cli import build_config, documented, preset_type, run_cli, run_footer
 from tasks.corpus import build_corpus, fingerprint_source, is_complete, log_corpus, publish_corpus
 
 
-class CorpusPrepConfig(config.CorpusPrepConfig):
-    """The corpus-prep flow's config: the schema and its rules are ``engine.config.CorpusPrepConfig`` (shared with
-    the benchmarks); this flow adds its presets and command line."""
-
-
-def tiny() -> CorpusPrepConfig:
-    """A few thousand documents, 2k-piece vocabulary: seconds on a laptop."""
-    return CorpusPrepConfig(name="tiny", max_documents=3000, vocab_size=2000, pack_length=141,
-                            validation_fraction=0.05, test_fraction=0.05, character_coverage=1.0)
-
-
-def laptop() -> CorpusPrepConfig:
-    """The whole packaged English mix, 8k vocabulary, rows for inputs_length 128 (~20 s on 2 cores)."""
-    return CorpusPrepConfig(name="laptop", vocab_size=8000, pack_length=141)
-
-
-def small() -> CorpusPrepConfig:
-    """The whole packaged English mix, 8k vocabulary, rows for inputs_length 256."""
-    return CorpusPrepConfig(name="small", vocab_size=8000, pack_length=284)
-
-
-def base() -> CorpusPrepConfig:
-    """The whole packaged mix, 32k vocabulary (T5's size), rows for inputs_length 512."""
-    return CorpusPrepConfig(name="base", vocab_size=32000, pack_length=568)
-
-
-PRESETS = {"tiny": tiny, "laptop": laptop, "small": small, "base": base}
 Preset = preset_type(PRESETS)
-
-
-def corpus_identity(cfg: CorpusPrepConfig) -> dict[str, Any]:
-    """The fields that make the corpus (its build task's input and cache key). Where a copy is published does
-    not change it; ``shard_rows=0`` (no shards) is left out, so corpora built before sharding keep their key."""
-    return cfg.model_dump(exclude={"publish_uri"} | ({"shard_rows"} if cfg.shard_rows == 0 else set()))
 
 
 @dataclass

@@ -16,47 +16,14 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from prefect import flow
-from pydantic import Field
 
-from engine.config import FlowConfig
-from engine.paths import ModelRef
+from engine.config.distillspec_study import PRESETS, StudyConfig
+from engine.config.sd_benchmark import DraftRef
 from flows import distill as distill_mod
 from flows import sd_benchmark as sd_mod
 from flows._cli import build_config, documented, preset_type, run_cli, run_footer
-from tasks.downstream import TaskSpec
 
 
-class StudyConfig(FlowConfig):
-    preset: str = "tiny"
-    target: Optional[ModelRef] = Field(None, description="the target model (URI or folder)")
-    draft: Optional[ModelRef] = Field(None, description="the undistilled draft (URI or folder); also the student's init")
-    teacher: Optional[ModelRef] = Field(None, description="optional large teacher for the model-garden row")
-    task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="bbc_topic"))
-    divergences: list[str] = Field(["fkl", "tvd"], min_length=1)
-    data_sources: dict[str, dict[str, float]] = Field(
-        {"fixed": {"fixed": 1.0}, "onpolicy": {"student": 1.0}}, description="name -> data_mix")
-    distill: distill_mod.DistillConfig = Field(default_factory=distill_mod.tiny)
-    sd: sd_mod.SDBenchmarkConfig = Field(default_factory=lambda: sd_mod.tiny().model_copy(
-        update={"lenience": [1.0], "modes": ["greedy", "sampling"]}))
-    experiment: str = "distillspec-study"
-
-
-def tiny() -> StudyConfig:
-    return StudyConfig()
-
-
-def small() -> StudyConfig:
-    return StudyConfig(preset="small", divergences=["fkl", "rkl", "jsd", "tvd"],
-                       data_sources={"fixed": {"fixed": 1.0}, "teacher": {"teacher": 1.0},
-                                     "onpolicy": {"student": 1.0}, "mixed": {"fixed": 0.5, "student": 0.5}},
-                       distill=distill_mod.small(), sd=sd_mod.small())
-
-
-def base() -> StudyConfig:
-    return small().model_copy(update={"preset": "base", "distill": distill_mod.base(), "sd": sd_mod.base()})
-
-
-PRESETS = {"tiny": tiny, "small": small, "base": base}
 Preset = preset_type(PRESETS)
 
 
@@ -93,7 +60,7 @@ def distillspec_study(preset: Preset = "tiny", overrides: Optional[dict[str, Any
                 drafts[f"{div}-{name}"] = distill_mod.distill_flow(config=d, parent_run_id=run_id).model_uri
         # 2. SD benchmark of every draft against the same target, on held-out task prompts
         prompts = sd_prompts(cfg.task)
-        refs = [sd_mod.DraftRef(label=k, model=v) for k, v in drafts.items()]
+        refs = [DraftRef(label=k, model=v) for k, v in drafts.items()]
         sd_cfg = cfg.sd.model_copy(update={"target": cfg.target, "drafts": refs, "prompts_jsonl": prompts,
                                            "corpus_dir": None})
         bench = sd_mod.sd_benchmark(config=sd_cfg, parent_run_id=run_id)

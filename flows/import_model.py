@@ -9,24 +9,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from prefect import flow
-from pydantic import Field
 
-from engine.config import FlowConfig
+from engine.config.import_model import PRESETS, ImportModelConfig
 from flows._cli import build_config, documented, preset_type, run_cli, run_footer
 
 
-class ImportModelConfig(FlowConfig):
-    ref: str = Field("smollm2", description="smollm2 (packaged), gguf:PATH, hf:ORG/NAME (hub allowed), or a folder")
-    register_as: str = Field("smollm2-135m-instruct", description="registered model name")
-    experiment: str = "import"
-
-
-def tiny() -> ImportModelConfig:
-    """The packaged SmolLM2-135M-Instruct (offline); every preset imports it unless ``ref`` says otherwise."""
-    return ImportModelConfig()
-
-
-PRESETS = {"tiny": tiny, "small": tiny, "base": tiny}
 Preset = preset_type(PRESETS)
 
 

@@ -16,133 +16,18 @@ losses cover response tokens only. Stages are reused when their config, inputs a
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from engine.config import FlowConfig
+from engine.config.llm_pipeline import PRESETS, STAGES, LLMPipelineConfig, Stage
+from engine.config.sd_benchmark import DraftRef
 from flows import distill as distill_mod
 from flows import import_model as import_mod
 from flows import sd_benchmark as sd_mod
 from flows._cli import build_config, documented, named_subflow, preset_type, records, run_cli
 from flows.pipeline import PipelineResult
-from tasks.downstream import TaskSpec
 
-STAGES = ("import", "drafts", "distill_draft", "garden", "sd_benchmark")
-Stage = Literal["import", "drafts", "distill_draft", "garden", "sd_benchmark"]
-
-
-class DraftShape(BaseModel):
-    """A model built from the LLM (``models.causal_draft``): its first ``layers`` layers (``init=target``), or
-    a fresh model of ``hidden_size`` (``init=fresh``)."""
-
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    layers: int = Field(2, ge=1, description="decoder layers")
-    init: Literal["target", "fresh"] = Field("target", description="copy the LLM's first layers, or fresh weights")
-    hidden_size: Optional[int] = Field(None, ge=8, description="init=fresh only: width (default the LLM's)")
-    intermediate_size: Optional[int] = Field(None, ge=8, description="init=fresh only: MLP width")
-    num_attention_heads: Optional[int] = Field(None, ge=1, description="init=fresh only")
-    num_key_value_heads: Optional[int] = Field(None, ge=1, description="init=fresh only")
-    head_tokens: int = Field(0, ge=0, description="> 0: an LM head over that many most frequent tokens of the task's "
-                                                  "training texts only (FR-Spec); 0: the full vocabulary")
-
-    def sizes(self) -> dict[str, int]:
-        return {k: v for k, v in self.model_dump(exclude={"layers", "init", "head_tokens"}).items() if v is not None}
-
-
-class LLMPipelineConfig(FlowConfig):
-    preset: str = "llm"
-    model: str = Field("smollm2", description="the LLM: smollm2 (packaged), gguf:PATH, hf:ORG/NAME or a folder")
-    register_as: str = Field("smollm2-135m-instruct", description="registered name of the imported LLM")
-    task: TaskSpec = Field(default_factory=lambda: TaskSpec(name="bbc_headline"),
-                           description="the task whose prompts distillation and the SD benchmark use")
-    draft: DraftShape = Field(default_factory=DraftShape, description="the draft of the LLM")
-    garden_target: DraftShape = Field(default_factory=lambda: DraftShape(layers=8),
-                                      description="the model garden's smaller target, distilled from the LLM")
-    garden_draft: DraftShape = Field(default_factory=lambda: DraftShape(layers=1),
-                                     description="the garden target's draft (built from the garden target)")
-    distill_draft: distill_mod.DistillConfig = Field(default_factory=lambda: _distill(200))
-    distill_garden_target: distill_mod.DistillConfig = Field(default_factory=lambda: _distill(100, "target"))
-    distill_garden_draft: distill_mod.DistillConfig = Field(default_factory=lambda: _distill(100))
-    sd_benchmark: sd_mod.SDBenchmarkConfig = Field(default_factory=lambda: _sd())
-    stages: list[Stage] = Field(list(STAGES), description="stages to run (a prefix of the full list)")
-    from_stage: Optional[Stage] = Field(None, description="force this stage and all later ones to run even if cached")
-    experiment: str = Field("pipeline-llm", description="MLflow experiment of the parent run")
-
-    @field_validator("stages")
-    @classmethod
-    def _prefix(cls, v: list[str]) -> list[str]:
-        if not v or list(v) != list(STAGES[:len(v)]):
-            raise ValueError(f"stages must be a non-empty prefix of {list(STAGES)}, got {v}")
-        return v
-
-
-def _distill(steps: int, mode: str = "draft") -> distill_mod.DistillConfig:
-    """DistillSpec on 2 cores: batches of 4 task prompts (up to 96 tokens) with on-policy responses of up to 32
-    tokens (sampled from the student: drawing them from SmolLM2 costs a 135M-parameter call per token, and made a
-    step 4x slower), forward KL, lr 5e-4 (benchmarks/llm_draft.py, 2026-12-06: at lr 1e-4 and 100 on-policy steps
-    a 2-layer draft of SmolLM2 did not improve)."""
-    mix = {"student": 1.0}
-    return distill_mod.DistillConfig(preset="llm", mode=mode, total_steps=steps, batch_size=4, lr=5e-4,
-                                     warmup_steps=10, max_input_length=96, max_target_length=32, data_mix=mix,
-                                     divergence="fkl", eval_every=steps, eval_examples=16, checkpoint_every=100,
-                                     log_every=10, test_examples=32, threads_per_worker=2)
-
-
-def _sd() -> sd_mod.SDBenchmarkConfig:
-    """Batch 1 on one thread, greedy (lossless), 8 task prompts of up to 64 tokens of text, 32 new tokens, gamma
-    2-4, fp32 and int8 weights; then batched greedy SD at B = 4."""
-    return sd_mod.SDBenchmarkConfig(preset="llm", num_prompts=8, prompt_tokens=64, max_new_tokens=32,
-                                    gammas=[2, 3, 4], lenience=[1.0], modes=["greedy"], repeats=2, warmup=1,
-                                    precisions=["fp32", "int8"], batch_sizes=[4])
-
-
-def llm() -> LLMPipelineConfig:
-    """SmolLM2-135M-Instruct, a 2-layer draft copied from it, a garden target of its first 8 layers."""
-    return LLMPipelineConfig()
-
-
-def tiny() -> LLMPipelineConfig:
-    """Every stage in a few minutes (the checks that the LLM stages run and chain): 1-layer drafts, a 2-layer
-    garden target, a handful of steps, fp32 only; its numbers mean nothing."""
-    short = dict(total_steps=4, eval_every=4, eval_examples=4, checkpoint_every=0, test_examples=4,
-                 max_target_length=8, max_input_length=48, preset="tiny")
-    return LLMPipelineConfig(preset="tiny", draft=DraftShape(layers=1), garden_target=DraftShape(layers=2),
-                             garden_draft=DraftShape(layers=1),
-                             distill_draft=_distill(4).model_copy(update=short),
-                             distill_garden_target=_distill(4, "target").model_copy(update=short),
-                             distill_garden_draft=_distill(4).model_copy(update=short),
-                             sd_benchmark=_sd().model_copy(update=dict(preset="tiny", num_prompts=2, prompt_tokens=24,
-                                                                       max_new_tokens=8, gammas=[2], repeats=1,
-                                                                       warmup=0, precisions=["fp32"],
-                                                                       batch_sizes=[])))
-
-
-def small() -> LLMPipelineConfig:
-    """The same models on one GPU: 1,000 distillation steps of 16 sequences of up to 64 new tokens, bf16; the SD
-    benchmark on the GPU (50 prompts, bf16 weights; int8 is a CPU path)."""
-    gpu = dict(preset="small", total_steps=1000, batch_size=16, max_target_length=64, max_input_length=256,
-               eval_every=250, eval_examples=64, checkpoint_every=250, test_examples=200, use_gpu=True,
-               threads_per_worker=0)
-    return LLMPipelineConfig(preset="small", distill_draft=_distill(1000).model_copy(update=gpu),
-                             distill_garden_target=_distill(1000, "target").model_copy(update=gpu),
-                             distill_garden_draft=_distill(1000).model_copy(update=gpu),
-                             sd_benchmark=_sd().model_copy(update=dict(preset="small", num_prompts=50, prompt_tokens=256,
-                                                                       max_new_tokens=128, gammas=[2, 3, 4, 5],
-                                                                       repeats=3, device="cuda", dtype="bfloat16",
-                                                                       precisions=["fp32"], batch_sizes=[1, 4, 16])))
-
-
-def base() -> LLMPipelineConfig:
-    """SmolLM2-1.7B-Instruct from the hub (it needs HF_HUB_OFFLINE=0 and a GPU), a 4-layer draft and a garden
-    target of 12 of its 24 layers; otherwise the ``small`` settings."""
-    return small().model_copy(update=dict(preset="base", model="hf:HuggingFaceTB/SmolLM2-1.7B-Instruct",
-                                          register_as="smollm2-1.7b-instruct", draft=DraftShape(layers=4),
-                                          garden_target=DraftShape(layers=12), garden_draft=DraftShape(layers=2)))
-
-
-PRESETS = {"llm": llm, "tiny": tiny, "small": small, "base": base}
 Preset = preset_type(PRESETS)
 
 
@@ -258,13 +143,13 @@ def _sd_stage(cfg: LLMPipelineConfig, llm_uri: str, drafts: dict[str, Any], dd: 
     prompts = sd_prompts(cfg.task)
     s = cfg.sd_benchmark.model_copy(update={
         "target": llm_uri, "prompts_jsonl": prompts, "corpus_dir": None,
-        "drafts": [sd_mod.DraftRef(label="draft-base", model=drafts["models"]["draft_base"]),
-                   sd_mod.DraftRef(label=dd["alias"], model=dd["model_uri"])]})
+        "drafts": [DraftRef(label="draft-base", model=drafts["models"]["draft_base"]),
+                   DraftRef(label=dd["alias"], model=dd["model_uri"])]})
     r = named_subflow(sd_mod.sd_benchmark, "sd-benchmark")(config=s, parent_run_id=parent)
     rows = records(r.table)
     # the model garden: the garden target with its draft, against the LLM decoding alone (the rows above)
     g = named_subflow(sd_mod.sd_benchmark, "sd-benchmark-garden")(config=s.model_copy(update={
-        "target": garden["target_uri"], "drafts": [sd_mod.DraftRef(label=garden["draft_alias"],
+        "target": garden["target_uri"], "drafts": [DraftRef(label=garden["draft_alias"],
                                                                    model=garden["draft_uri"])],
         "hf_baselines": False, "batch_sizes": []}), parent_run_id=parent)
     garden_rows = [garden_row(rows, records(g.table), garden["draft_alias"], precision=p) for p in s.precisions]

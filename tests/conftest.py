@@ -48,7 +48,7 @@ def text_files(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_corpus(tmp_path_factory) -> str:
     """A small packaged-text corpus (rows of 70 tokens = span corruption at inputs_length 64), built once."""
-    from flows.corpus_prep import CorpusPrepConfig
+    from engine.config.corpus_prep import CorpusPrepConfig
     from tasks.corpus import build_corpus, source_fingerprint
 
     cfg = CorpusPrepConfig(name="test", packaged=["wiki", "parl"], max_documents=500, vocab_size=600,
@@ -59,7 +59,8 @@ def tiny_corpus(tmp_path_factory) -> str:
 
 def tiny_pretrain_config(**overrides):
     """A pretraining config for tests: seconds per run on one CPU core."""
-    from flows.pretrain import PretrainConfig, T5Shape
+    from engine.config.base import T5Shape
+    from engine.config.pretrain import PretrainConfig
 
     base = dict(preset="test", model=T5Shape(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2,
                                              num_decoder_layers=2, tie_word_embeddings=True),

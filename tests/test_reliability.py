@@ -97,7 +97,7 @@ def test_two_runs_with_different_configs_at_once_use_separate_folders(tmp_path, 
 @settings(max_examples=40, deadline=None)
 @given(st.text(alphabet=st.characters(categories=["Ll"]), min_size=3, max_size=12))
 def test_unknown_config_keys_are_refused_by_name(key):
-    from flows.pretrain import PRESETS, PretrainConfig
+    from engine.config.pretrain import PRESETS, PretrainConfig
 
     if key in PretrainConfig.model_fields:
         return
@@ -131,7 +131,7 @@ def test_unknown_config_keys_are_refused_by_name(key):
 def test_out_of_range_or_mistyped_values_are_refused_naming_the_field(flow, override, field):
     import importlib
 
-    mod = importlib.import_module(f"flows.{flow}")
+    mod = importlib.import_module(f"engine.config.{flow}")
     config_cls = next(v for k, v in vars(mod).items() if k.endswith("Config") and isinstance(v, type)
                       and v.__module__ == mod.__name__)
     with pytest.raises(ConfigError) as err:
@@ -144,7 +144,7 @@ def test_out_of_range_or_mistyped_values_are_refused_naming_the_field(flow, over
 @given(st.floats(allow_nan=True, allow_infinity=True))
 @settings(max_examples=60, deadline=None)
 def test_noise_density_outside_the_open_unit_interval_is_always_refused(x):
-    from flows.pretrain import PRESETS, PretrainConfig
+    from engine.config.pretrain import PRESETS, PretrainConfig
 
     if 0 < x < 1:
         return
@@ -156,7 +156,8 @@ def test_malformed_corpora_are_counted_or_refused_and_never_leave_partial_output
                                                                                  text_files):
     import shutil
 
-    from flows.corpus_prep import CorpusPrepConfig, corpus_prep
+    from engine.config.corpus_prep import CorpusPrepConfig
+    from flows.corpus_prep import corpus_prep
 
     src = tmp_path / "src"
     src.mkdir()

@@ -16,7 +16,7 @@ PATHS = {
 
 
 def _flow_presets():
-    from flows import distill, finetune, pretrain
+    from engine.config import distill, finetune, pretrain
 
     for job, module in ((PretrainJob, pretrain), (FinetuneJob, finetune), (DistillJob, distill)):
         for name, preset in module.PRESETS.items():
@@ -37,7 +37,7 @@ def test_every_preset_of_every_training_flow_gives_its_workers_a_complete_typed_
 
 
 def test_a_missing_field_fails_on_the_driver_naming_it():
-    from flows.finetune import tiny
+    from engine.config.finetune import tiny
 
     values = tiny().model_dump()
     del values["max_target_length"]
@@ -48,7 +48,7 @@ def test_a_missing_field_fails_on_the_driver_naming_it():
 
 
 def test_a_job_passes_through_and_the_fixed_loop_settings_of_an_objective_win():
-    from flows import distill, finetune
+    from engine.config import distill, finetune
 
     job = DistillJob.of({**distill.tiny().model_dump(), "weight_decay": 0.3}, **PATHS[DistillJob])
     assert DistillJob.of(job) is job

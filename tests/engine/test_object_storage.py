@@ -230,7 +230,7 @@ def test_an_s3_corpus_dir_is_checked_on_the_driver_in_one_line(s3_env, tmp_path)
 
 
 def test_corpus_dir_takes_a_folder_or_an_s3_uri_and_refuses_other_schemes():
-    from engine.paths import folder_or_s3
+    from engine.config.paths import folder_or_s3
 
     assert folder_or_s3("s3://b/corpora/x/") == "s3://b/corpora/x"
     assert folder_or_s3("relative").startswith("/")

@@ -55,7 +55,7 @@ def test_corpus_prep_shards_give_back_the_packed_rows_exactly_in_order(tiny_corp
 
 
 def test_corpus_prep_with_shard_rows_writes_the_shards_inside_the_finished_corpus(tmp_path):
-    from flows.corpus_prep import CorpusPrepConfig, corpus_identity
+    from engine.config.corpus_prep import CorpusPrepConfig, corpus_identity
     from tasks.corpus import build_corpus, source_fingerprint
 
     cfg = corpus_identity(CorpusPrepConfig(name="sharded", packaged=["wiki"], max_documents=200, vocab_size=400,
@@ -135,7 +135,7 @@ def test_a_corrupted_or_missing_shard_is_refused_in_one_line_naming_it(tmp_path)
 
 
 def test_short_rows_a_small_cache_and_a_corpus_without_shards_are_refused_in_one_line(tiny_corpus, tmp_path):
-    from flows.pretrain import PretrainConfig
+    from engine.config.pretrain import PretrainConfig
     from tasks.corpus import check_corpus_dir
 
     write_shards([_tagged_rows(10)], tmp_path / "split", rows_per_shard=5, row_length=6)
@@ -151,7 +151,7 @@ def test_short_rows_a_small_cache_and_a_corpus_without_shards_are_refused_in_one
 
 
 def test_unsharded_corpora_keep_their_cache_key_and_sharded_ones_get_their_own():
-    from flows.corpus_prep import corpus_identity, tiny
+    from engine.config.corpus_prep import corpus_identity, tiny
     from tasks.corpus import output_dir_for
 
     plain = tiny()

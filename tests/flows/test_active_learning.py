@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from flows._cli import ConfigError, build_config
-from flows.active_learning import (
+from engine.config.active_learning import (
     PRESETS,
     ActiveLearningConfig,
     AnnotatorChange,
@@ -18,8 +17,9 @@ from flows.active_learning import (
     GuidelineChange,
     ModelChange,
     PoolChange,
-    active_learning,
 )
+from flows._cli import ConfigError, build_config
+from flows.active_learning import active_learning
 
 SEGMENTER = dict(embed_dim=8, class_dim=4, hidden=16, layers=2, kernel=3, batch_size=16)
 

@@ -78,7 +78,8 @@ def test_the_study_runs_a_seed_per_run_and_a_rerun_reuses_the_finished_seeds(pre
     from mlflow import MlflowClient
 
     from flows._cli import build_config
-    from flows.al_study import PRESETS, ALStudyConfig, al_study
+    from engine.config.al_study import PRESETS, ALStudyConfig
+    from flows.al_study import al_study
 
     cfg = build_config(ALStudyConfig, PRESETS, "tiny", [
         "seeds=[0,1]", "name=t", f"active_learning.output_root={tmp_path}", "active_learning.rounds=2",

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from flows._cli import ConfigError, build_config
-from flows.corpus_prep import PRESETS, CorpusPrepConfig, corpus_prep
+from engine.config.corpus_prep import PRESETS, CorpusPrepConfig
+from flows.corpus_prep import corpus_prep
 
 ROOT = Path(__file__).resolve().parents[2]
 

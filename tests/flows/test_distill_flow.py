@@ -2,7 +2,8 @@
 
 import pytest
 
-from flows.distill import DistillConfig, distill_flow
+from engine.config.distill import DistillConfig
+from flows.distill import distill_flow
 from tests.conftest import make_t5_dir
 
 

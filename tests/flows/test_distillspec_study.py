@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.distill import DistillConfig
-from flows.distillspec_study import StudyConfig, distillspec_study
-from flows.sd_benchmark import SDBenchmarkConfig
+from engine.config.distill import DistillConfig
+from engine.config.distillspec_study import StudyConfig
+from engine.config.sd_benchmark import SDBenchmarkConfig
+from flows.distillspec_study import distillspec_study
 from tests.conftest import make_t5_dir
 
 

@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from flows.evaluate import EvaluateConfig, evaluate_flow
-from flows.finetune import FinetuneConfig, finetune_flow
+from engine.config.evaluate import EvaluateConfig
+from engine.config.finetune import FinetuneConfig
+from flows.evaluate import evaluate_flow
+from flows.finetune import finetune_flow
 from tests.conftest import make_t5_dir
 
 

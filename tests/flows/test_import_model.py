@@ -21,7 +21,8 @@ def test_an_imported_model_resolves_from_the_registry_to_the_same_weights_with_i
     from mlflow import MlflowClient
 
     from engine.causal_lm import load_causal_lm
-    from flows.import_model import ImportModelConfig, import_model_flow
+    from engine.config.import_model import ImportModelConfig
+    from flows.import_model import import_model_flow
     from tasks.tracking import model_identity, resolve_model
 
     original = _tiny_llama_folder(tmp_path / "llama")

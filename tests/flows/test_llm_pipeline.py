@@ -4,7 +4,8 @@ rerun that skips every stage. The real SmolLM2 run is `make run PRESET=llm` (doc
 import pytest
 
 from flows._cli import build_config
-from flows.llm_pipeline import PRESETS, STAGES, LLMPipelineConfig, llm_pipeline
+from engine.config.llm_pipeline import PRESETS, STAGES, LLMPipelineConfig
+from flows.llm_pipeline import llm_pipeline
 
 
 def test_the_llm_preset_is_smollm2_with_a_two_layer_draft_and_a_garden_target_of_eight_layers():

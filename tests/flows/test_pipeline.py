@@ -7,7 +7,8 @@ dominate: ~20 s of Ray start-up each), under 30 s for the cached rerun.
 import pytest
 
 from flows._cli import build_config
-from flows.pipeline import PRESETS, STAGES, PipelineConfig, pipeline
+from engine.config.pipeline import PRESETS, STAGES, PipelineConfig
+from flows.pipeline import pipeline
 
 FAST = [
     "pretrain.total_steps=12", "pretrain.tau=6", "pretrain.eval_every=6", "pretrain.checkpoint_every=6",

@@ -69,7 +69,7 @@ def test_ray_worker_sigkill_mid_training_resumes_to_the_same_parameters(prefect_
 
 
 def test_model_references_keep_uris_and_hub_names_and_make_local_folders_absolute(tmp_path, monkeypatch):
-    from engine.paths import model_reference
+    from engine.config.paths import model_reference
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "my-model").mkdir()

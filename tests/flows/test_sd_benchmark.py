@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from flows._cli import ConfigError, build_config
-from flows.sd_benchmark import PRESETS, SDBenchmarkConfig, sd_benchmark
+from engine.config.sd_benchmark import PRESETS, SDBenchmarkConfig
+from flows.sd_benchmark import sd_benchmark
 from models.sd_bench import COLUMNS
 
 

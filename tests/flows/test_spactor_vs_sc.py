@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.corpus_prep import CorpusPrepConfig
-from flows.finetune import FinetuneConfig
-from flows.spactor_vs_sc import SpacTorVsSCConfig, spactor_vs_sc
+from engine.config.corpus_prep import CorpusPrepConfig
+from engine.config.finetune import FinetuneConfig
+from engine.config.spactor_vs_sc import SpacTorVsSCConfig
+from flows.spactor_vs_sc import spactor_vs_sc
 from tests.conftest import tiny_pretrain_config
 
 
@@ -94,7 +95,7 @@ def test_bad_sweeps_are_refused_by_field(update, match):
 
 
 def test_laptop_preset_has_three_seeds_a_tau_sweep_ending_in_hybrid_to_the_end_and_shorter_budgets():
-    from flows.spactor_vs_sc import PRESETS
+    from engine.config.spactor_vs_sc import PRESETS
 
     cfg = PRESETS["laptop"]()
     assert len(cfg.seeds) >= 3 and len(cfg.sweep()) >= 3 and cfg.pretrain.total_steps in cfg.sweep()

@@ -123,7 +123,8 @@ def test_every_run_form_field_is_typed_and_has_a_default_and_a_description(d):
 def test_the_pipeline_run_form_has_from_stage_and_a_typed_overrides_form_per_stage():
     from prefect.utilities.callables import parameter_schema
 
-    from flows.pipeline import STAGES, PipelineConfig, pipeline, pipeline_config, tiny
+    from engine.config.pipeline import STAGES, PipelineConfig, tiny
+    from flows.pipeline import pipeline, pipeline_config
 
     schema = parameter_schema(pipeline.fn).model_dump()
     props, defs = schema["properties"], schema["definitions"]
