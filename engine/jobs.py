@@ -1,9 +1,11 @@
 """The typed jobs the training workers receive: one frozen dataclass per objective, built on the driver.
 
-A run's config (pydantic, in the config room ``engine/config/``) is dumped, joined with the paths its tasks resolved (corpus,
-tokenizer, model and task folders, the checkpoint folder, the metrics sink) and turned into a job by
-:meth:`Job.of` *before* anything is sent to Ray: a field that is missing or renamed fails there, in one
-line naming it, not on a worker minutes later. Workers read attributes (``job.tau``), never strings.
+A run's typed config (pydantic, from the config room ``engine/config/``), joined with the paths its tasks
+resolved (corpus, tokenizer, model and task folders, the checkpoint folder, the metrics sink), is turned into a
+job by :meth:`Job.of` once, on the driver, *before* anything is sent to Ray: a field that is missing or renamed
+fails there, in one line naming it, not on a worker minutes later. The job then travels as it is (Ray's loop
+config holds it; the worker and its objective take it unchanged). Workers read attributes (``job.tau``), never
+strings.
 
 Defaults live in one place, the typed configs; a job's fields have none beyond how it runs.
 The loop's own settings (optimiser, schedule, checkpoints, evaluation cadence) travel as one
@@ -45,15 +47,19 @@ class Job:
         return dict(cls.LOOP_FIXED)
 
     @classmethod
-    def of(cls, values: "Job | Mapping[str, Any]", **extra: Any) -> "Job":
-        """The job from a flow config dump plus ``extra`` (paths, checkpoint_dir, metrics_sink, in_ray...).
+    def of(cls, values: "Job | Any", **extra: Any) -> "Job":
+        """The job from a typed run config (``engine.config``: its attributes are read by name) or a plain dict
+        (the bare GPU machine has no pydantic), plus ``extra`` (paths, checkpoint_dir, metrics_sink, in_ray...).
 
-        A job passes through unchanged. Keys no field takes are ignored (a flow config holds more than
+        A job passes through unchanged. Fields no job field takes are ignored (a run config holds more than
         its workers read); a field without a default that is missing raises ``ValueError`` naming it."""
         if isinstance(values, cls):
             return dataclasses.replace(values, **extra) if extra else values
         if isinstance(values, Job):
             raise TypeError(f"{cls.__name__} expected, got a {type(values).__name__}")
+        if not isinstance(values, Mapping):  # a typed config: read the fields a job or its loop takes
+            wanted = {f.name for f in dataclasses.fields(cls)} | {f.name for f in dataclasses.fields(LoopSettings)}
+            values = {name: getattr(values, name) for name in wanted if hasattr(values, name)}
         values = {**values, **extra}
         fields = {f.name: f for f in dataclasses.fields(cls)}
         kwargs = {k: cls._convert(k, v) for k, v in values.items() if k in fields and k != "loop"}

@@ -35,9 +35,11 @@ class ConfigError(ValueError):
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "<config>"
+        loc = ".".join(str(x) for x in e["loc"])
         name = f"{prefix}{loc}"
-        if e["type"] == "extra_forbidden":
+        if not loc:  # a rule across fields (a model validator): its message names them
+            lines.append(f"config{' ' + prefix.rstrip('.') if prefix else ''}: {e['msg'].removeprefix('Value error, ')}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{name}' (check the spelling; see --help for the fields)")
         else:
             got = e.get("input")

@@ -55,8 +55,8 @@ def distill_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
     if cfg.teacher is None or cfg.student is None:
         raise ValueError("set teacher and student (models:/ URIs or save_pretrained folders)")
     teacher_dir, student_dir = resolve(cfg.teacher), resolve(cfg.student)
-    task_dir = prepare_task(cfg.task.model_dump())
-    out = distill(cfg.model_dump(), teacher_dir, student_dir, task_dir, teacher_ref=cfg.teacher,
+    task_dir = prepare_task(cfg.task)
+    out = distill(cfg, teacher_dir, student_dir, task_dir, teacher_ref=cfg.teacher,
                   student_ref=cfg.student, parent_run_id=parent_run_id, run_name=run_name)
     return DistillResult(**out)
 

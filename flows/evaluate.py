@@ -39,7 +39,7 @@ def evaluate_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] =
     if cfg.model is None:
         raise ValueError("set model (a models:/ URI or a save_pretrained folder)")
     model_dir = resolve(cfg.model)
-    task_dir = prepare_task(cfg.task.model_dump())
+    task_dir = prepare_task(cfg.task)
     with tracking.start_run(cfg.experiment, f"{cfg.task.name}-{cfg.split}", params=cfg.model_dump(),
                             tags={"stage": "evaluate", "task": cfg.task.name, "model": cfg.model},
                             parent_run_id=parent_run_id) as run_id:

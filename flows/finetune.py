@@ -47,8 +47,8 @@ def finetune_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] =
     if cfg.model is None:
         raise ValueError("set model (a models:/ URI or a save_pretrained folder): --set model=models:/t5-tiny-spactor/1")
     model_dir = resolve(cfg.model)
-    task_dir = prepare_task(cfg.task.model_dump())
-    out = finetune(cfg.model_dump(), model_dir, task_dir, model_ref=cfg.model, parent_run_id=parent_run_id,
+    task_dir = prepare_task(cfg.task)
+    out = finetune(cfg, model_dir, task_dir, model_ref=cfg.model, parent_run_id=parent_run_id,
                    run_name=run_name)
     return FinetuneResult(**out)
 

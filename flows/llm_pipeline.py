@@ -79,6 +79,7 @@ def llm_pipeline(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
     return result
 
 
+#: the fields of the draft distillation that the LLM's own evaluation decodes with (part of the import stage's key)
 EVAL_FIELDS = {"test_examples", "batch_size", "max_input_length", "max_target_length", "threads_per_worker"}
 
 
@@ -90,8 +91,7 @@ def _import(cfg: LLMPipelineConfig, parent: str) -> dict[str, Any]:
 
     c = import_mod.ImportModelConfig(ref=cfg.model, register_as=cfg.register_as, experiment=cfg.experiment)
     r = named_subflow(import_mod.import_model_flow, "import")(config=c, parent_run_id=parent)
-    metrics = evaluate_test(resolve(r.model_uri), prepare_task(cfg.task.model_dump()), r.run_id,
-                            cfg.distill_draft.model_dump(include=EVAL_FIELDS))
+    metrics = evaluate_test(resolve(r.model_uri), prepare_task(cfg.task), r.run_id, cfg.distill_draft)
     return {"run_id": r.run_id, "model_uri": r.model_uri, "metrics": metrics}
 
 
@@ -99,7 +99,7 @@ def _drafts(cfg: LLMPipelineConfig, llm_uri: str, parent: str) -> dict[str, Any]
     from tasks.finetune import prepare_task, resolve
     from tasks.import_model import make_draft
 
-    folder, task = resolve(llm_uri), prepare_task(cfg.task.model_dump())
+    folder, task = resolve(llm_uri), prepare_task(cfg.task)
     models = {}
     for role, shape in (("draft_base", cfg.draft), ("garden_target_base", cfg.garden_target)):
         out = make_draft(folder, f"{cfg.register_as}-{role.replace('_', '-')}", target_ref=llm_uri,
@@ -127,7 +127,7 @@ def _garden(cfg: LLMPipelineConfig, llm_uri: str, target_base: str, parent: str)
     shape = cfg.garden_draft
     base = make_draft(resolve(target["model_uri"]), f"{cfg.register_as}-garden-draft-base",
                       target_ref=target["model_uri"], layers=shape.layers, init=shape.init, sizes=shape.sizes(),
-                      head_tokens=shape.head_tokens, task_dir=prepare_task(cfg.task.model_dump()),
+                      head_tokens=shape.head_tokens, task_dir=prepare_task(cfg.task),
                       experiment=cfg.experiment, parent_run_id=parent, run_name="build-garden-draft-base")
     draft = _distill_stage(cfg, cfg.distill_garden_draft, target["model_uri"], base["model_uri"], "garden-draft",
                            parent)

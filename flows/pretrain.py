@@ -52,7 +52,7 @@ def pretrain_flow(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] =
 
         ccfg = CORPUS_PRESETS.get(cfg.preset, CORPUS_PRESETS["tiny"])().model_copy(update={"pack_length": cfg.tokens_length})
         corpus_dir = corpus_prep(config=ccfg, parent_run_id=parent_run_id).corpus_dir
-    out = pretrain(cfg.model_dump(), corpus_dir, parent_run_id=parent_run_id, run_name=run_name)
+    out = pretrain(cfg, corpus_dir, parent_run_id=parent_run_id, run_name=run_name)
     return PretrainResult(**out)
 
 

@@ -21,6 +21,8 @@ __all__ = [
     "MODES",
     "BenchPrompt",
     "BenchSettings",
+    "check_gammas",
+    "check_lenience_grid",
     "estimate_alpha",
     "iqr",
     "prompts_from_texts",
@@ -38,6 +40,27 @@ COLUMNS = [
     "target_calls", "draft_calls", "exact", "rougeL",
 ]
 """Columns of the results table, in order (see the module docstring for their meaning)."""
+
+
+def check_gammas(gammas: Sequence[int]) -> tuple[int, ...]:
+    """The rule for a benchmark's gammas (draft tokens per target call), in one place: a non-empty list of ints
+    >= 1. ``BenchSettings`` and the SD benchmark's config both apply it; the message names the bad entry."""
+    if not gammas:
+        raise ValueError("gammas=[] must be a non-empty list of ints >= 1")
+    for i, g in enumerate(gammas):
+        if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+            raise ValueError(f"gammas.{i}={g!r} must be an int >= 1 (gammas={list(gammas)})")
+    return tuple(gammas)
+
+
+def check_lenience_grid(lenience: Sequence[float]) -> tuple[float, ...]:
+    """The rule for a benchmark's lenience values, in one place: a non-empty list of values in (0, 1]."""
+    if not lenience:
+        raise ValueError("lenience=[] must be a non-empty list of values in (0, 1]")
+    for i, x in enumerate(lenience):
+        if not 0.0 < x <= 1.0:
+            raise ValueError(f"lenience.{i}={x!r} must lie in (0, 1] (lenience={list(lenience)})")
+    return tuple(lenience)
 
 
 @dataclass(kw_only=True)
@@ -88,10 +111,8 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         self.gammas, self.lenience, self.modes = tuple(self.gammas), tuple(self.lenience), tuple(self.modes)
-        if not self.gammas or any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in self.gammas):
-            raise ValueError(f"gammas={list(self.gammas)} must be a non-empty list of ints >= 1")
-        if not self.lenience or any(not 0.0 < x <= 1.0 for x in self.lenience):
-            raise ValueError(f"lenience={list(self.lenience)} must be a non-empty list of values in (0, 1]")
+        check_gammas(self.gammas)
+        check_lenience_grid(self.lenience)
         if not self.modes or any(m not in MODES for m in self.modes):
             raise ValueError(f"modes={list(self.modes)} must be a non-empty subset of {list(MODES)}")
         for name in ("max_new_tokens", "repeats", "threads", "step_probe_tokens"):

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from engine import checkpoints, storage
+from engine.config.base import TrainRunFields
 from tasks import tracking
 from tasks.orchestration import run_logger
 from tasks.env import state_dir
@@ -109,16 +110,18 @@ class TrainedRun:
 
 
 @contextlib.contextmanager
-def resumable_run(kind: str, cfg: dict[str, Any], inputs: Mapping[str, str], *, worker: Callable[[dict], Any],
+def resumable_run(kind: str, cfg: TrainRunFields, inputs: Mapping[str, str], *, worker: Callable[[Any], Any],
                   experiment: str, run_name: str, tags: Mapping[str, Any], parent_run_id: str | None = None,
                   describe: str = "training") -> Iterator[TrainedRun]:
-    """Train ``worker`` on ``{**cfg, **inputs}`` once per key and yield the result inside its MLflow run.
+    """Train ``worker`` once per key on the typed job built from ``cfg`` (a training config of the config room)
+    and ``inputs``, and yield the result inside its MLflow run.
 
     ``inputs`` are the paths the worker reads (they are part of the key, in order); ``describe`` names the
-    work in the log line ("fine-tuning X on Y")."""
+    work in the log line ("fine-tuning X on Y"). The worker's ``job_type`` (``engine.jobs``) is built here,
+    once, on the driver."""
     logger = run_logger(__name__)
-    key = run_key(kind, cfg, *inputs.values())
-    root = Path(cfg.get("output_root") or state_dir() / "runs") / key
+    key = run_key(kind, cfg.model_dump(), *inputs.values())
+    root = Path(cfg.output_root or state_dir() / "runs") / key
     final = root / "checkpoints" / "final"
     tags = {**tags, "run_key": key}
     with run_lock(root):
@@ -134,9 +137,10 @@ def _locked_run(cfg, inputs, key, root, final, tags, *, worker, experiment, run_
     if previous:
         tags["resumed_from"] = previous
         logger.info("resuming the interrupted run %s from its last checkpoint", previous)
-    uri = cfg.get("checkpoint_uri")
+    uri = cfg.checkpoint_uri
     ckpt_root = storage.join(uri, key, "checkpoints") if uri else str(root / "checkpoints")
-    with tracking.start_run(experiment, run_name, params=cfg, tags=tags, parent_run_id=parent_run_id) as run_id:
+    with tracking.start_run(experiment, run_name, params=cfg.model_dump(), tags=tags,
+                            parent_run_id=parent_run_id) as run_id:
         if uri and checkpoints.verify(final) is not None and storage.exists(storage.join(ckpt_root, "final")):
             storage.fetch_valid(storage.join(ckpt_root, "final"), final)  # finished earlier: the bucket's copy
         problem = checkpoints.verify(final) if final.exists() else "not trained yet"
@@ -146,12 +150,11 @@ def _locked_run(cfg, inputs, key, root, final, tags, *, worker, experiment, run_
             if final.exists():
                 logger.warning("%s is not a complete result (%s); training again from the last valid checkpoint",
                                final, problem)
-            logger.info("%s on %d Ray worker(s)", describe, cfg["num_workers"])
-            worker_cfg = {**cfg, **inputs, "checkpoint_dir": ckpt_root, "metrics_sink": tracking.MetricsSink(run_id)}
-            job_type = getattr(worker, "job_type", None)  # engine.jobs: built and checked here, before Ray
-            fit(worker, job_type.of(worker_cfg) if job_type else worker_cfg, name=key,
-                storage_path=ckpt_root if uri else root / "ray", num_workers=cfg["num_workers"],
-                use_gpu=cfg["use_gpu"], max_failures=cfg["max_failures"])
+            logger.info("%s on %d Ray worker(s)", describe, cfg.num_workers)
+            job = worker.job_type.of(cfg, **inputs, checkpoint_dir=ckpt_root,  # built and checked here, before Ray
+                                     metrics_sink=tracking.MetricsSink(run_id))
+            fit(worker, job, name=key, storage_path=ckpt_root if uri else root / "ray", num_workers=cfg.num_workers,
+                use_gpu=cfg.use_gpu, max_failures=cfg.max_failures)
             if uri and storage.fetch_valid(storage.join(ckpt_root, "final"), final) is None:
                 raise RuntimeError(f"training finished but {storage.join(ckpt_root, 'final')} is not complete")
         state = json.loads((final / "trainer_state.json").read_text())

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from engine.config.base import FlowConfig
 from engine.config.paths import FolderOrS3, LocalPath, ModelRef
-from models.sd_bench import BenchSettings
+from models.sd_bench import BenchSettings, check_gammas, check_lenience_grid
 
 __all__ = ["PRESETS", "DraftRef", "SDBenchmarkConfig", "base", "laptop", "small", "tiny"]
 
@@ -42,19 +42,20 @@ class SDBenchmarkConfig(FlowConfig):
                                                            "next max_new_tokens tokens (a proxy reference)")
     num_prompts: int = Field(8, ge=1, description="first N prompts / documents")
     prompt_tokens: int = Field(64, ge=2, description="prompts are truncated to this many tokens (EOS included)")
-    gammas: list[Annotated[int, Field(ge=1)]] = Field([1, 2, 4], min_length=1,
-                                                      description="draft tokens per target call")
-    lenience: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field([1.0, 0.5, 0.2], min_length=1,
-                                  description="sampling only; < 1 is LOSSY SD (faster, no longer the target's "
-                                              "distribution)")
-    modes: list[Literal["greedy", "sampling"]] = Field(["greedy", "sampling"], min_length=1)
-    temperature: float = Field(1.0, gt=0.0)
+    # the measurement's rules (gammas >= 1, lenience in (0, 1], modes, counts, compile needs the static cache...)
+    # are models.sd_bench's, checked there once: gammas and lenience by its check_* functions (field validators
+    # below, so an error names the field), the rest when _check builds the BenchSettings
+    gammas: list[int] = Field([1, 2, 4], description="draft tokens per target call (each >= 1)")
+    lenience: list[float] = Field([1.0, 0.5, 0.2], description="sampling only, each in (0, 1]; < 1 is LOSSY SD "
+                                                                "(faster, no longer the target's distribution)")
+    modes: list[Literal["greedy", "sampling"]] = Field(["greedy", "sampling"])
+    temperature: float = 1.0
     top_k: Optional[int] = Field(None, ge=1)
     top_p: Optional[float] = Field(None, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(32, ge=1)
-    repeats: int = Field(3, ge=1, description="timed passes; medians and IQRs are over passes")
-    warmup: int = Field(1, ge=0, description="untimed passes first")
-    threads: int = Field(1, ge=1, description="torch threads during the measurement")
+    max_new_tokens: int = 32
+    repeats: int = Field(3, description="timed passes; medians and IQRs are over passes")
+    warmup: int = Field(1, description="untimed passes first")
+    threads: int = Field(1, description="torch threads during the measurement")
     seed: int = 0
     hf_baselines: bool = Field(True, description="also time target.generate and assisted generation")
     device: str = Field("cpu", description="cpu or cuda[:N]")
@@ -66,7 +67,7 @@ class SDBenchmarkConfig(FlowConfig):
     precisions: list[Literal["fp32", "int8"]] = Field(
         ["fp32"], min_length=1, description="weights to decode with, one full table each: fp32 as loaded, int8 = "
         "int8 linear layers for target and drafts alike (CPU; per-token activation scales keep SD exact)")
-    int8_min_weights: int = Field(1 << 17, ge=0, description="int8: linear layers with fewer weights stay fp32 "
+    int8_min_weights: int = Field(1 << 17, description="int8: linear layers with fewer weights stay fp32 "
                                   "(at d_model 64-128 int8 is slower than fp32 on a CPU)")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
         [], description="also time batched greedy SD against batched target.generate at these batch sizes "
@@ -85,6 +86,18 @@ class SDBenchmarkConfig(FlowConfig):
             return {"label": label, "model": ref}
 
         return [one(d) for d in v] if isinstance(v, list) else v
+
+    @field_validator("gammas")
+    @classmethod
+    def _gammas(cls, v: list[int]) -> list[int]:
+        check_gammas(v)
+        return v
+
+    @field_validator("lenience")
+    @classmethod
+    def _lenience(cls, v: list[float]) -> list[float]:
+        check_lenience_grid(v)
+        return v
 
     def settings(self) -> BenchSettings:
         """The measurement settings, whole: each ``BenchSettings`` field this config has, by name (the others,
