@@ -1,6 +1,6 @@
 """Benchmark: which draft for a decoder-only target learns faster under DistillSpec, and what it costs.
 
-For a target (default the packaged SmolLM2-135M-Instruct) it builds drafts (``models.causal_draft``): copied from
+For a target (default the packaged SmolLM2-135M-Instruct) it builds drafts (``models.sd.drafts``): copied from
 the target's first layers (``target``) or fresh at a given width (``fresh``); times each one's KV-cached decoder
 step against the target's (``c``); measures on held-out task prompts, through the chat template, the SD
 acceptance rate (``alpha`` = mean sum_x min(p, q) on the draft's own greedy rollouts) and the greedy agreement
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 
 from engine.causal_lm import load_causal_lm  # noqa: E402
 from engine.distill_worker import DistillObjective, distill_worker  # noqa: E402
-from models.causal_draft import frequent_token_ids, head_share, load_causal, make_causal_draft  # noqa: E402
-from models.kv_cache import cached_decoder  # noqa: E402
+from models.sd.drafts import frequent_token_ids, head_share, load_causal, make_causal_draft  # noqa: E402
+from models.sd.kv_cache import cached_decoder  # noqa: E402
 
 
 def step_ms(model, ids: torch.Tensor, steps: int = 16) -> float:
@@ -51,7 +51,7 @@ def step_ms(model, ids: torch.Tensor, steps: int = 16) -> float:
 def sd_alpha(target, draft, prompts: list[list[int]], gamma: int, max_new_tokens: int) -> float:
     """The acceptance rate of lossless greedy SD of ``target`` with ``draft`` over ``prompts`` (batch 1): the
     number that decides the speedup, measured on the target's own greedy path."""
-    from models.sd_bench import estimate_alpha
+    from models.sd.bench import estimate_alpha
     from models.speculative import speculative_generate
 
     accepted, drafted = [], []

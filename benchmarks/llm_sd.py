@@ -3,7 +3,7 @@
 For a target (default the packaged SmolLM2-135M-Instruct) and draft folders (``save_pretrained``, e.g. the
 ``llm`` pipeline's registered drafts: ``python -c "from tasks.tracking import resolve_model; print(resolve_model(
 'models:/smollm2-135m-instruct-draft@...'))"``), it builds for each draft a copy whose LM head scores only the
-``--head-tokens`` ids most frequent in the task's training texts (``models.causal_draft``: same layers, the
+``--head-tokens`` ids most frequent in the task's training texts (``models.sd.drafts``: same layers, the
 head's rows for those ids; nothing retrained), then times greedy decoding of the target alone, transformers'
 ``generate``, our SD with every draft and HF assisted generation and prompt lookup (``engine.sd_bench``), on the
 task's held-out prompts through the chat template, batch 1, one thread:
@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 
 from engine.causal_lm import load_causal_lm  # noqa: E402
 from engine.sd_bench import markdown_table, run_benchmark  # noqa: E402
-from models.causal_draft import frequent_token_ids, load_causal, make_causal_draft  # noqa: E402
-from models.sd_bench import BenchPrompt, BenchSettings, prompts_from_texts  # noqa: E402
+from models.sd.drafts import frequent_token_ids, load_causal, make_causal_draft  # noqa: E402
+from models.sd.bench import BenchPrompt, BenchSettings, prompts_from_texts  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

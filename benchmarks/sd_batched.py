@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.sd_engine import load_pair, parse_args as engine_args  # noqa: E402
 from engine.sd_bench import BATCH_SUMMARY, markdown_table, run_batched_benchmark  # noqa: E402
-from models.sd_bench import BenchPrompt, BenchSettings  # noqa: E402
+from models.sd.bench import BenchPrompt, BenchSettings  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:

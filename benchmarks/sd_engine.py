@@ -23,7 +23,7 @@ vocabulary); prompts are random token ids either way.
 
 Timings: ``torch.set_num_threads(--threads)``, ``--warmup`` untimed passes, then the median of
 ``--repeats`` passes over all prompts. ms/token = wall time / generated tokens; speedup is against
-hf_generate. alpha = accepted / verified positions (models.sd_bench.estimate_alpha), block efficiency = tokens per target call; the
+hf_generate. alpha = accepted / verified positions (models.sd.bench.estimate_alpha), block efficiency = tokens per target call; the
 predicted column is Leviathan et al.'s expected_speedup(alpha, gamma, c), a speedup over
 engine_target, with c = draft step / target step measured directly on one-token KV-cached steps
 (``engine.sd_bench.measure_step_costs``, the SD benchmark's definition).
@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from models.sd_bench import estimate_alpha  # noqa: E402
-from models.sd_verify import expected_speedup  # noqa: E402
+from models.sd.bench import estimate_alpha  # noqa: E402
+from models.sd.verify import expected_speedup  # noqa: E402
 from models.speculative import speculative_generate, target_generate  # noqa: E402
 from engine.sd_bench import measure_step_costs, sync  # noqa: E402
 

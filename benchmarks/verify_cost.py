@@ -9,7 +9,7 @@ script measures whether that premise holds here, in two tables:
      microseconds and the ratio to one row. As in a decoding step, the weights come from memory, not
      from the CPU's caches: each call uses the next of several copies of the weight that together
      exceed ``--cold-mb`` (a weight that stays in cache makes one row look several times cheaper);
-  2. one KV-cached decoder call of a random-init T5 of the given shape (``models.kv_cache.
+  2. one KV-cached decoder call of a random-init T5 of the given shape (``models.sd.kv_cache.
      CachedDecoder``, the SD engine's own call) feeding k new tokens: milliseconds and the ratio to
      one token, i.e. the "verify/step" column of the pipeline's SD table.
 
@@ -23,7 +23,7 @@ eats most of SD's gain (the closed form assumes a ratio of 1).
     .venv/bin/python benchmarks/verify_cost.py --model smollm2 [--int8]   # a real decoder-only LLM (SmolLM2-135M)
 
 With ``--model`` (a decoder-only reference of ``engine.causal_lm``: ``smollm2``, ``gguf:PATH``, a folder, a hub
-id), table 1 uses that model's shapes and table 2 times ``models.kv_cache.CausalCachedDecoder`` on it.
+id), table 1 uses that model's shapes and table 2 times ``models.sd.kv_cache.CausalCachedDecoder`` on it.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from engine.sd_bench import sync  # noqa: E402
-from models.kv_cache import CachedDecoder, CausalCachedDecoder, compiled_forward  # noqa: E402
-from models.quantization import dynamic_int8  # noqa: E402
+from models.sd.kv_cache import CachedDecoder, CausalCachedDecoder, compiled_forward  # noqa: E402
+from models.sd.quantization import dynamic_int8  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="table 2 on a static cache through torch.compile (the engine's fast path)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--int8", action="store_true",
-                    help="table 2 with the model's linear layers dynamically quantised to int8 (models.quantization)")
+                    help="table 2 with the model's linear layers dynamically quantised to int8 (models.sd.quantization)")
     ap.add_argument("--decoder-layers", type=int, default=None, help="decoder layers (default: --layers)")
     ap.add_argument("--model", default=None,
                     help="a decoder-only LM reference (engine.causal_lm: smollm2, gguf:PATH, a folder, a hub id) "
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {rs[0]['weight']} | " + " | ".join(cells) + " |")
     how = "static cache, torch.compile" if args.compile else "dynamic cache, eager" + (", int8" if args.int8 else "")
     kind = "CausalCachedDecoder" if causal is not None else "CachedDecoder"
-    print(f"\n## 2. one KV-cached decoder call (models.kv_cache.{kind}, {how}) with k new tokens\n")
+    print(f"\n## 2. one KV-cached decoder call (models.sd.kv_cache.{kind}, {how}) with k new tokens\n")
     dec = decoder_table(args, device, gen, causal)
     print("| k new tokens | ms/call | vs k=1 | per token |")
     print("|---:|---:|---:|---:|")

@@ -75,7 +75,7 @@ def load_causal_lm(ref: str, *, dtype: torch.dtype = torch.float32):
     tokenizer pads on the left (what batched decoding of a decoder-only model needs) and has a pad token."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from models.causal_draft import load_causal
+    from models.sd.drafts import load_causal
 
     source, gguf = locate(ref)
     kwargs = {"gguf_file": gguf} if gguf else {}

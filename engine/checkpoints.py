@@ -76,7 +76,8 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _checksums(folder: Path) -> dict[str, str]:
+def folder_checksums(folder: Path) -> dict[str, str]:
+    """sha256 of every file under ``folder`` by its relative path (the checksums file itself left out)."""
     return {p.relative_to(folder).as_posix(): file_sha256(p) for p in sorted(folder.rglob("*"))
             if p.is_file() and p.name != CHECKSUMS}
 
@@ -154,7 +155,7 @@ def publish(tmp: Path, final: Path) -> Path:
 
     If ``final`` already holds a valid folder (an earlier run, or a concurrent writer of the same config) it
     is kept and ``tmp`` is discarded; an invalid one is moved aside first, never deleted in place."""
-    (tmp / CHECKSUMS).write_text(json.dumps(_checksums(tmp), indent=2))
+    (tmp / CHECKSUMS).write_text(json.dumps(folder_checksums(tmp), indent=2))
     _fsync_tree(tmp)
     for _ in range(10):  # another writer may be publishing or pruning the same folder at this moment
         if final.exists():

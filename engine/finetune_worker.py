@@ -41,7 +41,7 @@ def load_model_and_tokenizer(model_dir: str, init: str = "pretrained", seed: int
     architecture."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, T5ForConditionalGeneration
 
-    from models.causal_draft import FrequentHeadLlama, load_causal
+    from models.sd.drafts import FrequentHeadLlama, load_causal
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     config = AutoConfig.from_pretrained(model_dir)

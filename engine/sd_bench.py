@@ -40,13 +40,13 @@ Method (Leviathan et al. 2023, arXiv 2211.17192, Section 5 measure the same quan
 - ``rougeL``: mean ROUGE-L F1 (``rouge_score``) of the decoded outputs against the prompts'
   references, when they have references; over lenience it traces lossy SD's quality-vs-latency curve.
 - ``precision`` (``BenchSettings.precision``): ``fp32``, or ``int8``: every decoder of the run (ours, HF's,
-  target and drafts) uses int8 copies of the models (``models.quantization``), so each speedup is over the
+  target and drafts) uses int8 copies of the models (``models.sd.quantization``), so each speedup is over the
   target-only decoding of the same int8 target and greedy SD stays exact with respect to it.
 
 Usage from a plain script::
 
     from engine.sd_bench import markdown_table, run_benchmark, to_frame
-    from models.sd_bench import BenchPrompt, BenchSettings
+    from models.sd.bench import BenchPrompt, BenchSettings
     rows = run_benchmark(target, {"small": draft}, [BenchPrompt(input_ids=ids)], BenchSettings(gammas=(2, 4)))
     print(markdown_table(to_frame(rows)))
 """
@@ -67,10 +67,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.kv_cache import cached_decoder, compiled_forward, generate_cache, is_causal_lm
-from models.quantization import at_precision
-from models.sd_bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr, rouge_l
-from models.sd_verify import expected_block_efficiency, expected_speedup
+from models.sd.kv_cache import cached_decoder, compiled_forward, generate_cache, is_causal_lm
+from models.sd.quantization import at_precision
+from models.sd.bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr, rouge_l
+from models.sd.verify import expected_block_efficiency, expected_speedup
 from models.speculative import (
     SpeculativeOutput,
     check_compatible,

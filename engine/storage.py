@@ -190,10 +190,10 @@ def publish_folder(local: str | Path, uri: str) -> str:
     """Upload a finished local folder (a corpus) to ``uri`` as a read-only object: every file, then a
     ``checksums.json`` of them last, the completeness marker :func:`cached_folder` requires. A folder already
     published there with the same content is left as it is. Returns ``uri``."""
-    from engine.checkpoints import _checksums
+    from engine.checkpoints import folder_checksums
 
     local = Path(local)
-    sums = json.dumps(_checksums(local), indent=2, sort_keys=True).encode()
+    sums = json.dumps(folder_checksums(local), indent=2, sort_keys=True).encode()
     try:
         published = read_bytes(join(uri, CHECKSUMS))  # one request; absent means never (fully) published
     except FileNotFoundError:

@@ -21,8 +21,8 @@ from typing import Any, Callable, Literal, Mapping, Optional, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from engine.checkpoints import StorageFullError
 from engine.config.base import FlowConfig
+from tasks.orchestration import USER_ERRORS
 from tasks.tracked_run import RunLockedError
 
 C = TypeVar("C", bound="FlowConfig")
@@ -310,7 +310,7 @@ def run_cli(
         check_services()
         with _one_line_errors():
             result = flow_fn(config)
-    except (ValueError, FileNotFoundError, ConnectionError, RunLockedError, StorageFullError) as err:
+    except (*USER_ERRORS, RunLockedError) as err:
         # user errors raised by our own checks (and a run already in progress): one line, no traceback wall
         _save_traceback()  # <state>/logs/last-error.txt; --debug prints it instead
         print(f"error: {err or type(err).__name__}", file=sys.stderr)

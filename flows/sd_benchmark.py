@@ -24,29 +24,10 @@ from flows._cli import build_config, documented, preset_type, run_cli, run_foote
 Preset = preset_type(PRESETS)
 
 
-def require_inputs(cfg: SDBenchmarkConfig) -> SDBenchmarkConfig:
-    """The fields no preset can fill in: target, drafts and a prompt source (one-line errors)."""
-    if not cfg.target or not cfg.drafts:
-        raise ValueError("set target=MODEL and drafts=[...] (models:/name/version, models:/name@alias or a "
-                         "save_pretrained folder)")
-    if cfg.prompts_jsonl is None and cfg.corpus_dir is None and cfg.prompts_task is None:
-        raise ValueError("set a prompt source: prompts_task=TASK, prompts_jsonl=FILE.jsonl or corpus_dir=CORPUS_FOLDER")
-    if cfg.prompts_jsonl is None and cfg.corpus_dir is None:  # the task's test inputs, as the pipeline takes them
-        from tasks.downstream import TaskSpec, sd_prompts
-
-        try:
-            spec = TaskSpec(name=cfg.prompts_task)
-        except ValueError as err:
-            raise ValueError(f"prompts_task: {str(err).splitlines()[-1].strip()}") from None
-        # model_copy does not validate: prompts_task stays beside the file it became (it is logged as a param)
-        cfg = cfg.model_copy(update={"prompts_jsonl": sd_prompts(spec)})
-    return cfg
-
-
 @dataclass
 class SDBenchmarkResult:
     run_id: str
-    table: Any  # pandas DataFrame, columns models.sd_bench.COLUMNS
+    table: Any  # pandas DataFrame, columns models.sd.bench.COLUMNS
     markdown: str
     batched: Any = None  # pandas DataFrame, columns engine.sd_bench.BATCH_COLUMNS, when batch_sizes was set
 
@@ -63,19 +44,15 @@ def sd_benchmark(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
                  run_name: Optional[str] = None) -> SDBenchmarkResult:
     """Benchmark speculative decoding for a target and its drafts (see module docstring); ``run_name`` names the
     MLflow run (default ``<preset>-sd-benchmark``)."""
-    from engine.sd_bench import to_batched_frame, to_frame
     from tasks import sd_benchmark as t
     from tasks import tracking
 
-    cfg = require_inputs(config or build_config(SDBenchmarkConfig, PRESETS, preset, overrides))
+    cfg = t.require_inputs(config or build_config(SDBenchmarkConfig, PRESETS, preset, overrides))
     # 1. Models and prompts first: a bad reference or vocabulary is refused before any run or timing.
     dirs = t.resolve_models(cfg.target, {d.label: d.model for d in cfg.drafts})
     t.check_vocabularies(dirs)
     tokenizer_dir = cfg.tokenizer or dirs["target"]
-    source = cfg.model_dump(include={"prompts_jsonl", "input_field", "target_field", "corpus_dir", "split",
-                                     "continuation_reference", "num_prompts", "prompt_tokens"})
-    source["jsonl"] = source.pop("prompts_jsonl")
-    prompts = t.load_prompts(source, tokenizer_dir, cfg.max_new_tokens)
+    prompts = t.load_prompts(t.prompt_source(cfg), tokenizer_dir, cfg.max_new_tokens)
     # 2. Measure and log.
     with tracking.start_run(cfg.experiment, run_name or f"{cfg.preset}-sd-benchmark", params=cfg.model_dump(),
                             tags={"stage": "sd_benchmark", "preset": cfg.preset, "target": cfg.target},
@@ -83,10 +60,17 @@ def sd_benchmark(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
         measured = t.measure(dirs, prompts, cfg.settings(), tokenizer_dir=tokenizer_dir, device=cfg.device,
                              dtype=cfg.dtype, batch_sizes=cfg.batch_sizes, precisions=cfg.precisions)
         markdown = t.log_results(run_id, measured["rows"], measured["batched"])
-    return SDBenchmarkResult(run_id=run_id, table=to_frame(measured["rows"]), markdown=markdown,
-                             batched=to_batched_frame(measured["batched"]) if measured["batched"] else None)
+    table, batched = t.result_frames(measured)
+    return SDBenchmarkResult(run_id=run_id, table=table, markdown=markdown, batched=batched)
+
+
+def _checked(cfg: SDBenchmarkConfig) -> SDBenchmarkConfig:
+    """The command line's inputs checked before the flow starts (one-line errors, no Prefect run)."""
+    from tasks.sd_benchmark import require_inputs
+
+    return require_inputs(cfg)
 
 
 if __name__ == "__main__":
-    run_cli(lambda c: sd_benchmark(config=require_inputs(c)), SDBenchmarkConfig, PRESETS,
+    run_cli(lambda c: sd_benchmark(config=_checked(c)), SDBenchmarkConfig, PRESETS,
             description="Speculative-decoding latency benchmark: speedup, alpha, c, prediction, HF baselines.")

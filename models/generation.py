@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from models.kv_cache import generate_cache
+from models.sd.kv_cache import generate_cache
 from models.text_io import pad_left, pad_right, text_io
 
 

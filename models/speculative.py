@@ -5,9 +5,9 @@ them in one forward pass; a rejection step keeps the longest acceptable prefix a
 from the target, so every target call emits between 1 and gamma + 1 tokens.
 
 The code is in three parts:
-- ``models.sd_verify``: the probability maths (closed forms, sampling distributions, the acceptance
+- ``models.sd.verify``: the probability maths (closed forms, sampling distributions, the acceptance
   probability and residual distribution), with the papers' references;
-- ``models.kv_cache``: the KV-cache adapters (``CachedDecoder``: one prompt, dynamic or static cache,
+- ``models.sd.kv_cache``: the KV-cache adapters (``CachedDecoder``: one prompt, dynamic or static cache,
   optionally compiled; ``BatchedDecoder``: B prompts realigned row by row after each call);
 - this module: the verification of one draft block (``greedy_verify``, ``rejection_sample``: Leviathan
   et al. Algorithm 1), and one draft / verify / commit loop (``_decode``) behind a drafter interface
@@ -49,9 +49,9 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
-from models.kv_cache import (CACHE_IMPLEMENTATIONS, BatchedDecoder, CachedDecoder, CausalBatchedDecoder,
+from models.sd.kv_cache import (CACHE_IMPLEMENTATIONS, BatchedDecoder, CachedDecoder, CausalBatchedDecoder,
                               cached_decoder, compiled_forward, is_causal_lm)
-from models.sd_verify import (acceptance_probability, check_lenience, check_sampling_args, residual_distribution,
+from models.sd.verify import (acceptance_probability, check_lenience, check_sampling_args, residual_distribution,
                               sample_token, sampling_distribution)
 
 __all__ = [
@@ -517,7 +517,7 @@ def speculative_generate(
 ) -> SpeculativeOutput:
     """Speculative decoding with a target and a draft: encoder-decoder LMs (e.g. ``T5ForConditionalGeneration``)
     or decoder-only ones (e.g. ``LlamaForCausalLM``: the prompt but its last token is prefilled into each
-    model's cache once, see ``models.kv_cache``).
+    model's cache once, see ``models.sd.kv_cache``).
 
     Args:
         target, draft: two LMs of the same kind with the same vocabulary; they are put in eval mode for

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import torch
 
 from models.distillation import rollout_labels
-from models.kv_cache import generate_cache, is_causal_lm
+from models.sd.kv_cache import generate_cache, is_causal_lm
 
 __all__ = ["TextIO", "Seq2SeqIO", "CausalIO", "text_io", "pad_right", "pad_left"]
 

@@ -55,6 +55,7 @@ __all__ = [
     "FitResult",
     "ThaiSegmenter",
     "char_class",
+    "forbidden_starts",
     "word_starts",
     "words_from_starts",
     "boundary_prf",
@@ -128,7 +129,7 @@ def _cannot_start(ch: str) -> bool:
     return _class_id(ch) in _NO_START_CLASSES or unicodedata.category(ch)[0] == "M"
 
 
-def _forbidden_starts(text: str) -> np.ndarray:
+def forbidden_starts(text: str) -> np.ndarray:
     """Bool (len(text),): True where orthography rules out a word start (never at index 0)."""
     cps = _codepoints(text)
     return _forbidden_from_codepoints(cps, np.zeros(1, dtype=np.int64), _class_ids(cps))
@@ -177,7 +178,7 @@ def _class_ids(cps: np.ndarray) -> np.ndarray:
 
 
 def _forbidden_from_codepoints(cps: np.ndarray, starts: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """``_forbidden_starts`` of several texts concatenated: ``starts`` are each text's first index
+    """``forbidden_starts`` of several texts concatenated: ``starts`` are each text's first index
     (never forbidden, and the character before it belongs to another text); ``classes`` are
     ``_class_ids(cps)``."""
     forbidden = _lookup(_bmp_tables()[1], cps, _cannot_start)
@@ -620,7 +621,7 @@ class ThaiSegmenter(nn.Module):
         if len(text):
             free[0] = False
         if self.config.orthographic_constraints:
-            free &= ~_forbidden_starts(text)
+            free &= ~forbidden_starts(text)
         return free
 
     def fit(

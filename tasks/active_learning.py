@@ -335,13 +335,13 @@ def newmm_reference(test: Sequence[PoolItem], cache: Path) -> dict[str, Any]:
     Cached in the run folder (newmm segments ~25k characters/s)."""
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    from tasks.annotators import _dictionary
+    from tasks.annotators import thai_dictionary
 
     t0 = time.perf_counter()
     nm = [newmm_words(it.text) for it in test]
     seconds = time.perf_counter() - t0
     out = {"scores": segmentation_scores([it.words for it in test], nm, prefix="newmm_test_"),
-           "guideline_gold": [apply_newmm_guideline(it.words, w, _dictionary()) for it, w in zip(test, nm)]}
+           "guideline_gold": [apply_newmm_guideline(it.words, w, thai_dictionary()) for it, w in zip(test, nm)]}
     out["scores"]["newmm_chars_per_s"] = sum(len(it.text) for it in test) / max(seconds, 1e-9)
     write_json_atomic(cache, out)
     return out

@@ -46,7 +46,7 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from models.thai_segmenter import _forbidden_starts, word_starts, words_from_starts
+from models.thai_segmenter import forbidden_starts, word_starts, words_from_starts
 from tasks.thai_data import PoolItem
 
 __all__ = ["Annotator", "SimulatedAnnotator", "HumanAnnotator", "AnnotationTimeout", "AnnotationError",
@@ -91,7 +91,7 @@ def newmm_words(text: str) -> list[str]:
 
 
 @lru_cache(maxsize=1)
-def _dictionary() -> frozenset[str]:
+def thai_dictionary() -> frozenset[str]:
     from pythainlp.corpus import thai_words
 
     return frozenset(thai_words())
@@ -132,7 +132,7 @@ def flip_boundaries(words: Sequence[str], noise_rate: float, rng: np.random.Gene
         return list(words)
     labels = np.zeros(len(text), dtype=bool)
     labels[word_starts(list(words))] = True
-    free = ~_forbidden_starts(text)
+    free = ~forbidden_starts(text)
     free[0] = False
     flip = (rng.random(len(text)) < noise_rate) & free
     labels ^= flip
@@ -159,7 +159,7 @@ class SimulatedAnnotator:
         if item.words is None:
             return newmm_words(item.text)
         if self.guideline == "newmm":
-            return apply_newmm_guideline(item.words, newmm_words(item.text), _dictionary())
+            return apply_newmm_guideline(item.words, newmm_words(item.text), thai_dictionary())
         return list(item.words)
 
     def annotate(self, items: Sequence[PoolItem], *, round_no: int, rng: np.random.Generator,

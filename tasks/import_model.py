@@ -45,7 +45,7 @@ def import_model(ref: str, name: str, *, experiment: str = "import", parent_run_
 def make_draft(target_dir: str, name: str, *, target_ref: str, layers: int, init: str, sizes: dict[str, int] | None = None,
                head_tokens: int = 0, task_dir: str | None = None, seed: int = 0, experiment: str = "import",
                parent_run_id: str | None = None, run_name: str | None = None) -> dict[str, Any]:
-    """Build a draft for the decoder-only model in ``target_dir`` (``models.causal_draft.make_causal_draft``:
+    """Build a draft for the decoder-only model in ``target_dir`` (``models.sd.drafts.make_causal_draft``:
     its first ``layers`` layers, or a fresh model of ``sizes`` seeded by ``seed``), save it with the target's
     tokenizer and register it as ``name`` with its lineage. ``head_tokens`` > 0: a frequent-token head (FR-Spec)
     over the ids most frequent in the training split of ``task_dir`` (inputs and targets). Returns the run id and
@@ -53,7 +53,7 @@ def make_draft(target_dir: str, name: str, *, target_ref: str, layers: int, init
     import torch
 
     from engine.finetune_worker import load_model_and_tokenizer
-    from models.causal_draft import frequent_token_ids, head_share, make_causal_draft
+    from models.sd.drafts import frequent_token_ids, head_share, make_causal_draft
 
     target, tokenizer = load_model_and_tokenizer(target_dir)
     head = None

@@ -23,6 +23,9 @@ from engine.checkpoints import StorageFullError  # noqa: E402 - a full disk: rer
 
 DETERMINISTIC_ERRORS = (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
                         PermissionError, NonFiniteTrainingError, StorageFullError)
+#: errors the user fixes (bad input, a missing file or service, a refused config, a full disk): the command line
+#: prints them in one line, without a traceback
+USER_ERRORS = (ValueError, FileNotFoundError, ConnectionError, StorageFullError)
 
 
 def retry_transient(task, task_run, state) -> bool:

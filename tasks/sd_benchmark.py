@@ -1,4 +1,4 @@
-"""Prefect tasks of the SD latency benchmark: resolve and check models, load prompts, measure, log.
+"""Prefect tasks of the SD latency benchmark: check the inputs, resolve and check models, load prompts, measure, log.
 
 The measurement itself is ``engine.sd_bench.run_benchmark`` (the runtime layer: torch, no Prefect or MLflow); these tasks do the I/O around
 it. Models are MLflow registered-model URIs (``models:/name/1``, ``models:/name@alias``), ``runs:/``
@@ -14,9 +14,10 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NONE
 
+from engine.config.sd_benchmark import SDBenchmarkConfig
 from engine.sd_bench import (BATCH_SUMMARY, markdown_table, run_batched_benchmark, run_benchmark, to_batched_frame,
                              to_frame)
-from models.sd_bench import BenchPrompt, BenchSettings, prompts_from_texts
+from models.sd.bench import BenchPrompt, BenchSettings, prompts_from_texts
 from models.speculative import check_compatible
 from tasks import tracking
 from tasks.orchestration import retry_transient
@@ -36,6 +37,38 @@ def _tokenizer(folder: str | Path):
 
     files = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
     return AutoTokenizer.from_pretrained(str(folder)) if any(Path(folder, f).exists() for f in files) else None
+
+
+def require_inputs(cfg: SDBenchmarkConfig) -> SDBenchmarkConfig:
+    """The fields no preset can fill in: target, drafts and a prompt source (one-line errors)."""
+    if not cfg.target or not cfg.drafts:
+        raise ValueError("set target=MODEL and drafts=[...] (models:/name/version, models:/name@alias or a "
+                         "save_pretrained folder)")
+    if cfg.prompts_jsonl is None and cfg.corpus_dir is None and cfg.prompts_task is None:
+        raise ValueError("set a prompt source: prompts_task=TASK, prompts_jsonl=FILE.jsonl or corpus_dir=CORPUS_FOLDER")
+    if cfg.prompts_jsonl is None and cfg.corpus_dir is None:  # the task's test inputs, as the pipeline takes them
+        from tasks.downstream import TaskSpec, sd_prompts
+
+        try:
+            spec = TaskSpec(name=cfg.prompts_task)
+        except ValueError as err:
+            raise ValueError(f"prompts_task: {str(err).splitlines()[-1].strip()}") from None
+        # model_copy does not validate: prompts_task stays beside the file it became (it is logged as a param)
+        cfg = cfg.model_copy(update={"prompts_jsonl": sd_prompts(spec)})
+    return cfg
+
+
+def prompt_source(cfg: SDBenchmarkConfig) -> dict[str, Any]:
+    """The config's prompt fields in the form :func:`load_prompts` takes (``prompts_jsonl`` as ``jsonl``)."""
+    source = cfg.model_dump(include={"prompts_jsonl", "input_field", "target_field", "corpus_dir", "split",
+                                     "continuation_reference", "num_prompts", "prompt_tokens"})
+    source["jsonl"] = source.pop("prompts_jsonl")
+    return source
+
+
+def result_frames(measured: dict[str, Any]) -> tuple[Any, Any]:
+    """:func:`measure`'s rows as DataFrames: the batch-1 table and the batched one (None without ``batch_sizes``)."""
+    return to_frame(measured["rows"]), (to_batched_frame(measured["batched"]) if measured["batched"] else None)
 
 
 @task(name="resolve-models", retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NONE)
@@ -152,7 +185,7 @@ def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: Bench
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
-    from models.causal_draft import load_causal
+    from models.sd.drafts import load_causal
 
     logger = _logger()
 

@@ -51,6 +51,7 @@ def import_closure(root: str = "flows.pipeline") -> list[Path]:
         if f is None:
             continue
         seen[name] = f
+        todo += [name.rsplit(".", i)[0] for i in range(1, name.count(".") + 1)]  # the packages above it run first
         for node in ast.walk(ast.parse(f.read_text(), filename=str(f))):
             if isinstance(node, ast.Import):
                 todo += [a.name for a in node.names]

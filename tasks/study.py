@@ -1,6 +1,6 @@
 """The DistillSpec study table: drafts (divergence x data source) against one target, plus the model garden.
 
-Pure pandas over the SD benchmark's rows (``models.sd_bench.COLUMNS``); the flow logs the result.
+Pure pandas over the SD benchmark's rows (``models.sd.bench.COLUMNS``); the flow logs the result.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import math
 from typing import Any, Mapping, Sequence
 
 from models.metrics import PRIMARY, beats_baseline
-from models.sd_verify import expected_block_efficiency
+from models.sd.verify import expected_block_efficiency
 
 #: the presets whose numbers are meant to be read; the others check that the plumbing works
 MEANINGFUL_PRESETS = ("laptop", "llm", "small", "base")

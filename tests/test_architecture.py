@@ -72,3 +72,65 @@ def test_only_the_config_modules_of_the_engine_import_pydantic():
     and decoding run without it, and only the config room (engine/config/) needs it."""
     users = sorted(str(p.relative_to(ROOT)) for p in _files("engine", "models") if "pydantic" in _imports(p))
     assert users and all(u.startswith("engine/config/") for u in users), users
+
+
+def _module_name(p: Path) -> str:
+    parts = list(p.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _project_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (at module level or inside functions), packages resolved to
+    the deepest module that exists."""
+    mods = {_module_name(p): p for p in _files(*LAYERS)}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, path in mods.items():
+        out = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                out.update(resolve(a.name) for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out.update(resolve(f"{node.module}.{a.name}") for a in node.names)
+        graph[name] = out - {None, name}
+    return graph
+
+
+def test_the_project_import_graph_has_no_cycle():
+    graph, done, path = _project_graph(), set(), []
+
+    def visit(m: str) -> list[str] | None:
+        if m in path:
+            return path[path.index(m):] + [m]
+        if m in done:
+            return None
+        path.append(m)
+        for n in sorted(graph.get(m, ())):
+            cycle = visit(n)
+            if cycle:
+                return cycle
+        path.pop()
+        done.add(m)
+        return None
+
+    cycles = [c for c in (visit(m) for m in sorted(graph)) if c]
+    assert cycles == []
+
+
+def test_no_private_name_is_imported_from_another_module_and_nothing_is_re_exported():
+    """One home per name: no ``from x import _private`` across modules, no ``noqa: F401`` re-export."""
+    private, reexports = [], []
+    for p in _files(*LAYERS, "benchmarks"):
+        text = p.read_text()
+        if "noqa: F401" in text:
+            reexports.append(str(p.relative_to(ROOT)))
+        for node in ast.walk(ast.parse(text, filename=str(p))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in LAYERS:
+                private += [f"{p.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_")]
+    assert (private, reexports) == ([], [])

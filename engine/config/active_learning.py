@@ -10,7 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from engine.config.base import FlowConfig
 from engine.config.paths import LocalPath
 
-__all__ = ["PRESETS", "RESUMABLE_FIELDS", "ActiveLearningConfig", "AnnotatorChange", "AnnotatorSettings", "DataSettings", "Event", "GuidelineChange", "HumanSettings", "ModelChange", "PoolChange", "ScorerSettings", "base", "small", "tiny"]
+__all__ = [
+    "PRESETS", "RESUMABLE_FIELDS", "ActiveLearningConfig", "AnnotatorChange", "AnnotatorSettings", "DataSettings",
+    "Event", "GuidelineChange", "HumanSettings", "ModelChange", "PoolChange", "ScorerSettings", "base", "small",
+    "tiny",
+]
 
 
 class _Strict(BaseModel):

@@ -18,7 +18,7 @@ Stage = Literal["import", "drafts", "distill_draft", "garden", "sd_benchmark"]
 
 
 class DraftShape(BaseModel):
-    """A model built from the LLM (``models.causal_draft``): its first ``layers`` layers (``init=target``), or
+    """A model built from the LLM (``models.sd.drafts``): its first ``layers`` layers (``init=target``), or
     a fresh model of ``hidden_size`` (``init=fresh``)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)

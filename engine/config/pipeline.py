@@ -15,7 +15,10 @@ from engine.config import sd_benchmark as sd_mod
 from engine.config.base import FlowConfig, T5Shape
 from engine.config.task import TaskSpec
 
-__all__ = ["PRESETS", "STAGES", "LAPTOP_TASK", "TINY_TASK", "PipelineConfig", "Sizes", "Stage", "base", "laptop", "small", "tiny"]
+__all__ = [
+    "PRESETS", "STAGES", "LAPTOP_TASK", "TINY_TASK", "PipelineConfig", "Sizes", "Stage", "base", "laptop",
+    "small", "tiny",
+]
 
 STAGES = ("corpus", "pretrain", "finetune", "distill_target", "distill_draft", "sd_benchmark")
 Stage = Literal["corpus", "pretrain", "finetune", "distill_target", "distill_draft", "sd_benchmark"]

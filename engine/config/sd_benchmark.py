@@ -1,5 +1,5 @@
 """The SD benchmark's config and presets (``flows.sd_benchmark`` wires the run); its measurement settings are
-``models.sd_bench.BenchSettings``, built from this config by :meth:`SDBenchmarkConfig.settings`."""
+``models.sd.bench.BenchSettings``, built from this config by :meth:`SDBenchmarkConfig.settings`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from engine.config.base import FlowConfig
 from engine.config.paths import FolderOrS3, LocalPath, ModelRef
-from models.sd_bench import BenchSettings, check_gammas, check_lenience_grid
+from models.sd.bench import BenchSettings, check_gammas, check_lenience_grid
 
 __all__ = ["PRESETS", "DraftRef", "SDBenchmarkConfig", "base", "laptop", "small", "tiny"]
 
@@ -43,7 +43,7 @@ class SDBenchmarkConfig(FlowConfig):
     num_prompts: int = Field(8, ge=1, description="first N prompts / documents")
     prompt_tokens: int = Field(64, ge=2, description="prompts are truncated to this many tokens (EOS included)")
     # the measurement's rules (gammas >= 1, lenience in (0, 1], modes, counts, compile needs the static cache...)
-    # are models.sd_bench's, checked there once: gammas and lenience by its check_* functions (field validators
+    # are models.sd.bench's, checked there once: gammas and lenience by its check_* functions (field validators
     # below, so an error names the field), the rest when _check builds the BenchSettings
     gammas: list[int] = Field([1, 2, 4], description="draft tokens per target call (each >= 1)")
     lenience: list[float] = Field([1.0, 0.5, 0.2], description="sampling only, each in (0, 1]; < 1 is LOSSY SD "

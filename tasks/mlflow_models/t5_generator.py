@@ -43,7 +43,7 @@ class T5TextGenerator(PythonModel):
     # the DataFrame hint keeps MLflow from converting the input; the signature itself is explicit (tasks/tracking.py)
     def _cache(self) -> dict:
         """A cache that grows per layer when the decoder is deeper than the encoder (transformers 5.24's generate
-        sizes its own by the encoder's layer count and fails); nothing otherwise (as models.kv_cache.generate_cache)."""
+        sizes its own by the encoder's layer count and fails); nothing otherwise (as models.sd.kv_cache.generate_cache)."""
         cfg = self.model.config
         if self.causal or getattr(cfg, "num_decoder_layers", None) in (None, cfg.num_layers):
             return {}

@@ -33,7 +33,7 @@ def test_llm_draft_prints_a_row_per_initialisation_with_sd_alpha_before_and_afte
 
 
 def test_llm_sd_times_each_draft_and_its_frequent_token_copy_and_greedy_sd_stays_exact(llm, tmp_path, capsys):
-    from models.causal_draft import load_causal, make_causal_draft
+    from models.sd.drafts import load_causal, make_causal_draft
 
     draft = make_causal_draft(load_causal(llm), layers=1, init="target")
     draft.save_pretrained(tmp_path / "d")

@@ -1,4 +1,4 @@
-"""Tests for the SD benchmark (engine/sd_bench.py and its pure half models/sd_bench.py): the alpha estimator, prompt building, vocabulary checks, the plain-script run."""
+"""Tests for the SD benchmark (engine/sd_bench.py and its pure half models/sd/bench.py): the alpha estimator, prompt building, vocabulary checks, the plain-script run."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from transformers import T5Config, T5ForConditionalGeneration
 
 from engine.sd_bench import markdown_table, run_benchmark, to_frame
-from models.sd_bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr
-from models.sd_verify import expected_block_efficiency
+from models.sd.bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr
+from models.sd.verify import expected_block_efficiency
 from models.speculative import SpeculativeOutput, check_compatible
 
 
@@ -161,7 +161,7 @@ def test_batched_benchmark_rows_per_batch_size_with_exact_outputs_and_paired_spe
 
 def test_the_sd_tables_rouge_l_is_the_evaluations_stemmed_rouge_l():
     from models.metrics import rouge
-    from models.sd_bench import rouge_l
+    from models.sd.bench import rouge_l
 
     preds, refs = ["the dogs were running home"], ["a dog runs home"]  # equal only after stemming
     assert rouge_l(preds, refs) == pytest.approx(rouge(preds, refs)["rougeL"])

@@ -4,7 +4,7 @@ without the prompt, prompt-lookup decoding beside HF assisted generation, batche
 import pytest
 
 from engine.sd_bench import run_batched_benchmark, run_benchmark
-from models.sd_bench import BenchPrompt, BenchSettings
+from models.sd.bench import BenchPrompt, BenchSettings
 from tests.models.test_speculative_causal import llama
 
 

@@ -11,7 +11,7 @@ import torch
 from flows._cli import ConfigError, build_config
 from engine.config.sd_benchmark import PRESETS, SDBenchmarkConfig
 from flows.sd_benchmark import sd_benchmark
-from models.sd_bench import COLUMNS
+from models.sd.bench import COLUMNS
 
 
 def _save_t5(folder: Path, tokenizer_dir: str, *, seed: int, d_model: int, layers: int, extra_vocab: int = 0) -> str:
@@ -131,7 +131,7 @@ def test_jsonl_prompts_are_truncated_to_prompt_tokens_and_keep_their_references(
 
 
 def test_a_task_as_prompt_source_becomes_its_test_inputs_and_an_unknown_task_is_one_line():
-    from flows.sd_benchmark import require_inputs
+    from tasks.sd_benchmark import require_inputs
 
     cfg = build_config(SDBenchmarkConfig, PRESETS, "tiny", {"target": "models:/t@target", "drafts": ["models:/d@draft"],
                                                              "prompts_task": "bbc_headline"})

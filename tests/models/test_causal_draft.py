@@ -1,9 +1,9 @@
-"""Drafts built for a decoder-only target (models.causal_draft): copied from the target's first layers, or fresh."""
+"""Drafts built for a decoder-only target (models.sd.drafts): copied from the target's first layers, or fresh."""
 
 import pytest
 import torch
 
-from models.causal_draft import head_share, make_causal_draft
+from models.sd.drafts import head_share, make_causal_draft
 from models.speculative import speculative_generate
 from tests.models.test_speculative_causal import llama
 
@@ -52,7 +52,7 @@ def test_a_frequent_token_head_scores_its_tokens_as_the_full_head_does_and_no_ot
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from models.causal_draft import OUTSIDE_LOGIT, FrequentHeadLlama, frequent_token_ids, load_causal
+    from models.sd.drafts import OUTSIDE_LOGIT, FrequentHeadLlama, frequent_token_ids, load_causal
 
     target = llama(0, layers=2, hidden=32, scale=20.0)
     keep = list(range(0, 64, 2))  # half the vocabulary

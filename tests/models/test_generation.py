@@ -9,7 +9,7 @@ def test_batched_generate_decodes_a_t5_whose_decoder_is_deeper_than_its_encoder(
     from transformers import T5Config, T5ForConditionalGeneration
 
     from models.generation import batched_generate
-    from models.kv_cache import generate_cache
+    from models.sd.kv_cache import generate_cache
 
     class Tok:  # what batched_generate uses of a tokenizer
         pad_token_id, eos_token_id = 0, 1

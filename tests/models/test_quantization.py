@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.quantization import Int8Linear, at_precision, dynamic_int8
+from models.sd.quantization import Int8Linear, at_precision, dynamic_int8
 from models.speculative import speculative_generate, target_generate
 from tests.models.test_speculative import MAX_NEW, prompt, tiny_t5
 

@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import T5Config, T5ForConditionalGeneration
 
-from models.kv_cache import CachedDecoder
-from models.sd_verify import (
+from models.sd.kv_cache import CachedDecoder
+from models.sd.verify import (
     acceptance_probability,
     expected_block_efficiency,
     expected_speedup,

@@ -7,7 +7,7 @@ import torch
 from models.speculative import speculative_generate, target_generate
 from tests.models.test_speculative import assert_counts_follow
 
-from models.sd_verify import sampling_distribution
+from models.sd.verify import sampling_distribution
 
 PAD, EOS, BOS = 0, 1, 2
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from models.sd_verify import expected_speedup
+from models.sd.verify import expected_speedup
 from tasks.verdict import break_even_c, explain_sd, pipeline_verdict
 
 

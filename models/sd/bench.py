@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from models.quantization import INT8_MIN_WEIGHTS, PRECISIONS
-from models.kv_cache import CACHE_IMPLEMENTATIONS
+from models.sd.quantization import INT8_MIN_WEIGHTS, PRECISIONS
+from models.sd.kv_cache import CACHE_IMPLEMENTATIONS
 
 __all__ = [
     "COLUMNS",
@@ -103,7 +103,7 @@ class BenchSettings:
     ``target.generate`` then also runs with ``cache_implementation="static"`` (transformers compiles
     that path itself on a GPU). HF assisted generation always uses its dynamic cache."""
     precision: str = "fp32"
-    """Weights every decoder of the run uses: ``fp32`` as loaded, or ``int8`` (``models.quantization``: int8
+    """Weights every decoder of the run uses: ``fp32`` as loaded, or ``int8`` (``models.sd.quantization``: int8
     copies of target and drafts, of every linear layer big enough for int8 to pay; CPU eager only). The
     target-only baselines decode with the same target as SD."""
     int8_min_weights: int = INT8_MIN_WEIGHTS
