@@ -62,7 +62,7 @@ deploy: $(STAMP)
 
 serve: $(STAMP)
 	@test -n "$(MODEL)" || { echo "error: set MODEL, e.g. make serve MODEL=models:/t5-tiny-bbc_headline-target@target" >&2; exit 2; }
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -c "from tasks.env import apply_embedded_defaults as a; a(); import os; os.execvp('mlflow', ['mlflow', 'models', 'serve', '-m', '$(MODEL)', '--env-manager', 'local', '-h', '127.0.0.1', '-p', '$(PORT)'])"
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -c "from tasks.runtime.env import apply_embedded_defaults as a; a(); import os; os.execvp('mlflow', ['mlflow', 'models', 'serve', '-m', '$(MODEL)', '--env-manager', 'local', '-h', '127.0.0.1', '-p', '$(PORT)'])"
 
 clean:
 	rm -rf .state

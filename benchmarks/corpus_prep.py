@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tasks.env import apply_embedded_defaults  # noqa: E402
+from tasks.runtime.env import apply_embedded_defaults  # noqa: E402
 
 apply_embedded_defaults()
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tasks.env import apply_embedded_defaults  # noqa: E402
+from tasks.runtime.env import apply_embedded_defaults  # noqa: E402
 
 apply_embedded_defaults()
 
@@ -71,9 +71,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from models.thai_segmenter import SegmenterConfig, ThaiSegmenter
-    from tasks.active_learning import segmentation_scores
-    from tasks.annotators import newmm_words
-    from tasks.thai_data import load_experiment, subsample
+    from tasks.thai.active_learning import segmentation_scores
+    from tasks.thai.annotators import newmm_words
+    from tasks.thai.data import load_experiment, subsample
 
     import json
 

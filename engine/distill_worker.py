@@ -172,4 +172,4 @@ def distill_worker(job: DistillJob | dict[str, Any]) -> dict[str, Any]:
     return run(DistillObjective(job), job.loop)
 
 
-distill_worker.job_type = DistillJob  # what tasks.tracked_run builds on the driver for this worker
+distill_worker.job_type = DistillJob  # what tasks.runtime.tracked_run builds on the driver for this worker

@@ -139,4 +139,4 @@ def finetune_worker(job: FinetuneJob | dict[str, Any]) -> dict[str, Any]:
     return run(FinetuneObjective(job), job.loop)
 
 
-finetune_worker.job_type = FinetuneJob  # what tasks.tracked_run builds on the driver for this worker
+finetune_worker.job_type = FinetuneJob  # what tasks.runtime.tracked_run builds on the driver for this worker

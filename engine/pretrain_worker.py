@@ -261,4 +261,4 @@ def pretrain_worker(job: PretrainJob | dict[str, Any]) -> dict[str, Any]:
     return run(PretrainObjective(job), job.loop)
 
 
-pretrain_worker.job_type = PretrainJob  # what tasks.tracked_run builds on the driver for this worker
+pretrain_worker.job_type = PretrainJob  # what tasks.runtime.tracked_run builds on the driver for this worker

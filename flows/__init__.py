@@ -1,10 +1,10 @@
-"""Prefect flows. Importing this package applies the embedded defaults (see tasks/env.py) first, then checks
+"""Prefect flows. Importing this package applies the embedded defaults (see tasks/runtime/env.py) first, then checks
 the environment: a setting that cannot work stops here, before Prefect, MLflow or any work starts (one
 ``error:`` line and exit 2 for ``python -m flows.<name>``; an OSError naming the variable for an import)."""
 
 import sys
 
-from tasks.env import apply_embedded_defaults, environment_problems
+from tasks.runtime.env import apply_embedded_defaults, environment_problems
 
 apply_embedded_defaults()
 _problems = environment_problems()

@@ -22,8 +22,8 @@ from typing import Any, Callable, Literal, Mapping, Optional, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from engine.config.base import FlowConfig
-from tasks.orchestration import USER_ERRORS
-from tasks.tracked_run import RunLockedError
+from tasks.runtime.orchestration import USER_ERRORS
+from tasks.runtime.tracked_run import RunLockedError
 
 C = TypeVar("C", bound="FlowConfig")
 
@@ -261,7 +261,7 @@ def _save_traceback() -> str | None:
     import traceback
 
     try:
-        from tasks.env import state_dir
+        from tasks.runtime.env import state_dir
 
         path = state_dir() / "logs" / "last-error.txt"
         path.parent.mkdir(parents=True, exist_ok=True)

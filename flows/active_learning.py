@@ -16,7 +16,7 @@ MLflow tag ``env.rNN.<kind>``, an entry of ``events.json`` and a mark on ``learn
 
 A state file (``<output_root>/<run_name>/state.json``) is written after every round; ``resume=true``
 continues a stopped or failed run from the last finished round, into the same MLflow runs. The round loop,
-the run folder and its resume rules, and the MLflow runs are ``tasks/al_loop.py``.
+the run folder and its resume rules, and the MLflow runs are ``tasks/thai/al_loop.py``.
 """
 
 from __future__ import annotations
@@ -87,10 +87,10 @@ def active_learning(preset: Preset = "tiny", overrides: Optional[dict[str, Any]]
                     config: Optional[ActiveLearningConfig] = None,
                     parent_run_id: Optional[str] = None) -> ActiveLearningResult:
     """Seed round, then ``rounds`` of select -> annotate -> retrain -> evaluate for both arms."""
-    from tasks import al_loop
+    from tasks.thai import al_loop
 
     cfg = config or build_config(ActiveLearningConfig, PRESETS, preset, overrides)
-    # The run folder (new or resumed), the MLflow runs, the rounds and the final numbers: tasks/al_loop.py.
+    # The run folder (new or resumed), the MLflow runs, the rounds and the final numbers: tasks/thai/al_loop.py.
     return ActiveLearningResult(**al_loop.run_experiment(cfg, parent_run_id, get_run_logger()))
 
 

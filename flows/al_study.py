@@ -48,7 +48,8 @@ class ALStudyResult:
 def al_study(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
              config: Optional[ALStudyConfig] = None) -> ALStudyResult:
     """One active-learning run per seed, the full-pool ceiling, then the numbers, the table and the plot."""
-    from tasks import al_loop, tracking
+    from tasks import tracking
+    from tasks.thai import al_loop
 
     cfg = config or build_config(ALStudyConfig, PRESETS, preset, overrides)
     log = get_run_logger()

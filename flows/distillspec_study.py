@@ -43,7 +43,7 @@ def distillspec_study(preset: Preset = "tiny", overrides: Optional[dict[str, Any
                       config: Optional[StudyConfig] = None, parent_run_id: Optional[str] = None) -> StudyResult:
     from tasks import tracking
     from tasks.downstream import sd_prompts
-    from tasks.study import garden_row, log_study, study_table
+    from tasks.report.distillspec_study import garden_row, log_study, study_table
 
     cfg = config or build_config(StudyConfig, PRESETS, preset, overrides)
     if not cfg.target or not cfg.draft:

@@ -39,8 +39,8 @@ def llm_pipeline(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
                  stages: Optional[list[Stage]] = None) -> PipelineResult:
     """Run the stages in order (see the module docstring)."""
     from tasks import tracking
-    from tasks.orchestration import tag_current_flow_run
-    from tasks.pipeline_stages import StageRunner, report_llm_verdict
+    from tasks.runtime.orchestration import tag_current_flow_run
+    from tasks.runtime.pipeline_stages import StageRunner, report_llm_verdict
 
     typed = {k: v for k, v in (("from_stage", from_stage), ("stages", stages)) if v}
     cfg = config or build_config(LLMPipelineConfig, PRESETS, preset, {**(overrides or {}), **typed})
@@ -138,7 +138,7 @@ def _garden(cfg: LLMPipelineConfig, llm_uri: str, target_base: str, parent: str)
 def _sd_stage(cfg: LLMPipelineConfig, llm_uri: str, drafts: dict[str, Any], dd: dict[str, Any],
               garden: dict[str, Any], parent: str) -> dict[str, Any]:
     from tasks.downstream import sd_prompts
-    from tasks.study import garden_row
+    from tasks.report.distillspec_study import garden_row
 
     prompts = sd_prompts(cfg.task)
     s = cfg.sd_benchmark.model_copy(update={

@@ -114,8 +114,8 @@ def pipeline(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None
              sd_benchmark_overrides: Optional[SDBenchmarkOverrides] = None) -> PipelineResult:
     """Run the stages in order (see module docstring)."""
     from tasks import tracking
-    from tasks.orchestration import tag_current_flow_run
-    from tasks.pipeline_stages import StageRunner, report_verdict
+    from tasks.runtime.orchestration import tag_current_flow_run
+    from tasks.runtime.pipeline_stages import StageRunner, report_verdict
 
     cfg = pipeline_config(preset, overrides, config, from_stage=from_stage, stages=stages, task=task,
                           corpus=corpus_overrides, pretrain=pretrain_overrides, finetune=finetune_overrides,
@@ -163,7 +163,7 @@ def _corpus(cfg: PipelineConfig, parent: str) -> dict[str, Any]:
 
 
 def _pretrain(cfg: PipelineConfig, corpus_dir: str, parent: str) -> dict[str, Any]:
-    from tasks.orchestration import side_by_side
+    from tasks.runtime.orchestration import side_by_side
 
     def one(size: str) -> Callable[[], Any]:
         p = cfg.pretrain.model_copy(update={"corpus_dir": corpus_dir, "model": getattr(cfg.sizes, size),
@@ -180,7 +180,7 @@ def _pretrain(cfg: PipelineConfig, corpus_dir: str, parent: str) -> dict[str, An
 
 
 def _finetune(cfg: PipelineConfig, pretrained: dict[str, str], parent: str) -> dict[str, Any]:
-    from tasks.orchestration import side_by_side
+    from tasks.runtime.orchestration import side_by_side
 
     def one(role: str, size: str) -> Callable[[], Any]:
         f = cfg.finetune.model_copy(update={"model": pretrained[size], "task": cfg.task,
@@ -229,7 +229,7 @@ def _sd(cfg: PipelineConfig, target: str, ft: dict[str, Any], dd: dict[str, Any]
         "target": ft["models"]["teacher"], "drafts": [DraftRef(label="draft-base", model=ft["models"]["draft_base"])],
         "gammas": [1], "lenience": [1.0], "modes": ["greedy"], "hf_baselines": False, "batch_sizes": []}),
         parent_run_id=parent)
-    from tasks.study import garden_row
+    from tasks.report.distillspec_study import garden_row
 
     garden = [garden_row(records(t.table), rows, dd["alias"], precision=p) for p in s.precisions]
     return {"run_id": r.run_id, "markdown": r.markdown, "rows": rows, "teacher_run_id": t.run_id, "garden": garden}

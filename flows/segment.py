@@ -26,8 +26,8 @@ from typing import TextIO
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tasks.env import apply_embedded_defaults
-    from tasks.segment import DEFAULT_CHUNK_CHARS, load_segmenter, segment_input, write_atomically
+    from tasks.runtime.env import apply_embedded_defaults
+    from tasks.thai.segment import DEFAULT_CHUNK_CHARS, load_segmenter, segment_input, write_atomically
 
     apply_embedded_defaults()
     ap = argparse.ArgumentParser(prog="python -m flows.segment", description=__doc__,

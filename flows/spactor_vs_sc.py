@@ -59,7 +59,7 @@ class ComparisonResult:
 def spactor_vs_sc(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                   config: Optional[SpacTorVsSCConfig] = None, parent_run_id: Optional[str] = None) -> ComparisonResult:
     from tasks import tracking
-    from tasks.compare import comparison_numbers, log_study, log_task_scores, study_numbers, study_verdict
+    from tasks.report.spactor_study import comparison_numbers, log_study, log_task_scores, study_numbers, study_verdict
 
     cfg = config or build_config(SpacTorVsSCConfig, PRESETS, preset, overrides)
     main = f"tau{cfg.pretrain.tau}"

@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from models.corpus import SPLITS, assign_split, clean_document, pack_sequences, split_long_line, text_hash
 from tasks import sources
-from tasks.env import state_dir
-from tasks.orchestration import retry_transient, run_logger
+from tasks.runtime.env import state_dir
+from tasks.runtime.orchestration import retry_transient, run_logger
 
 COMPLETE = "_COMPLETE"
 #: characters every vocabulary holds whatever its corpus (digits and the symbols numbers are written with), so that
@@ -322,7 +322,7 @@ def publish_corpus(corpus_dir: str, uri: str, run_id: str) -> str:
 @task(name="fingerprint-source", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=1)
 def fingerprint_source(cfg: dict[str, Any]) -> str:
     """The source content's fingerprint plus the corpus code's (its import closure): either change -> a new corpus."""
-    from tasks.stages import code_version
+    from tasks.runtime.stages import code_version
 
     return f"{source_fingerprint(cfg)}-code{code_version('tasks.corpus')}"
 

@@ -11,7 +11,7 @@ from engine.config.distill import DistillConfig
 from tasks import tracking
 from tasks.downstream import example_inputs
 from tasks.evaluate import headline
-from tasks.tracked_run import resumable_run
+from tasks.runtime.tracked_run import resumable_run
 
 
 def alias_for(cfg: DistillConfig) -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from engine.config.task import BUILTIN, TaskSpec
 from tasks import sources
-from tasks.env import state_dir
+from tasks.runtime.env import state_dir
 
 SENTIMENT_FILES = ("movieReviewSnippets", "tweets", "amazonReviewSnippets", "nytEditorialSnippets")
 

@@ -16,7 +16,7 @@ from typing import Any
 from prefect import task
 
 from tasks import tracking
-from tasks.orchestration import retry_transient
+from tasks.runtime.orchestration import retry_transient
 
 
 def evaluate_dir(model_dir: str, task_dir: str, *, split: str = "test", batch_size: int = 32, num_beams: int = 1,

@@ -11,8 +11,8 @@ from engine.config.task import TaskSpec
 from tasks import tracking
 from tasks.downstream import example_inputs
 from tasks.evaluate import headline
-from tasks.tracked_run import resumable_run
-from tasks.orchestration import retry_transient
+from tasks.runtime.tracked_run import resumable_run
+from tasks.runtime.orchestration import retry_transient
 
 
 @task(name="prepare-task-data", retries=1, retry_condition_fn=retry_transient, retry_delay_seconds=1)

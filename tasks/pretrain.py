@@ -1,6 +1,6 @@
 """Prefect task: SpacTor / SC pretraining on Ray Train workers, tracked in MLflow, model registered.
 
-Resume, the run key and the MLflow bookkeeping of a killed attempt are :mod:`tasks.tracked_run`'s.
+Resume, the run key and the MLflow bookkeeping of a killed attempt are :mod:`tasks.runtime.tracked_run`'s.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from prefect import task
 
 from engine.config.pretrain import PretrainConfig
 from tasks import tracking
-from tasks.tracked_run import resumable_run
+from tasks.runtime.tracked_run import resumable_run
 
 
 def curve_table(evals: list[dict]):

@@ -20,7 +20,7 @@ from engine.sd_bench import (BATCH_SUMMARY, markdown_table, run_batched_benchmar
 from models.sd.bench import BenchPrompt, BenchSettings, prompts_from_texts
 from models.speculative import check_compatible
 from tasks import tracking
-from tasks.orchestration import retry_transient
+from tasks.runtime.orchestration import retry_transient
 
 
 def _logger():

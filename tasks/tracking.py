@@ -30,7 +30,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
-from tasks.env import state_dir
+from tasks.runtime.env import state_dir
 
 log = logging.getLogger(__name__)
 

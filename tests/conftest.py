@@ -12,7 +12,7 @@ for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "RAY_ADDRESS"):
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tasks.env import apply_embedded_defaults  # noqa: E402
+from tasks.runtime.env import apply_embedded_defaults  # noqa: E402
 
 apply_embedded_defaults()
 

@@ -219,7 +219,7 @@ def test_local_ray_and_its_training_workers_listen_only_on_loopback(tmp_path, wo
     import ipaddress
     import threading
 
-    from tasks.ray_train import ensure_ray, fit
+    from tasks.runtime.ray_train import ensure_ray, fit
 
     def loopback(ip: str) -> bool:
         a = ipaddress.ip_address(ip)
@@ -250,7 +250,7 @@ def test_local_ray_workers_and_detached_actors_do_not_log_the_dashboardless_stat
 
     import ray
 
-    from tasks.ray_train import QUIETED_LOGGERS, ensure_ray
+    from tasks.runtime.ray_train import QUIETED_LOGGERS, ensure_ray
 
     ensure_ray()
 
@@ -308,7 +308,7 @@ def _counting_worker(cfg):
                                                   ("os", Exception, 3)])
 def test_ray_retries_infrastructure_failures_but_never_a_deterministic_error(tmp_path, error, exc, attempts):
     from engine.train_loop import NonFiniteTrainingError
-    from tasks.ray_train import fit
+    from tasks.runtime.ray_train import fit
 
     exc = NonFiniteTrainingError if exc == "NonFiniteTrainingError" else exc
     with pytest.raises(exc) as info:
@@ -322,7 +322,7 @@ def test_ray_retries_infrastructure_failures_but_never_a_deterministic_error(tmp
 _REGISTER = r'''
 import os, sys
 from pathlib import Path
-from tasks.env import apply_embedded_defaults
+from tasks.runtime.env import apply_embedded_defaults
 apply_embedded_defaults()
 from tasks import tracking
 

@@ -1,5 +1,5 @@
 """The live active-learning run's config and presets (``flows.active_learning`` wires the run; the round loop
-is ``tasks.al_loop``)."""
+is ``tasks.thai.al_loop``)."""
 
 from __future__ import annotations
 

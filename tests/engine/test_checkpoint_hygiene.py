@@ -199,7 +199,7 @@ print(json.dumps(out))
 def test_a_full_disk_while_saving_is_one_line_naming_the_folder_and_leaves_nothing_half_written(tmp_path):
     import json
 
-    from tasks.orchestration import DETERMINISTIC_ERRORS
+    from tasks.runtime.orchestration import DETERMINISTIC_ERRORS
 
     script = tmp_path / "full.py"
     script.write_text(_FULL_DISK)

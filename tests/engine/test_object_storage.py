@@ -297,7 +297,7 @@ def test_a_pretraining_run_with_corpus_checkpoints_and_artifacts_on_s3_killed_wh
     env = {**os.environ, "SPACTOR_STATE_DIR": str(state), "SPACTOR_CACHE_DIR": str(cache),
            "SPACTOR_ARTIFACT_ROOT": f"s3://{BUCKET}/e2e/mlflow"}
     env.pop("MLFLOW_TRACKING_URI", None)  # the subprocesses' own store under their state folder
-    env.pop("MLFLOW_S3_ENDPOINT_URL", None)  # derived from AWS_ENDPOINT_URL by tasks.env
+    env.pop("MLFLOW_S3_ENDPOINT_URL", None)  # derived from AWS_ENDPOINT_URL by tasks.runtime.env
     corpus_uri, ckpt_uri = f"s3://{BUCKET}/e2e/corpus", f"s3://{BUCKET}/e2e/checkpoints"
     prep = subprocess.run(
         [sys.executable, "-m", "flows.corpus_prep", "--preset", "tiny", "--set", "name=s3", "--set",

@@ -134,8 +134,8 @@ def test_a_stopped_run_resumes_where_it_stopped_and_ends_on_the_same_curve(strai
 def test_ranked_selection_takes_the_top_of_the_scorers_ranking():
     from models.al_scorers import rank
     from models.thai_segmenter import SegmenterConfig, ThaiSegmenter
-    from tasks.active_learning import select_batch
-    from tasks.thai_data import load_experiment
+    from tasks.thai.active_learning import select_batch
+    from tasks.thai.data import load_experiment
 
     pool, _ = load_experiment("orchid", [], test_fraction=0.1, split_seed=0, max_pool=200, max_test=10)
     g = torch.Generator().manual_seed(0)
@@ -153,8 +153,8 @@ def test_ranked_selection_takes_the_top_of_the_scorers_ranking():
 def test_ranked_selection_with_diversity_takes_the_diverse_order_and_adds_no_duplicate_of_the_labelled_set():
     from models.al_scorers import diverse_order, sentence_scores
     from models.thai_segmenter import SegmenterConfig, ThaiSegmenter
-    from tasks.active_learning import select_batch
-    from tasks.thai_data import load_experiment
+    from tasks.thai.active_learning import select_batch
+    from tasks.thai.data import load_experiment
 
     pool, _ = load_experiment("orchid", [], test_fraction=0.1, split_seed=0, max_pool=200, max_test=10)
     g = torch.Generator().manual_seed(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.active_learning import study_markdown, study_numbers
+from tasks.thai.active_learning import study_markdown, study_numbers
 
 
 def _curve(chars, f1s):

@@ -46,7 +46,7 @@ def _evals(losses, flops_per_step):
 
 
 def test_study_numbers_give_the_fraction_of_steps_and_flops_to_reach_sc_with_the_seed_spread():
-    from tasks.compare import study_numbers, study_verdict
+    from tasks.report.spactor_study import study_numbers, study_verdict
 
     runs = {}
     for seed, shift in ((0, 0.0), (1, 0.1)):

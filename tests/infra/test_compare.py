@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from flows import compare
+from flows.compare import main as compare_main
 from tasks import tracking
+from tasks.report import runs as compare
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,7 +90,7 @@ def test_preset_max_runs_and_metric_globs_select_runs_and_columns(runs):
 def test_main_prints_the_table_and_writes_a_png_plot(runs, tmp_path, capsys):
     exp, ids = runs
     out = tmp_path / "cmp.png"
-    assert compare.main(["--experiment", exp, "--out", str(out)]) == 0
+    assert compare_main(["--experiment", exp, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert ids[0] in printed and "pretrain[teacher].final_val_sc_loss" in printed
     assert f"comparison plot: {out.resolve()}" in printed
@@ -105,7 +106,7 @@ def test_main_prints_the_table_and_writes_a_png_plot(runs, tmp_path, capsys):
 
 
 def test_an_experiment_without_pipeline_runs_is_a_one_line_error(capsys):
-    assert compare.main(["--experiment", f"empty-{uuid.uuid4().hex[:8]}"]) == 2
+    assert compare_main(["--experiment", f"empty-{uuid.uuid4().hex[:8]}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no pipeline runs in MLflow experiment") and "\n" not in err
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from models.thai_segmenter import char_class, word_starts
-from tasks.annotators import (
+from tasks.thai.annotators import (
     AnnotationError,
     AnnotationTimeout,
     HumanAnnotator,
@@ -21,7 +21,7 @@ from tasks.annotators import (
     read_annotations,
     write_batch,
 )
-from tasks.thai_data import PoolItem, load_segmented_files, load_text_pool, split_items
+from tasks.thai.data import PoolItem, load_segmented_files, load_text_pool, split_items
 
 GOLD = [("การ", "พัฒนา", "ประเทศ", " ", "ไทย"), ("คณะ", "รัฐมนตรี", "มี", "มติ"), ("ฉัน", "กิน", "ข้าว")]
 
@@ -146,7 +146,7 @@ def test_a_windowed_batch_shows_each_window_and_a_human_cutting_only_there_is_re
 
 
 def test_the_al_annotate_task_asks_windows_only_for_sentences_no_whole_sentence_arm_chose():
-    from tasks.active_learning import annotate
+    from tasks.thai.active_learning import annotate
 
     items = _items()
     seen = {}

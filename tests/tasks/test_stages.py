@@ -1,4 +1,4 @@
-from tasks import stages
+from tasks.runtime import stages
 
 
 def test_the_code_version_covers_the_pipeline_import_closure_but_not_unrelated_flows():
@@ -20,7 +20,7 @@ def test_a_stage_key_changes_with_config_or_inputs_and_records_round_trip(tmp_pa
 
 def test_training_run_keys_and_the_corpus_key_change_with_the_code_they_run(monkeypatch):
     from tasks import corpus
-    from tasks.tracked_run import run_key
+    from tasks.runtime.tracked_run import run_key
 
     closure = {p.name for p in stages.import_closure("engine.pretrain_worker")}
     assert {"span_corruption.py", "spactor.py", "train_loop.py", "checkpoints.py"} <= closure
@@ -34,7 +34,7 @@ def test_training_run_keys_and_the_corpus_key_change_with_the_code_they_run(monk
 
 
 def test_a_reused_stage_message_names_every_earlier_mlflow_run_and_the_stage_key():
-    from tasks.orchestration import reuse_message
+    from tasks.runtime.orchestration import reuse_message
 
     msg = reuse_message("pretrain", "k123", {"run_ids": {"teacher": "r1", "target": "r2"}, "models": {}})
     assert "stage key k123" in msg and "MLflow runs r1, r2" in msg
@@ -147,7 +147,7 @@ def test_a_record_from_before_store_checks_or_unreadable_is_not_reused(store, tm
 
 
 def test_training_run_keys_take_a_model_folders_content_not_its_path(tmp_path):
-    from tasks.tracked_run import run_key
+    from tasks.runtime.tracked_run import run_key
 
     a = _weights(tmp_path / "a", b"weights A")
     copy = _weights(tmp_path / "elsewhere" / "a", b"weights A")

@@ -37,7 +37,7 @@ def test_a_nested_run_joins_its_parents_experiment_so_the_ui_draws_one_tree_and_
 def test_prefect_retries_transient_errors_but_never_bad_input():
     from prefect.states import Failed
 
-    from tasks.orchestration import retry_transient
+    from tasks.runtime.orchestration import retry_transient
 
     assert retry_transient(None, None, Failed(data=ConnectionError("server hiccup")))
     assert retry_transient(None, None, Failed(data=TimeoutError("slow")))

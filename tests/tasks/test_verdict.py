@@ -5,7 +5,7 @@ import math
 import pytest
 
 from models.sd.verify import expected_speedup
-from tasks.verdict import break_even_c, explain_sd, pipeline_verdict
+from tasks.report.verdict import break_even_c, explain_sd, pipeline_verdict
 
 
 def _row(draft, gamma, speedup, alpha, c, mode="greedy", lenience=1.0, verify=1.2, rouge=0.3, exact=True):

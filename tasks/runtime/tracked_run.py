@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterator, Mapping
 from engine import checkpoints, storage
 from engine.config.base import TrainRunFields
 from tasks import tracking
-from tasks.orchestration import run_logger
-from tasks.env import state_dir
+from tasks.runtime.orchestration import run_logger
+from tasks.runtime.env import state_dir
 
 #: the engine module whose import closure (project code) a training kind depends on
 WORKERS = {"pretrain": "engine.pretrain_worker", "finetune": "engine.finetune_worker",
@@ -46,7 +46,7 @@ def run_key(kind: str, cfg: dict[str, Any], *inputs: str) -> str:
     Models enter by their content (:func:`tasks.tracking.model_identity`: a model folder's sha256, a registered
     version's content tag), never by a reference string or a download path: the same weights registered again
     resume the same run, other weights under the same name start another."""
-    from tasks.stages import by_content, code_version
+    from tasks.runtime.stages import by_content, code_version
 
     kept = {k: v for k, v in cfg.items() if k not in ("mlflow_run_id", "fault_kill_at_step", "checkpoint_uri")}
     payload = (json.dumps(by_content(kept), sort_keys=True) + "|".join(by_content(list(inputs)))
@@ -131,7 +131,7 @@ def resumable_run(kind: str, cfg: TrainRunFields, inputs: Mapping[str, str], *, 
 
 def _locked_run(cfg, inputs, key, root, final, tags, *, worker, experiment, run_name, parent_run_id, describe,
                 logger) -> Iterator[TrainedRun]:
-    from tasks.ray_train import fit
+    from tasks.runtime.ray_train import fit
 
     previous = mark_interrupted_runs(tracking.experiment_for(experiment, parent_run_id), key)
     if previous:

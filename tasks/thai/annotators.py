@@ -24,7 +24,7 @@ back and checks that every sentence keeps its characters (an error names the lin
 
 - ``wait="pause"``: ``prefect.flow_runs.pause_flow_run(wait_for_input=AnnotationDone)``: the flow run
   shows as *Paused* in the Prefect UI with a form (the annotated file's path); *Resume* continues it.
-  Headless: ``python -m tasks.annotators resume <flow-run-id> <annotated-file>``.
+  Headless: ``python -m tasks.thai.annotators resume <flow-run-id> <annotated-file>``.
 - ``wait="poll"``: poll for the annotated file until ``timeout_s`` (for scripts, tests, cron).
   The file is read once it exists and reads completely; one that still fails to read after it
   stopped changing for ``settle_s`` is an error (so a file being written is not refused half-way).
@@ -47,7 +47,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from models.thai_segmenter import forbidden_starts, word_starts, words_from_starts
-from tasks.thai_data import PoolItem
+from tasks.thai.data import PoolItem
 
 __all__ = ["Annotator", "SimulatedAnnotator", "HumanAnnotator", "AnnotationTimeout", "AnnotationError",
            "newmm_words", "apply_newmm_guideline", "flip_boundaries", "write_batch", "read_annotations",
@@ -281,7 +281,7 @@ def _announce(batch: Path, annotated: Path, n: int, round_no: int, wait: str, wi
     except Exception:  # noqa: BLE001
         run_id = "<flow-run-id>"
     how = ("then press **Resume** on this flow run in the Prefect UI (or run "
-           f"`python -m tasks.annotators resume {run_id} {annotated}`)" if wait == "pause"
+           f"`python -m tasks.thai.annotators resume {run_id} {annotated}`)" if wait == "pause"
            else "the flow polls for it")
     part = (f" In {windowed} of them only the cuts inside the row's `windows` (character offsets; their text is "
             "in `window_text`) are needed: cut there and leave the rest as it is." if windowed else "")
@@ -394,13 +394,13 @@ except ImportError:  # pragma: no cover - prefect is a hard dependency of tasks/
 
 
 def _resume_cli(argv: list[str]) -> None:
-    """``python -m tasks.annotators resume FLOW_RUN_ID ANNOTATED_FILE``: resume a paused flow run."""
+    """``python -m tasks.thai.annotators resume FLOW_RUN_ID ANNOTATED_FILE``: resume a paused flow run."""
     import uuid
 
     from prefect.flow_runs import resume_flow_run
 
     if len(argv) != 3 or argv[0] != "resume":
-        raise SystemExit("usage: python -m tasks.annotators resume FLOW_RUN_ID ANNOTATED_FILE")
+        raise SystemExit("usage: python -m tasks.thai.annotators resume FLOW_RUN_ID ANNOTATED_FILE")
     path = Path(argv[2]).resolve()
     if not path.is_file():
         raise SystemExit(f"error: annotated file {path} does not exist")
@@ -411,7 +411,7 @@ def _resume_cli(argv: list[str]) -> None:
 if __name__ == "__main__":
     import sys
 
-    from tasks.env import apply_embedded_defaults
+    from tasks.runtime.env import apply_embedded_defaults
 
     apply_embedded_defaults()
     _resume_cli(sys.argv[1:])

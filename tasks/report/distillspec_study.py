@@ -10,7 +10,7 @@ from typing import Any
 from prefect import task
 
 from tasks import tracking
-from tasks.orchestration import retry_transient
+from tasks.runtime.orchestration import retry_transient
 
 
 def study_table(sd_rows, undistilled: str):

@@ -1,6 +1,6 @@
 """The active-learning round loop (``flows.active_learning``) and the per-seed runs of the study (``flows.al_study``).
 
-Not a Prefect task: :func:`run_experiment` calls the tasks of ``tasks/active_learning.py`` with ``.submit``,
+Not a Prefect task: :func:`run_experiment` calls the tasks of ``tasks/thai/active_learning.py`` with ``.submit``,
 so it runs inside the flow. It owns the run's lifecycle: the run folder and its state file (resume rules),
 the parent and per-arm MLflow runs, the seed round, then ``rounds`` of select -> annotate -> retrain ->
 evaluate for every arm, planned stops, and the final numbers and registered segmenters. See the flow's
@@ -20,11 +20,11 @@ import torch
 
 from engine.config.active_learning import RESUMABLE_FIELDS, ActiveLearningConfig
 from engine.config.al_study import ALStudyConfig
-from tasks import active_learning as al
+from tasks.thai import active_learning as al
 from tasks import tracking
-from tasks.annotators import HumanAnnotator, SimulatedAnnotator
-from tasks.env import state_dir
-from tasks.thai_data import load_experiment
+from tasks.thai.annotators import HumanAnnotator, SimulatedAnnotator
+from tasks.runtime.env import state_dir
+from tasks.thai.data import load_experiment
 
 
 def run_experiment(cfg: ActiveLearningConfig, parent_run_id: Optional[str], log) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Prefect tasks of the active-learning flow: select, annotate, retrain, evaluate, log, plot, keep state.
 
 Each task is a thin wrapper around ``models/`` (the segmenter, the scorers, the curve arithmetic) and
-``tasks/annotators.py``. Tasks take and return in-memory objects (models, items) with
+``tasks/thai/annotators.py``. Tasks take and return in-memory objects (models, items) with
 ``cache_policy=NONE``: nothing is hashed or persisted by Prefect; the flow's own state file
 (:func:`save_state`) is what makes a run resumable.
 
@@ -28,8 +28,8 @@ from models.al_scorers import char_ngrams, diverse_order, select_windows, senten
 from models.curves import first_reach
 from models.thai_segmenter import SegmenterConfig, ThaiSegmenter, boundary_prf, word_f1, word_starts
 from tasks import tracking
-from tasks.annotators import HumanAnnotator, SimulatedAnnotator, apply_newmm_guideline, newmm_words
-from tasks.thai_data import PoolItem
+from tasks.thai.annotators import HumanAnnotator, SimulatedAnnotator, apply_newmm_guideline, newmm_words
+from tasks.thai.data import PoolItem
 
 ARMS = ("random", "ranked", "partial")  # the order fixes each arm's random stream (rng_for)
 _PURPOSE = {"seed_set": 1, "select": 2, "annotate": 3, "init": 4, "fit": 5, "pool": 6}
@@ -121,7 +121,7 @@ class Schedule:
 
     def pool(self, initial: Sequence[PoolItem], round_no: int) -> list[PoolItem]:
         """The initial pool plus every pool change up to ``round_no``."""
-        from tasks.thai_data import load_segmented_files, load_text_pool, load_wiki_titles
+        from tasks.thai.data import load_segmented_files, load_text_pool, load_wiki_titles
 
         pool, seen = list(initial), {it.id for it in initial}
         for i, ev in enumerate(self.listed):
@@ -335,7 +335,7 @@ def newmm_reference(test: Sequence[PoolItem], cache: Path) -> dict[str, Any]:
     Cached in the run folder (newmm segments ~25k characters/s)."""
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
-    from tasks.annotators import thai_dictionary
+    from tasks.thai.annotators import thai_dictionary
 
     t0 = time.perf_counter()
     nm = [newmm_words(it.text) for it in test]

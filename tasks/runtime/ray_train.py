@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from tasks.env import PROJECT_ROOT, state_dir
+from tasks.runtime.env import PROJECT_ROOT, state_dir
 
 #: variables every Ray worker needs to see (tracking and offline settings)
 #: (MLflow credentials are not among them: Ray logs a job's runtime env, so secrets would land in its log
@@ -65,7 +65,7 @@ def _ensure_ray(num_cpus: int | None = None) -> None:
     tmp = state_dir() / "ray"
     # Unix socket paths are limited to 107 bytes: a deep project folder falls back to Ray's default
     temp_dir = str(tmp) if len(str(tmp)) < 48 else None
-    runtime_env["worker_process_setup_hook"] = "tasks.ray_train.quiet_state_api_warnings"
+    runtime_env["worker_process_setup_hook"] = "tasks.runtime.ray_train.quiet_state_api_warnings"
     # address="local": always a fresh local instance, never a cluster that `ray start` left on this machine
     # (ray.init would otherwise connect to the latest one it finds)
     ray.init(address="local", include_dashboard=False, num_cpus=num_cpus or os.cpu_count(), runtime_env=runtime_env,
@@ -97,7 +97,7 @@ def _stop_on_deterministic_error(marker_dir: str, worker_fn: Callable[[Any], Any
     """Run the worker; a deterministic error (bad input, NaN) is written to ``marker_dir`` and the worker
     returns, so Ray does not restart the group to fail the same way again. ``fit`` raises it on the driver.
     Anything else (a killed worker, a lost connection) is raised as usual and Ray's retries apply."""
-    from tasks.orchestration import DETERMINISTIC_ERRORS
+    from tasks.runtime.orchestration import DETERMINISTIC_ERRORS
 
     try:
         return worker_fn(config)
@@ -123,7 +123,7 @@ def _stop_on_deterministic_error(marker_dir: str, worker_fn: Callable[[Any], Any
 def _raise_recorded_failure(marker_dir: Path) -> None:
     import json
 
-    from tasks.orchestration import DETERMINISTIC_ERRORS
+    from tasks.runtime.orchestration import DETERMINISTIC_ERRORS
 
     recorded = sorted(marker_dir.glob(FAILURE_FILE.format(rank="*")))
     if not recorded:
@@ -194,7 +194,7 @@ def fit(worker_fn: Callable[[Any], None], config: Any, *, name: str, storage_pat
     NCCL on GPU); ``config`` is a dict or a typed job (``engine.jobs``), which reaches the workers as that
     object (Ray's loop config holds it under "job"). Failed worker groups are restarted up to ``max_failures``
     times and resume from the last checkpoint, except after a deterministic error (bad input, a non-finite
-    loss: ``tasks.orchestration.DETERMINISTIC_ERRORS``), which is raised here at once. Returns the Ray ``Result``; raises its error if training failed for good.
+    loss: ``tasks.runtime.orchestration.DETERMINISTIC_ERRORS``), which is raised here at once. Returns the Ray ``Result``; raises its error if training failed for good.
 
     A single worker gets no torch.distributed process group (it has nothing to all-reduce). Several local
     workers get :func:`_loopback_process_group` (torch's own rendezvous store would listen on every

@@ -2,8 +2,8 @@
 
 ``flows/pipeline.py`` only wires the stages; this module does what each stage call means:
 
-* the stage's key (:func:`tasks.stages.stage_key`: config, the content of the models it consumes, the code);
-* reuse when :func:`tasks.stages.reusable` hands back the earlier outputs (a Prefect task run
+* the stage's key (:func:`tasks.runtime.stages.stage_key`: config, the content of the models it consumes, the code);
+* reuse when :func:`tasks.runtime.stages.reusable` hands back the earlier outputs (a Prefect task run
   ``reuse-<stage>`` in state Cached names the earlier runs), else a Prefect task run ``stage-<stage>`` that
   holds the stage's subflows (the pipeline's Task Runs tab lists every stage), whose outputs are recorded;
 * on the parent run: ``<stage>.skipped``, ``<stage>.reused_from`` (the MLflow runs a reused stage hands on)
@@ -17,9 +17,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
-from tasks import stages as stage_store
+from tasks.runtime import stages as stage_store
 from tasks import tracking
-from tasks.orchestration import earlier_runs, post_markdown, reuse_stage_task, stage_markdown
+from tasks.runtime.orchestration import earlier_runs, post_markdown, reuse_stage_task, stage_markdown
 
 
 def _slug(name: str) -> str:
@@ -91,9 +91,9 @@ class StageRunner:
 def report_verdict(run_id: str, *, preset: str, task_kind: str, stages: dict[str, dict[str, Any]],
                    not_run: list[str], logger) -> str:
     """Compare every number the stages that ran produced with what it must be compared with
-    (:func:`tasks.verdict.pipeline_verdict`), saying first which stages did not run (``not_run``); log it, log ``summary.md`` and the verdict metrics (finite ones:
+    (:func:`tasks.report.verdict.pipeline_verdict`), saying first which stages did not run (``not_run``); log it, log ``summary.md`` and the verdict metrics (finite ones:
     a stage that did not run leaves no NaN behind) on the parent run, post it to Prefect; return the text."""
-    from tasks.verdict import pipeline_verdict
+    from tasks.report.verdict import pipeline_verdict
 
     quality: dict[str, dict[str, float]] = dict((stages.get("finetune") or {}).get("metrics", {}))
     labels = {"teacher": "teacher (fine-tuned)", "draft_base": "draft-base (fine-tuned, undistilled)",
@@ -115,7 +115,7 @@ def report_llm_verdict(run_id: str, *, preset: str, task_kind: str, stages: dict
                        not_run: list[str], logger) -> str:
     """:func:`report_verdict` for ``flows.llm_pipeline``: the LLM as imported, its distilled draft, the garden's
     target and draft against the task's baseline; SD with the LLM as the target; the garden against the LLM."""
-    from tasks.verdict import pipeline_verdict
+    from tasks.report.verdict import pipeline_verdict
 
     sources = {"llm": ("import", "metrics", "the LLM (as imported)"),
                "draft": ("distill_draft", "metrics", "draft (distilled from the LLM)"),

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from tasks.env import PROJECT_ROOT, state_dir
+from tasks.runtime.env import PROJECT_ROOT, state_dir
 
 
 PACKAGES = ("models", "engine", "tasks", "flows")

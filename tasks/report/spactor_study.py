@@ -8,7 +8,7 @@ from prefect import task
 
 from models.curves import first_reach
 from tasks import tracking
-from tasks.orchestration import retry_transient
+from tasks.runtime.orchestration import retry_transient
 
 
 def comparison_numbers(sc: dict[str, Any], spactor: dict[str, Any]) -> dict[str, float]:
