@@ -44,11 +44,22 @@ class Scenario:
     note: str = ""
 
 
-#: The shapes and budgets of flows/pretrain.py's presets (benchmarks may not import flows/) and of the
-#: SpacTor paper's T5-base run.
+def preset_scenario(name: str) -> Scenario:
+    """The shape and budget of a pretraining preset, read from the config room (``engine/config/pretrain.py``)."""
+    from engine.config.pretrain import PRESETS
+
+    p = PRESETS[name]()
+    m = p.model
+    assert m.num_layers == m.num_decoder_layers, "the cost model takes one depth for encoder and decoder"
+    workers = f", {p.num_workers} workers" if p.num_workers > 1 else ""
+    return Scenario(f"{name} preset", m.d_model, m.d_ff, m.d_kv, m.num_heads, m.num_layers, p.inputs_length,
+                    p.batch_size * p.num_workers, p.total_steps, p.tau, note=f"engine/config/pretrain.py::{name}{workers}")
+
+
+#: The shapes and budgets of the small and base pretraining presets and of the SpacTor paper's T5-base run.
 SCENARIOS = [
-    Scenario("small preset", 512, 1024, 64, 6, 8, 256, 64, 20_000, 5_000, note="flows/pretrain.py::small"),
-    Scenario("base preset", 768, 2048, 64, 12, 12, 512, 64 * 8, 500_000, 60_000, note="flows/pretrain.py::base, 8 workers"),
+    preset_scenario("small"),
+    preset_scenario("base"),
     Scenario("T5-base, paper budget", 768, 2048, 64, 12, 12, 512, 2048, 1_000_000, 120_000,
              note="1M steps, tau 120k; batch 2048 x 512 (T5's final-model setting, assumed)"),
 ]

@@ -27,7 +27,7 @@ import urllib.parse
 from importlib import metadata, util
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # tasks/runtime/env.py -> the project
 
 
 def state_dir() -> Path:
