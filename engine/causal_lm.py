@@ -8,10 +8,13 @@ References (``load_causal_lm``):
   (``make setup`` installs it with ``--no-deps``; only its file is read), dequantised by transformers to a
   ``LlamaForCausalLM`` of 30 layers, d_model 576, vocabulary 49,152;
 * ``gguf:PATH``: any GGUF file transformers can read (it needs the ``gguf`` package);
-* ``hf:ORG/NAME`` or ``ORG/NAME``: a hub model, when the hub is allowed (``HF_HUB_OFFLINE=0``);
+* ``hf:ORG/NAME`` or ``ORG/NAME``: a hub model, when the hub is allowed (``HF_HUB_OFFLINE=0``) or the model is
+  in the local Hugging Face cache already;
 * a folder written by ``save_pretrained``.
 
 Every failure to find a model is one ``FileNotFoundError`` line naming the reference and what to do.
+:func:`materialize` turns any of these (encoder-decoder hub models included) into a ``save_pretrained``
+folder once, which is how every stage's model field (``tasks.tracking.resolve_model``) takes them.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def locate(ref: str) -> tuple[str, str | None]:
         return str(Path(ref).resolve()), None
     name = ref[len("hf:"):] if ref.startswith("hf:") else ref
     if ref.startswith("hf:") or _HUB_ID.match(ref):
-        if os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in ("1", "ON", "YES", "TRUE"):
+        if _hub_offline() and not _in_hub_cache(name):
             raise FileNotFoundError(f"model '{ref}' is a Hugging Face hub id and the hub is off (HF_HUB_OFFLINE="
                                     f"{os.environ['HF_HUB_OFFLINE']}): set HF_HUB_OFFLINE=0 where the hub can be "
                                     "reached, or pass a folder, a gguf: file or a packaged name "
@@ -68,6 +71,90 @@ def locate(ref: str) -> tuple[str, str | None]:
         return name, None
     raise FileNotFoundError(f"model '{ref}' is neither a packaged name ({', '.join(PACKAGED)}), a gguf: file, a "
                             "hub id (hf:ORG/NAME) nor a model folder")
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    """The hub model is in the local Hugging Face cache already (then it loads with the hub off)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def is_reference(ref: str) -> bool:
+    """A model given by name rather than as a folder or an MLflow URI: a packaged name, ``gguf:PATH``,
+    ``hf:ORG/NAME``, or a plain ``ORG/NAME`` that is not a local path."""
+    ref = str(ref)
+    return (ref in PACKAGED or ref.startswith(("gguf:", "hf:"))
+            or (bool(_HUB_ID.match(ref)) and not Path(ref).exists()))
+
+
+def load_pretrained(ref: str, *, dtype: torch.dtype = torch.float32):
+    """``(model, tokenizer)`` of any reference: an encoder-decoder (T5) hub model or folder through
+    ``AutoModelForSeq2SeqLM``, everything else through :func:`load_causal_lm`."""
+    source, gguf = locate(ref)
+    if gguf is None:
+        from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        try:
+            config = AutoConfig.from_pretrained(source)
+            if config.is_encoder_decoder:
+                return (AutoModelForSeq2SeqLM.from_pretrained(source, dtype=dtype).eval(),
+                        AutoTokenizer.from_pretrained(source))
+        except OSError as err:  # hub unreachable, a gated model, missing files
+            raise FileNotFoundError(f"model '{ref}' could not be loaded ({str(err).splitlines()[0]})") from None
+    return load_causal_lm(ref, dtype=dtype)
+
+
+def reference_key(ref: str) -> str:
+    """The cache key of a by-name reference: the reference, and for a file (packaged or ``gguf:``) its size and
+    modification time, so a replaced file is loaded again. A hub id is keyed by its name (the revision the
+    hub served the first time is kept)."""
+    import hashlib
+
+    ref = str(ref).removeprefix("hf:")  # hf:ORG/NAME and ORG/NAME are the same hub model
+    stamp = ""
+    if ref in PACKAGED or ref.startswith("gguf:"):
+        st = (packaged_file(ref) if ref in PACKAGED else Path(ref[len("gguf:"):]).expanduser().resolve()).stat()
+        stamp = f"|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha256((ref + stamp).encode()).hexdigest()[:16]
+
+
+def materialize(ref: str, root: str | Path) -> Path:
+    """A ``save_pretrained`` folder (model and tokenizer, fp32) for a by-name reference (:func:`is_reference`),
+    written once under ``root/<reference_key>`` and reused by every later call: a GGUF file is dequantised and a
+    hub model downloaded only the first time. Written aside and renamed into place with a ``.complete``
+    marker, so an interrupted or concurrent call never leaves a half folder where a complete one is expected.
+    Raises the one-line FileNotFoundError of :func:`locate` when the reference cannot be loaded here."""
+    import shutil
+    import tempfile
+
+    root = Path(root)
+    dst = root / reference_key(ref)
+    if (dst / ".complete").is_file():
+        return dst
+    model, tokenizer = load_pretrained(ref)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".partial-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{ref}\n")
+        (tmp / ".complete").touch()
+        try:
+            os.replace(tmp, dst)  # an empty or missing dst is replaced atomically
+        except OSError:  # dst exists and is not empty
+            if not (dst / ".complete").is_file():  # a half folder left by a killed call: set it aside
+                aside = Path(tempfile.mkdtemp(dir=root, prefix=".stale-"))
+                os.replace(dst, aside / "old")
+                os.replace(tmp, dst)
+                shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; the loser's copy after a lost race
+    return dst
 
 
 def load_causal_lm(ref: str, *, dtype: torch.dtype = torch.float32):

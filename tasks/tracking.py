@@ -673,14 +673,21 @@ def model_version_info(ref: str) -> dict[str, Any] | None:
 
 
 def resolve_model(ref: str | Path, dst_root: str | Path | None = None) -> Path:
-    """A local folder for a model reference: a local path, ``models:/name/version``, ``models:/name@alias``
-    or ``runs:/id/path``. Registered versions are checked against their sha256 tag."""
+    """A local folder for a model reference: a local path, ``models:/name/version``, ``models:/name@alias``,
+    ``runs:/id/path``, or a model by name (``engine.causal_lm``: a packaged name such as ``smollm2``, a
+    ``gguf:PATH`` file, a hub id ``hf:ORG/NAME`` or ``ORG/NAME``), which is loaded and saved once under the
+    model cache and reused. Registered versions are checked against their sha256 tag."""
     p = Path(str(ref))
     if p.exists():
         return hf_folder(p)
     ref = str(ref)
     if not ref.startswith(("models:/", "runs:/")):
-        raise FileNotFoundError(f"model '{ref}' is neither an existing folder nor a models:/ or runs:/ URI")
+        from engine.causal_lm import PACKAGED, is_reference, materialize
+
+        if is_reference(ref):
+            return materialize(ref, Path(dst_root or state_dir() / "model-cache") / "by-reference")
+        raise FileNotFoundError(f"model '{ref}' is neither an existing folder, a models:/ or runs:/ URI, a packaged "
+                                f"name ({', '.join(PACKAGED)}), a gguf: file nor a hub id (hf:ORG/NAME)")
     expected_sha = None
     source = ref
     if ref.startswith("models:/"):

@@ -18,10 +18,13 @@ def absolute_path(value: Optional[str]) -> Optional[str]:
 
 
 def model_reference(value: Optional[str]) -> Optional[str]:
-    """A local model folder made absolute; ``models:/``, ``runs:/`` and ``scheme://`` URIs and Hugging Face
-    hub names (``org/name`` that is not a local folder) are kept as they are."""
-    if value is None or "://" in value or value.startswith(("models:/", "runs:/")):
+    """A local model folder made absolute, and a ``gguf:PATH`` file's path too; ``models:/``, ``runs:/`` and
+    ``scheme://`` URIs, packaged names (``smollm2``) and Hugging Face hub names (``hf:org/name``, or ``org/name``
+    that is not a local folder) are kept as they are."""
+    if value is None or "://" in value or value.startswith(("models:/", "runs:/", "hf:")):
         return value
+    if value.startswith("gguf:"):  # a GGUF file: its path made absolute like any other
+        return "gguf:" + os.path.abspath(os.path.expanduser(value[len("gguf:"):]))
     path = os.path.expanduser(value)
     if os.path.isabs(path) or value.startswith((".", "~")) or os.path.exists(path):
         return os.path.abspath(path)
