@@ -43,7 +43,7 @@ def distillspec_study(preset: Preset = "tiny", overrides: Optional[dict[str, Any
                       config: Optional[StudyConfig] = None, parent_run_id: Optional[str] = None) -> StudyResult:
     from tasks import tracking
     from tasks.downstream import sd_prompts
-    from tasks.report.distillspec_study import garden_row, log_study, study_table
+    from tasks.report.distillspec_study import best_draft, garden_row, log_study, study_table
 
     cfg = config or build_config(StudyConfig, PRESETS, preset, overrides)
     if not cfg.target or not cfg.draft:
@@ -68,8 +68,7 @@ def distillspec_study(preset: Preset = "tiny", overrides: Optional[dict[str, Any
         table = study_table(rows, "undistilled")
         garden = None
         if cfg.teacher:  # 3. the model-garden row: teacher-only vs distilled target + distilled draft
-            best = (table[(table["mode"] == "greedy") & (table["draft"] != "undistilled")]
-                    .sort_values("ms_per_token").iloc[0]["draft"])
+            best = best_draft(table, "undistilled")
             t_cfg = sd_cfg.model_copy(update={"target": cfg.teacher, "drafts": [refs[0]], "hf_baselines": False,
                                               "modes": ["greedy"], "batch_sizes": []})
             t_rows = sd_mod.sd_benchmark(config=t_cfg, parent_run_id=run_id).table.to_dict("records")

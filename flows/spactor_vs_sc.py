@@ -59,7 +59,8 @@ class ComparisonResult:
 def spactor_vs_sc(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                   config: Optional[SpacTorVsSCConfig] = None, parent_run_id: Optional[str] = None) -> ComparisonResult:
     from tasks import tracking
-    from tasks.report.spactor_study import comparison_numbers, log_study, log_task_scores, study_numbers, study_verdict
+    from tasks.report.spactor_study import (comparison_numbers, log_study, log_task_scores, mean_scores, study_numbers,
+                                            study_verdict)
 
     cfg = config or build_config(SpacTorVsSCConfig, PRESETS, preset, overrides)
     main = f"tau{cfg.pretrain.tau}"
@@ -92,25 +93,10 @@ def spactor_vs_sc(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] =
         first = cfg.seeds[0]
         headline = comparison_numbers(runs[("sc", first)], runs[(main, first)])
         tracking.log_metrics(run_id, headline)
-        scores = _mean_scores(cfg, per_arm, main)
+        scores = mean_scores(per_arm, [t.name for t in cfg.finetune_tasks], cfg.seeds, main)
         log_task_scores(run_id, scores)
     return ComparisonResult(run_id, headline, runs[("sc", first)]["model_uri"], runs[(main, first)]["model_uri"],
                             scores, study=numbers, verdict=verdict)
-
-
-def _mean_scores(cfg: SpacTorVsSCConfig, per_arm: dict, main: str) -> dict[str, dict[str, dict[str, float]]]:
-    """task -> metric -> {"sc": mean over seeds, "spactor": mean over seeds (the main tau, full budget)}."""
-    scores: dict[str, dict[str, dict[str, float]]] = {}
-    for spec in cfg.finetune_tasks:
-        for arm, label in (("sc", "sc"), ("spactor", main)):
-            vals: dict[str, list[float]] = {}
-            for seed in cfg.seeds:
-                for metric, value in per_arm.get(spec.name, {}).get((label, seed), {}).items():
-                    if metric.endswith(("rouge1", "rouge2", "rougeL", "accuracy", "macro_f1")) and ".baseline." not in metric:
-                        vals.setdefault(metric, []).append(value)
-            for metric, v in vals.items():
-                scores.setdefault(spec.name, {}).setdefault(metric, {})[arm] = sum(v) / len(v)
-    return scores
 
 
 if __name__ == "__main__":

@@ -28,6 +28,12 @@ def study_table(sd_rows, undistilled: str):
     return sd[cols].sort_values(["mode", "gamma", "draft"]).reset_index(drop=True)
 
 
+def best_draft(table, undistilled: str) -> str:
+    """The distilled draft with the lowest greedy latency in a :func:`study_table` (the garden row's draft)."""
+    greedy = table[(table["mode"] == "greedy") & (table["draft"] != undistilled)]
+    return greedy.sort_values("ms_per_token").iloc[0]["draft"]
+
+
 def garden_row(teacher_rows, target_rows, best_draft: str, precision: str = "fp32") -> dict[str, Any]:
     """Teacher-only latency/quality vs distilled target + distilled draft with SD (greedy, best gamma), both
     decoded with ``precision`` weights (rows without a precision column are fp32)."""

@@ -79,6 +79,25 @@ def log_task_scores(run_id: str, scores: dict[str, dict[str, dict[str, float]]])
 PAPER_STEPS_FRACTION, PAPER_FLOPS_FRACTION = 0.5, 0.6
 
 
+def mean_scores(per_arm: dict[str, dict[tuple[str, int], dict[str, float]]], task_names: list[str], seeds: list[int],
+                main: str) -> dict[str, dict[str, dict[str, float]]]:
+    """task -> metric -> {"sc": mean over seeds, "spactor": mean over seeds of the ``main`` arm (full budget)}, from
+    ``per_arm``: task -> (arm label, seed) -> the fine-tuned model's test metrics (quality metrics only, no
+    baselines)."""
+    scores: dict[str, dict[str, dict[str, float]]] = {}
+    for task_name in task_names:
+        for arm, label in (("sc", "sc"), ("spactor", main)):
+            vals: dict[str, list[float]] = {}
+            for seed in seeds:
+                for metric, value in per_arm.get(task_name, {}).get((label, seed), {}).items():
+                    quality = metric.endswith(("rouge1", "rouge2", "rougeL", "accuracy", "macro_f1"))
+                    if quality and ".baseline." not in metric:
+                        vals.setdefault(metric, []).append(value)
+            for metric, v in vals.items():
+                scores.setdefault(task_name, {}).setdefault(metric, {})[arm] = sum(v) / len(v)
+    return scores
+
+
 def primary_metric(metrics: dict[str, float]) -> str | None:
     """The metric a downstream comparison reads: test accuracy (classification), exact match (normalization) or
     ROUGE-L (generation)."""
