@@ -96,12 +96,13 @@ def pipeline_config(preset: str = "tiny", overrides: Optional[dict[str, Any]] = 
     stages="the stages to run: a prefix of corpus, pretrain, finetune, distill_target, distill_draft, "
            "sd_benchmark (empty: all)",
     task="the downstream task of fine-tuning, distillation and the SD prompts (empty: the preset's)",
-    corpus_overrides="corpus-prep fields to change (flows/corpus_prep.py)",
-    pretrain_overrides="pretraining fields to change, shared by the three sizes (flows/pretrain.py)",
-    finetune_overrides="fine-tuning fields to change (flows/finetune.py)",
-    distill_target_overrides="fields of the target distillation (teacher -> target) to change (flows/distill.py)",
+    corpus_overrides="corpus-prep fields to change (engine/config/corpus_prep.py)",
+    pretrain_overrides="pretraining fields to change, shared by the three sizes (engine/config/pretrain.py)",
+    finetune_overrides="fine-tuning fields to change (engine/config/finetune.py)",
+    distill_target_overrides="fields of the target distillation (teacher -> target) to change "
+                             "(engine/config/distill.py)",
     distill_draft_overrides="fields of the DistillSpec draft distillation (target -> draft) to change",
-    sd_benchmark_overrides="SD benchmark fields to change (flows/sd_benchmark.py)",
+    sd_benchmark_overrides="SD benchmark fields to change (engine/config/sd_benchmark.py)",
 )
 def pipeline(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
              config: Optional[PipelineConfig] = None, from_stage: Optional[Stage] = None,
