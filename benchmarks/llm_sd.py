@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 from engine.causal_lm import load_causal_lm  # noqa: E402
 from engine.sd_bench import markdown_table, run_benchmark  # noqa: E402
 from models.sd.drafts import frequent_token_ids, load_causal, make_causal_draft  # noqa: E402
+from benchmarks._flags import add_settings_flags, settings_from_flags  # noqa: E402
 from models.sd.bench import BenchPrompt, BenchSettings, prompts_from_texts  # noqa: E402
 
 
@@ -39,14 +40,16 @@ def main(argv: list[str] | None = None) -> None:
                                                            "inputs are the prompts")
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--prompt-tokens", type=int, default=64)
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--gammas", default="2,3,4")
-    ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"])
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--gammas", default="2,3,4", help="comma-separated draft tokens per target call")
+    add_settings_flags(ap, BenchSettings, "max_new_tokens", "precision", "repeats", "threads", repeats=2)
     args = ap.parse_args(argv)
     if not args.draft:
         ap.error("give at least one --draft LABEL=FOLDER")
+    try:  # checked before any model loads (BenchSettings' rules, as the flows apply them)
+        settings = settings_from_flags(BenchSettings, args, gammas=tuple(int(g) for g in args.gammas.split(",")),
+                                       modes=("greedy",), warmup=1)
+    except ValueError as err:
+        ap.error(str(err))
 
     import datasets
 
@@ -69,9 +72,6 @@ def main(argv: list[str] | None = None) -> None:
     test = data["test"].select(range(min(args.num_prompts, len(data["test"]))))
     prompts = prompts_from_texts(list(test["input"]), tok, prompt_tokens=args.prompt_tokens,
                                  references=list(test["target"]), causal=True)
-    settings = BenchSettings(gammas=tuple(int(g) for g in args.gammas.split(",")), modes=("greedy",),
-                             max_new_tokens=args.max_new_tokens, repeats=args.repeats, warmup=1, threads=args.threads,
-                             precision=args.precision)
     rows = run_benchmark(target, drafts, [BenchPrompt(input_ids=p.input_ids, reference=p.reference) for p in prompts],
                          settings, decode=lambda ids: tok.decode(ids, skip_special_tokens=True), log=print)
     print(f"\ntarget {args.target}, task {args.task}: {len(prompts)} prompts, {args.max_new_tokens} new tokens, "

@@ -29,6 +29,7 @@ import torch
 from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._flags import settings_from_flags  # noqa: E402
 from benchmarks.sd_engine import load_pair, parse_args as engine_args  # noqa: E402
 from engine.sd_bench import BATCH_SUMMARY, markdown_table, run_batched_benchmark  # noqa: E402
 from models.sd.bench import BenchPrompt, BenchSettings  # noqa: E402
@@ -57,8 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     n_prompts = max(ours.batches) * ours.rounds
     lengths = torch.randint(max(2, args.prompt_len // 2), args.prompt_len + 1, (n_prompts,), generator=g).tolist()
     prompts = [BenchPrompt(input_ids=torch.randint(2, vocab, (length,), generator=g).tolist()) for length in lengths]
-    settings = BenchSettings(gammas=(args.gamma,), max_new_tokens=args.max_new_tokens, repeats=args.repeats,
-                             warmup=args.warmup, threads=args.threads, seed=args.seed)
+    settings = settings_from_flags(BenchSettings, args, gammas=(args.gamma,))  # sd_engine's flags
     print(f"target {sum(p.numel() for p in target.parameters()) / 1e6:.1f}M, draft "
           f"{sum(p.numel() for p in draft.parameters()) / 1e6:.1f}M params; gamma={args.gamma}, "
           f"max_new_tokens={args.max_new_tokens}, {n_prompts} prompts of {args.prompt_len // 2}-{args.prompt_len} "

@@ -49,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from models.sd.bench import estimate_alpha  # noqa: E402
+from benchmarks._flags import add_settings_flags, settings_from_flags  # noqa: E402
+from models.sd.bench import BenchSettings, estimate_alpha  # noqa: E402
 from models.sd.verify import expected_speedup  # noqa: E402
 from models.speculative import speculative_generate, target_generate  # noqa: E402
 from engine.sd_bench import measure_step_costs, sync  # noqa: E402
@@ -75,14 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--perturbation", type=float, default=0.01,
         help="synthetic target: scale of its extra layers' outputs (0 = same function as the draft, alpha 1)",
     )
-    ap.add_argument("--seed", type=int, default=0, help="weights and prompts")
     ap.add_argument("--prompts", type=int, default=2, help="number of random prompts")
     ap.add_argument("--prompt-len", type=int, default=32, help="prompt length in tokens")
-    ap.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate per prompt")
     ap.add_argument("--gamma", type=int, default=4, help="draft tokens per target call")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed passes over the prompts")
-    ap.add_argument("--repeats", type=int, default=3, help="timed passes; the median is reported")
-    ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument(
@@ -90,7 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also time the static-cache paths: target.generate(cache_implementation='static') and our "
         "engine on a static cache with torch.compile (the GPU fast path; compiling takes a while on a CPU)",
     )
+    add_settings_flags(ap, BenchSettings, "max_new_tokens", "warmup", "repeats", "threads", "seed")
     args = ap.parse_args(argv)
+    try:  # the measurement settings' own checks (BenchSettings), as the flows apply them
+        settings_from_flags(BenchSettings, args, gammas=(args.gamma,))
+    except ValueError as err:
+        ap.error(str(err))
     if (args.target is None) != (args.draft is None):
         ap.error("pass both --target and --draft, or neither for the synthetic pair")
     if not 1 <= args.draft_layers < args.target_layers:
