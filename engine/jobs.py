@@ -95,6 +95,7 @@ class PretrainJob(Job):
     stream_shards: bool = False
     shard_window: int = 4
     max_cached_shards: int = 8
+    shard_prefetch: int = 0
 
     @classmethod
     def loop_overrides(cls, values):

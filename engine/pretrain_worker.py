@@ -168,7 +168,7 @@ class PretrainObjective:
         if cfg.stream_shards:  # fetched shard by shard into a bounded cache (engine.shards)
             self.train_rows = ShardStream(storage.join(str(cfg.corpus_dir), "shards", "train"),
                                           tokens_length=self.collator.tokens_length, window=cfg.shard_window,
-                                          max_cached_shards=cfg.max_cached_shards)
+                                          max_cached_shards=cfg.max_cached_shards, prefetch=cfg.shard_prefetch)
         else:
             self.train_rows = load_rows(corpus / "packed" / "train", self.collator.tokens_length)
         self.val_rows = load_rows(corpus / "packed" / "validation", self.collator.tokens_length)

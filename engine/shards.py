@@ -24,8 +24,10 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import weakref
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
@@ -130,13 +132,20 @@ class ShardStream:
     ``window``: shards whose rows are shuffled together (``models.shard_order``);
     ``max_cached_shards``: shard files kept on local disk, and decoded in memory (at least ``window``, so one
     window's shards fit); ``cache_dir``: where this stream's private cache folder goes (default
-    ``<SPACTOR_CACHE_DIR>/shards``), removed by :meth:`close` or when the stream is collected.
+    ``<SPACTOR_CACHE_DIR>/shards``), removed by :meth:`close` or when the stream is collected;
+    ``prefetch``: after each batch, the shards of the next ``prefetch`` micro-batches (the order is a pure
+    function of the step, so they are known) are fetched by one background thread while the model trains; a
+    batch that needs a shard still in flight waits for it, and a fetch's error is raised there, by the batch that
+    needs the shard. Shards in flight are held beside the cache, so disk and memory hold at most
+    ``max_cached_shards`` plus the shards the next ``prefetch`` micro-batches add. 0 = fetch on demand only.
     """
 
     def __init__(self, location: str | Path, *, tokens_length: int, window: int = 4, max_cached_shards: int = 8,
-                 cache_dir: str | Path | None = None):
+                 cache_dir: str | Path | None = None, prefetch: int = 0):
         if window < 1:
             raise ValueError(f"shard_window={window}: use at least 1")
+        if prefetch < 0:
+            raise ValueError(f"shard_prefetch={prefetch}: use 0 (off) or more micro-batches ahead")
         if max_cached_shards < window:
             raise ValueError(f"max_cached_shards={max_cached_shards} is below shard_window={window}: a window's "
                              "shards must fit in the cache; raise max_cached_shards")
@@ -157,12 +166,23 @@ class ShardStream:
         self._finalizer = weakref.finalize(self, shutil.rmtree, self.cache_dir, True)
         self._cached: OrderedDict[int, np.ndarray] = OrderedDict()  # shard -> its rows, oldest use first
         self.fetches = 0  # shard downloads so far (for tests and logs)
+        self.prefetch = prefetch
+        self.waits = 0  # batches that needed a shard no background fetch had brought in yet (for tests and logs)
+        self._lock = threading.Lock()
+        self._pending: dict[int, Future] = {}  # shard -> its background fetch
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="shard-prefetch") if prefetch else None
+        if self._pool is not None:
+            weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
 
     def __len__(self) -> int:
         return sum(self.shard_rows)
 
     def close(self) -> None:
-        self._cached.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self._cached.clear()
+            self._pending.clear()
         self._finalizer()
 
     def batch(self, *, step: int, micro: int, grad_accum: int, rank: int, world_size: int, batch_size: int,
@@ -175,17 +195,38 @@ class ShardStream:
         for s in dict.fromkeys(shard.tolist()):  # each shard once, in the order the batch first needs it
             sel = shard == s
             out[sel] = self._rows(s)[row[sel], : self.tokens_length]
+        if self.prefetch:
+            self._prefetch_after(step=step, micro=micro, grad_accum=grad_accum, rank=rank, world_size=world_size,
+                                 batch_size=batch_size, seed=seed)
         return out
 
+    def _prefetch_after(self, *, step: int, micro: int, grad_accum: int, **where) -> None:
+        """Start background fetches of the shards the next ``prefetch`` micro-batches read."""
+        ahead: dict[int, None] = {}
+        for k in range(1, self.prefetch + 1):
+            n = step * grad_accum + micro + k
+            shard, _ = shard_batch_rows(shard_rows=self.shard_rows, window=self.window, step=n // grad_accum,
+                                        micro=n % grad_accum, grad_accum=grad_accum, **where)
+            ahead.update(dict.fromkeys(shard.tolist()))
+        with self._lock:
+            for s in ahead:
+                if s not in self._cached and s not in self._pending:
+                    self._pending[s] = self._pool.submit(self._fetch, s)
+
     def _rows(self, s: int) -> np.ndarray:
-        if s in self._cached:
-            self._cached.move_to_end(s)
-            return self._cached[s]
-        rows = self._fetch(s)
-        self._cached[s] = rows
-        while len(self._cached) > self.max_cached_shards:
-            old, _ = self._cached.popitem(last=False)
-            (self.cache_dir / self.index["shards"][old]["file"]).unlink(missing_ok=True)
+        with self._lock:
+            if s in self._cached:
+                self._cached.move_to_end(s)
+                return self._cached[s]
+            fetching = self._pending.pop(s, None)
+        if fetching is not None and not fetching.done():
+            self.waits += 1
+        rows = fetching.result() if fetching is not None else self._fetch(s)  # a background error is raised here
+        with self._lock:
+            self._cached[s] = rows
+            while len(self._cached) > self.max_cached_shards:
+                old, _ = self._cached.popitem(last=False)
+                (self.cache_dir / self.index["shards"][old]["file"]).unlink(missing_ok=True)
         return rows
 
     def _fetch(self, s: int) -> np.ndarray:

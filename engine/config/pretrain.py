@@ -44,6 +44,8 @@ class PretrainConfig(TrainRunFields, optimiser_section(total_steps=60, lr=3e-3, 
                               "(models.shard_order; the epoch permutes the shards, then each window's rows)")
     max_cached_shards: int = Field(8, ge=1, description="with stream_shards: shard files a worker keeps on local disk "
                                    "and decoded in memory (least recently used out first); at least shard_window")
+    shard_prefetch: int = Field(2, ge=0, description="with stream_shards: micro-batches ahead whose shards a "
+                                "background thread fetches while the model trains (0 = fetch on demand only)")
 
     @model_validator(mode="after")
     def _check(self):

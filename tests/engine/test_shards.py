@@ -115,6 +115,43 @@ def test_the_cache_never_holds_more_than_max_cached_shards_files(tmp_path):
     assert not cache.exists()
 
 
+def test_prefetching_reads_the_same_rows_and_fetches_the_next_micro_batches_shards_in_the_background(tmp_path):
+    rows = _tagged_rows(120)
+    write_shards([rows], tmp_path / "split", rows_per_shard=6, row_length=6)  # 20 shards
+    kw = dict(grad_accum=2, rank=1, world_size=2, batch_size=4, seed=3)
+    plain = _stream(tmp_path / "split", tmp_path / "a", window=2, max_cached_shards=3)
+    ahead = _stream(tmp_path / "split", tmp_path / "b", window=2, max_cached_shards=3, prefetch=2)
+    for step in range(30):  # two epochs: 2 micro-batches x 2 workers x 4 rows a step
+        for micro in range(2):
+            assert np.array_equal(ahead.batch(step=step, micro=micro, **kw), plain.batch(step=step, micro=micro, **kw))
+            for fetch in list(ahead._pending.values()):
+                fetch.result()  # let the background fetches land, as a training step's compute would
+    assert ahead.waits == 0  # after the first batch, every shard was there before a batch asked for it
+    assert ahead.fetches <= plain.fetches + 2 * 4  # no more than the lookahead's shards beyond what was read
+    assert len(list(ahead.cache_dir.glob("*.parquet"))) <= 3 + 2 * 4
+    ahead.close()
+    assert not ahead.cache_dir.exists()
+
+
+def test_a_background_fetch_error_is_raised_by_the_batch_that_needs_the_shard(tmp_path):
+    from models.shard_order import shard_batch_rows
+
+    rows = _tagged_rows(24)
+    folder = tmp_path / "split"
+    write_shards([rows], folder, rows_per_shard=6, row_length=6)  # 4 shards of 6 rows, 6 rows a step
+    stream = _stream(folder, tmp_path, window=1, max_cached_shards=2, prefetch=1)
+    kw = dict(micro=0, grad_accum=1, rank=0, world_size=1, batch_size=6, seed=0)
+    (first,) = set(shard_batch_rows(shard_rows=stream.shard_rows, window=1, step=0, **kw)[0].tolist())
+    for i, entry in enumerate(stream.index["shards"]):
+        if i != first:  # every shard but step 0's is corrupted after the index was read
+            (folder / entry["file"]).write_bytes(b"not a shard")
+    assert stream.batch(step=0, **kw).shape == (6, 6)  # the failing background fetch of step 1's shard is silent
+    with pytest.raises(ValueError, match=r"^shard shard-0000\d.parquet of .* does not match its sha256") as err:
+        stream.batch(step=1, **kw)  # ... until a batch needs that shard
+    assert "\n" not in str(err.value)
+    stream.close()
+
+
 def test_a_corrupted_or_missing_shard_is_refused_in_one_line_naming_it(tmp_path):
     rows = _tagged_rows(12)
     folder = tmp_path / "split"
