@@ -14,7 +14,11 @@ page cache the kernel can drop) and tokens/s. ``streamed``: the replicated train
 shards of ``--shard-rows`` rows (``engine.shards.write_shards``) and the worker reads them through
 ``ShardStream`` (``stream_shards``, window ``--shard-window``, at most ``--max-cached-shards`` in its cache);
 "worker disk" is then the largest its shard cache grew (sampled after every step), against the corpus's size on
-disk.
+disk. ``--prefetch 0 2`` runs the streamed worker once per ``shard_prefetch`` value, and ``--fetch-latency-ms``
+adds a simulated remote store's round trip to every shard fetch (in whichever thread fetches it):
+
+    .venv/bin/python benchmarks/data_memory.py --corpus ... --copies 1 --loaders streamed --shard-rows 64 \
+        --prefetch 0 2 --fetch-latency-ms 200
 """
 
 from __future__ import annotations
@@ -48,6 +52,14 @@ if cfg.get("stream_shards"):  # sample the shard cache's size after every step
         disk[0] = max(disk[0], sum(f.stat().st_size for f in self.cache_dir.iterdir()))
         return out
     ShardStream.batch = sampled
+latency = cfg.pop("fetch_latency_ms", 0) / 1000
+if latency:  # an object store's round trip per shard, in whichever thread fetches it
+    from engine.shards import ShardStream
+    fetch = ShardStream._fetch
+    def slow(self, s):
+        time.sleep(latency)
+        return fetch(self, s)
+    ShardStream._fetch = slow
 if cfg.pop("eager"):
     mapped = pretrain_worker.load_rows
     pretrain_worker.load_rows = lambda d, n: np.ascontiguousarray(mapped(d, n)[np.arange(len(mapped(d, n)))])
@@ -118,10 +130,15 @@ def main() -> None:
     ap.add_argument("--shard-rows", type=int, default=2000, help="streamed: rows per Parquet shard")
     ap.add_argument("--shard-window", type=int, default=2, help="streamed: shards shuffled together")
     ap.add_argument("--max-cached-shards", type=int, default=3, help="streamed: shard files a worker keeps")
+    ap.add_argument("--prefetch", type=int, nargs="+", default=[2],
+                    help="streamed: one run per value of shard_prefetch (micro-batches fetched ahead; 0 = on demand)")
+    ap.add_argument("--fetch-latency-ms", type=float, default=0.0,
+                    help="streamed: added to every shard fetch (a remote store's round trip, simulated)")
     args = ap.parse_args()
     corpus = Path(args.corpus)
     names = {"mapped": "read in place", "loaded": "loaded (before)", "streamed": "streamed shards"}
     stream = {"stream_shards": True, "shard_window": args.shard_window, "max_cached_shards": args.max_cached_shards}
+    latency = f", +{args.fetch_latency_ms:g} ms a fetch" if args.fetch_latency_ms else ""
     print("| copies | rows | train split on disk (MiB) | loader | peak RSS (MiB) | at the end: anonymous / file-backed "
           "RSS (MiB) | worker disk (MiB) | tokens/s |")
     print("|---:|---:|---:|---|---:|---:|---:|---:|")
@@ -130,11 +147,14 @@ def main() -> None:
             shards = args.shard_rows if "streamed" in args.loaders else 0
             rep = replicate(corpus, copies, Path(tmp), shards) if copies > 1 or shards else corpus
             on_disk = size_mib(rep / "packed" / "train")
-            for loader in args.loaders:
+            runs = [(loader, p) for loader in args.loaders for p in (args.prefetch if loader == "streamed" else [0])]
+            for loader, prefetch in runs:
                 m = measure(rep, args.steps, args.inputs_length, loader == "loaded",
-                            stream if loader == "streamed" else None)
+                            {**stream, "shard_prefetch": prefetch, "fetch_latency_ms": args.fetch_latency_ms}
+                            if loader == "streamed" else None)
                 disk = f"{m['disk_mib']:,.1f}" if loader == "streamed" else "0 (reads the corpus in place)"
-                print(f"| {copies} | {m['rows']:,} | {on_disk:,.0f} | {names[loader]} | {m['peak_rss_mib']:,.0f} | "
+                name = names[loader] + (f" (prefetch {prefetch}{latency})" if loader == "streamed" else "")
+                print(f"| {copies} | {m['rows']:,} | {on_disk:,.0f} | {name} | {m['peak_rss_mib']:,.0f} | "
                       f"{m['anon_mib']:,.0f} / {m['file_mib']:,.0f} | {disk} | {m['tokens_per_s']:,.0f} |", flush=True)
             if rep != corpus:
                 shutil.rmtree(rep)
