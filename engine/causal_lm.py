@@ -126,35 +126,22 @@ def reference_key(ref: str) -> str:
 def materialize(ref: str, root: str | Path) -> Path:
     """A ``save_pretrained`` folder (model and tokenizer, fp32) for a by-name reference (:func:`is_reference`),
     written once under ``root/<reference_key>`` and reused by every later call: a GGUF file is dequantised and a
-    hub model downloaded only the first time. Written aside and renamed into place with a ``.complete``
-    marker, so an interrupted or concurrent call never leaves a half folder where a complete one is expected.
-    Raises the one-line FileNotFoundError of :func:`locate` when the reference cannot be loaded here."""
-    import shutil
-    import tempfile
+    hub model downloaded only the first time. Published like a checkpoint (``engine.checkpoints.private_tmp``
+    and ``publish``: checksums, then an atomic rename), so an interrupted or concurrent call never leaves a half
+    folder where a complete one is expected. Raises the one-line FileNotFoundError of :func:`locate` when the
+    reference cannot be loaded here."""
+    from engine import checkpoints
 
-    root = Path(root)
-    dst = root / reference_key(ref)
-    if (dst / ".complete").is_file():
+    dst = Path(root) / reference_key(ref)
+    if (dst / ".complete").is_file():  # the model cache's marker (as tasks.tracking.resolve_model's downloads)
         return dst
     model, tokenizer = load_pretrained(ref)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".partial-"))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "SOURCE").write_text(f"{ref}\n")
-        (tmp / ".complete").touch()
-        try:
-            os.replace(tmp, dst)  # an empty or missing dst is replaced atomically
-        except OSError:  # dst exists and is not empty
-            if not (dst / ".complete").is_file():  # a half folder left by a killed call: set it aside
-                aside = Path(tempfile.mkdtemp(dir=root, prefix=".stale-"))
-                os.replace(dst, aside / "old")
-                os.replace(tmp, dst)
-                shutil.rmtree(aside, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after the rename; the loser's copy after a lost race
-    return dst
+    tmp = checkpoints.private_tmp(root, "model")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "SOURCE").write_text(f"{ref}\n")
+    (tmp / ".complete").touch()
+    return checkpoints.publish(tmp, dst)
 
 
 def load_causal_lm(ref: str, *, dtype: torch.dtype = torch.float32):
