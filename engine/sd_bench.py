@@ -67,6 +67,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.sd.feature_draft import FeatureDraft, is_feature_draft
 from models.sd.kv_cache import cached_decoder, compiled_forward, generate_cache, is_causal_lm
 from models.sd.quantization import at_precision
 from models.sd.bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr, rouge_l
@@ -166,8 +167,9 @@ def measure_step_costs(
             mask = torch.ones_like(ids)
             max_len = steps + max(gammas) + 2 if cache_implementation == "static" else None
             decoders = {
-                name: cached_decoder(model, ids, mask, cache_implementation=cache_implementation,
-                                     max_cache_len=max_len, forward=compiled_forward(model) if compile else None)
+                name: _FeatureSteps(model, ids) if is_feature_draft(model) else
+                cached_decoder(model, ids, mask, cache_implementation=cache_implementation,
+                               max_cache_len=max_len, forward=compiled_forward(model) if compile else None)
                 for name, model in models.items()
             }
             # Models alternate step by step, so drift of a shared machine hits them alike.
@@ -188,6 +190,22 @@ def measure_step_costs(
         "draft_step_ms": {k: statistics.median(step_ms[f"draft:{k}"]) for k in drafts},
         "verify_ratio": {g: statistics.median(v) / target_ms for g, v in verify_ms.items()},
     }
+
+
+class _FeatureSteps:
+    """A feature draft's decoder step as ``FeatureDrafter`` takes it while drafting: one (feature, token) pair
+    after the cached ones (the prompt's pairs, read first). ``advance`` takes the growing token sequence, like
+    a ``CachedDecoder``'s, and feeds its last token; feature values do not change dense compute time."""
+
+    def __init__(self, draft: FeatureDraft, ids: torch.Tensor):
+        self.draft, self.cache = draft, draft.new_cache()
+        self.zero = torch.zeros((1, 1, draft.config.hidden_size), device=ids.device)
+        prompt = ids[:, 1:] if ids.shape[1] > 1 else ids
+        draft(self.zero.expand(1, prompt.shape[1], -1), prompt, cache=self.cache)
+
+    def advance(self, tokens: list[int]) -> torch.Tensor:
+        x = torch.tensor([[tokens[-1]]], dtype=torch.long, device=self.zero.device)
+        return self.draft(self.zero, x, cache=self.cache)[1]
 
 
 @dataclass
@@ -260,7 +278,7 @@ def _build_cases(
                 for lenience in s.lenience if mode == "sampling" else (1.0,):
                     cases.append(_Case(mode, "sd", label, gamma, lenience,
                                        partial(sd_call, mode=mode, draft=draft, gamma=gamma, lenience=lenience)))
-                if s.hf_baselines:
+                if s.hf_baselines and not is_feature_draft(draft):  # transformers' assistant must be an LM
                     cases.append(_Case(mode, "hf_assisted", label, gamma, 1.0,
                                        partial(hf_call, mode=mode, assistant=draft, gamma=gamma)))
         if s.hf_baselines and is_causal_lm(target):
@@ -318,8 +336,9 @@ def run_benchmark(
 ) -> list[dict[str, Any]]:
     """Time every (mode, method, draft, gamma, lenience) case; one result row (a dict of COLUMNS) each.
 
-    ``decode`` turns output token ids (decoder start token excluded) into text for ROUGE-L; without it,
-    or when no prompt has a reference, ``rougeL`` is nan. ``log`` receives progress lines.
+    ``decode`` turns output token ids (decoder start token excluded) into text for ROUGE-L and for each row's
+    ``outputs`` (the last pass's texts, one per prompt); without it, or when no prompt has a reference,
+    ``rougeL`` is nan. ``log`` receives progress lines.
     Models must live on one device; the prompts are moved there.
     """
     s = settings
@@ -404,8 +423,10 @@ def _rows(cases: list[_Case], costs: dict[str, Any], prompts: Sequence[BenchProm
             peer = by_key.get((case.mode, "hf_assisted", case.draft, case.gamma, 1.0))
             if peer is not None and case.lenience == 1.0:
                 row["speedup_vs_hf_assisted"] = _paired(peer, case)[0]
-        if decode is not None and scored:
-            row["rougeL"] = rouge_l([decode(case.outputs[i]) for i in scored], [refs[i] for i in scored])
+        if decode is not None:
+            row["outputs"] = [decode(o) for o in case.outputs]  # per prompt (not a table column: outputs.json)
+            if scored:
+                row["rougeL"] = rouge_l([row["outputs"][i] for i in scored], [refs[i] for i in scored])
         rows.append(row)
     return rows
 
@@ -511,7 +532,8 @@ def _batched_cases(target: nn.Module, drafts: Mapping[str, nn.Module], s: BenchS
     methods = [("sd", sd)] + ([("sd_b1", sd_b1)] if include_unbatched else [])
     return [("hf_generate", None, None, hf)] + [
         (method, label, g, partial(fn, draft=draft, gamma=g))
-        for label, draft in drafts.items() for g in s.gammas for method, fn in methods
+        for label, draft in drafts.items() if not is_feature_draft(draft)  # a feature draft decodes batch 1
+        for g in s.gammas for method, fn in methods
     ]
 
 

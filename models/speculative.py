@@ -49,6 +49,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
+from models.sd.feature_draft import FeatureDrafter, FeatureTap, is_feature_draft
 from models.sd.kv_cache import (CACHE_IMPLEMENTATIONS, BatchedDecoder, CachedDecoder, CausalBatchedDecoder,
                               cached_decoder, compiled_forward, is_causal_lm)
 from models.sd.verify import (acceptance_probability, check_lenience, check_sampling_args, residual_distribution,
@@ -452,6 +453,10 @@ def _check_sd_call(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor,
         )
     _check_cache_args(cache_implementation, compile)
     batch = input_ids.shape[0] if input_ids.ndim == 2 else 1
+    if is_feature_draft(draft) and (batch > 1 or not is_causal_lm(target)):
+        raise ValueError("a feature draft (models.sd.feature_draft) speculates for a decoder-only target, one prompt "
+                         f"at a time; got batch size {batch} and a {'decoder-only' if is_causal_lm(target) else 'T5'} "
+                         "target")
     if batch > 1 and cache_implementation != "dynamic":
         raise ValueError(
             f"batch size {batch} needs cache_implementation='dynamic': batched SD realigns "
@@ -472,13 +477,23 @@ def _timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[An
 
 def _pair(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
           out: SpeculativeOutput, *, cache_implementation: str, compile: bool, max_new_tokens: int, do_sample: bool,
-          warp: Callable, eos: frozenset[int], generator: torch.Generator | None) -> tuple["Drafter", "Verifier"]:
+          warp: Callable, eos: frozenset[int], generator: torch.Generator | None,
+          stack: contextlib.ExitStack) -> tuple["Drafter", "Verifier"]:
     """The drafter and verifier for this batch, their decoders' set-up time (encoders, prompt prefill) added to the
     draft's and the target's time in ``out``.
 
     Batch 1 is the latency path: ``CachedDecoder``s (dynamic or static cache, optionally compiled), and the
-    drafter stops a block at EOS. B > 1 is batched SD: ``BatchedDecoder``s, realigned row by row."""
+    drafter stops a block at EOS. B > 1 is batched SD: ``BatchedDecoder``s, realigned row by row. A feature
+    draft (``models.sd.feature_draft``) reads the target's hidden states through a hook that ``stack`` removes."""
     one_row = input_ids.shape[0] == 1
+    if is_feature_draft(draft):
+        tap = stack.enter_context(FeatureTap(target))  # before the target's prefill, whose features it needs
+        target_dec, target_s = _timed(input_ids.device, _decoder, target, input_ids, attention_mask,
+                                      cache_implementation, compile, max_new_tokens)
+        out.target_time_s += target_s
+        prompt = input_ids[0][attention_mask[0].bool()].tolist()
+        return (FeatureDrafter(draft, tap, prompt, do_sample=do_sample, warp=warp, eos=eos, generator=generator),
+                OneRowVerifier(target_dec))
 
     def decoder(model: nn.Module) -> CachedDecoder | BatchedDecoder:
         if one_row:
@@ -559,11 +574,11 @@ def speculative_generate(
     out = SpeculativeOutput(sequences=input_ids.new_zeros((input_ids.shape[0], 0)), num_target_calls=0,
                             num_draft_calls=0)
     t_begin = _now(input_ids.device)
-    with _eval_mode(target, draft):
+    with _eval_mode(target, draft), contextlib.ExitStack() as stack:
         drafter, verifier = _pair(target, draft, input_ids, attention_mask, out,
                                   cache_implementation=cache_implementation, compile=compile,
                                   max_new_tokens=max_new_tokens, do_sample=do_sample, warp=warp, eos=eos,
-                                  generator=generator)
+                                  generator=generator, stack=stack)
         tokens = _decode(drafter, verifier, out, starts=_starts(target, start, input_ids, attention_mask), eos=eos,
                          gamma=gamma, max_new_tokens=max_new_tokens, do_sample=do_sample, warp=warp, lenience=lenience,
                          adaptive_gamma=adaptive_gamma, generator=generator, device=input_ids.device)

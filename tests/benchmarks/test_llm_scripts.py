@@ -44,3 +44,20 @@ def test_llm_sd_times_each_draft_and_its_frequent_token_copy_and_greedy_sd_stays
     assert any("| small-fr64 |" in r for r in rows) and any("| small |" in r for r in rows)
     assert any("hf_prompt_lookup" in r for r in rows)
     assert all("| True |" in r for r in rows), rows  # every greedy decoder equals target-only decoding
+
+
+def test_llm_feature_draft_trains_from_the_targets_responses_and_prints_exact_sd_rows_for_both_drafts(llm, tmp_path,
+                                                                                                     capsys):
+    from models.sd.feature_draft import load_feature_draft
+
+    _script("llm_feature_draft").main(["--target", llm, "--train-prompts", "4", "--response-tokens", "4",
+                                       "--steps", "3", "--batch-size", "2", "--head-tokens", "64", "--num-prompts",
+                                       "2", "--max-new-tokens", "4", "--gammas", "2", "--repeats", "1",
+                                       "--out", str(tmp_path / "fd")])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| greedy")]
+    assert any("| feature-distilled |" in r for r in rows) and any("| feature-untrained |" in r for r in rows)
+    assert any("hf_prompt_lookup" in r for r in rows) and not any("hf_assisted" in r for r in rows)
+    assert all("| True |" in r for r in rows), rows
+    assert "4 prompts + target greedy responses" in out and "training 3 steps of 2" in out
+    assert len(load_feature_draft(tmp_path / "fd").head_token_ids) == 64
