@@ -71,8 +71,9 @@ def distillspec_study(preset: Preset = "tiny", overrides: Optional[dict[str, Any
             best = best_draft(table, "undistilled")
             t_cfg = sd_cfg.model_copy(update={"target": cfg.teacher, "drafts": [refs[0]], "hf_baselines": False,
                                               "modes": ["greedy"], "batch_sizes": []})
-            t_rows = sd_mod.sd_benchmark(config=t_cfg, parent_run_id=run_id).table.to_dict("records")
-            garden = garden_row(t_rows, rows, best)
+            teacher = sd_mod.sd_benchmark(config=t_cfg, parent_run_id=run_id)
+            garden = garden_row(teacher.table.to_dict("records"), rows, best, teacher_outputs=teacher.outputs,
+                                garden_outputs=bench.outputs)
         markdown = log_study(run_id, table, garden)
     return StudyResult(run_id=run_id, markdown=markdown, drafts=drafts)
 

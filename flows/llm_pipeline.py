@@ -152,7 +152,8 @@ def _sd_stage(cfg: LLMPipelineConfig, llm_uri: str, drafts: dict[str, Any], dd: 
         "target": garden["target_uri"], "drafts": [DraftRef(label=garden["draft_alias"],
                                                                    model=garden["draft_uri"])],
         "hf_baselines": False, "batch_sizes": []}), parent_run_id=parent)
-    garden_rows = [garden_row(rows, records(g.table), garden["draft_alias"], precision=p) for p in s.precisions]
+    garden_rows = [garden_row(rows, records(g.table), garden["draft_alias"], precision=p, teacher_outputs=r.outputs,
+                              garden_outputs=g.outputs) for p in s.precisions]
     return {"run_id": r.run_id, "markdown": r.markdown, "rows": rows, "garden_run_id": g.run_id,
             "garden": garden_rows}
 

@@ -232,7 +232,8 @@ def _sd(cfg: PipelineConfig, target: str, ft: dict[str, Any], dd: dict[str, Any]
         parent_run_id=parent)
     from tasks.report.distillspec_study import garden_row
 
-    garden = [garden_row(records(t.table), rows, dd["alias"], precision=p) for p in s.precisions]
+    garden = [garden_row(records(t.table), rows, dd["alias"], precision=p, teacher_outputs=t.outputs,
+                         garden_outputs=r.outputs) for p in s.precisions]
     return {"run_id": r.run_id, "markdown": r.markdown, "rows": rows, "teacher_run_id": t.run_id, "garden": garden}
 
 

@@ -12,7 +12,7 @@ the columns, what is logged, and measured numbers.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from prefect import flow
@@ -30,6 +30,7 @@ class SDBenchmarkResult:
     table: Any  # pandas DataFrame, columns models.sd.bench.COLUMNS
     markdown: str
     batched: Any = None  # pandas DataFrame, columns engine.sd_bench.BATCH_COLUMNS, when batch_sizes was set
+    outputs: dict = field(default_factory=dict)  # precision -> the target's greedy outputs, one text per prompt
 
     def summary(self) -> str:
         files = "results.csv/.parquet/.md, speedup_vs_gamma.png"
@@ -61,7 +62,8 @@ def sd_benchmark(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
                              dtype=cfg.dtype, batch_sizes=cfg.batch_sizes, precisions=cfg.precisions)
         markdown = t.log_results(run_id, measured["rows"], measured["batched"])
     table, batched = t.result_frames(measured)
-    return SDBenchmarkResult(run_id=run_id, table=table, markdown=markdown, batched=batched)
+    return SDBenchmarkResult(run_id=run_id, table=table, markdown=markdown, batched=batched,
+                             outputs=t.greedy_outputs(measured["rows"]))
 
 
 def _checked(cfg: SDBenchmarkConfig) -> SDBenchmarkConfig:

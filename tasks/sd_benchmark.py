@@ -270,8 +270,16 @@ def quality_figure(df):
 
 
 @task(name="log-sd-results", retries=2, retry_condition_fn=retry_transient, retry_delay_seconds=2, cache_policy=NONE)
+def greedy_outputs(rows: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Per precision, the target's own greedy outputs (one text per prompt): what another model's outputs are
+    compared with (the model garden's agreement with its teacher)."""
+    return {r.get("precision") or "fp32": list(r["outputs"]) for r in rows
+            if r["method"] == "target" and r["mode"] == "greedy" and r.get("outputs") is not None}
+
+
 def log_results(run_id: str, rows: list[dict[str, Any]], batched: list[dict[str, Any]] | None = None) -> str:
     """Tables (CSV, Parquet, markdown), plots and headline metrics -> the MLflow run; returns the markdown.
+    Every row's decoded outputs (one text per prompt) go to ``outputs.json``.
 
     ``batched`` rows (``run_batched_benchmark``) go to ``batched.csv/.parquet/.md`` and are appended to
     the returned markdown under their own heading."""
@@ -279,6 +287,10 @@ def log_results(run_id: str, rows: list[dict[str, Any]], batched: list[dict[str,
 
     df = to_frame(rows)
     md = markdown_table(df)
+    outputs = [{k: r.get(k) for k in ("precision", "mode", "method", "draft", "gamma", "lenience", "outputs")}
+               for r in rows if r.get("outputs") is not None]
+    if outputs:
+        tracking.log_dict(run_id, outputs, "outputs.json")
     tracking.log_table(run_id, df, "results.csv")
     tracking.log_table(run_id, df, "results.parquet")
     tracking.log_text(run_id, md, "results.md")

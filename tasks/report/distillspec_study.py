@@ -34,10 +34,19 @@ def best_draft(table, undistilled: str) -> str:
     return greedy.sort_values("ms_per_token").iloc[0]["draft"]
 
 
-def garden_row(teacher_rows, target_rows, best_draft: str, precision: str = "fp32") -> dict[str, Any]:
+def garden_row(teacher_rows, target_rows, best_draft: str, precision: str = "fp32", *,
+               teacher_outputs: dict[str, list[str]] | None = None,
+               garden_outputs: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Teacher-only latency/quality vs distilled target + distilled draft with SD (greedy, best gamma), both
-    decoded with ``precision`` weights (rows without a precision column are fp32)."""
+    decoded with ``precision`` weights (rows without a precision column are fp32).
+
+    With each benchmark's greedy outputs (``SDBenchmarkResult.outputs``: precision -> one text per prompt, the
+    same prompts) the row also says how far the garden reproduces its teacher: ``agreement_rougeL`` (ROUGE-L of
+    the garden target's greedy outputs, which its lossless SD returns, against the teacher's) and
+    ``agreement_exact`` (the share of prompts with the very same output)."""
     import pandas as pd
+
+    from models.sd.bench import rouge_l
 
     def at(df):
         p = df["precision"].fillna("fp32") if "precision" in df else pd.Series("fp32", index=df.index)
@@ -48,10 +57,15 @@ def garden_row(teacher_rows, target_rows, best_draft: str, precision: str = "fp3
     teacher = t[(t["method"] == "target") & (t["mode"] == "greedy")].iloc[0]
     sd = s[(s["method"] == "sd") & (s["mode"] == "greedy") & (s["draft"] == best_draft)]
     best = sd.sort_values("ms_per_token").iloc[0]
-    return {"teacher_ms_per_token": float(teacher["ms_per_token"]), "teacher_rougeL": teacher["rougeL"],
-            "garden_ms_per_token": float(best["ms_per_token"]), "garden_rougeL": best["rougeL"],
-            "garden_gamma": int(best["gamma"]), "garden_draft": best_draft,
-            "latency_reduction": float(teacher["ms_per_token"]) / float(best["ms_per_token"]), "precision": precision}
+    row = {"teacher_ms_per_token": float(teacher["ms_per_token"]), "teacher_rougeL": teacher["rougeL"],
+           "garden_ms_per_token": float(best["ms_per_token"]), "garden_rougeL": best["rougeL"],
+           "garden_gamma": int(best["gamma"]), "garden_draft": best_draft,
+           "latency_reduction": float(teacher["ms_per_token"]) / float(best["ms_per_token"]), "precision": precision}
+    ref, out = (teacher_outputs or {}).get(precision), (garden_outputs or {}).get(precision)
+    if ref and out and len(ref) == len(out):
+        row["agreement_rougeL"] = rouge_l(out, ref)
+        row["agreement_exact"] = sum(a == b for a, b in zip(out, ref)) / len(ref)
+    return row
 
 
 def markdown(df) -> str:

@@ -307,7 +307,14 @@ def _garden_block(out: list[str], metrics: dict[str, float], g: Mapping[str, Any
                + (f"; and the garden's outputs are **worse** (ROUGE-L {_fmt(g.get('garden_rougeL'))} against "
                   f"{_fmt(g.get('teacher_rougeL'))})" if _num(g.get("garden_rougeL")) < _num(g.get("teacher_rougeL")) - 0.02
                   else "") + ".")
-    metrics["verdict.garden_latency_ratio" + ("" if precision == "fp32" else f".{precision}")] = ratio
+    tag = "" if precision == "fp32" else f".{precision}"
+    if g.get("agreement_rougeL") is not None:
+        out[-1] += (f" Agreement with {g.get('teacher_label') or 'the teacher'}'s own outputs: ROUGE-L "
+                    f"{_fmt(g.get('agreement_rougeL'))}, {_fmt(100 * _num(g.get('agreement_exact')), '.0f')}% of "
+                    "prompts answered identically.")
+        metrics["verdict.garden_agreement_rougeL" + tag] = _num(g.get("agreement_rougeL"))
+        metrics["verdict.garden_agreement_exact" + tag] = _num(g.get("agreement_exact"))
+    metrics["verdict.garden_latency_ratio" + tag] = ratio
     out.append("")
 
 

@@ -94,6 +94,13 @@ def test_flow_logs_table_and_plots_and_greedy_sd_equals_target_only_decoding(pre
     import pandas as pd
 
     assert len(pd.read_parquet(art / "results.parquet")) == len(df)
+    # every row's decoded outputs, one per prompt; the target's greedy ones are the result's ``outputs``
+    outputs = json.loads((art / "outputs.json").read_text())
+    assert len(outputs) == len(df) and {len(o["outputs"]) for o in outputs} == {len(res.outputs["fp32"])}
+    (target_greedy,) = [o for o in outputs if o["method"] == "target" and o["mode"] == "greedy"]
+    assert target_greedy["outputs"] == res.outputs["fp32"] and any(res.outputs["fp32"])
+    exact_sd = [o for o in outputs if o["method"] == "sd" and o["mode"] == "greedy"]
+    assert all(o["outputs"] == res.outputs["fp32"] for o in exact_sd)  # lossless greedy SD says the same
     assert "| mode | method | draft | gamma |" in res.summary() and res.run_id in res.summary()
     # batched greedy SD at B = 2: hf_generate + 2 drafts x 2 gammas, outputs identical to batched generate
     batched = res.batched

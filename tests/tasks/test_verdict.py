@@ -75,6 +75,24 @@ def test_model_garden_ratio_is_read_against_the_papers_range():
     text, _ = pipeline_verdict(preset="llm", task_kind="generation", quality={},
                                garden={**garden, "garden_rougeL": 0.0, "teacher_label": "the LLM"})
     assert "the LLM alone" in text and "outputs are **worse** (ROUGE-L 0.000 against 0.400)" in text
+    assert "Agreement" not in text  # no outputs compared: nothing claimed
+    text, metrics = pipeline_verdict(preset="llm", task_kind="generation", quality={},
+                                     garden={**garden, "teacher_label": "the LLM", "agreement_rougeL": 0.25,
+                                             "agreement_exact": 0.125, "precision": "int8"})
+    assert "Agreement with the LLM's own outputs: ROUGE-L 0.250, 12% of prompts answered identically" in text
+    assert metrics["verdict.garden_agreement_rougeL.int8"] == 0.25
+
+
+def test_garden_row_measures_agreement_with_the_teachers_own_outputs_when_given():
+    from tasks.report.distillspec_study import garden_row
+
+    t = [{"method": "target", "mode": "greedy", "ms_per_token": 10.0, "rougeL": 0.3, "precision": "fp32"}]
+    g = [{"method": "sd", "mode": "greedy", "draft": "d", "gamma": 2, "ms_per_token": 4.0, "rougeL": 0.2,
+          "precision": "fp32"}]
+    row = garden_row(t, g, "d", teacher_outputs={"fp32": ["a b c", "x y"]}, garden_outputs={"fp32": ["a b c", "z"]})
+    assert row["latency_reduction"] == 2.5 and row["agreement_exact"] == 0.5
+    assert row["agreement_rougeL"] == pytest.approx(0.5)  # ROUGE-L F1 averaged over prompts: 1 and 0
+    assert "agreement_rougeL" not in garden_row(t, g, "d")  # without outputs nothing is claimed
 
 
 def test_prompt_lookup_rows_of_a_decoder_only_target_are_read_against_our_best_sd():
