@@ -47,11 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--feature-noise", type=float, default=0.0, help="std of noise on input features (EAGLE)")
+    ap.add_argument("--unroll", type=int, default=1,
+                    help="> 1: also train drafting steps 2..unroll on the draft's own predicted features")
     ap.add_argument("--train-threads", type=int, default=2)
     ap.add_argument("--num-prompts", type=int, default=8, help="test prompts timed")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--gammas", default="2,3,4")
     ap.add_argument("--out", default=None, help="save the trained draft to this folder")
+    ap.add_argument("--responses-cache", default=None,
+                    help="a .pt file: the target's responses are read from it when it exists, else written to it")
     ap.add_argument("--seed", type=int, default=0)
     add_settings_flags(ap, BenchSettings, "max_new_tokens", "precision", "repeats", "threads", repeats=2)
     args = ap.parse_args(argv)
@@ -73,9 +77,17 @@ def main(argv: list[str] | None = None) -> None:
     train_prompts = [p.input_ids for p in prompts_from_texts(list(train["input"]), tok,
                                                               prompt_tokens=args.prompt_tokens, causal=True)]
     t0 = time.perf_counter()
-    seqs = target_greedy_sequences(target, train_prompts, max_new_tokens=args.response_tokens, batch_size=16,
-                                   pad_id=tok.pad_token_id,
-                                   progress=lambda i, n: print(f"  target responses {i}/{n}", flush=True))
+    cache = Path(args.responses_cache) if args.responses_cache else None
+    key = {"target": args.target, "task": args.task, "prompts": train_prompts, "response_tokens": args.response_tokens}
+    cached = torch.load(cache) if cache is not None and cache.is_file() else None
+    if cached is not None and cached["key"] == key:
+        seqs = cached["sequences"]
+    else:
+        seqs = target_greedy_sequences(target, train_prompts, max_new_tokens=args.response_tokens, batch_size=16,
+                                       pad_id=tok.pad_token_id,
+                                       progress=lambda i, n: print(f"  target responses {i}/{n}", flush=True))
+        if cache is not None:
+            torch.save({"key": key, "sequences": seqs}, cache)
     t_gen = time.perf_counter() - t0
     t0 = time.perf_counter()
     examples = collect_features(target, seqs, batch_size=8)
@@ -91,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
                                generator=torch.Generator().manual_seed(args.seed))
     t0 = time.perf_counter()
     history = train_feature_draft(draft, examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                                  generator=gen, feature_noise=args.feature_noise,
+                                  generator=gen, feature_noise=args.feature_noise, unroll=args.unroll,
                                   log=lambda r: print("  step {step}: loss {loss:.3f} feature {feature:.4f} kl {kl:.3f} "
                                                       "top1 {top1:.3f} ({seconds:.0f} s)".format(**r), flush=True))
     t_train = time.perf_counter() - t0
@@ -101,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\ndata: {len(seqs)} prompts + target greedy responses ({sum(len(s) for s, _ in seqs)} tokens; "
           f"generate {t_gen:.0f} s, features {t_feat:.0f} s); draft: {args.layers} layer(s), {trainable:.1f}M trained "
           f"parameters, head over {len(head) if head else 'all'} ids; training {args.steps} steps of "
-          f"{args.batch_size} ({t_train:.0f} s, {t_train / max(args.steps, 1):.2f} s/step), final top-1 agreement "
+          f"{args.batch_size}, unroll {args.unroll} ({t_train:.0f} s, {t_train / max(args.steps, 1):.2f} s/step), final top-1 agreement "
           f"{history[-1]['top1']:.3f}\n", flush=True)
 
     test = data["test"].select(range(min(args.num_prompts, len(data["test"]))))

@@ -113,12 +113,17 @@ def _batch(examples: Sequence[FeatureExample]) -> tuple[torch.Tensor, ...]:
 
 def train_feature_draft(draft: FeatureDraft, examples: Sequence[FeatureExample], *, steps: int, batch_size: int,
                         lr: float, generator: torch.Generator, warmup_steps: int = 20, feature_noise: float = 0.0,
-                        feature_weight: float = 1.0, clip_norm: float = 1.0,
+                        feature_weight: float = 1.0, clip_norm: float = 1.0, unroll: int = 1,
                         log: Callable[[dict], None] | None = None, log_every: int = 50) -> list[dict]:
     """AdamW on ``feature_draft_loss`` over random batches of ``examples`` (drawn from ``generator``), linear
     warm-up then cosine decay; ``feature_noise``: std of Gaussian noise added to the input features (EAGLE's
-    augmentation: at decoding time the draft reads its own, imperfect features after the first step). Returns
-    one record per ``log_every`` steps: step, loss, feature loss, KL, top-1 agreement with the target, seconds."""
+    augmentation: at decoding time the draft reads its own, imperfect features after the first step).
+    ``unroll`` > 1 trains the later drafting steps as they run (after EAGLE-3's training-time test): pass k reads,
+    at each position, the feature that pass k - 1 predicted for it (the first position keeps the true one), and
+    every pass's loss counts. Returns one record per ``log_every`` steps: step, loss, feature loss, KL, top-1
+    agreement with the target (first pass), seconds."""
+    if unroll < 1:
+        raise ValueError(f"unroll={unroll} must be >= 1")
     if not examples:
         raise ValueError("no training sequences for the feature draft")
     params = [p for p in draft.parameters() if p.requires_grad]
@@ -137,15 +142,22 @@ def train_feature_draft(draft: FeatureDraft, examples: Sequence[FeatureExample],
         feats, ids, nxt, mask = _batch([examples[i] for i in pick])
         if feature_noise:
             feats = feats + feature_noise * torch.randn(feats.shape, generator=generator)
-        pred, logits, _ = draft(feats, ids)
-        parts = feature_draft_loss(pred, logits, nxt, draft.head, mask, feature_weight=feature_weight)
+        pred, logits, _ = draft(feats, ids, compact=True)
+        parts = feature_draft_loss(pred, logits, nxt, draft.head_logits, mask, feature_weight=feature_weight)
+        first_logits, later = logits, pred
+        for _ in range(unroll - 1):  # the draft's own predictions as the next pass's input features
+            feats = torch.cat([feats[:, :1], later[:, :-1].detach()], dim=1)
+            later, logits_k, _ = draft(feats, ids, compact=True)
+            more = feature_draft_loss(later, logits_k, nxt, draft.head_logits, mask, feature_weight=feature_weight)
+            parts = {k: parts[k] + more[k] for k in parts}
+        logits = first_logits
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, clip_norm)
         opt.step()
         sched.step()
         with torch.no_grad():
-            agree = (logits[mask].argmax(-1) == draft.head(nxt[mask]).argmax(-1)).float().mean()
+            agree = (logits[mask].argmax(-1) == draft.head_logits(nxt[mask]).argmax(-1)).float().mean()
         acc.append({k: float(v.detach()) for k, v in parts.items()} | {"top1": float(agree)})
         if (step + 1) % log_every == 0 or step + 1 == steps:
             rec = {"step": step + 1, **{k: sum(a[k] for a in acc) / len(acc) for k in acc[0]},

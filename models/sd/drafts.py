@@ -47,8 +47,12 @@ class FrequentHead(nn.Module):
         self.weight = nn.Parameter(torch.zeros(len(token_ids), hidden_size))
         self.register_buffer("token_ids", torch.as_tensor(list(token_ids), dtype=torch.long))
 
+    def compact(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The logits of ``token_ids`` only, (..., K): what training needs, without the vocabulary-wide layout."""
+        return nn.functional.linear(hidden, self.weight)
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        small = nn.functional.linear(hidden, self.weight)  # (..., K)
+        small = self.compact(hidden)  # (..., K)
         out = small.new_full((*small.shape[:-1], self.vocab_size), OUTSIDE_LOGIT)
         return out.index_copy_(out.ndim - 1, self.token_ids, small)
 

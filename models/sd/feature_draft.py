@@ -64,11 +64,18 @@ class FeatureDraft(nn.Module):
             p.requires_grad_(False)  # the target's: the draft learns to use them, not to change them
 
     def forward(self, features: torch.Tensor, input_ids: torch.Tensor, cache=None,
-                position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, object]:
+                position_ids: torch.Tensor | None = None, *,
+                compact: bool = False) -> tuple[torch.Tensor, torch.Tensor, object]:
+        """``compact``: logits over the head's own tokens only (``head_logits``), as training scores them; else
+        over the whole vocabulary (tokens outside a frequent-token head at ``OUTSIDE_LOGIT``), as SD reads them."""
         x = self.fc(torch.cat([features.to(self.fc.weight.dtype), self.embed(input_ids)], dim=-1))
         out = self.body(inputs_embeds=x, cache=cache, position_ids=position_ids, use_cache=cache is not None)
         pred = out.last_hidden_state
-        return pred, self.head(pred), out.cache
+        return pred, (self.head_logits(pred) if compact else self.head(pred)), out.cache
+
+    def head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The head's logits over its own tokens: the frequent ones (K of them) or the whole vocabulary."""
+        return self.head.compact(hidden) if isinstance(self.head, FrequentHead) else self.head(hidden)
 
     def new_cache(self):
         from transformers.cache_utils import DynamicCache
@@ -114,11 +121,13 @@ def make_feature_draft(target: nn.Module, *, layers: int = 1, head_token_ids: Se
     return draft
 
 
-def feature_draft_loss(pred: torch.Tensor, logits: torch.Tensor, next_features: torch.Tensor, head: nn.Module,
-                       mask: torch.Tensor, *, feature_weight: float = 1.0) -> dict[str, torch.Tensor]:
+def feature_draft_loss(pred: torch.Tensor, logits: torch.Tensor, next_features: torch.Tensor,
+                       head: Callable[[torch.Tensor], torch.Tensor], mask: torch.Tensor, *,
+                       feature_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """EAGLE's objective over the positions ``mask`` selects: smooth-L1 between the predicted and the target's
     next features (``feature_weight``), plus the cross-entropy of the draft's distribution against the target's
-    (the target's next feature through the same ``head``, so the two distributions cover the same tokens).
+    (the target's next feature through the same ``head``, so the two distributions cover the same tokens: with a
+    frequent-token head, the target's distribution renormalised over those tokens).
     Returns ``{"loss", "feature", "kl"}`` (``kl``: the cross-entropy less the target's entropy)."""
     m = mask.bool()
     with torch.no_grad():

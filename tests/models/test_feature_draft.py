@@ -125,3 +125,18 @@ def test_the_sd_benchmark_times_a_feature_draft_without_hf_assisted_or_batched_r
     assert not [r for r in rows if r["method"] == "hf_assisted"]
     batched = run_batched_benchmark(target, {"feature": fresh(target)}, prompts, s, batch_sizes=[2])
     assert {r["method"] for r in batched} == {"hf_generate"}
+
+
+def test_unrolled_training_scores_every_pass_and_refuses_a_zero_unroll(target):
+    seqs = target_greedy_sequences(target, [PROMPT[0].tolist()], max_new_tokens=8, batch_size=1, pad_id=PAD)
+    examples = collect_features(target, seqs, batch_size=1)
+    runs = {}
+    for unroll in (1, 2):
+        draft = fresh(target)
+        runs[unroll] = train_feature_draft(draft, examples, steps=1, batch_size=1, lr=0.0, warmup_steps=1,
+                                           unroll=unroll, generator=torch.Generator().manual_seed(0))[-1]
+    # lr 0: the same weights; the second pass adds its own (positive) loss on top of the first pass's
+    assert runs[2]["loss"] > runs[1]["loss"] and runs[2]["top1"] == runs[1]["top1"]
+    with pytest.raises(ValueError, match="unroll=0 must be >= 1"):
+        train_feature_draft(fresh(target), examples, steps=1, batch_size=1, lr=1e-3, unroll=0,
+                            generator=torch.Generator())
