@@ -366,8 +366,15 @@ def run_url(run_id: str) -> str | None:
     uri = tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return None
-    run = MlflowClient().get_run(run_id)
-    return f"{uri.rstrip('/')}/#/experiments/{run.info.experiment_id}/runs/{run_id}"
+    return run_page_url(uri, MlflowClient().get_run(run_id).info.experiment_id, run_id)
+
+
+def run_page_url(server: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's page of a run, opened in its "Model training" view. MLflow 3.17's UI keeps the GenAI /
+    Model training switch in the browser alone (default GenAI, whatever the experiment's kind tag says: MLflow
+    issue 24498), where a training run's logged models show as "Agent versions" and the model registry has no
+    link; ``workflowType=machine_learning`` in the link sets the switch."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
 
 
 def artifact_local_path(run_id: str, path: str = "") -> str:

@@ -1,5 +1,6 @@
-"""infra/services.sh against the real servers: start, health, deploy, two pipeline runs through the worker,
-every listening socket on 127.0.0.1, both UIs in a real (headless Chromium) browser, and a clean stop.
+"""infra/services.sh against the real servers: start, health, deploy, two pipeline runs through the worker
+(the second also pretrains the three model sizes for a few steps, so it logs and registers models), every
+listening socket on 127.0.0.1, both UIs in a real (headless Chromium) browser, and a clean stop.
 
 The end-to-end tests are marked ``slow`` (about 3-4 minutes: two pipeline runs through the worker); the checks of the script's refusals are fast.
 Screenshots go to $SPACTOR_TEST_ARTIFACTS (default: <test state folder>/test-artifacts/browser).
@@ -162,10 +163,21 @@ def services(tmp_path_factory):
     _sh(env, "down", timeout=120)
 
 
-#: two pipeline runs through the worker, from the typed run form (only the corpus stage, two vocabulary sizes):
-#: a run tree each in MLflow, two parents to compare, a stage artifact each in Prefect
-PIPELINE_RUNS = [{"preset": "tiny", "stages": ["corpus"], "corpus_overrides": {**SMOKE_OVERRIDES, "vocab_size": v}}
-                 for v in (300, 320)]
+#: a few pretraining steps of each size (teacher, target, draft): a logged model per run, registered, with two step
+#: checkpoints as logged models too; about a minute on 2 cores, mostly Ray Train starting three times
+FAST_PRETRAIN = {"total_steps": 4, "tau": 2, "warmup_steps": 1, "eval_every": 2, "checkpoint_every": 2,
+                 "cosine_every": 2, "log_every": 1, "inputs_length": 56, "batch_size": 4}
+#: two pipeline runs through the worker, from the typed run form (two vocabulary sizes): a run tree each in MLflow,
+#: two parents to compare, stage artifacts in Prefect; the first runs only the corpus stage, the second the corpus
+#: and pretraining stages (a `stages` prefix), so both UIs show stage task runs, named subflows and logged models
+PIPELINE_RUNS = [{"preset": "tiny", "stages": ["corpus"], "corpus_overrides": {**SMOKE_OVERRIDES, "vocab_size": 300}},
+                 {"preset": "tiny", "stages": ["corpus", "pretrain"],
+                  "corpus_overrides": {**SMOKE_OVERRIDES, "vocab_size": 320}, "pretrain_overrides": FAST_PRETRAIN}]
+#: what each pipeline run's stages are named: its Prefect stage task runs and subflow runs, its MLflow stage runs
+STAGE_NAMES = {("corpus",): ({"stage-corpus"}, {"corpus"}, {"corpus-svc-smoke"}),
+               ("corpus", "pretrain"): ({"stage-corpus", "stage-pretrain"},
+                                        {"corpus", "pretrain-teacher", "pretrain-target", "pretrain-draft"},
+                                        {"corpus-svc-smoke", "pretrain-teacher", "pretrain-target", "pretrain-draft"})}
 
 
 @pytest.fixture(scope="module")
@@ -258,15 +270,20 @@ def test_deployments_register_and_a_deployment_run_completes_through_the_worker(
     _, parents, children = _pipeline_mlflow_runs(services)
     assert sorted(p["tags"]["prefect.flow_run_id"] for p in parents) == sorted(r["id"] for r in runs)
     assert all(p["info"]["status"] == "FINISHED" for p in parents + children)
-    assert sorted(c["tags"]["mlflow.parentRunId"] for c in children) == sorted(p["info"]["run_id"] for p in parents)
+    assert {c["tags"]["mlflow.parentRunId"] for c in children} == {p["info"]["run_id"] for p in parents}
     assert all(c["tags"]["corpus.path"].startswith(str(services["state"])) for c in children)
-    # names that say what ran (issue 35): the stage is a task run of the pipeline run (its Task Runs tab), holding
-    # a subflow run named for the stage; a partial run (stages=["corpus"]) still posts its verdict
+    # names that say what ran (issue 35): each stage is a task run of the pipeline run (its Task Runs tab), holding
+    # subflow runs named for the stage and role, whose MLflow runs carry the same names; a partial run (a `stages`
+    # prefix) still posts its verdict
     for run in runs:
+        tasks, subflow_names, mlflow_names = STAGE_NAMES[tuple(run["parameters"]["stages"])]
         _, task_runs = _http(api + "/task_runs/filter", {"flow_runs": {"id": {"any_": [run["id"]]}}})
-        assert "stage-corpus" in {t["name"].rsplit("-", 1)[0] for t in task_runs}
+        assert {t["name"].rsplit("-", 1)[0] for t in task_runs if t["name"].startswith(("stage-", "reuse-"))} == tasks
         _, subflows = _http(api + "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [run["id"]]}}})
-        assert [f["name"] for f in subflows] == ["corpus"]
+        assert sorted(f["name"] for f in subflows) == sorted(subflow_names)
+        parent = next(p for p in parents if p["tags"]["prefect.flow_run_id"] == run["id"])
+        assert sorted(c["info"]["run_name"] for c in children
+                      if c["tags"]["mlflow.parentRunId"] == parent["info"]["run_id"]) == sorted(mlflow_names)
     assert all(p["tags"].get("corpus.skipped") in ("False", "True") for p in parents)
 
 
@@ -292,7 +309,7 @@ def _browser():
     opts = Options()
     opts.binary_location = chromium
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                "--disable-extensions", "--window-size=1400,1000"):
+                "--disable-extensions", "--window-size=1920,1080"):  # wide enough for MLflow's Models column
         opts.add_argument(arg)
     return webdriver.Chrome(options=opts, service=Service(driver))
 
@@ -332,7 +349,28 @@ def test_both_uis_show_the_deployments_and_runs_in_a_real_browser(services, comp
             "Array.from(document.querySelectorAll('*')).filter(e => e.innerText && e.innerText.trim() === arguments[0]"
             " && e.children.length <= 1)[0].click()", text)
 
+    def links(prefix: str, at_least: int) -> dict[str, str]:
+        """{text: href} of the page's links whose href starts with ``prefix`` (waiting until there are
+        ``at_least``): a tab's list of runs, not the names the Logs tab or a timeline happen to mention."""
+        script = ("return Array.from(document.querySelectorAll('a')).filter(a => (a.getAttribute('href') || '')"
+                  ".startsWith(arguments[0]) && a.innerText.trim())"
+                  ".map(a => [a.innerText.trim(), a.getAttribute('href')])")
+        try:
+            WebDriverWait(browser, 30).until(lambda _: len(browser.execute_script(script, prefix)) >= at_least)
+        except TimeoutException:
+            pass
+        return dict(browser.execute_script(script, prefix))
+
+    def cell(run_id: str, column: str) -> str | None:
+        """The text of an MLflow runs-table cell: the row of ``run_id``, the column headed ``column``."""
+        return browser.execute_script(
+            "const c = document.querySelector(arguments[0]); return c ? c.innerText.trim() : null",
+            f'[row-id="{run_id}"] [col-id="attributes.`{column}`"]')
+
     run = completed_run["flow_run"]
+    trained = next(r for r in completed_run["flow_runs"] if "pretrain" in r["parameters"]["stages"])
+    task_names, subflow_names, stage_run_names = STAGE_NAMES[tuple(trained["parameters"]["stages"])]
+    sizes = ("teacher", "target", "draft")
     try:
         page_shows(services["prefect"] + "/deployments",
                    [f"{n_present} Deployments", "adhoc", "pipeline", "corpus-prep"], "prefect-deployments.png")
@@ -354,16 +392,83 @@ def test_both_uis_show_the_deployments_and_runs_in_a_real_browser(services, comp
         (art,) = [a for a in arts if a["key"] == "stage-corpus"]
         page_shows(f"{services['prefect']}/artifacts/artifact/{art['id']}",
                    ["stage corpus", "Ran in", "MLflow run:", parent["info"]["run_id"]], "prefect-artifact.png")
+        # the run that trained: its Task Runs tab lists a task run per stage (and not the task runs Prefect makes
+        # for each subflow), its Subflow Runs tab the subflows named for stage and role; the links are those runs
+        _, task_runs = _http(services["prefect"] + "/api/task_runs/filter",
+                             {"flow_runs": {"id": {"any_": [trained["id"]]}}})
+        stage_tasks = {t["name"]: f"/runs/task-run/{t['id']}" for t in task_runs if t["name"].startswith("stage-")}
+        page_shows(f"{services['prefect']}/runs/flow-run/{trained['id']}", [trained["name"], "Completed", "Task Runs"],
+                   "prefect-training-run.png")
+        click_text("Task Runs")
+        n = len(task_names)
+        page_shows(None, [f"{n} Task runs", f"({n} Completed)"], "prefect-task-runs.png")  # "(n Completed)": the tab
+        shown = links("/runs/task-run/", n)
+        assert shown == stage_tasks and {name.rsplit("-", 1)[0] for name in shown} == task_names, shown
+        click_text("Subflow Runs")
+        _, subflows = _http(services["prefect"] + "/api/flow_runs/filter",
+                            {"flow_runs": {"parent_flow_run_id": {"any_": [trained["id"]]}}})
+        page_shows(None, [f"{len(subflow_names)} Flow runs"], "prefect-subflow-runs.png")
+        shown = links("/runs/flow-run/", len(subflow_names))
+        assert set(shown) == subflow_names, shown
+        assert shown == {f["name"]: f"/runs/flow-run/{f['id']}" for f in subflows}, shown
         # the MLflow UI: the pipeline experiment opens on its runs table with one row per pipeline run; the stage
-        # run is nested (not a row of its own) until its parent is expanded
-        page_shows(f"{services['mlflow']}/#/experiments/{eid}/runs", ["Training runs", "pipeline-tiny", "4 matching runs"],
-                   "mlflow-pipeline-runs.png")
+        # runs are nested (not rows of their own) until their parent is expanded
+        n_runs = len(PIPELINE_RUNS) + sum(len(STAGE_NAMES[tuple(r["stages"])][2]) for r in PIPELINE_RUNS)
+        page_shows(f"{services['mlflow']}/#/experiments/{eid}/runs",
+                   ["Training runs", "pipeline-tiny", f"{n_runs} matching runs"], "mlflow-pipeline-runs.png")
         rows_text = browser.find_element(By.TAG_NAME, "body").text
-        assert rows_text.count("pipeline-tiny") == 2 and "corpus-svc-smoke" not in rows_text
+        assert rows_text.count("pipeline-tiny") == 2 and not any(name in rows_text for name in stage_run_names)
         expanders = browser.find_elements(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']")
         assert len(expanders) == 2, "each pipeline run should have an expander for its stage runs"
-        expanders[0].click()
-        page_shows(None, ["corpus-svc-smoke"], "mlflow-pipeline-tree.png")
+        tparent = next(p for p in parents if p["tags"]["prefect.flow_run_id"] == trained["id"])["info"]["run_id"]
+        browser.find_element(By.CSS_SELECTOR,
+                             f'[row-id="{tparent}"] button[data-component-id*="runnamecellrenderer"]').click()
+        page_shows(None, sorted(stage_run_names), "mlflow-pipeline-tree.png")
+        stage_runs = {c["info"]["run_name"]: c["info"]["run_id"] for c in children
+                      if c["tags"]["mlflow.parentRunId"] == tparent}
+        assert set(stage_runs) == stage_run_names
+        # the Models column: each pretraining run's row shows the model it produced (its MLflow 3 logged model,
+        # registered as t5-tiny-<size>-pretrained); the corpus run and the parents produced none and show none
+        headers = browser.execute_script(
+            "return Array.from(document.querySelectorAll('[role=columnheader]')).map(e => e.innerText.trim())")
+        assert "Models" in headers, headers
+        want = {stage_runs[f"pretrain-{s}"]: f"t5-tiny-{s}-pretrained" for s in sizes}
+        try:
+            WebDriverWait(browser, 60).until(lambda _: all(m in (cell(r, "Models") or "") for r, m in want.items()))
+        except TimeoutException:
+            pass
+        browser.save_screenshot(str(shots / "mlflow-models-column.png"))
+        for name, run_id in stage_runs.items():
+            assert name in (cell(run_id, "Run Name") or "").splitlines(), (name, cell(run_id, "Run Name"))
+            models = cell(run_id, "Models")
+            if run_id in want:
+                assert want[run_id] in (models or ""), f"{name}: the Models column shows {models!r} ({shots})"
+            else:
+                assert models in ("-", ""), f"{name} trained no model but its Models column shows {models!r}"
+        assert all(cell(p["info"]["run_id"], "Models") in ("-", "") for p in parents)
+        # a pretraining run's page lists its logged model with its registered name; the experiment's logged models
+        # are the three final models and their step checkpoints, each with its source run (opened in the UI's
+        # "Model training" view: its default GenAI view calls logged models "Agent versions")
+        # the run page as the product links it (tasks.tracking.run_url, in every stage artifact): the "Model
+        # training" view, with its model registry link and no GenAI "Agent versions"
+        from tasks.tracking import run_page_url
+
+        page_shows(run_page_url(services["mlflow"], eid, stage_runs["pretrain-teacher"]),
+                   ["pretrain-teacher", "Logged models (1)", "t5-tiny-teacher-pretrained", "Parent run",
+                    "pipeline-tiny", "Model registry"],
+                   "mlflow-run-logged-model.png")
+        assert "Agent versions" not in browser.find_element(By.TAG_NAME, "body").text
+        assert browser.execute_script(  # the section is below the fold: scroll to it for the screenshot
+            "const e = Array.from(document.querySelectorAll('*')).filter(e => e.innerText && "
+            "e.innerText.trim().startsWith('Logged models') && e.children.length <= 2).pop();"
+            "if (e) e.scrollIntoView({block: 'start'}); return !!e")
+        time.sleep(0.5)
+        browser.save_screenshot(str(shots / "mlflow-run-logged-model-section.png"))
+        page_shows(f"{services['mlflow']}/#/experiments/{eid}/models?workflowType=machine_learning",
+                   ["Models", "Source run", "checkpoint-2", "checkpoint-4", *[f"pretrain-{s}" for s in sizes],
+                    *want.values()], "mlflow-logged-models.png")
+        listed = browser.find_element(By.TAG_NAME, "body").text.splitlines()
+        assert all(listed.count(name) == len(sizes) for name in ("model", "checkpoint-2", "checkpoint-4")), listed
         # Compare of the two pipeline runs: the param that differs, and the stage wall time metric
         ids = json.dumps([p["info"]["run_id"] for p in parents])
         page_shows(f"{services['mlflow']}/#/compare-runs?runs={ids}&experiments={json.dumps([eid])}",
@@ -420,6 +525,7 @@ def test_a_prefect_server_restart_in_the_middle_of_a_training_run_lets_the_run_c
     assert rc == 0, text[-4000:]
     assert not list(out.rglob("step-*")) or list(out.rglob("final/checksums.json"))
     _, runs = _http(services["prefect"] + "/api/flow_runs/filter", {"flows": {"name": {"any_": ["pretrain"]}}})
+    runs = [r for r in runs if r["parent_task_run_id"] is None]  # not the pipeline run's pretrain-<size> subflows
     assert runs and all(r["state_type"] == "COMPLETED" for r in runs), [(r["name"], r["state_type"]) for r in runs]
     _, exp = _http(services["mlflow"] + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=pretrain")
     _, found = _http(services["mlflow"] + "/api/2.0/mlflow/runs/search", {"experiment_ids": [exp["experiment"]["experiment_id"]]})

@@ -43,3 +43,10 @@ def test_prefect_retries_transient_errors_but_never_bad_input():
     assert retry_transient(None, None, Failed(data=TimeoutError("slow")))
     for exc in (ValueError("bad value"), FileNotFoundError("no such model"), KeyError("field")):
         assert not retry_transient(None, None, Failed(data=exc))
+
+
+def test_run_links_open_the_mlflow_ui_in_its_model_training_view():
+    from tasks.tracking import run_page_url
+
+    url = run_page_url("http://127.0.0.1:5000/", "3", "abc")
+    assert url == "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
