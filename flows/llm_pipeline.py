@@ -1,9 +1,10 @@
 """The decoder-only pipeline (``make run PRESET=llm``), as Prefect subflows under one MLflow parent run:
 
 import the LLM (the packaged SmolLM2-135M-Instruct) -> build drafts from it -> DistillSpec: distil the draft from
-the LLM itself (on-policy) -> the model garden: a smaller target distilled from the LLM, and a draft distilled
-from that target -> SD benchmark with the LLM as the target (its undistilled and distilled drafts, HF assisted
-generation and prompt lookup beside them), and the garden pair timed against the LLM alone -> the verdict.
+the LLM itself (on-policy) -> a feature-level draft (EAGLE) trained on the LLM's own responses and hidden states ->
+the model garden: a smaller target distilled from the LLM, and a draft distilled from that target -> SD benchmark
+with the LLM as the target (its undistilled, distilled and feature drafts, HF assisted generation and prompt
+lookup beside them), and the garden pair timed against the LLM alone -> the verdict.
 
     python -m flows.llm_pipeline --preset llm                 # what `make run PRESET=llm` does
     python -m flows.llm_pipeline --preset llm --set model=hf:HuggingFaceTB/SmolLM2-360M-Instruct
@@ -33,7 +34,8 @@ Preset = preset_type(PRESETS)
 
 @flow(name="llm-pipeline")
 @documented(from_stage="force this stage and every later one to run, even where an earlier run would be reused",
-            stages="the stages to run: a prefix of import, drafts, distill_draft, garden, sd_benchmark (empty: all)")
+            stages="the stages to run: a prefix of import, drafts, distill_draft, feature_draft, garden, sd_benchmark "
+                   "(empty: all)")
 def llm_pipeline(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = None,
                  config: Optional[LLMPipelineConfig] = None, from_stage: Optional[Stage] = None,
                  stages: Optional[list[Stage]] = None) -> PipelineResult:
@@ -62,15 +64,18 @@ def llm_pipeline(preset: Preset = "tiny", overrides: Optional[dict[str, Any]] = 
                    drafts and {"teacher": imp["model_uri"], "student": drafts["models"]["draft_base"]},
                    lambda: _distill_stage(cfg, cfg.distill_draft, imp["model_uri"], drafts["models"]["draft_base"],
                                           "draft", run_id))
+        fd = stage("feature_draft", {"feature_draft": cfg.feature_draft.model_dump(), "task": cfg.task.model_dump()},
+                   dd and {"llm": imp["model_uri"]}, lambda: _feature_draft(cfg, imp["model_uri"], run_id))
         garden = stage("garden", {"target": cfg.distill_garden_target.model_dump(), "task": cfg.task.model_dump(),
                                   "draft": cfg.distill_garden_draft.model_dump(),
                                   "garden_draft": cfg.garden_draft.model_dump()},
-                       dd and {"teacher": imp["model_uri"], "student": drafts["models"]["garden_target_base"]},
+                       fd and {"teacher": imp["model_uri"], "student": drafts["models"]["garden_target_base"]},
                        lambda: _garden(cfg, imp["model_uri"], drafts["models"]["garden_target_base"], run_id))
         stage("sd_benchmark", cfg.sd_benchmark.model_dump(),
-              garden and {"target": imp["model_uri"], "drafts": [drafts["models"]["draft_base"], dd["model_uri"]],
+              garden and {"target": imp["model_uri"],
+                          "drafts": [drafts["models"]["draft_base"], dd["model_uri"], fd["model_uri"]],
                           "garden": [garden["target_uri"], garden["draft_uri"]]},
-              lambda: _sd_stage(cfg, imp["model_uri"], drafts, dd, garden, run_id))
+              lambda: _sd_stage(cfg, imp["model_uri"], drafts, dd, fd, garden, run_id))
         stage.finish()
         result.stages, result.skipped = stage.outputs, stage.skipped
         result.verdict = report_llm_verdict(run_id, preset=cfg.preset, task_kind=cfg.task.info()["kind"],
@@ -118,6 +123,15 @@ def _distill_stage(cfg: LLMPipelineConfig, dcfg: distill_mod.DistillConfig, teac
     return {"run_id": r.run_id, "model_uri": r.model_uri, "alias": r.alias, "final": r.final, "metrics": r.metrics}
 
 
+def _feature_draft(cfg: LLMPipelineConfig, llm_uri: str, parent: str) -> dict[str, Any]:
+    from tasks.feature_draft import train_feature_draft
+    from tasks.finetune import prepare_task, resolve
+
+    return train_feature_draft(resolve(llm_uri), prepare_task(cfg.task), cfg.feature_draft,
+                               f"{cfg.register_as}-feature-draft", llm_ref=llm_uri, experiment=cfg.experiment,
+                               parent_run_id=parent)
+
+
 def _garden(cfg: LLMPipelineConfig, llm_uri: str, target_base: str, parent: str) -> dict[str, Any]:
     """The smaller target distilled from the LLM, a draft built from it and distilled towards it."""
     from tasks.finetune import prepare_task, resolve
@@ -135,7 +149,7 @@ def _garden(cfg: LLMPipelineConfig, llm_uri: str, target_base: str, parent: str)
             "target_metrics": target["metrics"], "draft_metrics": draft["metrics"]}
 
 
-def _sd_stage(cfg: LLMPipelineConfig, llm_uri: str, drafts: dict[str, Any], dd: dict[str, Any],
+def _sd_stage(cfg: LLMPipelineConfig, llm_uri: str, drafts: dict[str, Any], dd: dict[str, Any], fd: dict[str, Any],
               garden: dict[str, Any], parent: str) -> dict[str, Any]:
     from tasks.downstream import sd_prompts
     from tasks.report.distillspec_study import garden_row
@@ -144,7 +158,8 @@ def _sd_stage(cfg: LLMPipelineConfig, llm_uri: str, drafts: dict[str, Any], dd: 
     s = cfg.sd_benchmark.model_copy(update={
         "target": llm_uri, "prompts_jsonl": prompts, "corpus_dir": None,
         "drafts": [DraftRef(label="draft-base", model=drafts["models"]["draft_base"]),
-                   DraftRef(label=dd["alias"], model=dd["model_uri"])]})
+                   DraftRef(label=dd["alias"], model=dd["model_uri"]),
+                   DraftRef(label="feature-draft", model=fd["model_uri"])]})
     r = named_subflow(sd_mod.sd_benchmark, "sd-benchmark")(config=s, parent_run_id=parent)
     rows = records(r.table)
     # the model garden: the garden target with its draft, against the LLM decoding alone (the rows above)

@@ -52,8 +52,8 @@ from torch import nn
 from models.sd.feature_draft import FeatureDrafter, FeatureTap, is_feature_draft
 from models.sd.kv_cache import (CACHE_IMPLEMENTATIONS, BatchedDecoder, CachedDecoder, CausalBatchedDecoder,
                               cached_decoder, compiled_forward, is_causal_lm)
-from models.sd.verify import (acceptance_probability, check_lenience, check_sampling_args, residual_distribution,
-                              sample_token, sampling_distribution)
+from models.sd.verify import (acceptance_probability, check_lenience, check_sampling_args, draft_token,
+                              residual_distribution, sample_token, sampling_distribution)
 
 __all__ = [
     "SpeculativeOutput",
@@ -629,12 +629,9 @@ class OneRowDrafter:
         for _ in range(n):
             logits = self.dec.advance(seq + drafted)[-1]  # (V,)
             self.calls += 1
-            if self.do_sample:
-                q_row = self.warp(logits)
-                token = sample_token(q_row, self.generator)
+            token, q_row = draft_token(logits, do_sample=self.do_sample, warp=self.warp, generator=self.generator)
+            if q_row is not None:
                 q_rows.append(q_row)
-            else:
-                token = int(logits.argmax())
             drafted.append(token)
             if token in self.eos:
                 break

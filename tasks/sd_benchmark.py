@@ -80,19 +80,24 @@ def resolve_models(target: str, drafts: dict[str, str]) -> dict[str, str]:
     return out
 
 
-def _is_causal(folder: str) -> bool:
+def _config(folder: str):
+    """A model folder's config: a ``save_pretrained`` folder's, or a feature draft's (``models.sd.feature_draft``)."""
     from transformers import AutoConfig
 
-    return not AutoConfig.from_pretrained(folder).is_encoder_decoder
+    from models.sd.feature_draft import feature_draft_config, is_feature_draft_folder
+
+    return feature_draft_config(folder) if is_feature_draft_folder(folder) else AutoConfig.from_pretrained(folder)
+
+
+def _is_causal(folder: str) -> bool:
+    return not _config(folder).is_encoder_decoder
 
 
 @task(name="check-vocabularies", cache_policy=NONE)
 def check_vocabularies(dirs: dict[str, str]) -> None:
     """Refuse a draft with another vocabulary than the target's, or of another kind (encoder-decoder vs
     decoder-only), from configs and tokenizers (no weights)."""
-    from transformers import AutoConfig
-
-    configs = {key: AutoConfig.from_pretrained(folder) for key, folder in dirs.items()}  # each read once
+    configs = {key: _config(folder) for key, folder in dirs.items()}  # each read once
     target, target_tok = configs["target"], _tokenizer(dirs["target"])
     kinds = {True: "encoder-decoder", False: "decoder-only"}
     for key, folder in dirs.items():
@@ -186,10 +191,13 @@ def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: Bench
     from transformers import AutoModelForSeq2SeqLM
 
     from models.sd.drafts import load_causal
+    from models.sd.feature_draft import is_feature_draft_folder, load_feature_draft
 
     logger = _logger()
 
     def load(folder: str):
+        if is_feature_draft_folder(folder):
+            return load_feature_draft(folder).to(device=device, dtype=getattr(torch, dtype)).eval()
         kind = load_causal if _is_causal(folder) else AutoModelForSeq2SeqLM.from_pretrained
         model = kind(folder, dtype=getattr(torch, dtype))
         return model.to(device).eval()

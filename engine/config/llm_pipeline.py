@@ -11,10 +11,11 @@ from engine.config import sd_benchmark as sd_mod
 from engine.config.base import FlowConfig
 from engine.config.task import TaskSpec
 
-__all__ = ["PRESETS", "STAGES", "DraftShape", "LLMPipelineConfig", "Stage", "base", "llm", "small", "tiny"]
+__all__ = ["PRESETS", "STAGES", "DraftShape", "FeatureDraftConfig", "LLMPipelineConfig", "Stage", "base", "llm", "small",
+           "tiny"]
 
-STAGES = ("import", "drafts", "distill_draft", "garden", "sd_benchmark")
-Stage = Literal["import", "drafts", "distill_draft", "garden", "sd_benchmark"]
+STAGES = ("import", "drafts", "distill_draft", "feature_draft", "garden", "sd_benchmark")
+Stage = Literal["import", "drafts", "distill_draft", "feature_draft", "garden", "sd_benchmark"]
 
 
 class DraftShape(BaseModel):
@@ -35,6 +36,27 @@ class DraftShape(BaseModel):
         return {k: v for k, v in self.model_dump(exclude={"layers", "init", "head_tokens"}).items() if v is not None}
 
 
+class FeatureDraftConfig(BaseModel):
+    """A feature-level draft of the LLM (EAGLE; ``models.sd.feature_draft``), trained on the LLM's own greedy
+    responses to the task's training prompts (``engine.feature_draft``): the target runs once over them, then
+    every step costs the draft alone."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    layers: int = Field(1, ge=1, description="decoder layers of the draft")
+    head_tokens: int = Field(8192, ge=0, description="> 0: its head covers that many most frequent tokens of the "
+                                                     "task's training texts (FR-Spec); 0: the whole vocabulary")
+    train_prompts: int = Field(512, ge=1, description="training prompts the LLM answers (greedy)")
+    response_tokens: int = Field(32, ge=1, description="tokens of each greedy response")
+    prompt_tokens: int = Field(64, ge=2, description="tokens of task text per prompt (before the chat template)")
+    steps: int = Field(800, ge=1, description="AdamW steps")
+    batch_size: int = Field(8, ge=1, description="sequences per step")
+    lr: float = Field(1e-3, gt=0)
+    unroll: int = Field(2, ge=1, description="drafting steps trained per position (> 1: on its own predictions)")
+    feature_noise: float = Field(0.0, ge=0, description="std of noise added to the input features")
+    seed: int = 0
+    threads: int = Field(2, ge=1, description="torch threads of the training")
+
+
 class LLMPipelineConfig(FlowConfig):
     preset: str = "llm"
     model: str = Field("smollm2", description="the LLM: smollm2 (packaged), gguf:PATH, hf:ORG/NAME or a folder")
@@ -47,6 +69,8 @@ class LLMPipelineConfig(FlowConfig):
     garden_draft: DraftShape = Field(default_factory=lambda: DraftShape(layers=1),
                                      description="the garden target's draft (built from the garden target)")
     distill_draft: distill_mod.DistillConfig = Field(default_factory=lambda: _distill(200))
+    feature_draft: FeatureDraftConfig = Field(default_factory=FeatureDraftConfig,
+                                              description="the feature-level draft of the LLM (EAGLE)")
     distill_garden_target: distill_mod.DistillConfig = Field(default_factory=lambda: _distill(100, "target"))
     distill_garden_draft: distill_mod.DistillConfig = Field(default_factory=lambda: _distill(100))
     sd_benchmark: sd_mod.SDBenchmarkConfig = Field(default_factory=lambda: _sd())
@@ -94,6 +118,8 @@ def tiny() -> LLMPipelineConfig:
                  max_target_length=8, max_input_length=48, preset="tiny")
     return LLMPipelineConfig(preset="tiny", draft=DraftShape(layers=1), garden_target=DraftShape(layers=2),
                              garden_draft=DraftShape(layers=1),
+                             feature_draft=FeatureDraftConfig(head_tokens=64, train_prompts=4, response_tokens=8,
+                                                              prompt_tokens=24, steps=4, batch_size=2),
                              distill_draft=_distill(4).model_copy(update=short),
                              distill_garden_target=_distill(4, "target").model_copy(update=short),
                              distill_garden_draft=_distill(4).model_copy(update=short),

@@ -30,10 +30,11 @@ import torch
 from torch import nn
 
 from models.sd.drafts import FrequentHead
-from models.sd.verify import sample_token
+from models.sd.verify import draft_token
 
-__all__ = ["CONFIG_NAME", "FeatureDraft", "FeatureDrafter", "FeatureTap", "feature_draft_loss", "is_feature_draft",
-           "load_feature_draft", "make_feature_draft", "save_feature_draft"]
+__all__ = ["CONFIG_NAME", "FeatureDraft", "FeatureDrafter", "FeatureTap", "feature_draft_config", "feature_draft_loss",
+           "is_feature_draft", "is_feature_draft_folder", "load_feature_draft", "make_feature_draft",
+           "save_feature_draft"]
 
 #: the file that marks a folder as a feature draft (beside ``model.safetensors``)
 CONFIG_NAME = "feature_draft.json"
@@ -140,16 +141,30 @@ def feature_draft_loss(pred: torch.Tensor, logits: torch.Tensor, next_features: 
     return {"loss": feature_weight * feat + ce, "feature": feat.detach(), "kl": (ce - entropy).detach()}
 
 
-def save_feature_draft(draft: FeatureDraft, folder: str | Path) -> Path:
-    """``feature_draft.json`` (the Llama config and head rows) and ``model.safetensors`` in ``folder``."""
+def save_feature_draft(draft: FeatureDraft, folder: str | Path, tokenizer=None) -> Path:
+    """``feature_draft.json`` (the Llama config and head rows) and ``model.safetensors`` in ``folder``, and the
+    target's ``tokenizer`` when given (what the SD benchmark checks a draft's vocabulary against)."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
     (folder / CONFIG_NAME).write_text(json.dumps({"llama": draft.config.to_dict(),
                                                   "head_token_ids": draft.head_token_ids}))
     save_file({k: v.contiguous() for k, v in draft.state_dict().items()}, str(folder / "model.safetensors"))
     return folder
+
+
+def is_feature_draft_folder(folder: str | Path) -> bool:
+    return (Path(folder) / CONFIG_NAME).is_file()
+
+
+def feature_draft_config(folder: str | Path):
+    """The draft's ``LlamaConfig`` (its width, layers and the target's vocabulary size), without the weights."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**json.loads((Path(folder) / CONFIG_NAME).read_text())["llama"])
 
 
 def load_feature_draft(folder: str | Path) -> FeatureDraft:
@@ -157,6 +172,8 @@ def load_feature_draft(folder: str | Path) -> FeatureDraft:
     from transformers import LlamaConfig
 
     folder = Path(folder)
+    if not is_feature_draft_folder(folder):
+        raise ValueError(f"{folder} is not a feature draft: it has no {CONFIG_NAME}")
     meta = json.loads((folder / CONFIG_NAME).read_text())
     draft = FeatureDraft(LlamaConfig(**meta["llama"]), meta["head_token_ids"])
     draft.load_state_dict(load_file(str(folder / "model.safetensors")))
@@ -230,12 +247,10 @@ class FeatureDrafter:
                 if k:
                     feat, logits = self._step(feat[None], [drafted[-1]])
                     self.spec += 1
-                if self.do_sample:
-                    q_row = self.warp(logits)
-                    token = sample_token(q_row, self.generator)
+                token, q_row = draft_token(logits, do_sample=self.do_sample, warp=self.warp,
+                                           generator=self.generator)
+                if q_row is not None:
                     q_rows.append(q_row)
-                else:
-                    token = int(logits.argmax())
                 drafted.append(token)
                 if token in self.eos:
                     break

@@ -19,10 +19,13 @@ References
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 __all__ = [
     "acceptance_probability",
+    "draft_token",
     "check_lenience",
     "check_sampling_args",
     "expected_block_efficiency",
@@ -160,3 +163,13 @@ def residual_distribution(p_row: torch.Tensor, q_row: torch.Tensor, *, lenience:
 def sample_token(probs: torch.Tensor, generator: torch.Generator | None) -> int:
     """One token id drawn from ``probs`` (V,) with ``generator`` (None uses torch's global one)."""
     return int(torch.multinomial(probs.float(), 1, generator=generator))
+
+
+def draft_token(logits: torch.Tensor, *, do_sample: bool, warp: Callable[[torch.Tensor], torch.Tensor],
+                generator: torch.Generator | None) -> tuple[int, torch.Tensor | None]:
+    """A drafter's next token from its logits (V,): the argmax when greedy, else a draw from ``warp(logits)``;
+    and that distribution (q, which verification needs), None when greedy."""
+    if not do_sample:
+        return int(logits.argmax()), None
+    q = warp(logits)
+    return sample_token(q, generator), q

@@ -131,7 +131,7 @@ def report_llm_verdict(run_id: str, *, preset: str, task_kind: str, stages: dict
     text, metrics = pipeline_verdict(
         preset=preset, task_kind=task_kind, quality=quality, sd_rows=sd.get("rows") or [],
         distilled_draft=(stages.get("distill_draft") or {}).get("alias"), undistilled_draft="draft-base",
-        garden=garden, labels=labels)
+        garden=garden, labels=labels, feature_draft="feature-draft" if stages.get("feature_draft") else None)
     return _publish_verdict(run_id, text, metrics, stages=stages, not_run=not_run, preset=preset, logger=logger)
 
 

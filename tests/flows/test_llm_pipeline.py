@@ -33,18 +33,23 @@ def test_llm_pipeline_imports_builds_distils_benchmarks_and_a_rerun_skips_every_
     drafts = first.stages["drafts"]["models"]
     assert drafts["draft_base"].startswith("models:/tiny-llm-draft-base/")
     assert first.stages["distill_draft"]["model_uri"].startswith("models:/tiny-llm-draft/")
+    assert first.stages["feature_draft"]["model_uri"].startswith("models:/tiny-llm-feature-draft/")
     rows = first.stages["sd_benchmark"]["rows"]
     assert {r["method"] for r in rows} >= {"target", "sd", "hf_assisted", "hf_prompt_lookup"}
+    # the feature draft (EAGLE) decodes through our engine only: SD rows, no HF assisted or batched rows
+    assert {r["method"] for r in rows if r["draft"] == "feature-draft"} == {"sd"}
     assert all(r["exact"] for r in rows if r["mode"] == "greedy")  # lossless, with either draft
     assert first.stages["sd_benchmark"]["garden"][0]["latency_reduction"] > 0
     assert "rougeL" in " ".join(first.stages["import"]["metrics"])  # the LLM itself scored on the task
     verdict = first.verdict
     assert "Best lossless SD" in verdict and "prompt-lookup decoding" in verdict and "the LLM alone" in verdict
+    assert "feature draft `feature-draft`" in verdict and "Agreement with the LLM's own outputs" in verdict
     client = MlflowClient()
     children = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                   filter_string=f"tags.mlflow.parentRunId = '{first.run_id}'")
     names = {r.info.run_name for r in children}
-    assert {"import", "build-draft-base", "build-garden-target-base", "distill-draft", "distill-garden-target",
+    assert {"import", "build-draft-base", "build-garden-target-base", "distill-draft", "feature-draft",
+            "distill-garden-target",
             "build-garden-draft-base", "distill-garden-draft", "sd-benchmark", "sd-benchmark-garden"} <= names, names
     again = llm_pipeline(config=cfg)
     assert again.skipped == list(STAGES)

@@ -11,8 +11,8 @@ from engine.sd_bench import run_batched_benchmark, run_benchmark
 from models.sd.bench import BenchPrompt, BenchSettings
 from models.sd.feature_draft import FeatureTap, load_feature_draft, make_feature_draft, save_feature_draft
 from models.speculative import speculative_generate
-from tests.models.test_speculative import assert_counts_follow
-from tests.models.test_speculative_causal import BOS, PAD, PROMPT, first_two_tokens_law, greedy, llama
+from tests.models.test_speculative_causal import (BOS, PAD, PROMPT, assert_first_two_sampled_tokens_follow_the_target,
+                                                 greedy, llama)
 
 
 @pytest.fixture(scope="module")
@@ -86,17 +86,7 @@ def test_speculative_sampling_with_a_feature_draft_follows_the_warped_target_dis
     draft = make_feature_draft(target, generator=torch.Generator().manual_seed(3)).eval()
     with torch.no_grad():
         draft.head.weight.mul_(30.0)  # a confident draft that is often wrong: the rejection path is exercised
-    ids = torch.tensor([[BOS, 3, 4, 5, 3]])
-    warp = dict(temperature=1.3, top_k=4)
-    exact = first_two_tokens_law(target, ids, warp)
-    generator = torch.Generator().manual_seed(0)
-    counts = dict.fromkeys(exact, 0)
-    draws = 1500
-    for _ in range(draws):
-        out = speculative_generate(target, draft, ids, gamma=2, max_new_tokens=2, do_sample=True, generator=generator,
-                                   **warp)
-        counts[tuple(out.sequences[0, ids.shape[1]:].tolist())] += 1
-    assert_counts_follow(counts, exact, draws)
+    assert_first_two_sampled_tokens_follow_the_target(target, draft)
 
 
 def test_a_feature_draft_refuses_batches_and_encoder_decoder_targets_in_one_line(target):
