@@ -472,10 +472,51 @@ def test_both_uis_show_the_deployments_and_runs_in_a_real_browser(services, comp
         # Compare of the two pipeline runs: the param that differs, and the stage wall time metric
         ids = json.dumps([p["info"]["run_id"] for p in parents])
         page_shows(f"{services['mlflow']}/#/compare-runs?runs={ids}&experiments={json.dumps([eid])}",
-                   ["Comparing 2 Runs", "corpus.vocab_size", "wall_s.corpus"], "mlflow-compare.png")
-        line = next(x for x in browser.find_element(By.TAG_NAME, "body").text.splitlines()
-                    if x.startswith("corpus.vocab_size ") and x.split()[1:])
-        assert sorted(line.split()[1:]) == ["300", "320"], line
+                   ["Comparing 2 Runs", "corpus.vocab_size", "wall_s.corpus", "stages_run"], "mlflow-compare.png")
+        compared = browser.find_element(By.TAG_NAME, "body").text.splitlines()
+        (shots / "mlflow-compare.txt").write_text("\n".join(compared))
+
+        def shown(name: str) -> list[str]:
+            """The two runs' values in the Compare view's parameter row ``name`` (one line: name, values)."""
+            line = next(x for x in compared if x.startswith(f"{name} ") and x.split()[1:])
+            return line.split()[1:]
+
+        def shown_metric(name: str) -> list[float]:
+            """The two runs' values of metric ``name``: the Metrics grid lists its names, then each row's two
+            values in the same order."""
+            def number(x: str) -> bool:
+                try:
+                    float(x)
+                except ValueError:
+                    return False
+                return True
+
+            start = next(i for i, x in enumerate(compared) if x == "Metrics" and compared[i + 1] == "Show diff only")
+            names = []
+            for x in compared[start + 2:]:
+                if number(x):
+                    break
+                names.append(x)
+            values = [float(x) for x in compared[start + 2 + len(names):] if number(x)]
+            k = names.index(name)
+            return values[2 * k:2 * k + 2]
+
+        assert sorted(shown("corpus.vocab_size")) == ["300", "320"], compared
+        # flows.compare reads the same pair from the same server and agrees with the Compare view: the same two
+        # runs, and the same stages run / skipped for each
+        import mlflow
+
+        from tasks.report.runs import compare as comparison
+
+        before = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(services["mlflow"])
+        try:
+            table = comparison("pipeline")
+        finally:
+            mlflow.set_tracking_uri(before)
+        assert sorted(table["run"]) == sorted(p["info"]["run_id"][:8] for p in parents)
+        assert sorted(shown_metric("stages_run")) == sorted(table["pipeline.stages_run"].astype(float)), \
+            (shown_metric("stages_run"), table["pipeline.stages_run"].tolist(), shots / "mlflow-compare.txt")
     finally:
         browser.quit()
     print(f"screenshots: {shots}")
