@@ -225,7 +225,6 @@ class FeatureDrafter:
             self.pending_f = [torch.zeros((1, d), device=device)]
             self.pending_x = prompt[-1:]
         self.spec = 0  # positions of predicted features in the cache (cropped by update)
-        self.n_drafted = 0
 
     def _step(self, feats: torch.Tensor, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         start = self.cache.get_seq_length()
@@ -254,7 +253,6 @@ class FeatureDrafter:
                 drafted.append(token)
                 if token in self.eos:
                     break
-        self.n_drafted = len(drafted)
         q = torch.stack(q_rows)[None] if self.do_sample and q_rows else None
         return [drafted], q
 
