@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 
 from engine.causal_lm import load_causal_lm  # noqa: E402
 from engine.distill_worker import DistillObjective, distill_worker  # noqa: E402
-from models.sd.drafts import frequent_token_ids, head_share, load_causal, make_causal_draft  # noqa: E402
+from models.sd.drafts import head_share, load_causal, make_causal_draft, task_frequent_token_ids  # noqa: E402
 from models.sd.kv_cache import cached_decoder  # noqa: E402
 
 
@@ -90,6 +90,12 @@ def main(argv: list[str] | None = None) -> None:
 
     folder = task_dir(TaskSpec(name=args.task))
     target, tok = load_causal_lm(args.target)
+    head = None
+    if args.head_tokens:  # counted once, for every draft
+        import datasets
+
+        head = task_frequent_token_ids(tok, datasets.load_from_disk(str(Path(folder) / "data"))["train"],
+                                       args.head_tokens)
     rows = []
     with tempfile.TemporaryDirectory(prefix="llm-draft-") as tmp:
         tdir = Path(tmp) / "target"
@@ -101,13 +107,6 @@ def main(argv: list[str] | None = None) -> None:
                                                  "intermediate_size": 8 * args.fresh_width // 3,
                                                  "num_attention_heads": max(1, args.fresh_width // 64),
                                                  "num_key_value_heads": 1}
-            head = None
-            if args.head_tokens:
-                import datasets
-
-                train = datasets.load_from_disk(str(Path(folder) / "data"))["train"]
-                head = frequent_token_ids(tok, list(train["input"]) + list(train["target"]), args.head_tokens,
-                                          always=[tok.eos_token_id, tok.pad_token_id, tok.bos_token_id])
             draft = make_causal_draft(target, layers=args.layers, init=init, head_tokens=head,
                                       generator=torch.Generator().manual_seed(args.seed), **extra)
             ddir = Path(tmp) / f"draft-{init}"

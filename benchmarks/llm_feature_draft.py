@@ -17,6 +17,7 @@ The prompts are the task's (``tasks.downstream``, built on first use from the pa
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from engine.causal_lm import load_causal_lm  # noqa: E402
 from engine.feature_draft import collect_features, target_greedy_sequences, train_feature_draft  # noqa: E402
 from engine.sd_bench import markdown_table, run_benchmark  # noqa: E402
 from models.sd.bench import BenchSettings, prompts_from_texts  # noqa: E402
-from models.sd.drafts import frequent_token_ids  # noqa: E402
+from models.sd.drafts import task_frequent_token_ids  # noqa: E402
 from models.sd.feature_draft import make_feature_draft, save_feature_draft  # noqa: E402
 
 
@@ -92,15 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     examples = collect_features(target, seqs, batch_size=8)
     t_feat = time.perf_counter() - t0
-    head = None
-    if args.head_tokens:
-        texts = list(data["train"]["input"]) + list(data["train"]["target"])
-        head = frequent_token_ids(tok, texts, args.head_tokens,
-                                  always=[tok.eos_token_id, tok.pad_token_id, tok.bos_token_id])
-    gen = torch.Generator().manual_seed(args.seed)
-    untrained = make_feature_draft(target, layers=args.layers, head_token_ids=head, generator=gen).eval()
-    draft = make_feature_draft(target, layers=args.layers, head_token_ids=head,
-                               generator=torch.Generator().manual_seed(args.seed))
+    head = task_frequent_token_ids(tok, data["train"], args.head_tokens) if args.head_tokens else None
+    gen = torch.Generator().manual_seed(args.seed)  # the draft's initial weights, then its training batches
+    draft = make_feature_draft(target, layers=args.layers, head_token_ids=head, generator=gen)
+    untrained = copy.deepcopy(draft).eval()  # the same initial weights, never trained
     t0 = time.perf_counter()
     history = train_feature_draft(draft, examples, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                   generator=gen, feature_noise=args.feature_noise, unroll=args.unroll,

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 
 from engine.causal_lm import load_causal_lm  # noqa: E402
 from engine.sd_bench import markdown_table, run_benchmark  # noqa: E402
-from models.sd.drafts import frequent_token_ids, load_causal, make_causal_draft  # noqa: E402
+from models.sd.drafts import load_causal, make_causal_draft, task_frequent_token_ids  # noqa: E402
 from benchmarks._flags import add_settings_flags, settings_from_flags  # noqa: E402
 from models.sd.bench import BenchPrompt, BenchSettings, prompts_from_texts  # noqa: E402
 
@@ -58,10 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     data = datasets.load_from_disk(str(Path(task_dir(TaskSpec(name=args.task))) / "data"))
     target, tok = load_causal_lm(args.target)
     drafts = {}
-    head = None
-    if args.head_tokens:
-        head = frequent_token_ids(tok, list(data["train"]["input"]) + list(data["train"]["target"]), args.head_tokens,
-                                  always=[tok.eos_token_id, tok.pad_token_id, tok.bos_token_id])
+    head = task_frequent_token_ids(tok, data["train"], args.head_tokens) if args.head_tokens else None
     for spec in args.draft:
         label, _, folder = spec.partition("=")
         draft = load_causal(folder).eval()

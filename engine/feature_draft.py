@@ -144,13 +144,12 @@ def train_feature_draft(draft: FeatureDraft, examples: Sequence[FeatureExample],
             feats = feats + feature_noise * torch.randn(feats.shape, generator=generator)
         pred, logits, _ = draft(feats, ids, compact=True)
         parts = feature_draft_loss(pred, logits, nxt, draft.head_logits, mask, feature_weight=feature_weight)
-        first_logits, later = logits, pred
+        later = pred
         for _ in range(unroll - 1):  # the draft's own predictions as the next pass's input features
             feats = torch.cat([feats[:, :1], later[:, :-1].detach()], dim=1)
             later, logits_k, _ = draft(feats, ids, compact=True)
             more = feature_draft_loss(later, logits_k, nxt, draft.head_logits, mask, feature_weight=feature_weight)
             parts = {k: parts[k] + more[k] for k in parts}
-        logits = first_logits
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, clip_norm)

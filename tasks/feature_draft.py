@@ -31,7 +31,7 @@ def train_feature_draft(llm_dir: str, task_dir: str, cfg: FeatureDraftConfig, na
     from engine.feature_draft import train_feature_draft as train
     from engine.finetune_worker import load_model_and_tokenizer
     from models.sd.bench import prompts_from_texts
-    from models.sd.drafts import frequent_token_ids
+    from models.sd.drafts import task_frequent_token_ids
     from models.sd.feature_draft import make_feature_draft, save_feature_draft
 
     torch.set_num_threads(cfg.threads)
@@ -41,10 +41,7 @@ def train_feature_draft(llm_dir: str, task_dir: str, cfg: FeatureDraftConfig, na
     rows = train_split.select(range(min(cfg.train_prompts, len(train_split))))
     prompts = [p.input_ids for p in prompts_from_texts(list(rows["input"]), tok, prompt_tokens=cfg.prompt_tokens,
                                                        causal=True)]
-    head = None
-    if cfg.head_tokens:
-        head = frequent_token_ids(tok, list(train_split["input"]) + list(train_split["target"]), cfg.head_tokens,
-                                  always=[tok.eos_token_id, tok.pad_token_id, tok.bos_token_id])
+    head = task_frequent_token_ids(tok, train_split, cfg.head_tokens) if cfg.head_tokens else None
     tags = {"stage": "feature_draft", "lineage.target": llm_ref, "architecture": "FeatureDraft (EAGLE)",
             "layers": cfg.layers, "head_tokens": cfg.head_tokens or "all"}
     with tracking.start_run(experiment, run_name, params=cfg.model_dump(), tags=tags,

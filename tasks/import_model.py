@@ -53,7 +53,7 @@ def make_draft(target_dir: str, name: str, *, target_ref: str, layers: int, init
     import torch
 
     from engine.finetune_worker import load_model_and_tokenizer
-    from models.sd.drafts import frequent_token_ids, head_share, make_causal_draft
+    from models.sd.drafts import head_share, make_causal_draft, task_frequent_token_ids
 
     target, tokenizer = load_model_and_tokenizer(target_dir)
     head = None
@@ -62,9 +62,8 @@ def make_draft(target_dir: str, name: str, *, target_ref: str, layers: int, init
 
         if task_dir is None:
             raise ValueError("head_tokens needs task_dir: the frequent tokens are counted on its training split")
-        train = datasets.load_from_disk(str(Path(task_dir) / "data"))["train"]
-        head = frequent_token_ids(tokenizer, list(train["input"]) + list(train["target"]), head_tokens,
-                                  always=[tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id])
+        head = task_frequent_token_ids(tokenizer, datasets.load_from_disk(str(Path(task_dir) / "data"))["train"],
+                                       head_tokens)
     draft = make_causal_draft(target, layers=layers, init=init, generator=torch.Generator().manual_seed(seed),
                               head_tokens=head, **(sizes or {}))
     c = draft.config

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 __all__ = ["INITS", "OUTSIDE_LOGIT", "FrequentHead", "FrequentHeadLlama", "frequent_token_ids", "head_share",
-           "load_causal", "make_causal_draft"]
+           "load_causal", "make_causal_draft", "task_frequent_token_ids"]
 
 INITS = ("target", "fresh")
 #: the logit of a token a frequent-token head leaves out: exp(-1e4) is 0 in fp32 and bf16, and unlike -inf it keeps
@@ -94,6 +94,13 @@ def frequent_token_ids(tokenizer, texts: Iterable[str], k: int, *, always: Itera
             break
         keep.add(tok)
     return sorted(keep)
+
+
+def task_frequent_token_ids(tokenizer, split, k: int) -> list[int]:
+    """:func:`frequent_token_ids` over a task split's texts (its ``input`` and ``target`` columns), the
+    tokenizer's EOS, pad and BOS ids always among them: the head rows an FR-Spec draft keeps for that task."""
+    return frequent_token_ids(tokenizer, list(split["input"]) + list(split["target"]), k,
+                              always=[tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.bos_token_id])
 
 
 def load_causal(folder, **kwargs) -> nn.Module:

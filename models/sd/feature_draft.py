@@ -214,7 +214,6 @@ class FeatureDrafter:
         self.generator = generator
         self.calls = 0
         self.cache = draft.new_cache()
-        self.length = 0  # pairs in the cache that hold true features
         d = draft.config.hidden_size
         device = draft.fc.weight.device
         prompt = [int(t) for t in prompt]
@@ -240,7 +239,6 @@ class FeatureDrafter:
         self.spec = 0
         if n > 0:
             feat, logits = self._step(torch.cat(self.pending_f), self.pending_x)
-            self.length += len(self.pending_x)
             self.pending_f, self.pending_x = [], []
             for k in range(n):
                 if k:

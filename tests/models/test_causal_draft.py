@@ -52,7 +52,7 @@ def test_a_frequent_token_head_scores_its_tokens_as_the_full_head_does_and_no_ot
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from models.sd.drafts import OUTSIDE_LOGIT, FrequentHeadLlama, frequent_token_ids, load_causal
+    from models.sd.drafts import OUTSIDE_LOGIT, FrequentHeadLlama, frequent_token_ids, load_causal, task_frequent_token_ids
 
     target = llama(0, layers=2, hidden=32, scale=20.0)
     keep = list(range(0, 64, 2))  # half the vocabulary
@@ -80,3 +80,6 @@ def test_a_frequent_token_head_scores_its_tokens_as_the_full_head_does_and_no_ot
     assert frequent_token_ids(tok, ["w7 w7 w7 w9 w9 w5", "w9 w8"], 3, always=[1]) == [1, 7, 9]
     with pytest.raises(ValueError, match="between"):
         frequent_token_ids(tok, ["w7"], 100)
+    # a task split's inputs and targets, the tokenizer's EOS always kept
+    split = {"input": ["w7 w7 w7 w5"], "target": ["w9 w9 w8"]}
+    assert task_frequent_token_ids(tok, split, 3) == [1, 7, 9]
