@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -415,3 +416,30 @@ def test_an_environment_that_cannot_work_is_refused_in_one_line_naming_the_varia
         p.stderr[-2000:]
     assert says in p.stderr
     assert not (tmp_path / "state" / "stages").exists() and not (tmp_path / "state" / "runs").exists()  # no work began
+
+
+def test_a_store_left_with_a_hot_journal_by_a_killed_writer_is_accepted_and_rolled_back(tmp_path):
+    """A process killed mid-transaction (the resume tests kill the pipeline) leaves a hot journal beside the
+    store; the environment check must roll it back as any SQLite client does, not call the store unreadable."""
+    from tasks.runtime.env import _database_problem
+
+    db = tmp_path / "mlflow.db"
+    con = sqlite3.connect(db)
+    con.execute("create table alembic_version (version_num text)")
+    con.commit()
+    con.close()
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, time\n"
+        f"con = sqlite3.connect({str(db)!r}, isolation_level=None)\n"
+        "con.execute('pragma cache_size=1'); con.execute('begin immediate'); con.execute('create table big (x)')\n"
+        "for _ in range(5000): con.execute('insert into big values (randomblob(1000))')\n"
+        "print('mid-transaction', flush=True); time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    assert writer.stdout.readline().strip() == "mid-transaction"
+    writer.kill()
+    writer.wait()
+    assert (tmp_path / "mlflow.db-journal").exists()  # the hot journal the killed writer left
+    assert _database_problem(db, "mlflow", "store", "db_migrations", "versions") is None
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    tables = {r for (r,) in con.execute("select name from sqlite_master")}
+    con.close()
+    assert tables == {"alembic_version"}  # the half-written table was rolled back

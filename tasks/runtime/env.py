@@ -106,6 +106,21 @@ def _known_revisions(package: str, *parts: str) -> set[str]:
     return {m.group(1) for f in folder.glob("*.py") for m in pattern.finditer(f.read_text(errors="replace"))}
 
 
+def _alembic_rows(db: Path, mode: str) -> list[tuple]:
+    """The alembic revision rows of an existing SQLite file, opened in ``mode`` (ro or rw; never created)."""
+    con = sqlite3.connect(f"file:{db}?mode={mode}", uri=True, timeout=30)
+    try:
+        return con.execute("select version_num from alembic_version").fetchall()
+    finally:
+        con.close()
+
+
+def _unreadable(db: Path, err: Exception) -> str | None:
+    if "no such table" in str(err):
+        return None  # an empty database: the package creates its tables
+    return f"{db} is not a readable SQLite database ({err})"
+
+
 def _database_problem(db: Path, package: str, *migrations: str) -> str | None:
     """Why the SQLite file ``db`` cannot be this package's store: not a database, or a newer schema."""
     if not db.exists():
@@ -113,15 +128,18 @@ def _database_problem(db: Path, package: str, *migrations: str) -> str | None:
     if not db.is_file():
         return f"{db} is not a file"
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        rows = _alembic_rows(db, "ro")
+    except sqlite3.OperationalError as err:
+        if "readonly" not in str(err):
+            return _unreadable(db, err)
+        # A hot journal (a writer was killed mid-transaction) needs a read-write connection to roll it back,
+        # as any SQLite client does on its first read; the read-only probe cannot.
         try:
-            rows = con.execute("select version_num from alembic_version").fetchall()
-        finally:
-            con.close()
+            rows = _alembic_rows(db, "rw")
+        except sqlite3.DatabaseError as err2:
+            return _unreadable(db, err2)
     except sqlite3.DatabaseError as err:
-        if "no such table" in str(err):
-            return None  # an empty database: the package creates its tables
-        return f"{db} is not a readable SQLite database ({err})"
+        return _unreadable(db, err)
     known = _known_revisions(package, *migrations)
     unknown = [r for (r,) in rows if known and r not in known]
     if unknown:
