@@ -6,6 +6,10 @@ settings object from the parsed flags, so the class's checks apply to what was t
     ...
     settings = settings_from_flags(BenchSettings, args, gammas=(args.gamma,))
 
+The T5 width flags (``--d-model``, ``--d-ff``, ``--heads``) are declared once too (:func:`add_shape_flags`), and
+:func:`t5_shape` gives the shape as the pretraining config's ``T5Shape`` fields, built into a model by
+``models.spactor.t5_config``, the project's one T5 builder.
+
 Plain dataclasses only: the scripts also run on the bare GPU machine (``benchmarks/device_check.sh``), which has
 torch and transformers but no pydantic, so the flow configs of ``engine/config/`` are not used here.
 """
@@ -59,3 +63,26 @@ def settings_from_flags(cls: type, args: argparse.Namespace, **fixed: Any):
     checks them (a ValueError names the setting)."""
     names = getattr(args, _DECLARED, {}).get(cls, ())
     return cls(**{name: getattr(args, name) for name in names}, **fixed)
+
+
+def add_shape_flags(ap: argparse.ArgumentParser, *, d_model: int, d_ff: int, heads: int, what: str = "the model") -> None:
+    """Declare the T5 width flags the scripts share (``--d-model``, ``--d-ff``, ``--heads``; layers stay each
+    script's own, since what they count differs); :func:`t5_shape` turns them into a shape."""
+    group = ap.add_argument_group(f"T5 shape of {what} (engine.config.base.T5Shape fields; d_kv = d_model / heads)")
+    group.add_argument("--d-model", type=int, default=d_model, help=f"hidden size (default {d_model})")
+    group.add_argument("--d-ff", type=int, default=d_ff, help=f"feed-forward size (default {d_ff})")
+    group.add_argument("--heads", type=int, default=heads, help=f"attention heads (default {heads})")
+
+
+def t5_shape(args: argparse.Namespace, *, layers: int, decoder_layers: int | None = None, **extra: Any) -> dict:
+    """The shape the flags give, as keyword arguments of ``models.spactor.t5_config`` named as the pretraining
+    config's ``T5Shape`` fields (so ``T5Shape(**shape)`` validates it where pydantic is installed); ``extra``
+    adds other T5Shape fields (``tie_word_embeddings``...). A ValueError names the bad flag."""
+    for flag, value in (("--d-model", args.d_model), ("--d-ff", args.d_ff), ("--heads", args.heads),
+                        ("layers", layers), ("decoder layers", decoder_layers or layers)):
+        if value < 1:
+            raise ValueError(f"{flag} must be >= 1 (got {value})")
+    if args.d_model % args.heads:
+        raise ValueError(f"--d-model ({args.d_model}) must be a multiple of --heads ({args.heads})")
+    return {"d_model": args.d_model, "d_ff": args.d_ff, "d_kv": args.d_model // args.heads, "num_heads": args.heads,
+            "num_layers": layers, "num_decoder_layers": decoder_layers or layers, **extra}

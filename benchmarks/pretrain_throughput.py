@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks._flags import add_shape_flags, t5_shape  # noqa: E402
 from tasks.runtime.env import apply_embedded_defaults  # noqa: E402
 
 apply_embedded_defaults()
@@ -54,8 +55,7 @@ def prepare(args: argparse.Namespace, tmp: Path) -> tuple[dict, str]:
     from engine.config.base import T5Shape
     from engine.config.pretrain import PretrainConfig
 
-    shape = T5Shape(d_model=args.d_model, d_ff=args.d_ff, d_kv=args.d_model // args.heads, num_heads=args.heads,
-                    num_layers=args.layers, num_decoder_layers=args.layers)
+    shape = T5Shape(**t5_shape(args, layers=args.layers))
     base = PretrainConfig(model=shape, inputs_length=args.inputs_length, batch_size=args.batch, total_steps=1,
                           tau=0, checkpoint_every=0, eval_every=0, log_every=10**9, cosine_every=0)
     return base.model_dump(), args.corpus_dir or corpus_for(base.tokens_length, tmp, args.vocab_size,
@@ -80,10 +80,8 @@ def export_bundle(cfg: dict, corpus: str, out: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--d-model", type=int, default=256)
-    ap.add_argument("--d-ff", type=int, default=512)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--heads", type=int, default=4)
+    add_shape_flags(ap, d_model=256, d_ff=512, heads=4)
+    ap.add_argument("--layers", type=int, default=4, help="encoder = decoder layers")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--inputs-length", type=int, default=128)
     ap.add_argument("--steps", type=int, default=12)
@@ -103,6 +101,10 @@ def main() -> None:
     ap.add_argument("--bundle", metavar="DIR", default=None,
                     help="run from an exported bundle (its shape, batch and lengths; no Prefect/datasets)")
     args = ap.parse_args()
+    try:
+        t5_shape(args, layers=args.layers)
+    except ValueError as err:
+        ap.error(str(err))
     torch.set_num_threads(args.threads)
 
     from engine.pretrain_worker import PretrainObjective

@@ -46,16 +46,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
 
-from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
+from transformers import T5ForConditionalGeneration  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from benchmarks._flags import add_settings_flags, settings_from_flags  # noqa: E402
+from benchmarks._flags import add_settings_flags, add_shape_flags, settings_from_flags, t5_shape  # noqa: E402
 from models.sd.bench import BenchSettings, estimate_alpha  # noqa: E402
 from models.sd.verify import expected_speedup  # noqa: E402
+from models.spactor import t5_config  # noqa: E402
 from models.speculative import speculative_generate, target_generate  # noqa: E402
 from engine.sd_bench import measure_step_costs, sync  # noqa: E402
 
-EOS, PAD, START = 1, 0, 0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,9 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--target", type=Path, help="save_pretrained folder of the target (default: synthetic)")
     ap.add_argument("--draft", type=Path, help="save_pretrained folder of the draft (default: synthetic)")
-    ap.add_argument("--d-model", type=int, default=256, help="synthetic pair: hidden size (shared)")
-    ap.add_argument("--d-ff", type=int, default=1024, help="synthetic pair: feed-forward size")
-    ap.add_argument("--heads", type=int, default=4, help="synthetic pair: attention heads")
+    add_shape_flags(ap, d_model=256, d_ff=1024, heads=4, what="the synthetic pair (shared)")
     ap.add_argument("--target-layers", type=int, default=12, help="synthetic target: encoder = decoder layers")
     ap.add_argument("--draft-layers", type=int, default=1, help="synthetic draft: its layers are the target's first")
     ap.add_argument("--vocab", type=int, default=4096, help="synthetic pair: vocabulary size")
@@ -96,15 +94,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ap.error("pass both --target and --draft, or neither for the synthetic pair")
     if not 1 <= args.draft_layers < args.target_layers:
         ap.error(f"need 1 <= --draft-layers ({args.draft_layers}) < --target-layers ({args.target_layers})")
+    try:
+        t5_shape(args, layers=args.target_layers)
+    except ValueError as err:
+        ap.error(str(err))
     return args
 
 
 def _t5(args: argparse.Namespace, layers: int) -> T5ForConditionalGeneration:
-    config = T5Config(
-        vocab_size=args.vocab, d_model=args.d_model, d_kv=args.d_model // args.heads, d_ff=args.d_ff,
-        num_layers=layers, num_heads=args.heads, dropout_rate=0.0,
-        eos_token_id=EOS, pad_token_id=PAD, decoder_start_token_id=START,
-    )
+    config = t5_config(args.vocab, **t5_shape(args, layers=layers, dropout_rate=0.0))
     return T5ForConditionalGeneration(config).eval()
 
 

@@ -39,12 +39,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain script from anywhere
 
-from transformers import T5Config, T5ForConditionalGeneration  # noqa: E402
+from transformers import T5ForConditionalGeneration  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
+from benchmarks._flags import add_shape_flags, t5_shape  # noqa: E402
 from engine.sd_bench import sync  # noqa: E402
 from models.sd.kv_cache import CachedDecoder, CausalCachedDecoder, compiled_forward  # noqa: E402
 from models.sd.quantization import dynamic_int8  # noqa: E402
+from models.spactor import t5_config  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,10 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("--d-model", type=int, default=256, help="hidden size (default: the laptop target's)")
-    ap.add_argument("--d-ff", type=int, default=1024, help="feed-forward size")
+    add_shape_flags(ap, d_model=256, d_ff=1024, heads=4, what="the random T5 (default: the laptop target's width)")
     ap.add_argument("--layers", type=int, default=4, help="encoder = decoder layers")
-    ap.add_argument("--heads", type=int, default=4, help="attention heads (d_kv = d_model / heads)")
     ap.add_argument("--vocab", type=int, default=8000, help="vocabulary size (the LM head's rows)")
     ap.add_argument("--prompt-len", type=int, default=256, help="encoder length of the decoder's prompt")
     ap.add_argument("--max-k", type=int, default=7, help="largest number of new tokens per call (gamma + 1)")
@@ -75,15 +75,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "instead of a random T5")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    for name in ("d_model", "d_ff", "layers", "heads", "vocab", "prompt_len", "max_k", "calls", "threads", "cold_mb"):
+    for name in ("layers", "vocab", "prompt_len", "max_k", "calls", "threads", "cold_mb"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.model and args.compile:
         ap.error("--model times the eager dynamic cache: drop --compile")
     if args.int8 and (args.compile or args.device != "cpu"):
         ap.error("--int8 is the CPU eager path: drop --compile and --device")
-    if args.d_model % args.heads:
-        ap.error("--d-model must be a multiple of --heads")
+    try:
+        t5_shape(args, layers=args.layers, decoder_layers=args.decoder_layers)
+    except ValueError as err:
+        ap.error(str(err))
     return args
 
 
@@ -140,10 +142,8 @@ def decoder_table(args: argparse.Namespace, device: torch.device, gen: torch.Gen
         with torch.inference_mode():
             dec, feed = _causal_decoder(args, causal, device, gen)
         return _time_calls(args, dec, feed, device)
-    config = T5Config(vocab_size=args.vocab, d_model=args.d_model, d_ff=args.d_ff, d_kv=args.d_model // args.heads,
-                      num_heads=args.heads, num_layers=args.layers,
-                      num_decoder_layers=args.decoder_layers or args.layers,
-                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, tie_word_embeddings=True)
+    config = t5_config(args.vocab, **t5_shape(args, layers=args.layers, decoder_layers=args.decoder_layers,
+                                              tie_word_embeddings=True))
     torch.manual_seed(args.seed)  # T5's initialisation draws from the global generator
     model = T5ForConditionalGeneration(config).to(device).eval()
     if args.int8:
