@@ -26,8 +26,15 @@ excluded from the loss, so the model only learns the real decisions.
 Invariant: ``"".join(segment(text)) == text`` for every string, including "", whitespace, emoji and
 characters never seen in training.
 
-Metrics: ``boundary_prf`` scores internal word-start offsets (the text start is not a boundary),
-``word_prf`` / ``word_f1`` score words as (start, end) character spans.
+The code is in parts:
+- ``models.thai.chars``: character classes, the orthographic rule, and their vectorised forms over code points;
+- ``models.thai.ngrams``: the hashed character n-gram rows;
+- ``models.thai.layers``: the channels-last convolution and, for CPU inference, its fused GELU;
+- ``models.thai.inference``: batched inference over concatenated texts (``boundary_probs``, ``segment_batch``);
+- ``models.thai.metrics``: word starts and the scores (``boundary_prf`` of internal word-start offsets,
+  ``word_prf`` / ``word_f1`` of words as (start, end) character spans);
+- this module: the config, the model (its layers, training forward and ``fit``), its public inference
+  methods, and ``save`` / ``load``.
 
 Run the tests: ``python -m pytest tests/models/test_thai_segmenter.py -q``.
 """
@@ -39,9 +46,7 @@ from collections.abc import Sequence
 import dataclasses
 import json
 import math
-import unicodedata
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -49,197 +54,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = [
-    "CHAR_CLASSES",
-    "SegmenterConfig",
-    "FitResult",
-    "ThaiSegmenter",
-    "char_class",
-    "forbidden_starts",
-    "word_starts",
-    "words_from_starts",
-    "boundary_prf",
-    "word_prf",
-    "word_f1",
-]
+from models.thai.chars import CHAR_CLASSES, class_ids, codepoints, forbidden_starts, padded_index, text_offsets
+from models.thai.inference import decisions_from_codepoints, flat_inputs, probs_flat, vocab_ids
+from models.thai.layers import conv_nwc
+from models.thai.metrics import word_starts
+from models.thai.ngrams import NGRAM_PAD, NGRAM_WINDOWS, ngram_ids
 
-# ---------------------------------------------------------------------------------------------
-# Character classes
-# ---------------------------------------------------------------------------------------------
-
-CHAR_CLASSES = (
-    "pad",  # 0: padding only
-    "consonant",  # U+0E01-U+0E2E
-    "vowel_lead",  # U+0E40-U+0E44 เ แ โ ใ ไ: written before the consonant they follow in speech
-    "vowel_follow",  # U+0E30-U+0E3A, U+0E45 (ะ ั า ำ ิ ี ึ ื ุ ู ฺ ๅ)
-    "tone",  # U+0E48-U+0E4B mai ek, mai tho, mai tri, mai chattawa
-    "diacritic",  # U+0E47 maitaikhu, U+0E4C-U+0E4E thanthakhat, nikhahit, yamakkan
-    "thai_sign",  # ฯ ๆ ฿ ๏ ๚ ๛
-    "digit",  # ASCII and Thai digits
-    "latin",  # ASCII letters
-    "space",  # any Unicode whitespace
-    "punct",  # Unicode punctuation and symbols (categories P*, S*)
-    "other",  # everything else: other scripts, emoji, combining marks of other scripts
-)
-_CLASS_ID = {name: i for i, name in enumerate(CHAR_CLASSES)}
-# Classes at which no Thai word can start.
-_NO_START_CLASSES = frozenset({_CLASS_ID["vowel_follow"], _CLASS_ID["tone"], _CLASS_ID["diacritic"]})
-#: Character n-grams around position i whose embeddings the n-gram features add, as offsets from i:
-#: the bigrams ending and starting at i, and the three trigrams that contain i.
-NGRAM_WINDOWS = ((-1, 0), (0, 1), (-2, -1, 0), (-1, 0, 1), (0, 1, 2))
-_NGRAM_PAD = 2  # the widest reach of a window on either side
-
-
-@lru_cache(maxsize=65536)
-def char_class(ch: str) -> str:
-    """The class name of one character (see ``CHAR_CLASSES``)."""
-    cp = ord(ch)
-    if 0x0E01 <= cp <= 0x0E2E:
-        return "consonant"
-    if 0x0E40 <= cp <= 0x0E44:
-        return "vowel_lead"
-    if 0x0E30 <= cp <= 0x0E3A or cp == 0x0E45:
-        return "vowel_follow"
-    if 0x0E48 <= cp <= 0x0E4B:
-        return "tone"
-    if cp == 0x0E47 or 0x0E4C <= cp <= 0x0E4E:
-        return "diacritic"
-    if cp in (0x0E2F, 0x0E46, 0x0E3F, 0x0E4F, 0x0E5A, 0x0E5B):
-        return "thai_sign"
-    if 0x0E50 <= cp <= 0x0E59 or 0x30 <= cp <= 0x39:
-        return "digit"
-    if 0x41 <= cp <= 0x5A or 0x61 <= cp <= 0x7A:
-        return "latin"
-    if ch.isspace():
-        return "space"
-    category = unicodedata.category(ch)
-    if category[0] in "PS":
-        return "punct"
-    return "other"
-
-
-@lru_cache(maxsize=65536)
-def _class_id(ch: str) -> int:
-    return _CLASS_ID[char_class(ch)]
-
-
-@lru_cache(maxsize=65536)
-def _cannot_start(ch: str) -> bool:
-    # Any combining mark (category M*) continues the previous character's cluster, in any script.
-    return _class_id(ch) in _NO_START_CLASSES or unicodedata.category(ch)[0] == "M"
-
-
-def forbidden_starts(text: str) -> np.ndarray:
-    """Bool (len(text),): True where orthography rules out a word start (never at index 0)."""
-    cps = _codepoints(text)
-    return _forbidden_from_codepoints(cps, np.zeros(1, dtype=np.int64), _class_ids(cps))
-
-
-# Vectorised forms of the rules above, over code points: per-character Python calls cost more than
-# the model itself at inference (the segmenter's target rate is 1M characters/s). The tables cover the
-# Basic Multilingual Plane; characters above it (emoji, rare CJK) take the per-character path.
-_BMP = 0x10000
-_THAI_BLOCK = (0x0E00, 0x0E7F)
-
-
-@lru_cache(maxsize=1)
-def _bmp_tables() -> tuple[np.ndarray, np.ndarray]:
-    """(class id per BMP code point, int64), (True where no word can start there, bool)."""
-    classes = np.empty(_BMP, dtype=np.int64)
-    cannot = np.empty(_BMP, dtype=bool)
-    for cp in range(_BMP):
-        ch = chr(cp)
-        classes[cp] = _CLASS_ID[char_class.__wrapped__(ch)]
-        cannot[cp] = classes[cp] in _NO_START_CLASSES or unicodedata.category(ch)[0] == "M"
-    return classes, cannot
-
-
-def _codepoints(text: str) -> np.ndarray:
-    """Code points of ``text`` as uint32 (lone surrogates kept, as Python strings allow them)."""
-    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-
-
-def _lookup(table: np.ndarray, cps: np.ndarray, fallback) -> np.ndarray:
-    """``table[cp]`` for every BMP code point, ``fallback(ch)`` for the (rare) characters above it."""
-    out = table[np.minimum(cps, _BMP - 1)]
-    for i in np.flatnonzero(cps >= _BMP):
-        out[i] = fallback(chr(int(cps[i])))
-    return out
-
-
-def _offsets(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(lengths, start of each text in their concatenation), int64."""
-    lengths = np.fromiter(map(len, texts), dtype=np.int64, count=len(texts))
-    return lengths, np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-
-
-def _class_ids(cps: np.ndarray) -> np.ndarray:
-    return _lookup(_bmp_tables()[0], cps, _class_id)
-
-
-def _forbidden_from_codepoints(cps: np.ndarray, starts: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """``forbidden_starts`` of several texts concatenated: ``starts`` are each text's first index
-    (never forbidden, and the character before it belongs to another text); ``classes`` are
-    ``_class_ids(cps)``."""
-    forbidden = _lookup(_bmp_tables()[1], cps, _cannot_start)
-    if len(cps) > 1:
-        lead = classes[:-1] == _CLASS_ID["vowel_lead"]
-        thai = (cps[1:] >= _THAI_BLOCK[0]) & (cps[1:] <= _THAI_BLOCK[1])
-        forbidden[1:] |= lead & thai
-    forbidden[starts[starts < len(cps)]] = False
-    return forbidden
-
-
-def _padded_index(lo: np.ndarray, n: np.ndarray, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """(index (B, T), valid (B, T)): row b holds positions ``lo[b] .. lo[b] + n[b] - 1`` of a flat
-    per-character array, then ``pad`` (the index of its padding entry); ``valid`` marks the real ones."""
-    col = np.arange(int(n.max()))
-    valid = col[None, :] < n[:, None]
-    return np.where(valid, lo[:, None] + col[None, :], pad), valid
-
-
-def _conv_nwc(conv: nn.Conv1d, x: torch.Tensor, *, fused_gelu=None) -> torch.Tensor:
-    """``conv`` over (B, T, H) activations without transposing them: (B, T, H) in memory is the
-    channels-last layout of a (B, H, 1, T) image, so the 1-D convolution runs as a 1 x kernel 2-D one
-    on that view (oneDNN's channels-last kernels; about 1.7x faster on CPU than conv1d on transposed
-    activations, which copies them twice per layer). With ``fused_gelu`` (``_fused_conv_gelu_op()``)
-    the GELU after it runs in the same kernel. Returns (B, T, H), contiguous."""
-    image, weight = x.permute(0, 2, 1).unsqueeze(2), conv.weight.unsqueeze(2)
-    padding, dilation = [0, conv.padding[0]], [1, conv.dilation[0]]
-    if fused_gelu is None:
-        y = F.conv2d(image, weight, conv.bias, padding=padding, dilation=dilation)
-    else:
-        y = fused_gelu(image, weight, conv.bias, padding, [1, 1], dilation, 1, "gelu", [], "none")
-    return y.squeeze(2).permute(0, 2, 1).contiguous()
-
-
-@lru_cache(maxsize=1)
-def _fused_conv_gelu_op():
-    """oneDNN's convolution with a GELU (erf) post-op, the kernel torch.compile's CPU backend fuses
-    ``gelu(conv(x))`` into, or None where this torch build lacks it."""
-    try:
-        op = torch.ops.mkldnn._convolution_pointwise.default
-    except (AttributeError, RuntimeError):
-        return None
-    return op if torch.backends.mkldnn.is_available() else None
-
-
-_FUSED_CONV_GELU_FAILED = False  # the fused kernel raised once in this process (an unsupported CPU or build)
-
-
-def _conv_gelu_nwc(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    """``F.gelu(_conv_nwc(conv, x))`` in one pass over the output on CPU in float32 (oneDNN's GELU
-    post-op: about 2.5x faster than a convolution and then a GELU, and the same numbers); elsewhere,
-    or if the fused kernel raises, the two steps. (B, T, H) in and out, contiguous."""
-    global _FUSED_CONV_GELU_FAILED
-    op = _fused_conv_gelu_op() if x.device.type == "cpu" and x.dtype == torch.float32 else None
-    if not (op is None or _FUSED_CONV_GELU_FAILED or torch.is_autocast_enabled("cpu") or torch.is_grad_enabled()):
-        try:
-            return _conv_nwc(conv, x, fused_gelu=op)
-        except RuntimeError:
-            _FUSED_CONV_GELU_FAILED = True
-    h = _conv_nwc(conv, x)
-    return torch._C._nn.gelu_(h) if h.dtype == torch.float32 else F.gelu(h)
+__all__ = ["FitResult", "SegmenterConfig", "ThaiSegmenter"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,94 +160,6 @@ class FitResult:
     n_decisions: int = 0  # characters per epoch that carried a free boundary decision
     vocab_size: int = 0  # characters in the vocabulary after the call (pad and unknown excluded)
 
-
-# ---------------------------------------------------------------------------------------------
-# Segmentation helpers and metrics
-# ---------------------------------------------------------------------------------------------
-
-
-def word_starts(words: list[str]) -> list[int]:
-    """Start offsets of the non-empty words: ``["ab", "c"] -> [0, 2]``."""
-    starts, offset = [], 0
-    for w in words:
-        if w:
-            starts.append(offset)
-            offset += len(w)
-    return starts
-
-
-def words_from_starts(text: str, starts) -> list[str]:
-    """Cut ``text`` at the given start offsets (0 is implied; duplicates / out of range ignored)."""
-    if not text:
-        return []
-    cuts = sorted({int(s) for s in starts if 0 < s < len(text)})
-    bounds = [0, *cuts, len(text)]
-    return [text[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-
-def _check_pairs(gold: list[list[str]], pred: list[list[str]]) -> None:
-    if len(gold) != len(pred):
-        raise ValueError(f"gold has {len(gold)} sentences but pred has {len(pred)}; pass aligned lists")
-    for i, (g, p) in enumerate(zip(gold, pred)):
-        if "".join(g) != "".join(p):
-            raise ValueError(
-                f"sentence {i}: gold and pred cover different text ({''.join(g)[:30]!r} vs "
-                f"{''.join(p)[:30]!r}); segmentations must partition the same string"
-            )
-
-
-def _prf(tp: int, n_pred: int, n_gold: int) -> tuple[float, float, float]:
-    # 0/0 counts as perfect: no predictions means none wrong, no gold means none missed.
-    precision = tp / n_pred if n_pred else 1.0
-    recall = tp / n_gold if n_gold else 1.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return precision, recall, f1
-
-
-def boundary_prf(gold: list[list[str]], pred: list[list[str]]) -> tuple[float, float, float]:
-    """Micro-averaged (precision, recall, F1) of word boundaries.
-
-    A boundary is an internal word-start offset: 0 < offset < len(text). The text start is not a
-    boundary (it is given), so a one-word sentence contributes nothing. 0/0 precision or recall is
-    1.0; F1 is 0.0 when precision + recall is 0.
-    """
-    _check_pairs(gold, pred)
-    tp = n_pred = n_gold = 0
-    for g, p in zip(gold, pred):
-        gs, ps = set(word_starts(g)[1:]), set(word_starts(p)[1:])
-        tp += len(gs & ps)
-        n_pred += len(ps)
-        n_gold += len(gs)
-    return _prf(tp, n_pred, n_gold)
-
-
-def _spans(words: list[str]) -> set[tuple[int, int]]:
-    spans, offset = set(), 0
-    for w in words:
-        if w:
-            spans.add((offset, offset + len(w)))
-            offset += len(w)
-    return spans
-
-
-def word_prf(gold: list[list[str]], pred: list[list[str]]) -> tuple[float, float, float]:
-    """Micro-averaged (precision, recall, F1) of words: a word is correct if its (start, end)
-    character span is a gold word span (both of its boundaries right, none inside)."""
-    _check_pairs(gold, pred)
-    tp = n_pred = n_gold = 0
-    for g, p in zip(gold, pred):
-        gs, ps = _spans(g), _spans(p)
-        tp += len(gs & ps)
-        n_pred += len(ps)
-        n_gold += len(gs)
-    return _prf(tp, n_pred, n_gold)
-
-
-def word_f1(gold: list[list[str]], pred: list[list[str]]) -> float:
-    """Word-level F1 (see ``word_prf``)."""
-    return word_prf(gold, pred)[2]
-
-
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
@@ -512,29 +245,17 @@ class ThaiSegmenter(nn.Module):
         for ch in new[: max(room, 0)]:
             self.vocab[ch] = len(self.vocab) + 2
 
-    def _vocab_ids(self, cps: np.ndarray) -> np.ndarray:
-        """Row of ``char_embed`` per code point (1 = unknown), via a dense table over the BMP that
-        is rebuilt when the vocabulary changes."""
-        key = (id(self.vocab), len(self.vocab))
-        if getattr(self, "_vocab_table_key", None) != key:
-            table = np.ones(_BMP, dtype=np.int64)
-            for ch, row in self.vocab.items():
-                if ord(ch) < _BMP:
-                    table[ord(ch)] = row
-            self._vocab_table, self._vocab_table_key = table, key
-        return _lookup(self._vocab_table, cps, lambda ch: self.vocab.get(ch, 1))
-
     def _encode(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
-        cps = _codepoints(text)
-        return torch.from_numpy(self._vocab_ids(cps)), torch.from_numpy(_class_ids(cps))
+        cps = codepoints(text)
+        return torch.from_numpy(vocab_ids(self, cps)), torch.from_numpy(class_ids(cps))
 
     def _encode_batch(self, texts: list[str]):
         """Padded inputs of non-empty ``texts`` in one vectorised pass: (chars (B, T), classes (B, T),
         lengths (B,)) tensors, plus (row, column) of every character in text order."""
-        cps = _codepoints("".join(texts))
-        lengths, starts = _offsets(texts)
-        inputs = self._flat_inputs(cps, _class_ids(cps), lengths, ngrams=False)
-        index, valid = _padded_index(starts, lengths, pad=len(cps))
+        cps = codepoints("".join(texts))
+        lengths, starts = text_offsets(texts)
+        inputs = flat_inputs(self, cps, class_ids(cps), lengths, ngrams=False)
+        index, valid = padded_index(starts, lengths, pad=len(cps))
         index_t = torch.from_numpy(index)
         tensors = (inputs["chars"][index_t].to(self.device), inputs["classes"][index_t].to(self.device),
                    torch.from_numpy(lengths))
@@ -558,25 +279,7 @@ class ThaiSegmenter(nn.Module):
     def _ngram_ids(self, chars: torch.Tensor) -> torch.Tensor:
         """(B, T, len(NGRAM_WINDOWS)) rows of ``ngram_embed`` for padded char ids (B, T) (padding 0
         beyond the text)."""
-        T = chars.shape[1]
-        padded = F.pad(chars, (_NGRAM_PAD, _NGRAM_PAD))
-        return self._hash_ngrams(lambda offset: padded[:, _NGRAM_PAD + offset : _NGRAM_PAD + offset + T], chars)
-
-    def _hash_ngrams(self, shifted, chars: torch.Tensor) -> torch.Tensor:
-        """Each window's character rows (``shifted(offset)``: the row ``offset`` characters away,
-        shaped like ``chars``) combined into one integer, mixed, and reduced modulo ``ngram_buckets``,
-        into window j's block of rows. Shape ``chars.shape + (len(NGRAM_WINDOWS),)``."""
-        c = self.config
-        neighbours = {offset: shifted(offset) for offset in range(-_NGRAM_PAD, _NGRAM_PAD + 1)}
-        ids = []
-        for j, window in enumerate(NGRAM_WINDOWS):
-            key = torch.zeros_like(chars)
-            for offset in window:  # < vocab_capacity ** 3 <= 2**36 for the default capacity
-                key = key * c.vocab_capacity + neighbours[offset]
-            key = (key + j) * 0x2545F49  # odd, < 2**26: the product stays below 2**63
-            key = key ^ (key >> 29)  # fold the high bits into the low ones before the modulo
-            ids.append(key % c.ngram_buckets + j * c.ngram_buckets)
-        return torch.stack(ids, dim=-1)
+        return ngram_ids(chars, vocab_capacity=self.config.vocab_capacity, buckets=self.config.ngram_buckets)
 
     def _input_layer(self, chars: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         """(B, T, H) pre-activation of the input layer."""
@@ -603,7 +306,7 @@ class ThaiSegmenter(nn.Module):
             for conv, norm in zip(self.convs, self.norms):
                 # Re-zero padding after every layer: the convolution then sees exactly the zero
                 # padding it sees for an unpadded text, so outputs do not depend on batch padding.
-                h = F.gelu(_conv_nwc(conv, x))  # (B, T, H)
+                h = F.gelu(conv_nwc(conv, x))  # (B, T, H)
                 x = norm(x + self._dropout(h)) * mask
         else:
             packed = nn.utils.rnn.pack_padded_sequence(
@@ -736,7 +439,7 @@ class ThaiSegmenter(nn.Module):
         c = self.config
         if c.arch != "cnn":
             return None
-        return (c.kernel // 2) * (2**c.layers - 1) + (_NGRAM_PAD if c.ngram_buckets else 0)
+        return (c.kernel // 2) * (2**c.layers - 1) + (NGRAM_PAD if c.ngram_buckets else 0)
 
     @torch.no_grad()
     def boundary_probs(self, texts: list[str]) -> list[np.ndarray]:
@@ -750,143 +453,7 @@ class ThaiSegmenter(nn.Module):
         """
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ValueError("texts must be a list of str; for one text use segment(text) or [text]")
-        return np.split(self._probs_flat(texts), _offsets(texts)[1][1:]) if texts else []
-
-    @torch.no_grad()
-    def _probs_flat(self, texts: Sequence[str]) -> np.ndarray:
-        """``boundary_probs`` of all texts, concatenated (float32).
-
-        Everything per character is computed once over the concatenated texts (vocabulary rows,
-        classes, n-gram rows, forced positions); each batch then only gathers its rows. Texts are cut
-        into pieces (a text, or a window of a long one), sorted by length and packed into batches of
-        at most ``inference_batch_chars`` padded characters."""
-        cps = _codepoints("".join(texts))
-        classes = _class_ids(cps)
-        lengths, starts = _offsets(texts)
-        flat = np.zeros(len(cps), dtype=np.float32)
-        if len(cps):
-            lo, hi, keep_lo, keep_hi = self._pieces(lengths, starts)
-            was_training = self.training
-            if was_training:  # train()/eval() walk every module: skip them when already in eval mode
-                self.eval()
-            try:
-                inputs = self._flat_inputs(cps, classes, lengths)
-                limit = self.config.inference_batch_chars
-                order = np.argsort(hi - lo, kind="stable").tolist()
-                sizes = (hi - lo).tolist()
-                first = 0
-                for k in range(1, len(order) + 1):  # close a batch when the next piece does not fit
-                    if k == len(order) or (k - first + 1) * sizes[order[k]] > limit:
-                        batch = np.array(order[first:k])
-                        self._predict_pieces(inputs, lo[batch], hi[batch], keep_lo[batch], keep_hi[batch], flat)
-                        first = k
-            finally:
-                if was_training:
-                    self.train()
-        # Forced positions, for all texts in one vectorised pass (the rules look one character back).
-        flat[~self._decisions_from_codepoints(cps, starts, classes)] = 0.0
-        flat[starts[lengths > 0]] = 1.0
-        return flat
-
-    def _pieces(self, lengths: np.ndarray, starts: np.ndarray):
-        """(lo, hi, keep_lo, keep_hi) int64 arrays, positions in the concatenated texts: each non-empty
-        text is one piece, except that with the CNN a text longer than ``inference_batch_chars`` is cut
-        into windows whose kept cores overlap their neighbours by ``receptive_radius()`` characters."""
-        limit, radius = self.config.inference_batch_chars, self.receptive_radius()
-        short = (lengths > 0) & ((lengths <= limit) | (radius is None))
-        parts = [(starts[short], starts[short] + lengths[short], starts[short], starts[short] + lengths[short])]
-        core = max(limit - 2 * radius, 256) if radius is not None else 0
-        for i in np.flatnonzero(~short & (lengths > 0)).tolist():
-            s, n = int(starts[i]), int(lengths[i])
-            a = np.arange(0, n, core)
-            parts.append((s + np.maximum(0, a - radius), s + np.minimum(n, a + core + radius), s + a,
-                          s + np.minimum(a + core, n)))
-        return tuple(np.concatenate([p[j] for p in parts]).astype(np.int64) for j in range(4))
-
-    def _flat_inputs(self, cps: np.ndarray, classes: np.ndarray, lengths: np.ndarray, *, ngrams: bool = True) -> dict:
-        """Per character of the concatenated texts (plus one padding entry at the end): vocabulary
-        rows, class ids (``classes``: ``_class_ids(cps)``) and, with n-grams, each window's n-gram row
-        (n-grams stop at text ends)."""
-        chars = torch.from_numpy(np.append(self._vocab_ids(cps), 0))
-        out = {"chars": chars, "classes": torch.from_numpy(np.append(classes, 0))}
-        if ngrams and self.ngram_embed is not None:
-            text_id = torch.from_numpy(np.append(np.repeat(np.arange(len(lengths)), lengths), -1))
-            out["ngrams"] = self._ngram_ids_flat(chars, text_id)
-        return out
-
-    def _ngram_ids_flat(self, chars: torch.Tensor, text_id: torch.Tensor) -> torch.Tensor:
-        """``_ngram_ids`` of texts concatenated in one row: a neighbour in another text counts as
-        padding (row 0), so every text gets the rows it gets alone. (N, len(NGRAM_WINDOWS))."""
-        N = chars.shape[0]
-        pad_chars = F.pad(chars, (_NGRAM_PAD, _NGRAM_PAD))
-        pad_ids = F.pad(text_id, (_NGRAM_PAD, _NGRAM_PAD), value=-2)
-
-        def shifted(offset: int) -> torch.Tensor:
-            window = slice(_NGRAM_PAD + offset, _NGRAM_PAD + offset + N)
-            return torch.where(pad_ids[window] == text_id, pad_chars[window], 0)
-
-        return self._hash_ngrams(shifted, chars)
-
-    def _inference_table(self) -> torch.Tensor:
-        """One table for the inference input layer: the character and class tables with the input
-        projection folded in, then the n-gram table (rows as in ``_flat_inputs``). Cached until a
-        parameter changes."""
-        params = [self.char_embed.weight, self.class_embed.weight, self.proj.weight]
-        if self.ngram_embed is not None:
-            params.append(self.ngram_embed.weight)
-        key = tuple((p.data_ptr(), p._version) for p in params)
-        if getattr(self, "_table_key", None) != key:
-            E = self.config.embed_dim
-            tables = [self.char_embed.weight @ self.proj.weight[:, :E].T,
-                      self.class_embed.weight @ self.proj.weight[:, E:].T]
-            if self.ngram_embed is not None:
-                tables.append(self.ngram_embed.weight)
-            self._table, self._table_key = torch.cat(tables).detach(), key
-        return self._table
-
-    def _predict_pieces(self, inputs: dict, lo, hi, keep_lo, keep_hi, flat: np.ndarray) -> None:
-        """Write the raw probabilities of one batch of pieces into ``flat`` (kept positions only)."""
-        n = hi - lo
-        index, valid = _padded_index(lo, n, pad=len(inputs["chars"]) - 1)
-        col = np.arange(index.shape[1])
-        index_t = torch.from_numpy(index)
-        chars, classes = inputs["chars"][index_t], inputs["classes"][index_t]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.inference_dtype == "bfloat16"):
-            if self.config.arch == "cnn":
-                pad = torch.from_numpy(np.flatnonzero(~valid))
-                ngrams = inputs["ngrams"][index_t] if "ngrams" in inputs else None
-                logits = self._cnn_logits(chars.to(self.device), classes.to(self.device),
-                                          None if ngrams is None else ngrams.to(self.device), pad.to(self.device))
-            else:
-                logits = self(chars.to(self.device), classes.to(self.device), torch.from_numpy(n))
-        probs = torch.sigmoid(logits.float()).cpu().numpy()
-        keep = (col[None, :] >= (keep_lo - lo)[:, None]) & (col[None, :] < (keep_hi - lo)[:, None])
-        flat[index[keep]] = probs[keep]
-
-    def _cnn_logits(self, chars: torch.Tensor, classes: torch.Tensor, ngrams: torch.Tensor | None,
-                    pad: torch.Tensor) -> torch.Tensor:
-        """Inference forward of the CNN, equal to ``forward`` in eval mode: one embedding-bag lookup for
-        the input layer (``_inference_table``), the padding re-zeroed by index (``pad``: flat indices
-        of padded positions in (B, T)) instead of a multiplication by the mask, and in-place
-        activations. (B, T) logits."""
-        c, (B, T) = self.config, chars.shape
-        n_chars = self.char_embed.num_embeddings
-        ids = [chars.unsqueeze(-1), classes.unsqueeze(-1) + n_chars]
-        if ngrams is not None:
-            ids.append(ngrams + n_chars + self.class_embed.num_embeddings)
-        ids = torch.cat(ids, dim=-1).view(B * T, -1)
-        x = F.embedding_bag(ids, self._inference_table(), mode="sum").add_(self.proj.bias)  # (B*T, H)
-        x = torch._C._nn.gelu_(x) if x.dtype == torch.float32 else F.gelu(x)
-
-        def zero_padding(t: torch.Tensor) -> torch.Tensor:
-            return t.view(B * T, -1).index_fill_(0, pad, 0.0).view(B, T, -1) if len(pad) else t.view(B, T, -1)
-
-        x = zero_padding(x)
-        for conv, norm in zip(self.convs, self.norms):
-            h = _conv_gelu_nwc(conv, x)
-            h = h.add_(x) if h.dtype == x.dtype else x + h
-            x = zero_padding(norm(h))
-        return F.linear(x, self.head.weight, self.head.bias).squeeze(-1)
+        return np.split(probs_flat(self, texts), text_offsets(texts)[1][1:]) if texts else []
 
     def decision_masks(self, texts: list[str]) -> list[np.ndarray]:
         """Per text, bool (len(text),): True where the model decides a boundary.
@@ -897,19 +464,13 @@ class ThaiSegmenter(nn.Module):
         sentence over them only."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise ValueError("texts must be a list of str; for one text use [text]")
-        return np.split(self._decisions_flat(texts), _offsets(texts)[1][1:]) if texts else []
+        return np.split(self._decisions_flat(texts), text_offsets(texts)[1][1:]) if texts else []
 
     def _decisions_flat(self, texts: Sequence[str]) -> np.ndarray:
         """``decision_masks`` of all texts, concatenated."""
-        cps = _codepoints("".join(texts))
-        return self._decisions_from_codepoints(cps, _offsets(texts)[1], _class_ids(cps))
-
-    def _decisions_from_codepoints(self, cps: np.ndarray, starts: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        free = np.ones(len(cps), dtype=bool)
-        if self.config.orthographic_constraints:
-            free = ~_forbidden_from_codepoints(cps, starts, classes)
-        free[starts[starts < len(cps)]] = False
-        return free
+        cps = codepoints("".join(texts))
+        return decisions_from_codepoints(cps, text_offsets(texts)[1], class_ids(cps),
+                                         orthographic_constraints=self.config.orthographic_constraints)
 
     def segment_batch(self, texts: list[str]) -> list[list[str]]:
         """Segment many texts; ``"".join(words) == text`` for each."""
@@ -917,9 +478,9 @@ class ThaiSegmenter(nn.Module):
             raise ValueError("texts must be a list of str; for one text use segment(text) or [text]")
         # Cut the concatenated texts at every word start at once; index 0 of a non-empty text has
         # probability 1, so every text starts with a cut and no word spans two texts.
-        lengths, starts = _offsets(texts)
+        lengths, starts = text_offsets(texts)
         offsets = np.append(starts, lengths.sum()) if texts else np.zeros(1, dtype=np.int64)
-        cuts = np.flatnonzero(self._probs_flat(texts) >= self.config.threshold)
+        cuts = np.flatnonzero(probs_flat(self, texts) >= self.config.threshold)
         joined = "".join(texts)
         bounds = np.append(cuts, len(joined)).tolist()
         words = [joined[a:b] for a, b in zip(bounds[:-1], bounds[1:])]

@@ -26,7 +26,8 @@ from prefect.cache_policies import NONE
 
 from models.al_scorers import char_ngrams, diverse_order, select_windows, sentence_scores, window_decisions
 from models.curves import first_reach
-from models.thai_segmenter import SegmenterConfig, ThaiSegmenter, boundary_prf, word_f1, word_starts
+from models.thai.metrics import boundary_prf, word_f1, word_starts
+from models.thai_segmenter import SegmenterConfig, ThaiSegmenter
 from tasks import tracking
 from tasks.thai.annotators import HumanAnnotator, SimulatedAnnotator, apply_newmm_guideline, newmm_words
 from tasks.thai.data import PoolItem

@@ -46,7 +46,8 @@ from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from models.thai_segmenter import forbidden_starts, word_starts, words_from_starts
+from models.thai.chars import forbidden_starts
+from models.thai.metrics import word_starts, words_from_starts
 from tasks.thai.data import PoolItem
 
 __all__ = ["Annotator", "SimulatedAnnotator", "HumanAnnotator", "AnnotationTimeout", "AnnotationError",

@@ -1,4 +1,4 @@
-"""Tests for models/thai_segmenter.py: metrics, exact character preservation, learning on ORCHID."""
+"""Tests for models/thai_segmenter.py and models/thai/: metrics, exact character preservation, learning on ORCHID."""
 
 from __future__ import annotations
 
@@ -11,16 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.thai_corpus import default_orchid_path, parse_orchid, read_orchid_file, split_by_document
-from models.thai_segmenter import (
-    SegmenterConfig,
-    ThaiSegmenter,
-    boundary_prf,
-    char_class,
-    word_f1,
-    word_prf,
-    word_starts,
-    words_from_starts,
-)
+from models.thai.chars import char_class
+from models.thai.metrics import boundary_prf, word_f1, word_prf, word_starts, words_from_starts
+from models.thai_segmenter import SegmenterConfig, ThaiSegmenter
 
 TINY = dict(embed_dim=8, class_dim=4, hidden=16, layers=2, kernel=3, epochs=1, batch_size=8)
 
@@ -137,7 +130,7 @@ def test_segment_keeps_every_character_of_any_text(toy_model, text):
 def _per_character_reference(model: ThaiSegmenter, text: str) -> tuple[list[int], list[int], list[bool]]:
     """The rules written one character at a time (the pre-vectorisation code): vocabulary rows,
     class ids and forbidden starts."""
-    from models.thai_segmenter import CHAR_CLASSES
+    from models.thai.chars import CHAR_CLASSES
     import unicodedata
 
     classes = [CHAR_CLASSES.index(char_class(ch)) for ch in text]
@@ -246,18 +239,18 @@ def test_the_inference_path_gives_the_probabilities_of_the_training_forward_at_e
     texts, padding zeroed by index, in-place activations, on CPU oneDNN's convolution with a GELU
     post-op, else the two steps); with dropout off it must give, at every position the model decides,
     the sigmoid of the training-mode forward of each text alone."""
-    import models.thai_segmenter as ts
+    import models.thai.layers as layers
 
     if fused == "raises":  # a build whose fused kernel fails at run time (unsupported CPU): the two steps
         def broken(*args):
             raise RuntimeError("could not create a primitive descriptor")
 
-        monkeypatch.setattr(ts, "_fused_conv_gelu_op", lambda: broken)
-        monkeypatch.setattr(ts, "_FUSED_CONV_GELU_FAILED", False)
+        monkeypatch.setattr(layers, "_fused_conv_gelu_op", lambda: broken)
+        monkeypatch.setattr(layers, "_FUSED_CONV_GELU_FAILED", False)
     elif fused:
-        assert ts._fused_conv_gelu_op() is not None, "this torch build has no oneDNN conv + GELU kernel"
+        assert layers._fused_conv_gelu_op() is not None, "this torch build has no oneDNN conv + GELU kernel"
     else:
-        monkeypatch.setattr(ts, "_fused_conv_gelu_op", lambda: None)
+        monkeypatch.setattr(layers, "_fused_conv_gelu_op", lambda: None)
     model = _model(dropout=0.0, ngram_buckets=ngram_buckets)
     model.fit(_toy_corpus(30, seed=5), generator=torch.Generator().manual_seed(0))
     texts = ["ฉันกินข้าว", "เธอร้องเพลงที่โรงเรียน 2532", "ก", "", "แม่ไปตลาด" * 7, "กข"]
@@ -273,7 +266,7 @@ def test_the_inference_path_gives_the_probabilities_of_the_training_forward_at_e
             reference = torch.sigmoid(model(chars, classes, lengths))[0].numpy()
         np.testing.assert_allclose(probs[mask], reference[mask], atol=1e-5)
     model.eval()
-    assert ts._FUSED_CONV_GELU_FAILED == (fused == "raises")  # the path named in the test id is the one that ran
+    assert layers._FUSED_CONV_GELU_FAILED == (fused == "raises")  # the path named in the test id is the one that ran
 
 
 def test_ngram_rows_stay_in_their_window_table_and_see_only_their_window():
@@ -392,7 +385,7 @@ def test_decision_masks_are_false_exactly_where_boundary_probs_are_forced(toy_mo
 
 
 def test_partial_annotation_of_every_decision_trains_exactly_like_the_full_sentence():
-    from models.thai_segmenter import word_starts
+    from models.thai.metrics import word_starts
 
     corpus = _toy_corpus(40, seed=3)
     full, part = _model(seed=2), _model(seed=2)

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.thai_segmenter import char_class, word_starts
+from models.thai.chars import char_class
+from models.thai.metrics import word_starts
 from tasks.thai.annotators import (
     AnnotationError,
     AnnotationTimeout,
