@@ -20,7 +20,7 @@ eats most of SD's gain (the closed form assumes a ratio of 1).
     .venv/bin/python benchmarks/verify_cost.py --d-model 64 --d-ff 128 --layers 1 --heads 4   # its draft
     .venv/bin/python benchmarks/verify_cost.py --compile                # the engine's compiled fast path
     .venv/bin/python benchmarks/verify_cost.py --device cuda --d-model 2048 --d-ff 5120 --layers 24 --heads 32
-    .venv/bin/python benchmarks/verify_cost.py --model smollm2 [--int8]   # a real decoder-only LLM (SmolLM2-135M)
+    .venv/bin/python benchmarks/verify_cost.py --model smollm2 [--int8 | --bf16]   # a real decoder-only LLM (SmolLM2-135M)
 
 With ``--model`` (a decoder-only reference of ``engine.causal_lm``: ``smollm2``, ``gguf:PATH``, a folder, a hub
 id), table 1 uses that model's shapes and table 2 times ``models.sd.kv_cache.CausalCachedDecoder`` on it.
@@ -45,7 +45,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from benchmarks._flags import add_shape_flags, t5_shape  # noqa: E402
 from engine.sd_bench import sync  # noqa: E402
 from models.sd.kv_cache import CachedDecoder, CausalCachedDecoder, compiled_forward  # noqa: E402
-from models.sd.quantization import dynamic_int8  # noqa: E402
+from models.sd.quantization import at_precision  # noqa: E402
 from models.spactor import t5_config  # noqa: E402
 
 
@@ -67,8 +67,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true",
                     help="table 2 on a static cache through torch.compile (the engine's fast path)")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--int8", action="store_true",
-                    help="table 2 with the model's linear layers dynamically quantised to int8 (models.sd.quantization)")
+    weights = ap.add_mutually_exclusive_group()
+    weights.add_argument("--int8", action="store_true",
+                         help="table 2 with the model's linear layers dynamically quantised to int8 (models.sd.quantization)")
+    weights.add_argument("--bf16", action="store_true", help="table 2 with a bfloat16 copy of the model")
     ap.add_argument("--decoder-layers", type=int, default=None, help="decoder layers (default: --layers)")
     ap.add_argument("--model", default=None,
                     help="a decoder-only LM reference (engine.causal_lm: smollm2, gguf:PATH, a folder, a hub id) "
@@ -103,7 +105,7 @@ def _median_us(fn, calls: int, device: torch.device) -> float:
 
 
 def linear_table(args: argparse.Namespace, device: torch.device, gen: torch.Generator) -> list[dict]:
-    """Rows of table 1: one per (weight shape, k)."""
+    """Rows of table 1: one per (weight shape, k); bfloat16 weights and rows with ``--bf16``."""
     shapes = {
         "attention q/k/v/o": (args.d_model, args.d_model),
         "feed-forward in": (args.d_ff, args.d_model),
@@ -113,12 +115,13 @@ def linear_table(args: argparse.Namespace, device: torch.device, gen: torch.Gene
     rows = []
     with torch.inference_mode():
         for name, (out_f, in_f) in shapes.items():
-            copies = max(1, -(-(args.cold_mb << 20) // (out_f * in_f * 4)))
-            w = torch.randn(out_f, in_f, generator=gen).to(device)
+            dtype = torch.bfloat16 if args.bf16 else torch.float32
+            copies = max(1, -(-(args.cold_mb << 20) // (out_f * in_f * dtype.itemsize)))
+            w = torch.randn(out_f, in_f, generator=gen).to(device, dtype)
             weights = [w] + [w.clone() for _ in range(copies - 1)]
             base = None
             for k in range(1, args.max_k + 1):
-                x = torch.randn(k, in_f, generator=gen).to(device)
+                x = torch.randn(k, in_f, generator=gen).to(device, dtype)
                 cycle = itertools.cycle(weights)
                 us = _median_us(lambda: torch.nn.functional.linear(x, next(cycle)), max(args.calls * 5, 2 * copies),
                                 device)
@@ -129,8 +132,8 @@ def linear_table(args: argparse.Namespace, device: torch.device, gen: torch.Gene
 
 def _causal_decoder(args: argparse.Namespace, model, device: torch.device, gen: torch.Generator):
     """A decoder-only model's cached decoder on a prompt of ``--prompt-len`` tokens, and the tokens it is fed."""
-    if args.int8:
-        model = dynamic_int8(model)
+    if args.int8 or args.bf16:
+        model = at_precision(model, "int8" if args.int8 else "bf16")
     ids = torch.randint(2, model.config.vocab_size, (1, args.prompt_len), generator=gen).to(device)
     feed = [int(ids[0, -1])] + torch.randint(2, model.config.vocab_size, (32 + args.max_k,), generator=gen).tolist()
     return CausalCachedDecoder(model.to(device), ids, torch.ones_like(ids)), feed
@@ -146,8 +149,8 @@ def decoder_table(args: argparse.Namespace, device: torch.device, gen: torch.Gen
                                               tie_word_embeddings=True))
     torch.manual_seed(args.seed)  # T5's initialisation draws from the global generator
     model = T5ForConditionalGeneration(config).to(device).eval()
-    if args.int8:
-        model = dynamic_int8(model)
+    if args.int8 or args.bf16:
+        model = at_precision(model, "int8" if args.int8 else "bf16")
     ids = torch.randint(2, args.vocab, (1, args.prompt_len), generator=gen).to(device)
     mask = torch.ones_like(ids)
     feed = [0] + torch.randint(2, args.vocab, (32 + args.max_k,), generator=gen).tolist()
@@ -196,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# torch {torch.__version__}, device {device}, {args.threads} thread(s); T5 d_model {args.d_model}, "
               f"d_ff {args.d_ff}, {args.layers}+{args.decoder_layers or args.layers} layers, vocab {args.vocab}, "
               f"prompt {args.prompt_len}")
-    print(f"\n## 1. linear layers, weights from memory (> {args.cold_mb} MiB cycled): k rows against 1\n")
+    print(f"\n## 1. linear layers, {'bf16' if args.bf16 else 'fp32'} weights from memory (> {args.cold_mb} MiB cycled): "
+          "k rows against 1\n")
     print("| layer | weight | " + " | ".join(f"k={k}" for k in range(1, args.max_k + 1)) + " |")
     print("|---|---|" + "---:|" * args.max_k)
     lin = linear_table(args, device, gen)
@@ -204,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         rs = [r for r in lin if r["layer"] == name]
         cells = [f"{rs[0]['us']:.1f} us"] + [f"{r['ratio']:.2f}x" for r in rs[1:]]
         print(f"| {name} | {rs[0]['weight']} | " + " | ".join(cells) + " |")
-    how = "static cache, torch.compile" if args.compile else "dynamic cache, eager" + (", int8" if args.int8 else "")
+    how = "static cache, torch.compile" if args.compile else "dynamic cache, eager" + (", int8" if args.int8 else ", bf16" if args.bf16 else "")
     kind = "CausalCachedDecoder" if causal is not None else "CachedDecoder"
     print(f"\n## 2. one KV-cached decoder call (models.sd.kv_cache.{kind}, {how}) with k new tokens\n")
     dec = decoder_table(args, device, gen, causal)

@@ -39,9 +39,9 @@ Method (Leviathan et al. 2023, arXiv 2211.17192, Section 5 measure the same quan
 - ``exact``: greedy rows only, whether every output equals our target-only output token for token.
 - ``rougeL``: mean ROUGE-L F1 (``rouge_score``) of the decoded outputs against the prompts'
   references, when they have references; over lenience it traces lossy SD's quality-vs-latency curve.
-- ``precision`` (``BenchSettings.precision``): ``fp32``, or ``int8``: every decoder of the run (ours, HF's,
-  target and drafts) uses int8 copies of the models (``models.sd.quantization``), so each speedup is over the
-  target-only decoding of the same int8 target and greedy SD stays exact with respect to it.
+- ``precision`` (``BenchSettings.precision``): ``fp32``, ``int8`` or ``bf16``: every decoder of the run (ours,
+  HF's, target and drafts) uses int8 or bfloat16 copies of the models (``models.sd.quantization``), so each
+  speedup is over the target-only decoding of the same target and greedy SD stays exact with respect to it.
 
 Usage from a plain script::
 
@@ -366,8 +366,9 @@ def run_benchmark(
 
 def _at_precision(target: nn.Module, drafts: Mapping[str, nn.Module], s: BenchSettings,
                   say: Callable[[str], None]) -> tuple[nn.Module, dict[str, nn.Module]]:
-    """The models the run decodes with: as given (fp32), or int8 copies (every linear layer of at least
-    ``s.int8_min_weights`` weights, in target and drafts alike: below that int8 is slower on a CPU)."""
+    """The models the run decodes with: as given (fp32), int8 copies (every linear layer of at least
+    ``s.int8_min_weights`` weights, in target and drafts alike: below that int8 is slower on a CPU) or bfloat16
+    copies."""
     if s.precision == "fp32":
         return target, dict(drafts)
     say(f"converting target and {len(drafts)} draft(s) to {s.precision}")

@@ -184,7 +184,7 @@ def measure(dirs: dict[str, str], prompts: list[dict[str, Any]], settings: Bench
             batch_sizes: list[int] | None = None, precisions: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
     """Load the models and run ``engine.sd_bench.run_benchmark`` (batch 1), then, for ``batch_sizes``,
     ``run_batched_benchmark``, once per precision (``fp32`` as loaded, ``int8``: every model's linear layers in
-    int8). Returns ``{"rows": [...], "batched": [...]}``; each row names its precision."""
+    int8, ``bf16``: bfloat16 copies). Returns ``{"rows": [...], "batched": [...]}``; each row names its precision."""
     import dataclasses
 
     import torch

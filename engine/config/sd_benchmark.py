@@ -64,9 +64,10 @@ class SDBenchmarkConfig(FlowConfig):
         "dynamic", description="KV cache of our decoders and target.generate; static = preallocated (GPU fast path)")
     compile: bool = Field(False, description="torch.compile our decoders (needs cache_implementation=static); "
                           "target.generate then also uses its static cache")
-    precisions: list[Literal["fp32", "int8"]] = Field(
+    precisions: list[Literal["fp32", "int8", "bf16"]] = Field(
         ["fp32"], min_length=1, description="weights to decode with, one full table each: fp32 as loaded, int8 = "
-        "int8 linear layers for target and drafts alike (CPU; per-token activation scales keep SD exact)")
+        "int8 linear layers for target and drafts alike (CPU; per-token activation scales keep SD exact), bf16 = "
+        "bfloat16 copies of target and drafts (on a CPU with AVX512-BF16, k new tokens cost one step)")
     int8_min_weights: int = Field(1 << 17, description="int8: linear layers with fewer weights stay fp32 "
                                   "(at d_model 64-128 int8 is slower than fp32 on a CPU)")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
@@ -110,6 +111,9 @@ class SDBenchmarkConfig(FlowConfig):
         self.settings()  # the measurement rules (gammas, lenience, modes, compile needs static...) live there
         if "int8" in self.precisions and (self.device != "cpu" or self.dtype != "float32" or self.compile):
             raise ValueError("precisions int8 is the CPU path: it needs device=cpu, dtype=float32 and compile=false")
+        if "bf16" in self.precisions and self.dtype != "float32":
+            raise ValueError(f"precisions bf16 makes bfloat16 copies of float32 models: it needs dtype=float32 "
+                             f"(got {self.dtype}; dtype={self.dtype} alone already decodes in it)")
         if len(set(self.precisions)) != len(self.precisions):
             raise ValueError(f"precisions {self.precisions} must not repeat")
         sources = [k for k in ("prompts_task", "prompts_jsonl", "corpus_dir") if getattr(self, k) is not None]

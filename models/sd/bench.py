@@ -103,9 +103,9 @@ class BenchSettings:
     ``target.generate`` then also runs with ``cache_implementation="static"`` (transformers compiles
     that path itself on a GPU). HF assisted generation always uses its dynamic cache."""
     precision: str = "fp32"
-    """Weights every decoder of the run uses: ``fp32`` as loaded, or ``int8`` (``models.sd.quantization``: int8
-    copies of target and drafts, of every linear layer big enough for int8 to pay; CPU eager only). The
-    target-only baselines decode with the same target as SD."""
+    """Weights every decoder of the run uses: ``fp32`` as loaded, ``int8`` (``models.sd.quantization``: int8
+    copies of target and drafts, of every linear layer big enough for int8 to pay; CPU eager only) or ``bf16``
+    (bfloat16 copies of target and drafts). The target-only baselines decode with the same target as SD."""
     int8_min_weights: int = INT8_MIN_WEIGHTS
     """With ``precision="int8"``: linear layers with fewer weights stay fp32 (int8 does not pay below it)."""
 

@@ -185,6 +185,8 @@ def test_int8_gets_its_own_table_and_metrics_and_its_greedy_sd_equals_its_own_ta
     assert {"best_speedup", "int8.best_speedup", "greedy.target_ms_per_token", "int8.greedy.target_ms_per_token"} <= set(metrics)
     with pytest.raises(ValueError, match="int8 is the CPU path"):
         _config(precisions=["int8"], device="cuda")
+    with pytest.raises(ValueError, match="bf16 makes bfloat16 copies of float32 models"):
+        _config(precisions=["fp32", "bf16"], dtype="bfloat16")
 
 
 def test_a_decoder_only_pair_gets_the_same_table_plus_prompt_lookup_with_chat_templated_task_prompts(

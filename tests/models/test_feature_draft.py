@@ -130,3 +130,15 @@ def test_unrolled_training_scores_every_pass_and_refuses_a_zero_unroll(target):
     with pytest.raises(ValueError, match="unroll=0 must be >= 1"):
         train_feature_draft(fresh(target), examples, steps=1, batch_size=1, lr=1e-3, unroll=0,
                             generator=torch.Generator())
+
+
+def test_bf16_rows_decode_target_and_feature_draft_as_bf16_copies_and_stay_exact(target):
+    """The SD benchmark's bf16 precision: the target-only baseline and SD both decode bf16 copies (the caller's
+    fp32 models untouched), and greedy SD with a feature draft equals the bf16 target's own decoding."""
+    prompts = [BenchPrompt(input_ids=[BOS, 5, 9, 11, 5, 9]), BenchPrompt(input_ids=[BOS, 7, 8])]
+    s = BenchSettings(gammas=(1, 3), modes=("greedy",), max_new_tokens=8, repeats=1, warmup=0, precision="bf16")
+    draft = fresh(target)
+    rows = run_benchmark(target, {"feature": draft, "self": target}, prompts, s)
+    assert {r["precision"] for r in rows} == {"bf16"}
+    assert all(r["exact"] for r in rows if r["method"] == "sd")
+    assert {p.dtype for p in target.parameters()} == {p.dtype for p in draft.parameters()} == {torch.float32}

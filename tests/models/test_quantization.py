@@ -58,3 +58,30 @@ def test_int8_copies_leave_the_original_alone_and_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="float32"):
         dynamic_int8(tiny_t5(0).to(torch.bfloat16))
 
+
+
+def test_bf16_copies_leave_the_original_alone_and_start_from_float32():
+    model = tiny_t5(0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    b = at_precision(model, "bf16")
+    assert {p.dtype for p in b.parameters()} == {torch.bfloat16} and not b.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    with pytest.raises(ValueError, match="float32"):
+        at_precision(b, "bf16")
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_greedy_sd_on_bf16_causal_models_equals_greedy_decoding_of_the_bf16_target(seed):
+    """A bf16 row's product does not depend on the rows beside it for the few rows a verification call holds
+    (oneDNN's bf16 GEMM accumulates each row alike), so greedy SD with bf16 weights stays exact with respect to
+    the bf16 target, with a random draft and with the target as its own draft."""
+    from tests.models.test_speculative_causal import llama
+
+    target = at_precision(llama(0, layers=3, hidden=48), "bf16")
+    draft = at_precision(llama(1), "bf16")
+    ids = torch.randint(3, 64, (1, 6), generator=torch.Generator().manual_seed(seed))
+    expected = target.generate(ids, max_new_tokens=MAX_NEW, do_sample=False, pad_token_id=0).tolist()
+    for gamma, d in ((3, draft), (4, target)):
+        out = speculative_generate(target, d, ids, gamma=gamma, max_new_tokens=MAX_NEW, do_sample=False)
+        assert out.sequences.tolist() == expected
