@@ -28,7 +28,7 @@ HELP = {
     "warmup": "untimed passes first",
     "threads": "torch threads during the measurement",
     "seed": "seed of weights, prompts and sampling",
-    "precision": "weights to decode with: fp32 as loaded, int8 linear layers (CPU)",
+    "precision": "weights to decode with: fp32 as loaded, int8 linear layers (CPU), bf16 copies",
 }
 _DECLARED = "_settings_flags"  # Namespace attribute: which fields of which class the parser declared
 
