@@ -68,6 +68,7 @@ import torch
 from torch import nn
 
 from models.sd.feature_draft import FeatureDraft, is_feature_draft
+from models.sd.lookup import PromptLookupDraft, is_prompt_lookup
 from models.sd.kv_cache import cached_decoder, compiled_forward, generate_cache, is_causal_lm
 from models.sd.quantization import at_precision
 from models.sd.bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr, rouge_l
@@ -92,6 +93,7 @@ __all__ = [
     "sync",
     "to_batched_frame",
     "to_frame",
+    "with_lookup_drafts",
 ]
 
 
@@ -168,6 +170,7 @@ def measure_step_costs(
             max_len = steps + max(gammas) + 2 if cache_implementation == "static" else None
             decoders = {
                 name: _FeatureSteps(model, ids) if is_feature_draft(model) else
+                _lookup_steps(model, ids) if is_prompt_lookup(model) else
                 cached_decoder(model, ids, mask, cache_implementation=cache_implementation,
                                max_cache_len=max_len, forward=compiled_forward(model) if compile else None)
                 for name, model in models.items()
@@ -206,6 +209,23 @@ class _FeatureSteps:
     def advance(self, tokens: list[int]) -> torch.Tensor:
         x = torch.tensor([[tokens[-1]]], dtype=torch.long, device=self.zero.device)
         return self.draft(self.zero, x, cache=self.cache)[1]
+
+
+def _is_lm(draft: nn.Module) -> bool:
+    """A draft that is a language model of its own (transformers can use it as an assistant, batched SD too)."""
+    return not (is_feature_draft(draft) or is_prompt_lookup(draft))
+
+
+class _NoSteps:
+    """Prompt lookup alone drafts without a model: a step costs nothing but the lookup itself."""
+
+    def advance(self, tokens: list[int]) -> None:
+        return None
+
+
+def _lookup_steps(draft: PromptLookupDraft, ids: torch.Tensor) -> _FeatureSteps | _NoSteps:
+    """A prompt-lookup draft's drafting step as timed for c: its fallback feature draft's, else none."""
+    return _FeatureSteps(draft.fallback, ids) if draft.fallback is not None else _NoSteps()
 
 
 @dataclass
@@ -278,7 +298,7 @@ def _build_cases(
                 for lenience in s.lenience if mode == "sampling" else (1.0,):
                     cases.append(_Case(mode, "sd", label, gamma, lenience,
                                        partial(sd_call, mode=mode, draft=draft, gamma=gamma, lenience=lenience)))
-                if s.hf_baselines and not is_feature_draft(draft):  # transformers' assistant must be an LM
+                if s.hf_baselines and _is_lm(draft):  # transformers' assistant must be an LM
                     cases.append(_Case(mode, "hf_assisted", label, gamma, 1.0,
                                        partial(hf_call, mode=mode, assistant=draft, gamma=gamma)))
         if s.hf_baselines and is_causal_lm(target):
@@ -344,6 +364,7 @@ def run_benchmark(
     s = settings
     say, device = _check_inputs(target, drafts, prompts, log)
     target, drafts = _at_precision(target, drafts, s, say)
+    drafts = with_lookup_drafts(target, drafts, s.prompt_lookup)
     ids = [torch.tensor([p.input_ids], dtype=torch.long, device=device) for p in prompts]
     rng = np.random.default_rng(s.seed)
     with _bench_environment(s.threads, [target, *drafts.values()]):
@@ -362,6 +383,20 @@ def run_benchmark(
                 if timed:
                     cases[k].ms_per_token.append(ms)
     return _rows(cases, costs, prompts, s, decode)
+
+
+def with_lookup_drafts(target: nn.Module, drafts: Mapping[str, nn.Module], max_ngram: int) -> dict[str, nn.Module]:
+    """``drafts`` plus, for a decoder-only target and ``max_ngram`` > 0, our prompt-lookup draft alone
+    (``lookup``) and before each feature draft (``lookup+<label>``); the same drafts otherwise."""
+    out = dict(drafts)
+    if max_ngram < 1 or not is_causal_lm(target):
+        return out
+    vocab = int(target.config.vocab_size)
+    out["lookup"] = PromptLookupDraft(vocab, max_ngram=max_ngram)
+    for label, draft in drafts.items():
+        if is_feature_draft(draft):
+            out[f"lookup+{label}"] = PromptLookupDraft(vocab, max_ngram=max_ngram, fallback=draft)
+    return out
 
 
 def _at_precision(target: nn.Module, drafts: Mapping[str, nn.Module], s: BenchSettings,
@@ -533,7 +568,7 @@ def _batched_cases(target: nn.Module, drafts: Mapping[str, nn.Module], s: BenchS
     methods = [("sd", sd)] + ([("sd_b1", sd_b1)] if include_unbatched else [])
     return [("hf_generate", None, None, hf)] + [
         (method, label, g, partial(fn, draft=draft, gamma=g))
-        for label, draft in drafts.items() if not is_feature_draft(draft)  # a feature draft decodes batch 1
+        for label, draft in drafts.items() if _is_lm(draft)  # feature and lookup drafts decode batch 1
         for g in s.gammas for method, fn in methods
     ]
 

@@ -50,6 +50,7 @@ import torch
 from torch import nn
 
 from models.sd.feature_draft import FeatureDrafter, FeatureTap, is_feature_draft
+from models.sd.lookup import LookupDrafter, is_prompt_lookup
 from models.sd.kv_cache import (CACHE_IMPLEMENTATIONS, BatchedDecoder, CachedDecoder, CausalBatchedDecoder,
                               cached_decoder, compiled_forward, is_causal_lm)
 from models.sd.verify import (acceptance_probability, check_lenience, check_sampling_args, draft_token,
@@ -453,10 +454,11 @@ def _check_sd_call(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor,
         )
     _check_cache_args(cache_implementation, compile)
     batch = input_ids.shape[0] if input_ids.ndim == 2 else 1
-    if is_feature_draft(draft) and (batch > 1 or not is_causal_lm(target)):
-        raise ValueError("a feature draft (models.sd.feature_draft) speculates for a decoder-only target, one prompt "
-                         f"at a time; got batch size {batch} and a {'decoder-only' if is_causal_lm(target) else 'T5'} "
-                         "target")
+    for kind, check in (("a feature draft (models.sd.feature_draft)", is_feature_draft),
+                        ("a prompt-lookup draft (models.sd.lookup)", is_prompt_lookup)):
+        if check(draft) and (batch > 1 or not is_causal_lm(target)):
+            raise ValueError(f"{kind} speculates for a decoder-only target, one prompt at a time; got batch size "
+                             f"{batch} and a {'decoder-only' if is_causal_lm(target) else 'T5'} target")
     if batch > 1 and cache_implementation != "dynamic":
         raise ValueError(
             f"batch size {batch} needs cache_implementation='dynamic': batched SD realigns "
@@ -486,14 +488,19 @@ def _pair(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, attentio
     drafter stops a block at EOS. B > 1 is batched SD: ``BatchedDecoder``s, realigned row by row. A feature
     draft (``models.sd.feature_draft``) reads the target's hidden states through a hook that ``stack`` removes."""
     one_row = input_ids.shape[0] == 1
-    if is_feature_draft(draft):
-        tap = stack.enter_context(FeatureTap(target))  # before the target's prefill, whose features it needs
+    lookup = draft if is_prompt_lookup(draft) else None
+    features = lookup.fallback if lookup is not None else draft
+    if lookup is not None or is_feature_draft(draft):
+        tap = stack.enter_context(FeatureTap(target)) if features is not None else None  # before the prefill
         target_dec, target_s = _timed(input_ids.device, _decoder, target, input_ids, attention_mask,
                                       cache_implementation, compile, max_new_tokens)
         out.target_time_s += target_s
         prompt = input_ids[0][attention_mask[0].bool()].tolist()
-        return (FeatureDrafter(draft, tap, prompt, do_sample=do_sample, warp=warp, eos=eos, generator=generator),
-                OneRowVerifier(target_dec))
+        drafter = None if features is None else FeatureDrafter(features, tap, prompt, do_sample=do_sample, warp=warp,
+                                                               eos=eos, generator=generator)
+        if lookup is not None:
+            drafter = LookupDrafter(lookup, drafter, do_sample=do_sample, eos=eos, device=input_ids.device)
+        return drafter, OneRowVerifier(target_dec)
 
     def decoder(model: nn.Module) -> CachedDecoder | BatchedDecoder:
         if one_row:

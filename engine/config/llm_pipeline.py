@@ -100,10 +100,12 @@ def _distill(steps: int, mode: str = "draft") -> distill_mod.DistillConfig:
 
 def _sd() -> sd_mod.SDBenchmarkConfig:
     """Batch 1 on one thread, greedy (lossless), 8 task prompts of up to 64 tokens of text, 32 new tokens, gamma
-    2-4, fp32 and int8 weights; then batched greedy SD at B = 4."""
+    2-4, fp32 and int8 weights (``--set 'sd_benchmark.precisions=["bf16"]'`` for bfloat16, where verification is
+    cheap on a CPU with AVX512-BF16); our prompt-lookup draft (n-grams up to 3) alone and before the feature
+    draft; then batched greedy SD at B = 4."""
     return sd_mod.SDBenchmarkConfig(preset="llm", num_prompts=8, prompt_tokens=64, max_new_tokens=32,
                                     gammas=[2, 3, 4], lenience=[1.0], modes=["greedy"], repeats=2, warmup=1,
-                                    precisions=["fp32", "int8"], batch_sizes=[4])
+                                    precisions=["fp32", "int8"], batch_sizes=[4], prompt_lookup=3)
 
 
 def llm() -> LLMPipelineConfig:

@@ -70,6 +70,8 @@ class SDBenchmarkConfig(FlowConfig):
         "bfloat16 copies of target and drafts (on a CPU with AVX512-BF16, k new tokens cost one step)")
     int8_min_weights: int = Field(1 << 17, description="int8: linear layers with fewer weights stay fp32 "
                                   "(at d_model 64-128 int8 is slower than fp32 on a CPU)")
+    prompt_lookup: int = Field(0, ge=0, description="> 0, decoder-only target: also time our prompt-lookup draft "
+                               "(n-grams up to this size; models.sd.lookup) alone and before each feature draft")
     batch_sizes: list[Annotated[int, Field(ge=1)]] = Field(
         [], description="also time batched greedy SD against batched target.generate at these batch sizes "
         "(prompts taken B at a time); [] skips it")

@@ -108,6 +108,9 @@ class BenchSettings:
     (bfloat16 copies of target and drafts). The target-only baselines decode with the same target as SD."""
     int8_min_weights: int = INT8_MIN_WEIGHTS
     """With ``precision="int8"``: linear layers with fewer weights stay fp32 (int8 does not pay below it)."""
+    prompt_lookup: int = 0
+    """> 0, decoder-only targets: also time our engine's prompt-lookup draft (``models.sd.lookup``, n-grams of up
+    to this many tokens) alone, as ``lookup``, and before each feature draft, as ``lookup+<label>`` (batch 1)."""
 
     def __post_init__(self) -> None:
         self.gammas, self.lenience, self.modes = tuple(self.gammas), tuple(self.lenience), tuple(self.modes)
@@ -129,6 +132,8 @@ class BenchSettings:
             raise ValueError("compile=True needs cache_implementation='static'")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision={self.precision!r} must be one of {list(PRECISIONS)}")
+        if self.prompt_lookup < 0:
+            raise ValueError(f"prompt_lookup={self.prompt_lookup} must be >= 0 (0: no prompt-lookup drafts)")
         if self.int8_min_weights < 0:
             raise ValueError(f"int8_min_weights={self.int8_min_weights} must be >= 0")
         if self.precision == "int8" and self.compile:

@@ -260,5 +260,6 @@ class FeatureDrafter:
         m = accepted[0]
         if self.spec:
             self.cache.crop(-self.spec)  # transformers 5: a negative argument removes that many positions
+            self.spec = 0  # a round that another drafter drafted (models.sd.lookup) must not crop again
         self.pending_f.append(self.tap.last[0, : m + 1])
         self.pending_x.extend(tokens[0][-(m + 1):])

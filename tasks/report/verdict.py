@@ -163,10 +163,12 @@ def _sd_prompt_lookup(out: list[str], metrics: dict[str, float], sd: Sequence[Ma
 
 def _sd_target(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[str, Any]], tag: str,
                distilled_draft: str | None, feature_draft: str | None = None) -> None:
-    """Whether lossless greedy SD with the distilled draft (and with the feature draft, when there is one) meets
-    ``SD_TARGET_SPEEDUP``; ``verdict.sd_target_met`` is 1 when either does."""
+    """Whether lossless greedy SD with the distilled draft (and with the feature draft, alone and after prompt
+    lookup, when there is one) meets ``SD_TARGET_SPEEDUP``; ``verdict.sd_target_met`` is 1 when any does."""
     hits = []
-    for label, draft in (("distilled draft", distilled_draft), ("feature draft", feature_draft)):
+    hybrid = f"lookup+{feature_draft}" if feature_draft else None
+    for label, draft in (("distilled draft", distilled_draft), ("feature draft", feature_draft),
+                         ("prompt lookup, else the feature draft", hybrid)):
         g = best_row(sd, mode="greedy", draft=draft) if draft else None
         if g is None:
             continue

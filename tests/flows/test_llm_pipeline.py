@@ -12,6 +12,7 @@ def test_the_llm_preset_is_smollm2_with_a_two_layer_draft_and_a_garden_target_of
     cfg = PRESETS["llm"]()
     assert cfg.model == "smollm2" and cfg.draft.layers == 2 and cfg.garden_target.layers == 8
     assert cfg.sd_benchmark.precisions == ["fp32", "int8"] and cfg.sd_benchmark.modes == ["greedy"]
+    assert cfg.sd_benchmark.prompt_lookup == 3
     with pytest.raises(ValueError, match="prefix"):
         LLMPipelineConfig(stages=["drafts"])
 
@@ -38,12 +39,15 @@ def test_llm_pipeline_imports_builds_distils_benchmarks_and_a_rerun_skips_every_
     assert {r["method"] for r in rows} >= {"target", "sd", "hf_assisted", "hf_prompt_lookup"}
     # the feature draft (EAGLE) decodes through our engine only: SD rows, no HF assisted or batched rows
     assert {r["method"] for r in rows if r["draft"] == "feature-draft"} == {"sd"}
+    # our prompt-lookup draft, alone and before the feature draft: SD rows too
+    assert {r["method"] for r in rows if r["draft"] in ("lookup", "lookup+feature-draft")} == {"sd"}
     assert all(r["exact"] for r in rows if r["mode"] == "greedy")  # lossless, with either draft
     assert first.stages["sd_benchmark"]["garden"][0]["latency_reduction"] > 0
     assert "rougeL" in " ".join(first.stages["import"]["metrics"])  # the LLM itself scored on the task
     verdict = first.verdict
     assert "Best lossless SD" in verdict and "prompt-lookup decoding" in verdict and "the LLM alone" in verdict
     assert "feature draft `feature-draft`" in verdict and "Agreement with the LLM's own outputs" in verdict
+    assert "prompt lookup, else the feature draft `lookup+feature-draft`" in verdict
     client = MlflowClient()
     children = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                   filter_string=f"tags.mlflow.parentRunId = '{first.run_id}'")

@@ -54,7 +54,8 @@ def test_the_tap_is_removed_after_the_call_so_the_target_runs_unhooked(target):
     assert not target.get_decoder()._forward_hooks
 
 
-def test_a_feature_draft_trained_on_the_targets_features_is_accepted_almost_always_where_untrained_it_is_not(target):
+def test_a_feature_draft_trained_on_the_targets_features_is_accepted_almost_always_where_untrained_it_is_not(
+        target, monkeypatch):
     """The drafter must pair token x_{i+1} with the target's feature f_i exactly as training does: an
     off-by-one pairing at decoding time would make the memorised draft useless."""
     prompts = [PROMPT[0].tolist(), [BOS, 7, 8, 9, 10, 11], [BOS, 3, 4]]
@@ -79,6 +80,28 @@ def test_a_feature_draft_trained_on_the_targets_features_is_accepted_almost_alwa
             rates[name].append(out.acceptance_rate)
     mean = {k: sum(v) / len(v) for k, v in rates.items()}
     assert mean["after"] > 0.8 and mean["before"] < 0.3, rates
+    # Before it, prompt lookup (models.sd.lookup): the feature draft drafts only the rounds nothing can be copied
+    # in, and must still read the features of the tokens the copied rounds committed (else it is rejected there)
+    import models.speculative as sd
+    from models.sd.lookup import LookupDrafter, PromptLookupDraft
+
+    drafters: list[LookupDrafter] = []
+
+    class Kept(LookupDrafter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            drafters.append(self)
+
+    monkeypatch.setattr(sd, "LookupDrafter", Kept)
+    for p in prompts:
+        ids = torch.tensor([p])
+        out = speculative_generate(target, PromptLookupDraft(64, max_ngram=2, min_ngram=2, fallback=draft), ids,
+                                   gamma=4, max_new_tokens=24, eos_token_id=[])
+        assert out.sequences.tolist() == greedy(target, ids, max_new_tokens=24).tolist()
+    rounds = [r for d in drafters for r in d.rounds]
+    after_copy = [r for prev, r in zip(rounds, rounds[1:]) if prev[0] == "lookup" and r[0] == "fallback"]
+    assert {"lookup", "fallback"} <= {r[0] for r in rounds} and after_copy, rounds
+    assert sum(r[2] for r in after_copy) / sum(r[1] for r in after_copy) > 0.8, after_copy
 
 
 def test_speculative_sampling_with_a_feature_draft_follows_the_warped_target_distribution():
@@ -142,3 +165,18 @@ def test_bf16_rows_decode_target_and_feature_draft_as_bf16_copies_and_stay_exact
     assert {r["precision"] for r in rows} == {"bf16"}
     assert all(r["exact"] for r in rows if r["method"] == "sd")
     assert {p.dtype for p in target.parameters()} == {p.dtype for p in draft.parameters()} == {torch.float32}
+
+
+def test_the_sd_benchmark_adds_prompt_lookup_alone_and_before_each_feature_draft_exact_and_batch_1(target):
+    prompts = [BenchPrompt(input_ids=[BOS, 5, 9, 11, 5, 9], reference="w5 w9"), BenchPrompt(input_ids=[BOS, 7, 8])]
+    s = BenchSettings(gammas=(2,), modes=("greedy", "sampling"), max_new_tokens=6, repeats=1, warmup=0,
+                      prompt_lookup=2)
+    rows = run_benchmark(target, {"feature": fresh(target)}, prompts, s)
+    sd = [r for r in rows if r["method"] == "sd"]
+    assert {r["draft"] for r in sd} == {"feature", "lookup", "lookup+feature"}
+    assert all(r["exact"] for r in sd if r["mode"] == "greedy")
+    c = {r["draft"]: r["c"] for r in sd}
+    assert c["lookup"] < 0.05 < c["lookup+feature"]  # a copied draft costs no model call; the fallback does
+    assert not [r for r in rows if r["method"] == "hf_assisted"]
+    batched = run_batched_benchmark(target, {"feature": fresh(target)}, prompts, s, batch_sizes=[2])
+    assert {r["method"] for r in batched} == {"hf_generate"}
