@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from engine.config.llm_pipeline import FeatureDraftConfig
 from tasks import tracking
@@ -34,6 +34,7 @@ def train_feature_draft(llm_dir: str, task_dir: str, cfg: FeatureDraftConfig, na
     from models.sd.drafts import task_frequent_token_ids
     from models.sd.feature_draft import make_feature_draft, save_feature_draft
 
+    logger = get_run_logger()
     torch.set_num_threads(cfg.threads)
     llm, tok = load_model_and_tokenizer(llm_dir)
     llm.eval()
@@ -48,17 +49,29 @@ def train_feature_draft(llm_dir: str, task_dir: str, cfg: FeatureDraftConfig, na
                             parent_run_id=parent_run_id) as run_id, \
             tempfile.TemporaryDirectory(prefix="feature-draft-") as tmp:
         t0 = time.perf_counter()
+
+        def responses(done: int, total: int) -> None:  # a line about every 128 prompts
+            if done % 128 < 16 or done == total:
+                logger.info("greedy responses of the LLM: %d/%d prompts (%.0f s)", done, total,
+                            time.perf_counter() - t0)
+
         seqs = target_greedy_sequences(llm, prompts, max_new_tokens=cfg.response_tokens, batch_size=16,
-                                       pad_id=tok.pad_token_id)
+                                       pad_id=tok.pad_token_id, progress=responses)
         examples = collect_features(llm, seqs, batch_size=8)
         data_s = time.perf_counter() - t0
+        logger.info("the LLM's final hidden states over %d sequences (%d tokens) in %.0f s", len(seqs),
+                    sum(len(s) for s, _ in seqs), data_s)
+
+        def log(r: dict) -> None:
+            tracking.log_metrics(run_id, {k: v for k, v in r.items() if k != "step"}, step=r["step"])
+            logger.info("feature draft step %d/%d: loss %.3f, top-1 agreement %.3f (%.0f s)", r["step"], cfg.steps,
+                        r["loss"], r["top1"], r["seconds"])
+
         draft = make_feature_draft(llm, layers=cfg.layers, head_token_ids=head,
                                    generator=torch.Generator().manual_seed(cfg.seed))
         history = train(draft, examples, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
                         unroll=cfg.unroll, feature_noise=cfg.feature_noise,
-                        generator=torch.Generator().manual_seed(cfg.seed + 1),
-                        log=lambda r: tracking.log_metrics(run_id, {k: v for k, v in r.items() if k != "step"},
-                                                           step=r["step"]))
+                        generator=torch.Generator().manual_seed(cfg.seed + 1), log=log)
         final = history[-1]
         trained = sum(p.numel() for p in draft.parameters() if p.requires_grad)
         metrics = {"data_s": data_s, "train_s": final["seconds"], "final.top1": final["top1"],
