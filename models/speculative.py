@@ -486,7 +486,8 @@ def _pair(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, attentio
 
     Batch 1 is the latency path: ``CachedDecoder``s (dynamic or static cache, optionally compiled), and the
     drafter stops a block at EOS. B > 1 is batched SD: ``BatchedDecoder``s, realigned row by row. A feature
-    draft (``models.sd.feature_draft``) reads the target's hidden states through a hook that ``stack`` removes."""
+    draft (``models.sd.feature_draft``) reads the target's hidden states through a hook that ``stack`` removes; a
+    prompt-lookup draft (``models.sd.lookup``) copies, and hands the rounds nothing matches to its feature draft."""
     one_row = input_ids.shape[0] == 1
     lookup = draft if is_prompt_lookup(draft) else None
     features = lookup.fallback if lookup is not None else draft
@@ -543,7 +544,8 @@ def speculative_generate(
 
     Args:
         target, draft: two LMs of the same kind with the same vocabulary; they are put in eval mode for
-            the call and restored afterwards.
+            the call and restored afterwards. For a decoder-only target at batch 1 the draft may also be a
+            feature draft (``models.sd.feature_draft``) or a prompt-lookup draft (``models.sd.lookup``).
         input_ids: (B, S) prompts. B = 1 is the latency path. B > 1 is batched SD (each row accepts
             its own number of draft tokens; see ``_decode`` and ``BatchedDecoder``); padded prompts
             need ``attention_mask``, as with ``generate`` (left padding for a decoder-only model).
