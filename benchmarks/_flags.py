@@ -29,6 +29,7 @@ HELP = {
     "threads": "torch threads during the measurement",
     "seed": "seed of weights, prompts and sampling",
     "precision": "weights to decode with: fp32 as loaded, int8 linear layers (CPU), bf16 copies",
+    "prompt_lookup": "> 0: also our prompt-lookup draft (n-grams up to this size), alone and before each feature draft",
 }
 _DECLARED = "_settings_flags"  # Namespace attribute: which fields of which class the parser declared
 

@@ -10,6 +10,10 @@ task's held-out prompts through the chat template, batch 1, one thread:
 
     .venv/bin/python benchmarks/llm_sd.py --draft distilled=/path/to/draft --head-tokens 8192
     .venv/bin/python benchmarks/llm_sd.py --draft base=/path/a --draft distilled=/path/b --precision int8
+    .venv/bin/python benchmarks/llm_sd.py --draft feature=/path/to/feature-draft --prompt-lookup 3 --precision bf16
+
+A feature draft's folder (``models.sd.feature_draft``) is timed as it is (it has its own head);
+``--prompt-lookup N`` adds our prompt-lookup draft alone and before each feature draft (``models.sd.lookup``).
 
 Speedups are over the faster of our target-only decoding and ``generate`` in the same run.
 """
@@ -27,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a plain s
 from engine.causal_lm import load_causal_lm  # noqa: E402
 from engine.sd_bench import markdown_table, run_benchmark  # noqa: E402
 from models.sd.drafts import load_causal, make_causal_draft, task_frequent_token_ids  # noqa: E402
+from models.sd.feature_draft import is_feature_draft_folder, load_feature_draft  # noqa: E402
 from benchmarks._flags import add_settings_flags, settings_from_flags  # noqa: E402
 from models.sd.bench import BenchPrompt, BenchSettings, prompts_from_texts  # noqa: E402
 
@@ -41,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--gammas", default="2,3,4", help="comma-separated draft tokens per target call")
-    add_settings_flags(ap, BenchSettings, "max_new_tokens", "precision", "repeats", "threads", repeats=2)
+    add_settings_flags(ap, BenchSettings, "max_new_tokens", "precision", "repeats", "threads", "prompt_lookup",
+                       repeats=2)
     args = ap.parse_args(argv)
     if not args.draft:
         ap.error("give at least one --draft LABEL=FOLDER")
@@ -61,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     head = task_frequent_token_ids(tok, data["train"], args.head_tokens) if args.head_tokens else None
     for spec in args.draft:
         label, _, folder = spec.partition("=")
+        if is_feature_draft_folder(folder):
+            drafts[label] = load_feature_draft(folder)
+            continue
         draft = load_causal(folder).eval()
         drafts[label] = draft
         if head is not None:

@@ -61,3 +61,11 @@ def test_llm_feature_draft_trains_from_the_targets_responses_and_prints_exact_sd
     assert all("| True |" in r for r in rows), rows
     assert "4 prompts + target greedy responses" in out and "training 3 steps of 2" in out
     assert len(load_feature_draft(tmp_path / "fd").head_token_ids) == 64
+    # the saved feature draft, timed by llm_sd with our prompt-lookup draft alone and before it, in bf16
+    _script("llm_sd").main(["--target", llm, "--draft", f"feature={tmp_path / 'fd'}", "--prompt-lookup", "2",
+                            "--head-tokens", "0", "--precision", "bf16", "--num-prompts", "2", "--max-new-tokens", "4", "--gammas", "2",
+                            "--repeats", "1"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| greedy")]
+    assert {d for d in ("| feature |", "| lookup |", "| lookup+feature |") if any(d in r for r in rows)} == {
+        "| feature |", "| lookup |", "| lookup+feature |"}
+    assert all("| bf16 |" in r for r in rows) and all("| True |" in r for r in rows if "| sd |" in r), rows
