@@ -500,7 +500,7 @@ def _pair(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, attentio
         drafter = None if features is None else FeatureDrafter(features, tap, prompt, do_sample=do_sample, warp=warp,
                                                                eos=eos, generator=generator)
         if lookup is not None:
-            drafter = LookupDrafter(lookup, drafter, do_sample=do_sample, eos=eos, device=input_ids.device)
+            drafter = LookupDrafter(lookup, drafter, prompt, do_sample=do_sample, eos=eos, device=input_ids.device)
         return drafter, OneRowVerifier(target_dec)
 
     def decoder(model: nn.Module) -> CachedDecoder | BatchedDecoder:

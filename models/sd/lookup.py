@@ -74,9 +74,11 @@ class LookupDrafter:
     The fallback drafter sees every update, so its cache and pending target features stay in step with the
     committed tokens whichever drafted the round."""
 
-    def __init__(self, draft: PromptLookupDraft, fallback, *, do_sample: bool, eos: frozenset[int],
-                 device: torch.device):
+    def __init__(self, draft: PromptLookupDraft, fallback, prompt: Sequence[int], *, do_sample: bool,
+                 eos: frozenset[int], device: torch.device):
         self.draft, self.fallback, self.do_sample, self.eos, self.device = draft, fallback, do_sample, eos, device
+        # the engine's rows start with the prompt's last token (its cache holds the rest): looked up with the rest
+        self.prefix = [int(t) for t in prompt[:-1]]
         self.rounds: list[list] = []  # per round: [who drafted ("lookup", "fallback" or "none"), drafted, accepted]
 
     @property
@@ -84,8 +86,8 @@ class LookupDrafter:
         return self.fallback.calls if self.fallback is not None else 0
 
     def propose(self, tokens: list[list[int]], n: int):
-        found = lookup_continuation(tokens[0], n, max_ngram=self.draft.max_ngram, min_ngram=self.draft.min_ngram,
-                                    eos=self.eos)
+        found = lookup_continuation(self.prefix + tokens[0], n, max_ngram=self.draft.max_ngram,
+                                    min_ngram=self.draft.min_ngram, eos=self.eos)
         if found or self.fallback is None or n < 1:
             self.rounds.append(["lookup" if found else "none", len(found), 0])
             if not self.do_sample or not found:

@@ -22,6 +22,18 @@ def test_the_continuation_follows_the_latest_earlier_occurrence_of_the_longest_m
     assert lookup_continuation([4, 8, 4], 0, max_ngram=1) == []
 
 
+def test_the_drafter_looks_up_the_prompt_too_whose_last_token_starts_the_engines_row():
+    from models.sd.lookup import LookupDrafter
+
+    prompt = [BOS, 5, 9, 11, 7, 30, 5, 9]
+    drafter = LookupDrafter(PromptLookupDraft(64, max_ngram=2), None, prompt, do_sample=False, eos=frozenset(),
+                            device=torch.device("cpu"))
+    assert drafter.propose([[9]], 3) == ([[11, 7, 30]], None)  # "5 9" occurred in the prompt before
+    assert drafter.propose([[9, 11, 40]], 2) == ([[]], None)  # "11 40" and "40" never occurred
+    drafter.update([0], [0], [[9, 11, 40]])
+    assert drafter.rounds == [["lookup", 3, 0], ["none", 0, 0]]
+
+
 @pytest.fixture(scope="module")
 def target():
     return llama(0, layers=3, hidden=48)
