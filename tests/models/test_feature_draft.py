@@ -155,7 +155,7 @@ def test_unrolled_training_scores_every_pass_and_refuses_a_zero_unroll(target):
                             generator=torch.Generator())
 
 
-def test_bf16_rows_decode_target_and_feature_draft_as_bf16_copies_and_stay_exact(target):
+def test_bf16_rows_decode_target_and_feature_draft_as_bf16_copies_and_on_a_tiny_target_stay_exact(target):
     """The SD benchmark's bf16 precision: the target-only baseline and SD both decode bf16 copies (the caller's
     fp32 models untouched), and greedy SD with a feature draft equals the bf16 target's own decoding."""
     prompts = [BenchPrompt(input_ids=[BOS, 5, 9, 11, 5, 9]), BenchPrompt(input_ids=[BOS, 7, 8])]
