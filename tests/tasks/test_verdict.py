@@ -105,27 +105,27 @@ def test_prompt_lookup_rows_of_a_decoder_only_target_are_read_against_our_best_s
     assert metrics["verdict.prompt_lookup.greedy.speedup"] == 1.45
 
 
+def _llm_verdict(rows, **drafts):
+    return pipeline_verdict(preset="llm", task_kind="generation", quality={}, sd_rows=rows, **drafts)
+
+
 def test_the_sd_target_is_read_for_the_feature_draft_too_and_met_when_either_draft_meets_it():
     rows = [_row("distilled", 2, 0.60, 0.20, 0.1), _row("feature-draft", 3, 1.62, 0.80, 0.06),
             _row("feature-draft", 2, 1.40, 0.80, 0.06)]
-    text, metrics = pipeline_verdict(preset="llm", task_kind="generation", quality={}, sd_rows=rows,
-                                     distilled_draft="distilled", feature_draft="feature-draft")
+    text, metrics = _llm_verdict(rows, distilled_draft="distilled", feature_draft="feature-draft")
     assert "distilled draft `distilled`, batch 1): **not met** (0.60x)" in text
     assert "feature draft `feature-draft`, batch 1): **met** (1.62x)" in text
     assert metrics["verdict.sd_target_met"] == 1.0 and metrics["verdict.sd_target_met.distilled"] == 0.0
-    text, metrics = pipeline_verdict(preset="llm", task_kind="generation", quality={}, sd_rows=rows[:1],
-                                     distilled_draft="distilled")
+    text, metrics = _llm_verdict(rows[:1], distilled_draft="distilled")
     assert "feature draft" not in text and metrics["verdict.sd_target_met"] == 0.0
 
 
 def test_the_sd_target_is_read_for_prompt_lookup_before_the_feature_draft_when_the_run_has_it():
     rows = [_row("distilled", 2, 0.60, 0.20, 0.1), _row("feature-draft", 3, 1.10, 0.40, 0.06),
             _row("lookup+feature-draft", 4, 1.71, 0.70, 0.05), _row("lookup", 4, 1.66, 0.65, 0.0)]
-    text, metrics = pipeline_verdict(preset="llm", task_kind="generation", quality={}, sd_rows=rows,
-                                     distilled_draft="distilled", feature_draft="feature-draft")
+    text, metrics = _llm_verdict(rows, distilled_draft="distilled", feature_draft="feature-draft")
     assert "feature draft `feature-draft`, batch 1): **not met** (1.10x)" in text
     assert "prompt lookup, else the feature draft `lookup+feature-draft`, batch 1): **met** (1.71x)" in text
     assert metrics["verdict.sd_target_met.lookup+feature-draft"] == 1.0 and metrics["verdict.sd_target_met"] == 1.0
-    text, metrics = pipeline_verdict(preset="llm", task_kind="generation", quality={}, sd_rows=rows[:2],
-                                     distilled_draft="distilled", feature_draft="feature-draft")
+    text, metrics = _llm_verdict(rows[:2], distilled_draft="distilled", feature_draft="feature-draft")
     assert "prompt lookup, else" not in text and metrics["verdict.sd_target_met"] == 0.0
