@@ -387,7 +387,7 @@ def run_benchmark(
 
 def with_lookup_drafts(target: nn.Module, drafts: Mapping[str, nn.Module], max_ngram: int) -> dict[str, nn.Module]:
     """``drafts`` plus, for a decoder-only target and ``max_ngram`` > 0, our prompt-lookup draft alone
-    (``lookup``) and before each feature draft (``lookup+<label>``); the same drafts otherwise."""
+    (``lookup``) and before each feature draft (``lookup-else-<label>``); the same drafts otherwise."""
     out = dict(drafts)
     if max_ngram < 1 or not is_causal_lm(target):
         return out
@@ -395,7 +395,7 @@ def with_lookup_drafts(target: nn.Module, drafts: Mapping[str, nn.Module], max_n
     out["lookup"] = PromptLookupDraft(vocab, max_ngram=max_ngram)
     for label, draft in drafts.items():
         if is_feature_draft(draft):
-            out[f"lookup+{label}"] = PromptLookupDraft(vocab, max_ngram=max_ngram, fallback=draft)
+            out[f"lookup-else-{label}"] = PromptLookupDraft(vocab, max_ngram=max_ngram, fallback=draft)
     return out
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import socket
+import re
 import tempfile
 import time
 import urllib.parse
@@ -197,12 +198,18 @@ def log_params(run_id: str, params: Mapping[str, Any]) -> None:
         _retry(client.log_batch, run_id, params=batch[i : i + 100], what="log params")
 
 
+def metric_name(key: str) -> str:
+    """``key`` as MLflow accepts it: characters other than alphanumerics, ``_ - . : /`` and space become ``_`` (a
+    draft labelled ``a+b`` would otherwise make MLflow refuse the whole batch)."""
+    return re.sub(r"[^\w\-. :/]", "_", key)
+
+
 def log_metrics(run_id: str, metrics: Mapping[str, float], step: int | None = None) -> bool:
     """Log numeric metrics with retries; returns False (and warns) if they could not be logged."""
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
-    batch = [Metric(k, float(v), ts, step or 0) for k, v in _flatten(metrics).items() if v is not None]
+    batch = [Metric(metric_name(k), float(v), ts, step or 0) for k, v in _flatten(metrics).items() if v is not None]
     if not batch:
         return True
 

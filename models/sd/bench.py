@@ -110,7 +110,7 @@ class BenchSettings:
     """With ``precision="int8"``: linear layers with fewer weights stay fp32 (int8 does not pay below it)."""
     prompt_lookup: int = 0
     """> 0, decoder-only targets: also time our engine's prompt-lookup draft (``models.sd.lookup``, n-grams of up
-    to this many tokens) alone, as ``lookup``, and before each feature draft, as ``lookup+<label>`` (batch 1)."""
+    to this many tokens) alone, as ``lookup``, and before each feature draft, as ``lookup-else-<label>`` (batch 1)."""
 
     def __post_init__(self) -> None:
         self.gammas, self.lenience, self.modes = tuple(self.gammas), tuple(self.lenience), tuple(self.modes)

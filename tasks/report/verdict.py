@@ -166,7 +166,7 @@ def _sd_target(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[s
     """Whether lossless greedy SD with the distilled draft (and with the feature draft, alone and after prompt
     lookup, when there is one) meets ``SD_TARGET_SPEEDUP``; ``verdict.sd_target_met`` is 1 when any does."""
     hits = []
-    hybrid = f"lookup+{feature_draft}" if feature_draft else None
+    hybrid = f"lookup-else-{feature_draft}" if feature_draft else None
     for label, draft in (("distilled draft", distilled_draft), ("feature draft", feature_draft),
                          ("prompt lookup, else the feature draft", hybrid)):
         g = best_row(sd, mode="greedy", draft=draft) if draft else None

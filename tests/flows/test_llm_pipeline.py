@@ -40,15 +40,17 @@ def test_llm_pipeline_imports_builds_distils_benchmarks_and_a_rerun_skips_every_
     # the feature draft (EAGLE) decodes through our engine only: SD rows, no HF assisted or batched rows
     assert {r["method"] for r in rows if r["draft"] == "feature-draft"} == {"sd"}
     # our prompt-lookup draft, alone and before the feature draft: SD rows too
-    assert {r["method"] for r in rows if r["draft"] in ("lookup", "lookup+feature-draft")} == {"sd"}
+    assert {r["method"] for r in rows if r["draft"] in ("lookup", "lookup-else-feature-draft")} == {"sd"}
     assert all(r["exact"] for r in rows if r["mode"] == "greedy")  # lossless, with either draft
     assert first.stages["sd_benchmark"]["garden"][0]["latency_reduction"] > 0
     assert "rougeL" in " ".join(first.stages["import"]["metrics"])  # the LLM itself scored on the task
     verdict = first.verdict
     assert "Best lossless SD" in verdict and "prompt-lookup decoding" in verdict and "the LLM alone" in verdict
     assert "feature draft `feature-draft`" in verdict and "Agreement with the LLM's own outputs" in verdict
-    assert "prompt lookup, else the feature draft `lookup+feature-draft`" in verdict
+    assert "prompt lookup, else the feature draft `lookup-else-feature-draft`" in verdict
     client = MlflowClient()
+    logged = client.get_run(first.run_id).data.metrics  # every verdict metric reached the parent run
+    assert {"verdict.sd_target_met", "verdict.sd.lookup-else-feature-draft.greedy.speedup"} <= set(logged)
     children = client.search_runs([e.experiment_id for e in client.search_experiments()],
                                   filter_string=f"tags.mlflow.parentRunId = '{first.run_id}'")
     names = {r.info.run_name for r in children}

@@ -173,10 +173,10 @@ def test_the_sd_benchmark_adds_prompt_lookup_alone_and_before_each_feature_draft
                       prompt_lookup=2)
     rows = run_benchmark(target, {"feature": fresh(target)}, prompts, s)
     sd = [r for r in rows if r["method"] == "sd"]
-    assert {r["draft"] for r in sd} == {"feature", "lookup", "lookup+feature"}
+    assert {r["draft"] for r in sd} == {"feature", "lookup", "lookup-else-feature"}
     assert all(r["exact"] for r in sd if r["mode"] == "greedy")
     c = {r["draft"]: r["c"] for r in sd}
-    assert c["lookup"] < 0.05 < c["lookup+feature"]  # a copied draft costs no model call; the fallback does
+    assert c["lookup"] < 0.05 < c["lookup-else-feature"]  # a copied draft costs no model call; the fallback does
     assert not [r for r in rows if r["method"] == "hf_assisted"]
     batched = run_batched_benchmark(target, {"feature": fresh(target)}, prompts, s, batch_sizes=[2])
     assert {r["method"] for r in batched} == {"hf_generate"}

@@ -50,3 +50,15 @@ def test_run_links_open_the_mlflow_ui_in_its_model_training_view():
 
     url = run_page_url("http://127.0.0.1:5000/", "3", "abc")
     assert url == "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
+
+
+def test_metric_names_mlflow_would_refuse_are_logged_with_their_odd_characters_replaced():
+    """A user's draft label lands in metric names (verdict.sd.<draft>...): one odd character must not make MLflow
+    refuse the whole batch of a run's metrics."""
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+
+    with tracking.start_run(f"names-{uuid.uuid4().hex[:8]}", "odd") as run_id:
+        assert tracking.log_metrics(run_id, {"verdict.sd.a+b=c.speedup": 1.5, "plain.x-y_z:w/v": 2.0})
+    assert MlflowClient().get_run(run_id).data.metrics == {"verdict.sd.a_b_c.speedup": 1.5, "plain.x-y_z:w/v": 2.0}

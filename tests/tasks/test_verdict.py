@@ -122,10 +122,10 @@ def test_the_sd_target_is_read_for_the_feature_draft_too_and_met_when_either_dra
 
 def test_the_sd_target_is_read_for_prompt_lookup_before_the_feature_draft_when_the_run_has_it():
     rows = [_row("distilled", 2, 0.60, 0.20, 0.1), _row("feature-draft", 3, 1.10, 0.40, 0.06),
-            _row("lookup+feature-draft", 4, 1.71, 0.70, 0.05), _row("lookup", 4, 1.66, 0.65, 0.0)]
+            _row("lookup-else-feature-draft", 4, 1.71, 0.70, 0.05), _row("lookup", 4, 1.66, 0.65, 0.0)]
     text, metrics = _llm_verdict(rows, distilled_draft="distilled", feature_draft="feature-draft")
     assert "feature draft `feature-draft`, batch 1): **not met** (1.10x)" in text
-    assert "prompt lookup, else the feature draft `lookup+feature-draft`, batch 1): **met** (1.71x)" in text
-    assert metrics["verdict.sd_target_met.lookup+feature-draft"] == 1.0 and metrics["verdict.sd_target_met"] == 1.0
+    assert "prompt lookup, else the feature draft `lookup-else-feature-draft`, batch 1): **met** (1.71x)" in text
+    assert metrics["verdict.sd_target_met.lookup-else-feature-draft"] == 1.0 and metrics["verdict.sd_target_met"] == 1.0
     text, metrics = _llm_verdict(rows[:2], distilled_draft="distilled", feature_draft="feature-draft")
     assert "prompt lookup, else" not in text and metrics["verdict.sd_target_met"] == 0.0
