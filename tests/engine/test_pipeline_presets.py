@@ -1,0 +1,23 @@
+"""The laptop pipeline preset's shapes keep the properties measured to matter (docs/results.md, "Text normalisation").
+
+Only narrow heads (16 wide) at d_model <= 128 were seen to learn the task within the budget (wider heads plateau
+near loss 2-3), and SD repeats the decoder, so the target's decoder is the deeper half and deeper than the draft's.
+"""
+
+from transformers import T5ForConditionalGeneration
+
+from engine.config.pipeline import PRESETS
+from models.spactor import t5_config
+
+
+def _parameters(shape) -> int:
+    return sum(p.numel() for p in T5ForConditionalGeneration(t5_config(8000, **shape.model_dump())).parameters())
+
+
+def test_laptop_shapes_keep_heads_of_16_and_order_teacher_over_target_over_draft_with_a_deeper_target_decoder():
+    sizes = PRESETS["laptop"]().sizes
+    teacher, target, draft = sizes.teacher, sizes.target, sizes.draft
+    for shape in (teacher, target):
+        assert shape.d_kv == 16 and shape.num_heads * shape.d_kv <= 128
+    assert target.num_decoder_layers > target.num_layers and target.num_decoder_layers > draft.num_decoder_layers
+    assert _parameters(teacher) > _parameters(target) > _parameters(draft)
