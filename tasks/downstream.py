@@ -130,7 +130,8 @@ def build_examples(spec: TaskSpec) -> dict[str, list[dict[str, str]]]:
 
         splits = text_normalization.build(((doc_id, _split_of(doc_id), text) for doc_id, text in _held_out_texts()),
                                           spans_per_example=spec.spans or (2, 4),
-                                          context=2 if spec.context is None else spec.context)
+                                          context=2 if spec.context is None else spec.context,
+                                          synthetic=spec.synthetic or 0)
     else:
         for doc_id, inp, tgt in _builtin_examples(spec.name):
             splits[_split_of(doc_id)].append({"id": doc_id, "input": inp, "target": tgt})

@@ -335,31 +335,54 @@ def _line_spans(text: str, context: int) -> Iterator[dict[str, str]]:
                "spoken": " ".join(left + [out[1]] + right)}
 
 
+def resample_digits(text: str, rng: random.Random) -> str:
+    """``text`` with every run of ASCII digits replaced by a random number of the same length: a leading zero
+    stays a leading zero (and only then), and a 4-digit run that reads as a year (1100-2099) stays one."""
+    def draw(m: re.Match) -> str:
+        run = m.group()
+        if len(run) == 4 and 1100 <= int(run) <= 2099:
+            return str(rng.randint(1100, 2099))
+        head = "0" if run[0] == "0" else str(rng.randint(1, 9))
+        return head + "".join(str(rng.randint(0, 9)) for _ in run[1:])
+    return re.sub(r"[0-9]+", draw, text)
+
+
 def build(documents: Iterable[tuple[str, str, str]], *, seed: int = 0, per_class_cap: int = 3000,
-          spans_per_example: tuple[int, int] = (2, 4), context: int = 2) -> dict[str, list[dict[str, str]]]:
+          spans_per_example: tuple[int, int] = (2, 4), context: int = 2,
+          synthetic: int = 0) -> dict[str, list[dict[str, str]]]:
     """Examples per split from ``(doc_id, split, text)`` triples: ``{"id", "input", "target", "classes"}``.
 
     Spans are taken per split, at most ``per_class_cap`` of each class per split (first in a seeded shuffle),
     then shuffled again and cut into groups of ``spans_per_example`` (drawn uniformly) spans, each with ``context``
     words either side.
+
+    ``synthetic`` > 0 adds, to the train split only, the spans of that many copies of each train document whose
+    digits are redrawn (``resample_digits``; ids ``<doc>~<copy>#<span>``), read by the same rules and capped at
+    ``synthetic * per_class_cap`` a class: real contexts with numbers the real spans do not hold. Validation and
+    test stay real, and a synthetic example whose input occurs in either is dropped.
     """
     lo, hi = spans_per_example
     if not 1 <= lo <= hi:
         raise ValueError(f"spans_per_example must be 1 <= lo <= hi, got {spans_per_example}")
+    if synthetic < 0:
+        raise ValueError(f"synthetic must be >= 0, got {synthetic}")
     pools: dict[str, list[dict[str, str]]] = {"train": [], "validation": [], "test": []}
+    extra: list[dict[str, str]] = []
     for doc_id, split, text in documents:
         for i, sp in enumerate(spans(text, context)):
             pools[split].append({**sp, "id": f"{doc_id}#{i}"})
+        if split == "train":
+            for copy in range(synthetic):
+                fake = resample_digits(text, random.Random(f"{seed}:{doc_id}:{copy}"))
+                extra.extend({**sp, "id": f"{doc_id}~{copy}#{i}"} for i, sp in enumerate(spans(fake, context)))
     out: dict[str, list[dict[str, str]]] = {}
     for split, pool in pools.items():
         rng = random.Random(f"{seed}:{split}")
         rng.shuffle(pool)
-        counts: Counter = Counter()
-        kept = []
-        for sp in pool:
-            if counts[sp["cls"]] < per_class_cap:
-                counts[sp["cls"]] += 1
-                kept.append(sp)
+        kept = _capped(pool, per_class_cap)
+        if split == "train" and extra:
+            random.Random(f"{seed}:synthetic").shuffle(extra)
+            kept += _capped(extra, synthetic * per_class_cap)
         rng.shuffle(kept)
         examples, seen, i = [], set(), 0
         while i < len(kept):
@@ -373,7 +396,20 @@ def build(documents: Iterable[tuple[str, str, str]], *, seed: int = 0, per_class
                              "target": SEPARATOR.join(g["spoken"] for g in group),
                              "classes": ",".join(g["cls"] for g in group)})
         out[split] = examples
+    held_out = {e["input"] for split in ("validation", "test") for e in out[split]}
+    out["train"] = [e for e in out["train"] if "~" not in e["id"] or e["input"] not in held_out]
     return out
+
+
+def _capped(pool: list[dict[str, str]], cap: int) -> list[dict[str, str]]:
+    """The first ``cap`` spans of each class, in ``pool``'s order."""
+    counts: Counter = Counter()
+    kept = []
+    for sp in pool:
+        if counts[sp["cls"]] < cap:
+            counts[sp["cls"]] += 1
+            kept.append(sp)
+    return kept
 
 
 def class_counts(examples: list[dict[str, str]]) -> dict[str, int]:

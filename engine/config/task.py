@@ -39,6 +39,9 @@ class TaskSpec(BaseModel):
                                              "example (default 2, 4)")
     context: Optional[int] = Field(None, ge=0, le=5, description="text_normalization: context words either side of "
                                    "a span (default 2)")
+    synthetic: Optional[int] = Field(None, ge=0, le=20, description="text_normalization: copies of each train "
+                                     "document with its digits redrawn, whose spans join the train split "
+                                     "(validation and test stay real; default 0)")
 
     @model_validator(mode="after")
     def _check(self):
@@ -48,8 +51,9 @@ class TaskSpec(BaseModel):
                              "or give jsonl files / hf_name for a custom task")
         if self.jsonl is not None and "train" not in self.jsonl:
             raise ValueError("jsonl needs at least a 'train' file (and ideally 'validation' and 'test')")
-        if (self.spans is not None or self.context is not None) and self.name != "text_normalization":
-            raise ValueError("spans and context are options of the text_normalization task")
+        if (self.spans is not None or self.context is not None or self.synthetic is not None) \
+                and self.name != "text_normalization":
+            raise ValueError("spans, context and synthetic are options of the text_normalization task")
         if self.spans is not None and not 1 <= self.spans[0] <= self.spans[1] <= 8:
             raise ValueError(f"spans must be (fewest, most) with 1 <= fewest <= most <= 8, got {list(self.spans)}")
         if self.kind is not None and self.kind not in KINDS:

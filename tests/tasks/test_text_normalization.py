@@ -88,3 +88,28 @@ def test_spans_and_context_shape_the_examples_and_belong_to_this_task_only():
         TaskSpec(name="bbc_topic", spans=(1, 2))
     with pytest.raises(ValueError, match="spans must be"):
         TaskSpec(name="text_normalization", spans=(3, 2))
+
+
+def test_synthetic_copies_redraw_train_digits_only_and_leave_validation_and_test_as_they_were():
+    docs = [("d1", "train", "The firm paid £3.5bn in 1998 to 1,250 staff on 12 March 2005 and 07700 callers."),
+            ("d2", "train", "Prices rose by 4.5% to a record 21st time"),
+            ("d3", "test", "The firm paid £3.5bn in 1998 to 1,250 staff.")]
+    plain = tn.build(docs, spans_per_example=(1, 1), context=1)
+    more = tn.build(docs, spans_per_example=(1, 1), context=1, synthetic=3)
+    assert more == tn.build(docs, spans_per_example=(1, 1), context=1, synthetic=3)  # deterministic
+    assert more["test"] == plain["test"] and more["validation"] == plain["validation"]
+    real = [e for e in more["train"] if "~" not in e["id"]]
+    fake = [e for e in more["train"] if "~" in e["id"]]
+    assert sorted(e["id"] for e in real) == sorted(e["id"] for e in plain["train"])
+    assert len(fake) > len(real) and not any(c.isdigit() for e in fake for c in e["target"])
+    assert not ({e["input"] for e in fake} & {e["input"] for e in more["test"]})
+    rng = __import__("random").Random(0)
+    for _ in range(50):
+        out = tn.resample_digits("in 1998 paid 1,250 on 07700 at 3.05", rng)
+        year, a, b, lead0, c, d = __import__("re").findall(r"\d+", out)
+        assert 1100 <= int(year) <= 2099 and a[0] != "0" and len(b) == 3 and lead0[0] == "0" and len(lead0) == 5
+        assert c[0] != "0" and len(d) == 2
+    with pytest.raises(ValueError, match="synthetic must be >= 0"):
+        tn.build(docs, synthetic=-1)
+    with pytest.raises(ValueError, match="options of the text_normalization task"):
+        TaskSpec(name="bbc_topic", synthetic=2)
