@@ -98,6 +98,7 @@ _PATTERN = re.compile(
     rf"|(?P<roman>\b[A-Z][a-z]+ (?:{'|'.join(sorted(_ROMAN, key=len, reverse=True))})\b)"
 )
 _DIGIT = re.compile(r"\d")
+_ASCII_DIGIT_RUN = re.compile(r"[0-9]+")
 
 
 def _clean(words: str) -> str:
@@ -344,7 +345,7 @@ def resample_digits(text: str, rng: random.Random) -> str:
             return str(rng.randint(1100, 2099))
         head = "0" if run[0] == "0" else str(rng.randint(1, 9))
         return head + "".join(str(rng.randint(0, 9)) for _ in run[1:])
-    return re.sub(r"[0-9]+", draw, text)
+    return _ASCII_DIGIT_RUN.sub(draw, text)
 
 
 def build(documents: Iterable[tuple[str, str, str]], *, seed: int = 0, per_class_cap: int = 3000,

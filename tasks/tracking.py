@@ -17,9 +17,9 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
-import re
 import tempfile
 import time
 import urllib.parse

@@ -1,6 +1,8 @@
 """The text_normalization task: real non-standard words read aloud, splits with no shared document, fixed builds."""
 
 import json
+import random
+import re
 
 import pytest
 
@@ -103,10 +105,10 @@ def test_synthetic_copies_redraw_train_digits_only_and_leave_validation_and_test
     assert sorted(e["id"] for e in real) == sorted(e["id"] for e in plain["train"])
     assert len(fake) > len(real) and not any(c.isdigit() for e in fake for c in e["target"])
     assert not ({e["input"] for e in fake} & {e["input"] for e in more["test"]})
-    rng = __import__("random").Random(0)
+    rng = random.Random(0)
     for _ in range(50):
         out = tn.resample_digits("in 1998 paid 1,250 on 07700 at 3.05", rng)
-        year, a, b, lead0, c, d = __import__("re").findall(r"\d+", out)
+        year, a, b, lead0, c, d = re.findall(r"\d+", out)
         assert 1100 <= int(year) <= 2099 and a[0] != "0" and len(b) == 3 and lead0[0] == "0" and len(lead0) == 5
         assert c[0] != "0" and len(d) == 2
     with pytest.raises(ValueError, match="synthetic must be >= 0"):
