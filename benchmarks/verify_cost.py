@@ -19,6 +19,7 @@ eats most of SD's gain (the closed form assumes a ratio of 1).
     .venv/bin/python benchmarks/verify_cost.py                         # the laptop target's shape
     .venv/bin/python benchmarks/verify_cost.py --d-model 64 --d-ff 128 --layers 1 --heads 4   # its draft
     .venv/bin/python benchmarks/verify_cost.py --compile                # the engine's compiled fast path
+    .venv/bin/python benchmarks/verify_cost.py --lean [--int8]          # the engine's lean T5 step (CPU fast path)
     .venv/bin/python benchmarks/verify_cost.py --device cuda --d-model 2048 --d-ff 5120 --layers 24 --heads 32
     .venv/bin/python benchmarks/verify_cost.py --model smollm2 [--int8 | --bf16]   # a real decoder-only LLM (SmolLM2-135M)
 
@@ -45,6 +46,7 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from benchmarks._flags import add_shape_flags, t5_shape  # noqa: E402
 from engine.sd_bench import sync  # noqa: E402
 from models.sd.kv_cache import CachedDecoder, CausalCachedDecoder, compiled_forward  # noqa: E402
+from models.sd.lean_t5 import LeanT5Decoder  # noqa: E402
 from models.sd.quantization import at_precision  # noqa: E402
 from models.spactor import t5_config  # noqa: E402
 
@@ -66,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (the SD benchmark uses 1)")
     ap.add_argument("--compile", action="store_true",
                     help="table 2 on a static cache through torch.compile (the engine's fast path)")
+    ap.add_argument("--lean", action="store_true",
+                    help="table 2 with the engine's lean T5 decoder step (models.sd.lean_t5, cache_implementation='lean')")
     ap.add_argument("--device", default="cpu")
     weights = ap.add_mutually_exclusive_group()
     weights.add_argument("--int8", action="store_true",
@@ -80,8 +84,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("layers", "vocab", "prompt_len", "max_k", "calls", "threads", "cold_mb"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.model and args.compile:
-        ap.error("--model times the eager dynamic cache: drop --compile")
+    if args.model and (args.compile or args.lean):
+        ap.error("--model times the eager dynamic cache: drop --compile and --lean")
+    if args.lean and args.compile:
+        ap.error("--lean runs its own eager step: drop --compile")
     if args.int8 and (args.compile or args.device != "cpu"):
         ap.error("--int8 is the CPU eager path: drop --compile and --device")
     try:
@@ -158,6 +164,8 @@ def decoder_table(args: argparse.Namespace, device: torch.device, gen: torch.Gen
         if args.compile:
             dec = CachedDecoder(model, ids, mask, cache_implementation="static", max_cache_len=32 + args.max_k,
                                 forward=compiled_forward(model))
+        elif args.lean:
+            dec = LeanT5Decoder(model, ids, mask, max_cache_len=32 + args.max_k)
         else:
             dec = CachedDecoder(model, ids, mask)
     return _time_calls(args, dec, feed, device)
@@ -208,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
         rs = [r for r in lin if r["layer"] == name]
         cells = [f"{rs[0]['us']:.1f} us"] + [f"{r['ratio']:.2f}x" for r in rs[1:]]
         print(f"| {name} | {rs[0]['weight']} | " + " | ".join(cells) + " |")
-    how = "static cache, torch.compile" if args.compile else "dynamic cache, eager" + (", int8" if args.int8 else ", bf16" if args.bf16 else "")
-    kind = "CausalCachedDecoder" if causal is not None else "CachedDecoder"
-    print(f"\n## 2. one KV-cached decoder call (models.sd.kv_cache.{kind}, {how}) with k new tokens\n")
+    precision = ", int8" if args.int8 else ", bf16" if args.bf16 else ""
+    how = ("static cache, torch.compile" if args.compile else "lean step" if args.lean else "dynamic cache, eager") + precision
+    kind = ("kv_cache.CausalCachedDecoder" if causal is not None else "lean_t5.LeanT5Decoder" if args.lean
+            else "kv_cache.CachedDecoder")
+    print(f"\n## 2. one KV-cached decoder call (models.sd.{kind}, {how}) with k new tokens\n")
     dec = decoder_table(args, device, gen, causal)
     print("| k new tokens | ms/call | vs k=1 | per token |")
     print("|---:|---:|---:|---:|")

@@ -167,7 +167,7 @@ def measure_step_costs(
             start = int(ids[0, -1]) if causal else 0  # what a decoded sequence starts with (see CachedDecoder)
             feed = [start] + (ids[0].tolist() * (steps // ids.shape[1] + 2))[: steps + max(gammas) + 1]
             mask = torch.ones_like(ids)
-            max_len = steps + max(gammas) + 2 if cache_implementation == "static" else None
+            max_len = steps + max(gammas) + 2 if cache_implementation in ("static", "lean") else None
             decoders = {
                 name: _FeatureSteps(model, ids) if is_feature_draft(model) else
                 _lookup_steps(model, ids) if is_prompt_lookup(model) else

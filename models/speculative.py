@@ -356,7 +356,7 @@ def _decoder(
         input_ids,
         attention_mask,
         cache_implementation=cache_implementation,
-        max_cache_len=max_new_tokens + 1 if cache_implementation == "static" else None,
+        max_cache_len=max_new_tokens + 1 if cache_implementation in ("static", "lean") else None,
         forward=compiled_forward(model) if compile else None,
     )
 
@@ -562,8 +562,10 @@ def speculative_generate(
             assistant schedule; it changes speed only, never the output distribution.
         eos_token_id: overrides ``target.generation_config.eos_token_id``.
         generator: random source for drafting and verification (None = torch's global one).
-        cache_implementation: ``"dynamic"`` (default; the cache grows with the output) or
-            ``"static"`` (preallocated for ``max_new_tokens`` positions; cropping moves a counter).
+        cache_implementation: ``"dynamic"`` (default; the cache grows with the output),
+            ``"static"`` (preallocated for ``max_new_tokens`` positions; cropping moves a counter) or
+            ``"lean"`` (T5 only, batch 1: ``models.sd.lean_t5``'s decoder step over preallocated tensors, the
+            same outputs up to rounding without transformers' per-call cost; target and draft both use it).
         compile: run the decoders through ``torch.compile`` (``compiled_forward``); needs
             ``cache_implementation="static"``. The GPU fast path: compile once per model, then every
             call reuses the graphs. Output is the same as eager up to floating-point reordering.

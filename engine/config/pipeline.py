@@ -104,7 +104,12 @@ def _tiny_distill(steps: int) -> Callable[[], distill_mod.DistillConfig]:
 #: version a 0.5M-parameter model learns within the tiny run's minutes
 TINY_TASK = TaskSpec(name="text_normalization", spans=(1, 2), context=1)
 S = T5Shape
-tiny = _preset("tiny", corpus_mod.tiny, _tiny_pretrain, _tiny_finetune, _tiny_distill(300), sd_mod.tiny, Sizes(
+def _tiny_sd() -> sd_mod.SDBenchmarkConfig:
+    """The SD benchmark's tiny settings with the lean T5 decoder step (the pipeline's models are T5s)."""
+    return sd_mod.tiny().model_copy(update={"cache_implementation": "lean"})
+
+
+tiny = _preset("tiny", corpus_mod.tiny, _tiny_pretrain, _tiny_finetune, _tiny_distill(300), _tiny_sd, Sizes(
     teacher=S(d_model=96, d_ff=192, d_kv=16, num_heads=6, num_layers=3, num_decoder_layers=3, tie_word_embeddings=True),
     target=S(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2, tie_word_embeddings=True),
     draft=S(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=1, num_decoder_layers=1, tie_word_embeddings=True)),

@@ -97,7 +97,8 @@ class BenchSettings:
     step_probe_tokens: int = 16
     """Decoder steps per prompt timed for the direct measurement of c."""
     cache_implementation: str = "dynamic"
-    """KV cache of our engine and of ``target.generate``: ``dynamic`` or ``static`` (preallocated)."""
+    """KV cache of our engine and of ``target.generate``: ``dynamic``, ``static`` (preallocated) or ``lean`` (T5: our
+    engine's own decoder step, ``models.sd.lean_t5``; ``target.generate`` and assisted generation stay dynamic)."""
     compile: bool = False
     """torch.compile our decoders (needs ``static``); the GPU fast path for baseline and SD alike.
     ``target.generate`` then also runs with ``cache_implementation="static"`` (transformers compiles

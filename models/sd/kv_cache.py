@@ -1,6 +1,6 @@
 """KV-cache adapters for encoder-decoder (T5) and decoder-only (Llama, SmolLM, ...) decoding: one prompt with a
-croppable cache (dynamic or static, optionally through ``torch.compile``), and B prompts whose rows are realigned
-after each call.
+croppable cache (dynamic or static, optionally through ``torch.compile``, or for T5 the lean decoder of
+``models.sd.lean_t5``), and B prompts whose rows are realigned after each call.
 
 For a decoder-only model the prompt but its last token is prefilled once, and the token sequence the engine
 feeds starts with the prompt's last token: the role T5's decoder start token plays. Everything after that,
@@ -30,7 +30,9 @@ def _cache_kwarg(model: nn.Module) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
-CACHE_IMPLEMENTATIONS = ("dynamic", "static")
+#: dynamic and static: transformers' caches under the model's own forward; lean: ``models.sd.lean_t5``'s
+#: decoder step over preallocated tensors (T5 only, one prompt; the same outputs without HF's per-call cost)
+CACHE_IMPLEMENTATIONS = ("dynamic", "static", "lean")
 
 
 def is_causal_lm(model: nn.Module) -> bool:
@@ -124,8 +126,9 @@ class CachedDecoder:
         max_cache_len: int | None = None,
         forward=None,
     ):
-        if cache_implementation not in CACHE_IMPLEMENTATIONS:
-            raise ValueError(f"cache_implementation={cache_implementation!r} must be one of {CACHE_IMPLEMENTATIONS}")
+        if cache_implementation not in ("dynamic", "static"):
+            raise ValueError(f"cache_implementation={cache_implementation!r}: a CachedDecoder is 'dynamic' or 'static' "
+                             "(cached_decoder() builds the lean one)")
         self.model = model
         self.forward = forward if forward is not None else model
         self.attention_mask = attention_mask  # (1, S)
@@ -291,8 +294,9 @@ class CausalCachedDecoder(CachedDecoder):
 
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                  cache_implementation: str = "dynamic", max_cache_len: int | None = None, forward=None):
-        if cache_implementation not in CACHE_IMPLEMENTATIONS:
-            raise ValueError(f"cache_implementation={cache_implementation!r} must be one of {CACHE_IMPLEMENTATIONS}")
+        if cache_implementation not in ("dynamic", "static"):
+            raise ValueError(f"cache_implementation={cache_implementation!r}: a CachedDecoder is 'dynamic' or 'static' "
+                             "(cached_decoder() builds the lean one)")
         self.model = model
         self.forward = forward if forward is not None else model
         self.device = input_ids.device
@@ -359,7 +363,14 @@ class CausalBatchedDecoder(BatchedDecoder):
 
 
 def cached_decoder(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs) -> CachedDecoder:
-    """The :class:`CachedDecoder` of ``model``'s kind (:class:`CausalCachedDecoder` for a decoder-only model);
-    ``kwargs`` as theirs (``cache_implementation``, ``max_cache_len``, ``forward``)."""
+    """The :class:`CachedDecoder` of ``model``'s kind (:class:`CausalCachedDecoder` for a decoder-only model, a
+    ``models.sd.lean_t5.LeanT5Decoder`` for ``cache_implementation="lean"``); ``kwargs`` as theirs
+    (``cache_implementation``, ``max_cache_len``, ``forward``)."""
+    if kwargs.get("cache_implementation") == "lean":
+        from models.sd.lean_t5 import LeanT5Decoder
+
+        if kwargs.get("forward") is not None:
+            raise ValueError("cache_implementation='lean' runs its own decoder step: it takes no compiled forward")
+        return LeanT5Decoder(model, input_ids, attention_mask, max_cache_len=kwargs.get("max_cache_len"))
     kind = CausalCachedDecoder if is_causal_lm(model) else CachedDecoder
     return kind(model, input_ids, attention_mask, **kwargs)

@@ -29,11 +29,13 @@ def _tables(text: str) -> list[list[list[str]]]:
     return [t[2:] for t in tables]  # drop header and rule
 
 
-@pytest.mark.parametrize("weights", [[], ["--bf16"]])
+@pytest.mark.parametrize("weights", [[], ["--bf16"], ["--lean"]])
 def test_verify_cost_prints_every_linear_layer_and_every_k_with_k1_as_the_unit(capsys, weights):
     assert verify_cost.main(TINY + weights) == 0
     out = capsys.readouterr().out
-    assert ("bf16 weights from memory" in out) == bool(weights) and ("eager, bf16" in out) == bool(weights)
+    bf16, lean = "--bf16" in weights, "--lean" in weights
+    assert ("bf16 weights from memory" in out) == bf16 and ("eager, bf16" in out) == bf16
+    assert ("models.sd.lean_t5.LeanT5Decoder, lean step" in out) == lean
     linear, decoder = _tables(out)
     assert [r[0] for r in linear] == ["attention q/k/v/o", "feed-forward in", "feed-forward out", "LM head"]
     assert [r[1] for r in linear] == ["32 x 32", "64 x 32", "32 x 64", "64 x 32"]
@@ -44,7 +46,8 @@ def test_verify_cost_prints_every_linear_layer_and_every_k_with_k1_as_the_unit(c
     assert "verifying 2 drafted tokens (k=3) costs" in out
 
 
-@pytest.mark.parametrize("bad", [["--max-k", "0"], ["--d-model", "30", "--heads", "4"], ["--int8", "--bf16"]])
+@pytest.mark.parametrize("bad", [["--max-k", "0"], ["--d-model", "30", "--heads", "4"], ["--int8", "--bf16"],
+                                 ["--lean", "--compile"]])
 def test_verify_cost_refuses_bad_shapes_in_one_line(bad, capsys):
     with pytest.raises(SystemExit) as e:
         verify_cost.main(bad)
