@@ -119,24 +119,24 @@ def _laptop_distill_target() -> distill_mod.DistillConfig:
     return distill_mod.laptop().model_copy(update={"total_steps": 2000})
 
 
-#: the laptop preset's task: text normalisation with 1-3 spans and 1 word of context (outputs ~10 words)
-LAPTOP_TASK = TaskSpec(name="text_normalization", spans=(1, 3), context=1)
-# laptop (third shapes, 2026-12-06): models small enough to learn the task within the budget. The first shapes
-# (teacher d384 3+6, target d256 2+6, chosen so SD could pay: that target's step is 3.8 ms against the draft's
-# 0.4 ms) did not learn it (teacher test exact match 0.007 after 800 steps), nor did a d128 3+3 teacher with 4
-# heads of 32 (0.025 after 3,000 steps); the d96 3+3 shape with 6 heads of 16 does (0.20 after 1,500 steps,
-# docs/results.md), so it is the teacher, and the target and draft are smaller still. The target keeps a
-# decoder deeper than its encoder (the decoder is what SD repeats); at these sizes its step costs about two
-# draft steps, so SD is not expected to pay on this CPU, and the verdict says by how much. Tied embeddings: T5
-# then scales the decoder output by d_model^-0.5, which gives a sane initial loss. Fourth shapes, measured and
-# not kept (2026-12-07, docs/results.md): teacher d128 3+9 and target d96 2+6 with heads of 16 gave SD a step to
-# beat (c 0.29, garden 2.0x) but overfit the 5,359 training examples (teacher validation loss 1.66 at training
-# loss 0.8; test exact match 0.086 and 0.083 against 0.47 and 0.52 here), and SD still ran at 0.95x.
+#: the laptop preset's task: text normalisation with 1-3 spans and 1 word of context (outputs ~10 words), each
+#: training document also in 4 copies with its digits redrawn (``synthetic``: the models then learn to read the
+#: digits instead of memorising the 5,359 examples; docs/results.md, "Synthetic digits")
+LAPTOP_TASK = TaskSpec(name="text_normalization", spans=(1, 3), context=1, synthetic=4)
+# laptop (fifth shapes, 2026-12-07): heads of 16 at d_model 96, decoders deeper than encoders, and the synthetic
+# digit copies. Measured on the way (docs/results.md): wide models (d256-384, heads of 32-64) plateau near loss 3;
+# d96 3+3 learns (test exact match 0.47 in the 2026-12-06 run) but leaves no room below it for a target SD can
+# speed up; d128 3+9 and d96 2+6 without synthetic copies overfit the training examples (exact match 0.09);
+# with 4 synthetic copies a d96 3+9 teacher reaches exact match 0.64 after 3,000 fine-tuning steps (validation
+# loss still falling, hence 4,000 here) and a d96 2+6 model 0.37 after 1,500. The target's 6-layer decoder under
+# a 2-layer encoder is a step the 1+1 draft costs about a fifth of with the lean decoder (models.sd.lean_t5);
+# the teacher's 9-layer decoder is 1.5x the target's. Tied embeddings: T5 then scales the decoder output by
+# d_model^-0.5, which gives a sane initial loss.
 laptop = _preset("laptop", corpus_mod.laptop, pretrain_mod.laptop, finetune_mod.laptop, distill_mod.laptop,
                  sd_mod.laptop, Sizes(
-                     teacher=S(d_model=96, d_ff=192, d_kv=16, num_heads=6, num_layers=3, num_decoder_layers=3,
+                     teacher=S(d_model=96, d_ff=384, d_kv=16, num_heads=6, num_layers=3, num_decoder_layers=9,
                                tie_word_embeddings=True),
-                     target=S(d_model=64, d_ff=256, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=3,
+                     target=S(d_model=96, d_ff=384, d_kv=16, num_heads=6, num_layers=2, num_decoder_layers=6,
                               tie_word_embeddings=True),
                      draft=S(d_model=32, d_ff=128, d_kv=8, num_heads=4, num_layers=1, num_decoder_layers=1,
                              tie_word_embeddings=True)),

@@ -20,4 +20,11 @@ def test_laptop_shapes_keep_heads_of_16_and_order_teacher_over_target_over_draft
     for shape in (teacher, target):
         assert shape.d_kv == 16 and shape.num_heads * shape.d_kv <= 128
     assert target.num_decoder_layers > target.num_layers and target.num_decoder_layers > draft.num_decoder_layers
+    assert teacher.num_decoder_layers > target.num_decoder_layers  # the garden's latency ratio is decoder depth
     assert _parameters(teacher) > _parameters(target) > _parameters(draft)
+
+
+def test_laptop_task_adds_synthetic_digit_copies_and_its_sd_uses_the_lean_t5_step():
+    config = PRESETS["laptop"]()
+    assert config.task.name == "text_normalization" and (config.task.synthetic or 0) > 0
+    assert config.sd_benchmark.cache_implementation == "lean"
