@@ -39,8 +39,12 @@ def supports_lean(model: nn.Module) -> bool:
     """A T5-family encoder-decoder (``T5ForConditionalGeneration``, MT5...): a ``decoder`` T5 stack with ``block``
     layers and an ``lm_head``."""
     decoder = getattr(model, "decoder", None)
-    return (getattr(model.config, "is_encoder_decoder", False) and decoder is not None
-            and hasattr(decoder, "block") and hasattr(model, "lm_head"))
+    if not (getattr(model.config, "is_encoder_decoder", False) and decoder is not None
+            and hasattr(decoder, "block") and hasattr(model, "lm_head")):
+        return False
+    # T5's one relative position bias, in the first layer (UMT5's per-layer biases are another model)
+    bias = [getattr(b.layer[0].SelfAttention, "has_relative_attention_bias", None) for b in decoder.block]
+    return bool(bias) and bias[0] is True and not any(bias[1:])
 
 
 def _fused(*linears: nn.Module) -> torch.Tensor | None:
@@ -91,6 +95,7 @@ class LeanT5Decoder:
     positions (grown by doubling when exceeded).
     """
 
+    @torch.inference_mode()
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
                  max_cache_len: int | None = None, **_: object):
         if not supports_lean(model):

@@ -11,7 +11,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
+from transformers import (LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration, UMT5Config,
+                          UMT5ForConditionalGeneration)
 
 from models.sd.kv_cache import CachedDecoder, cached_decoder
 from models.sd.lean_t5 import LeanT5Decoder, supports_lean
@@ -133,7 +134,9 @@ def test_lean_refuses_what_it_does_not_decode_with_a_one_line_error():
         target_generate(target, prompt(0), max_new_tokens=4, cache_implementation="lean", compile=True)
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=4)).eval()
-    assert supports_lean(target) and not supports_lean(llama)
+    umt5 = UMT5ForConditionalGeneration(UMT5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2,
+                                                   num_heads=4)).eval()  # a relative position bias per layer
+    assert supports_lean(target) and not supports_lean(llama) and not supports_lean(umt5)
     with pytest.raises(ValueError, match="needs a T5 encoder-decoder model, got LlamaForCausalLM"):
         target_generate(llama, prompt(0), max_new_tokens=4, cache_implementation="lean")
     with pytest.raises(ValueError, match="a CachedDecoder is 'dynamic' or 'static'"):
