@@ -521,12 +521,14 @@ def test_cache_arguments_are_validated(target):
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("cache", ["static", "lean"])
 @pytest.mark.parametrize("gamma", [1, 4])
-def test_greedy_sd_on_a_static_cache_equals_greedy_generate_token_for_token(target, random_draft, gamma):
+def test_greedy_sd_on_a_static_or_lean_cache_equals_greedy_generate_token_for_token(target, random_draft, gamma, cache):
+    """The preallocated caches: transformers' static layers, and the lean T5 step (models.sd.lean_t5)."""
     for seed, draft in itertools.product(range(1, 4), [target, random_draft]):
         ids = prompt(seed)
         expected = target.generate(ids, max_new_tokens=MAX_NEW, do_sample=False).tolist()
-        kw = dict(max_new_tokens=MAX_NEW, cache_implementation="static")
+        kw = dict(max_new_tokens=MAX_NEW, cache_implementation=cache)
         assert speculative_generate(target, draft, ids, gamma=gamma, **kw).sequences.tolist() == expected
         assert target_generate(target, ids, **kw).sequences.tolist() == expected
 
