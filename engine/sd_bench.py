@@ -69,7 +69,7 @@ from torch import nn
 
 from models.sd.feature_draft import FeatureDraft, is_feature_draft
 from models.sd.lookup import PromptLookupDraft, is_prompt_lookup
-from models.sd.kv_cache import cached_decoder, compiled_forward, generate_cache, is_causal_lm
+from models.sd.kv_cache import PREALLOCATED, cached_decoder, compiled_forward, generate_cache, is_causal_lm
 from models.sd.quantization import at_precision
 from models.sd.bench import COLUMNS, BenchPrompt, BenchSettings, estimate_alpha, iqr, rouge_l
 from models.sd.verify import expected_block_efficiency, expected_speedup
@@ -167,7 +167,7 @@ def measure_step_costs(
             start = int(ids[0, -1]) if causal else 0  # what a decoded sequence starts with (see CachedDecoder)
             feed = [start] + (ids[0].tolist() * (steps // ids.shape[1] + 2))[: steps + max(gammas) + 1]
             mask = torch.ones_like(ids)
-            max_len = steps + max(gammas) + 2 if cache_implementation in ("static", "lean") else None
+            max_len = steps + max(gammas) + 2 if cache_implementation in PREALLOCATED else None
             decoders = {
                 name: _FeatureSteps(model, ids) if is_feature_draft(model) else
                 _lookup_steps(model, ids) if is_prompt_lookup(model) else

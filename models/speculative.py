@@ -51,8 +51,8 @@ from torch import nn
 
 from models.sd.feature_draft import FeatureDrafter, FeatureTap, is_feature_draft
 from models.sd.lookup import LookupDrafter, is_prompt_lookup
-from models.sd.kv_cache import (CACHE_IMPLEMENTATIONS, BatchedDecoder, CachedDecoder, CausalBatchedDecoder,
-                              cached_decoder, compiled_forward, is_causal_lm)
+from models.sd.kv_cache import (CACHE_IMPLEMENTATIONS, PREALLOCATED, BatchedDecoder, CachedDecoder,
+                              CausalBatchedDecoder, cached_decoder, compiled_forward, is_causal_lm)
 from models.sd.verify import (acceptance_probability, check_lenience, check_sampling_args, draft_token,
                               residual_distribution, sample_token, sampling_distribution)
 
@@ -356,7 +356,7 @@ def _decoder(
         input_ids,
         attention_mask,
         cache_implementation=cache_implementation,
-        max_cache_len=max_new_tokens + 1 if cache_implementation in ("static", "lean") else None,
+        max_cache_len=max_new_tokens + 1 if cache_implementation in PREALLOCATED else None,
         forward=compiled_forward(model) if compile else None,
     )
 

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["CACHE_IMPLEMENTATIONS", "BatchedDecoder", "CachedDecoder", "CausalBatchedDecoder", "CausalCachedDecoder",
-           "compiled_forward", "generate_cache", "is_causal_lm"]
+__all__ = ["CACHE_IMPLEMENTATIONS", "PREALLOCATED", "BatchedDecoder", "CachedDecoder", "CausalBatchedDecoder",
+           "CausalCachedDecoder", "compiled_forward", "generate_cache", "is_causal_lm"]
 
 
 
@@ -33,6 +33,8 @@ def _cache_kwarg(model: nn.Module) -> str:
 #: dynamic and static: transformers' caches under the model's own forward; lean: ``models.sd.lean_t5``'s
 #: decoder step over preallocated tensors (T5 only, one prompt; the same outputs without HF's per-call cost)
 CACHE_IMPLEMENTATIONS = ("dynamic", "static", "lean")
+#: the implementations whose buffers are sized up front (``max_cache_len``)
+PREALLOCATED = ("static", "lean")
 
 
 def is_causal_lm(model: nn.Module) -> bool:

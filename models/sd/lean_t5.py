@@ -97,14 +97,13 @@ class LeanT5Decoder:
 
     @torch.inference_mode()
     def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                 max_cache_len: int | None = None, **_: object):
+                 max_cache_len: int | None = None):
         if not supports_lean(model):
             raise ValueError(f"cache_implementation='lean' needs a T5 encoder-decoder model, got {type(model).__name__}")
         if input_ids.shape[0] != 1:
             raise ValueError(f"LeanT5Decoder decodes one prompt; got a batch of {input_ids.shape[0]}")
         config = model.config
         stack = model.decoder
-        self.model = model
         self.device = input_ids.device
         self.heads, self.d_kv = int(config.num_heads), int(config.d_kv)
         self.embed = stack.embed_tokens

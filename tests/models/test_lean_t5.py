@@ -81,6 +81,9 @@ def test_lean_decoder_on_int8_layers_matches_the_int8_models_own_cached_decoder(
     torch.testing.assert_close(LeanT5Decoder(model, ids, mask).advance(tokens), expected, atol=ATOL, rtol=0)
 
 
+MODEL_FOR_PROPERTY = t5(13, num_layers=1, num_decoder_layers=2)
+
+
 @settings(max_examples=25, deadline=None)
 @given(ops=st.lists(st.tuples(st.integers(1, 6), st.integers(0, 5)), min_size=1, max_size=10))
 def test_any_sequence_of_advances_and_crops_gives_the_logits_of_recomputing_the_prefix(ops):
@@ -97,9 +100,6 @@ def test_any_sequence_of_advances_and_crops_gives_the_logits_of_recomputing_the_
         expected = reference_logits(model, ids, mask, stream[: length + k])[length:]
         torch.testing.assert_close(logits, expected, atol=ATOL, rtol=0)
         dec.crop(max(1, dec.length - r))
-
-
-MODEL_FOR_PROPERTY = t5(13, num_layers=1, num_decoder_layers=2)
 
 
 def test_lean_speculative_sampling_matches_the_dynamic_cache_draw_for_draw():
