@@ -326,7 +326,10 @@ def test_a_pretraining_run_with_corpus_checkpoints_and_artifacts_on_s3_killed_wh
     resumed = by_status["FINISHED"]
     assert resumed.data.tags["resumed_from"] == by_status["KILLED"].info.run_id
     logged = [m.step for m in client.get_metric_history(resumed.info.run_id, "sc_loss")]
-    assert logged and min(logged) > killed_at  # resumed from the bucket's checkpoint, not from step 0
+    said = [line for line in (done.stdout + done.stderr).splitlines()
+            if "resum" in line or "skipping checkpoint" in line or "step-" in line]
+    # resumed from the bucket's checkpoint, not from step 0 (the resumed run's own words on what it found, if not)
+    assert logged and min(logged) > killed_at, (killed_at, _complete_steps(ckpt_uri), said[-20:])
     (version,) = client.search_model_versions("name = 't5-s3test'")
     files = client.get_logged_model(version.source[len("models:/"):]).artifact_location  # its MLflow 3 logged model
     assert files.startswith(f"s3://{BUCKET}/e2e/mlflow/pretrain/")

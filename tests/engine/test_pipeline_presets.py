@@ -28,3 +28,13 @@ def test_laptop_task_adds_synthetic_digit_copies_and_its_sd_uses_the_lean_t5_ste
     config = PRESETS["laptop"]()
     assert config.task.name == "text_normalization" and (config.task.synthetic or 0) > 0
     assert config.sd_benchmark.cache_implementation == "lean"
+
+
+def test_laptop_target_distillation_reads_the_labels_while_the_draft_distillation_stays_on_policy():
+    """The teacher -> target step on ground-truth sequences (on-policy samples cost 3x a step and the target
+    did not learn from them in 2,000 steps); the draft keeps DistillSpec's on-policy data, and tiny keeps its mix."""
+    laptop, tiny = PRESETS["laptop"](), PRESETS["tiny"]()
+    assert laptop.distill_target.mode == "target" and laptop.distill_target.data_mix == {"fixed": 1.0}
+    assert laptop.distill_target.total_steps >= laptop.finetune.total_steps
+    assert laptop.distill_draft.mode == "draft" and laptop.distill_draft.data_mix == {"student": 1.0}
+    assert tiny.distill_target.mode == "target" and tiny.distill_target.data_mix == {"teacher": 0.5, "student": 0.5}
