@@ -173,8 +173,11 @@ def _sd_target(out: list[str], metrics: dict[str, float], sd: Sequence[Mapping[s
         if g is None:
             continue
         hit = _num(g["speedup"]) >= SD_TARGET_SPEEDUP
+        shown = _fmt(g["speedup"], ".2f")
+        if not hit and _ok(g["speedup"]) and float(shown) >= SD_TARGET_SPEEDUP:  # 1.497 would read "not met (1.50x)"
+            shown = _fmt(g["speedup"], ".4f")
         out.append(f"- Target of {SD_TARGET_SPEEDUP}x (lossless greedy, {label} `{draft}`, batch 1): "
-                   f"{'**met**' if hit else '**not met**'} ({_fmt(g['speedup'], '.2f')}x).")
+                   f"{'**met**' if hit else '**not met**'} ({shown}x).")
         metrics[f"verdict.sd_target_met.{draft}{tag}"] = float(hit)
         hits.append(hit)
     if hits:

@@ -270,7 +270,10 @@ def test_mlflow_artifacts_and_registered_models_live_in_the_bucket_and_load_back
 
 # --- the whole pretraining stage against the bucket, driver killed --------------------------------------------
 
-def _complete_steps(uri: str) -> list[str]:
+def _valid_steps(uri: str, scratch: Path) -> list[int]:
+    """The steps of the checkpoints anywhere under ``uri`` whose files all match their checksums. Ray Train
+    uploads a checkpoint's files in no promised order, so ``checksums.json`` can land before the weights: its
+    presence alone does not make a checkpoint one a resume can use (engine.storage.fetch_valid checks them all)."""
     from pyarrow import fs as pafs
 
     fs, root = storage.split(uri)
@@ -278,7 +281,13 @@ def _complete_steps(uri: str) -> list[str]:
         infos = fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True))
     except FileNotFoundError:
         return []
-    return sorted(i.path for i in infos if i.base_name == "checksums.json" and "/step-" in i.path)
+    folders = sorted(i.path.rsplit("/", 1)[0] for i in infos if i.base_name == "checksums.json" and "/step-" in i.path)
+    steps = []
+    for folder in folders:
+        name = folder.rsplit("/", 1)[1]
+        if storage.fetch_valid(f"s3://{folder}", scratch / f"{len(steps)}-{name}") is not None:
+            steps.append(int(name[len("step-"):]))
+    return steps
 
 
 @pytest.mark.slow
@@ -286,7 +295,7 @@ def test_a_pretraining_run_with_corpus_checkpoints_and_artifacts_on_s3_killed_wh
         s3_env, tmp_path):
     """Corpus prep publishes the corpus to the bucket; pretraining reads it from there (one download per
     node), checkpoints there, and MLflow keeps its artifacts there. The driver, its Ray head and workers are
-    SIGKILLed together once a step checkpoint is in the bucket; the same command then resumes from the
+    SIGKILLed together once a step checkpoint is complete in the bucket; the same command then resumes from the
     bucket's checkpoint instead of step 0, and the registered model's files are in the bucket."""
     from mlflow import MlflowClient
 
@@ -311,9 +320,10 @@ def test_a_pretraining_run_with_corpus_checkpoints_and_artifacts_on_s3_killed_wh
            "--set", "tau=20", "--set", "batch_size=4", "--set", "checkpoint_every=50", "--set", "eval_every=100",
            "--set", "threads_per_worker=1", "--set", "inputs_length=64", "--set", "register_as=t5-s3test",
            "--set", "log_every=10"]
-    family = kill_when(cmd, lambda: bool(_complete_steps(ckpt_uri)), tmp_path / "first.log", cwd=root, env=env)
+    family = kill_when(cmd, lambda: bool(_valid_steps(ckpt_uri, tmp_path / "seen")), tmp_path / "first.log",
+                       cwd=root, env=env)
     assert family, "the first run ended before it could be killed: " + (tmp_path / "first.log").read_text()[-2000:]
-    killed_at = max(int(s.rsplit("/step-", 1)[1].split("/")[0]) for s in _complete_steps(ckpt_uri))
+    killed_at = max(_valid_steps(ckpt_uri, tmp_path / "seen"))
     assert killed_at < 150
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -329,7 +339,7 @@ def test_a_pretraining_run_with_corpus_checkpoints_and_artifacts_on_s3_killed_wh
     said = [line for line in (done.stdout + done.stderr).splitlines()
             if "resum" in line or "skipping checkpoint" in line or "step-" in line]
     # resumed from the bucket's checkpoint, not from step 0 (the resumed run's own words on what it found, if not)
-    assert logged and min(logged) > killed_at, (killed_at, _complete_steps(ckpt_uri), said[-20:])
+    assert logged and min(logged) > killed_at, (killed_at, said[-20:])
     (version,) = client.search_model_versions("name = 't5-s3test'")
     files = client.get_logged_model(version.source[len("models:/"):]).artifact_location  # its MLflow 3 logged model
     assert files.startswith(f"s3://{BUCKET}/e2e/mlflow/pretrain/")

@@ -129,3 +129,11 @@ def test_the_sd_target_is_read_for_prompt_lookup_before_the_feature_draft_when_t
     assert metrics["verdict.sd_target_met.lookup-else-feature-draft"] == 1.0 and metrics["verdict.sd_target_met"] == 1.0
     text, metrics = _llm_verdict(rows[:2], distilled_draft="distilled", feature_draft="feature-draft")
     assert "prompt lookup, else" not in text and metrics["verdict.sd_target_met"] == 0.0
+
+
+def test_a_missed_sd_target_never_reads_as_the_target_once_rounded():
+    rows = [_row("draft-base", 4, 1.20, 0.80, 0.1), _row("distilled", 4, 1.4996, 0.90, 0.1)]
+    text, metrics = pipeline_verdict(preset="laptop", task_kind="generation", quality={}, sd_rows=rows,
+                                     distilled_draft="distilled")
+    assert "**not met** (1.4996x)" in text and "(1.50x)." not in text
+    assert metrics["verdict.sd_target_met.distilled"] == 0.0
