@@ -143,9 +143,10 @@ LAPTOP_TASK = TaskSpec(name="text_normalization", spans=(1, 3), context=1, synth
 # loss still falling, hence 4,000 here) and a d96 2+6 model 0.37 after 1,500. The target's 6-layer decoder under
 # a 2-layer encoder is a step the 1+1 draft costs about a fifth of with the lean decoder (models.sd.lean_t5);
 # the teacher's 9-layer decoder is 1.5x the target's. Tied embeddings: T5 then scales the decoder output by
-# d_model^-0.5, which gives a sane initial loss. Its run (2026-12-07, 96.6 min, over the 90-minute budget): teacher
-# test exact match 0.709, but the target did not learn by distillation from scratch (0.095), SD 1.11x (c 0.19,
-# alpha 0.58), garden 1.27x; fine-tuning the target on the labels first is the next thing to try.
+# d_model^-0.5, which gives a sane initial loss. With the target distilled on the teacher and on-policy samples the
+# run took 96.6 min and the target did not learn (exact match 0.095, SD 1.11x); distilled on the labels
+# (_laptop_distill_target) it took 85.2 min: teacher 0.709, target 0.704, greedy SD 1.70x fp32 / 1.50x int8,
+# garden 1.74x (docs/results.md, 2026-12-07).
 laptop = _preset("laptop", corpus_mod.laptop, pretrain_mod.laptop, finetune_mod.laptop, distill_mod.laptop,
                  sd_mod.laptop, Sizes(
                      teacher=S(d_model=96, d_ff=384, d_kv=16, num_heads=6, num_layers=3, num_decoder_layers=9,

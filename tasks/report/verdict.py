@@ -198,9 +198,15 @@ def _sd_distilled_vs_undistilled(out: list[str], metrics: dict[str, float], sd: 
                    and r["gamma"] == d["gamma"]), u)
         higher = _num(d.get("alpha")) > _num(ua.get("alpha")) and gain > 0
         metrics[f"verdict.distill_gain.{mode}{tag}"] = gain
+        if not higher:
+            said = "**distillation does not help here**"
+        elif gain < PAPER_DRAFT_GAIN[0]:
+            said = f"distillation helps, **less than DistillSpec's +{PAPER_DRAFT_GAIN[0]:.0%}**"
+        else:
+            said = "distillation helps"
         out.append(f"- {mode}: alpha {_fmt(d.get('alpha'))} vs {_fmt(ua.get('alpha'))} at gamma {d['gamma']}; "
-                   f"best speedup {_fmt(d['speedup'], '.2f')}x vs {_fmt(u['speedup'], '.2f')}x ({gain:+.0%}): "
-                   f"{'distillation helps' if higher else '**distillation does not help here**'}.")
+                   f"best speedup {_fmt(d['speedup'], '.2f')}x vs {_fmt(u['speedup'], '.2f')}x ({gain:+.1%}): "
+                   f"{said}.")
     out.append("")
 
 

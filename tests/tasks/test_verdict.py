@@ -48,7 +48,7 @@ def test_verdict_reports_the_best_row_the_distillation_gain_and_the_missed_targe
                                      distilled_draft="distilled", labels={"target": "the target"})
     assert "**Best lossless SD:** 1.40x" in text and "gamma 4, greedy" in text  # lossy 1.5x is not lossless
     assert "Target of 1.5x" in text and "**not met** (1.40x)" in text
-    assert "+27%" in text  # 1.40 / 1.10 - 1 in greedy
+    assert "(+27.3%): distillation helps." in text  # 1.40 / 1.10 - 1 in greedy, inside the paper's range
     assert "lead-15" in text and "| the target | 0.200 | 0.290" in text and "**NO**" in text
     assert "Flagged: the target" in text
     assert "| 0.5 | 1.50x | 0.250 |" in text  # the lossy curve
@@ -137,3 +137,14 @@ def test_a_missed_sd_target_never_reads_as_the_target_once_rounded():
                                      distilled_draft="distilled")
     assert "**not met** (1.4996x)" in text and "(1.50x)." not in text
     assert metrics["verdict.sd_target_met.distilled"] == 0.0
+
+
+def test_a_distillation_gain_below_the_papers_range_is_named_as_such_and_a_loss_as_no_help():
+    rows = [_row("draft-base", 4, 1.69, 0.922, 0.18), _row("distilled", 4, 1.70, 0.938, 0.17),
+            _row("draft-base", 2, 1.29, 0.846, 0.18, mode="sampling"),
+            _row("distilled", 2, 1.16, 0.844, 0.17, mode="sampling")]
+    text, metrics = pipeline_verdict(preset="laptop", task_kind="generation", quality={}, sd_rows=rows,
+                                     distilled_draft="distilled")
+    assert "(+0.6%): distillation helps, **less than DistillSpec's +10%**." in text
+    assert "(-10.1%): **distillation does not help here**." in text
+    assert abs(metrics["verdict.distill_gain.greedy"] - (1.70 / 1.69 - 1)) < 1e-12
