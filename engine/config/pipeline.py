@@ -145,7 +145,7 @@ LAPTOP_TASK = TaskSpec(name="text_normalization", spans=(1, 3), context=1, synth
 # the teacher's 9-layer decoder is 1.5x the target's. Tied embeddings: T5 then scales the decoder output by
 # d_model^-0.5, which gives a sane initial loss. With the target distilled on the teacher and on-policy samples the
 # run took 96.6 min and the target did not learn (exact match 0.095, SD 1.11x); distilled on the labels
-# (_laptop_distill_target) it took 85.2 min: teacher 0.709, target 0.704, greedy SD 1.70x fp32 / 1.50x int8,
+# (_laptop_distill_target) it took 85.2 min: teacher 0.709, target 0.704, greedy SD 1.70x fp32 / 1.4991x int8,
 # garden 1.74x (docs/results.md, 2026-12-07).
 laptop = _preset("laptop", corpus_mod.laptop, pretrain_mod.laptop, finetune_mod.laptop, distill_mod.laptop,
                  sd_mod.laptop, Sizes(
