@@ -70,7 +70,7 @@ def _preset(name: str, corpus: Callable, pre: Callable, ft: Callable, di: Callab
     (default: ``di``'s on :data:`TARGET_DATA_MIX`)."""
     def make() -> PipelineConfig:
         p = pre()
-        target = dt() if dt else di().model_copy(update={"data_mix": TARGET_DATA_MIX})
+        target = dt() if dt else di().model_copy(update={"data_mix": dict(TARGET_DATA_MIX)})
         return PipelineConfig(preset=name, task=task if isinstance(task, TaskSpec) else TaskSpec(name=task),
                               corpus=corpus().model_copy(update={"pack_length": p.tokens_length}),
                               pretrain=p, sizes=sizes, finetune=ft(),
@@ -96,12 +96,11 @@ def _tiny_finetune() -> finetune_mod.FinetuneConfig:
         eval_every=200, checkpoint_every=400, test_examples=300))
 
 
-def _tiny_distill(steps: int, **data_mix: float) -> Callable[[], distill_mod.DistillConfig]:
+def _tiny_distill(steps: int, **fields) -> Callable[[], distill_mod.DistillConfig]:
     def make() -> distill_mod.DistillConfig:
         return distill_mod.tiny().model_copy(update=dict(
             total_steps=steps, lr=3e-3, warmup_steps=20, batch_size=32, max_input_length=48, max_target_length=48,
-            eval_every=steps // 2, checkpoint_every=steps // 2, test_examples=300,
-            data_mix=data_mix or distill_mod.tiny().data_mix))
+            eval_every=steps // 2, checkpoint_every=steps // 2, test_examples=300, **fields))
 
     return make
 
@@ -119,7 +118,7 @@ tiny = _preset("tiny", corpus_mod.tiny, _tiny_pretrain, _tiny_finetune, _tiny_di
     teacher=S(d_model=96, d_ff=192, d_kv=16, num_heads=6, num_layers=3, num_decoder_layers=3, tie_word_embeddings=True),
     target=S(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2, tie_word_embeddings=True),
     draft=S(d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=1, num_decoder_layers=1, tie_word_embeddings=True)),
-    task=TINY_TASK, dt=_tiny_distill(500, **TARGET_DATA_MIX))
+    task=TINY_TASK, dt=_tiny_distill(500, data_mix=dict(TARGET_DATA_MIX)))
 def _laptop_distill_target() -> distill_mod.DistillConfig:
     """The teacher -> target distillation: 4,000 steps on the task's ground-truth sequences (``fixed``: the
     divergence to the teacher's token distributions along the labels), as many steps as the teacher's fine-tuning.

@@ -285,7 +285,7 @@ def _valid_steps(uri: str, scratch: Path) -> list[int]:
     steps = []
     for folder in folders:
         name = folder.rsplit("/", 1)[1]
-        if storage.fetch_valid(f"s3://{folder}", scratch / f"{len(steps)}-{name}") is not None:
+        if storage.fetch_valid(f"s3://{folder}", scratch / name) is not None:
             steps.append(int(name[len("step-"):]))
     return steps
 
