@@ -1,58 +1,87 @@
 #!/usr/bin/env bash
-# Every GPU measurement of issues 3 and 4 in one short run on a bare GPU machine (torch + transformers only:
-# no Ray, Prefect, MLflow or datasets there). Prepare the pretraining bundle here first (about 15 s, 6.6 MiB):
+# Every GPU measurement of issue 37 in one call of at most 9 minutes on a bare GPU machine (torch and transformers
+# there; no Ray, Prefect, MLflow or datasets). Prepare here once (about 30 s; bench-bundles/ is git-ignored):
 #
-#   .venv/bin/python benchmarks/pretrain_throughput.py --d-model 768 --d-ff 2048 --layers 12 --heads 12 \
-#       --batch 64 --inputs-length 512 --vocab-size 32000 --max-documents 20000 --export-bundle bench-bundles/t5-base
+#   bash benchmarks/device_prepare.sh      # T5-base pretraining bundle (6.6 MiB) + this project's transformers wheel
 #
-# then run this script there with the bundle carried (the device tool's carry=["bench-bundles"]):
+# then run it there with bench-bundles carried, in ONE device call (the machine is given back 30 s after a call):
 #
-#   bash benchmarks/device_check.sh bench-bundles/t5-base pretrain   # <= 7.5 min: eager + compiled training steps
-#   bash benchmarks/device_check.sh bench-bundles/t5-base sd         # <= 9.2 min: SD fast path + batched SD
+#   device run: command="OUT=$OUT bash benchmarks/device_check.sh", carry=["bench-bundles"], timeout_s=580
 #
-# (two device calls, each under the 10-minute limit of one call; "all" runs both). Output: $OUT/*.md
-# (default ./device-results/; on the device tool use OUT=$OUT so the files come back).
+# Parts, in this order, each with its own time limit so one slow part cannot eat the others' (and all of them
+# under DEADLINE seconds, default 540):
+#   pretrain_eager     60 s  T5-base step, batch 64 x (512 + 114), bf16: plain HF loop, ours SC, ours hybrid
+#   sd_t5             220 s  SD engine, T5-XL-shaped pair, eager and static-cache compiled, vs generate and HF assisted
+#                            (the eager path's table and verdicts print before the compiled path starts compiling)
+#   pretrain_compiled 130 s  the same three loops under torch.compile (in that order: plain and ours SC first)
+#   sd_causal          90 s  the same SD table for a decoder-only pair of SmolLM2-135M's shape (random weights: the
+#                            packaged model is 270 MB in bf16, over the 64 MiB a call carries)
+#   sd_batched         40 s  batched SD at B = 4 and 16 vs batched generate (T5-XL-shaped pair)
+# A second argument runs the named parts only: `device_check.sh BUNDLE "sd_causal sd_batched"`.
+# Every script prints each row as soon as it is measured and ends with "verdict:" lines against the issue's
+# targets, so a part stopped by its limit keeps its rows. Output: $OUT/<part>.md (+ .err), $OUT/env.md.
 #
-# On a CPU, SMOKE=1 runs the same commands at toy sizes and without torch.compile (compiling on a CPU takes
-# minutes); tests/benchmarks/test_device_scripts.py does that with Prefect, Ray, MLflow, datasets, pandas,
-# pyarrow and pydantic made unimportable, as on the device.
-# Each command has its own time limit, so one slow part cannot eat the others' budget.
+# On a CPU, SMOKE=1 runs the same commands at toy sizes, without torch.compile and without installing the wheel
+# (pretrain_compiled then times the eager loops again);
+# tests/benchmarks/test_device_scripts.py does that with Prefect, Ray, MLflow, datasets, pandas, pyarrow and
+# pydantic made unimportable, as on the device.
 set -u
-BUNDLE=${1:?usage: device_check.sh BUNDLE_DIR [pretrain|sd|all]}
-PART=${2:-all}
+BUNDLE=${1:-bench-bundles/t5-base}
+PARTS=${2:-pretrain_eager sd_t5 pretrain_compiled sd_causal sd_batched}
 OUT=${OUT:-device-results}
+DEADLINE=${DEADLINE:-540}
 mkdir -p "$OUT"
-PY=${PY:-python}
-if [ "${SMOKE:-0}" = 1 ]; then
-  DEV="--device cpu"; PT="--steps 2 --warmup 1"; SHAPE="--d-model 32 --d-ff 64 --heads 4 --target-layers 2"
-  SD="--prompt-len 8 --max-new-tokens 6 --prompts 1 --repeats 1 --warmup 0 --vocab 64"; PEAK=""
-  XL="$SHAPE --draft-layers 1"; BATCHES="1 2"; FAST=""; SDB="$SD"
+PY=${PY:-python3}
+export PYTHONUNBUFFERED=1
+SMOKE=${SMOKE:-0}
+WHEELS=$(dirname "$BUNDLE")/wheels
+if [ "$SMOKE" != 1 ] && ls "$WHEELS"/*.whl > /dev/null 2>&1; then
+  # the transformers this project pins (requirements.txt), so the engine runs on the code it was tested with
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+{
+  echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  $PY benchmarks/device_env.py 2>&1
+  command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version \
+    --format=csv,noheader
+} | tee "$OUT/env.md"
+
+if [ "$SMOKE" = 1 ]; then
+  DEV="--device cpu"; PT="--steps 2 --warmup 1"; PTC="$PT"; PEAK=""; BF16=""; DTYPE=""; FAST=""; COMPILE=""
+  XL="--d-model 32 --d-ff 64 --heads 4 --target-layers 2 --draft-layers 1"
+  SD="--prompt-len 8 --max-new-tokens 6 --prompts 1 --repeats 1 --warmup 0 --vocab 64"
+  LLM="--arch llama --d-model 32 --d-ff 64 --heads 4 --kv-heads 2 --target-layers 2 --draft-layers 1"
+  SDL="$SD"; BATCHES="1 2"; SDB="$SD"
 else
-  DEV="--device cuda"; PT="--steps 10 --warmup 3"; PEAK="--peak-tflops ${PEAK_TFLOPS:-989}"
+  DEV="--device cuda"; PT="--steps 8 --warmup 2"; PTC="--steps 6 --warmup 2"; PEAK="--peak-tflops ${PEAK_TFLOPS:-989}"
+  BF16="--bf16"; DTYPE="--dtype bfloat16"; FAST="--fast-path"; COMPILE="--compile"
   # T5-XL-shaped target (d_model 2048, 24+24 layers) with a 2-layer draft of its own first layers
   XL="--d-model 2048 --d-ff 5120 --heads 32 --target-layers 24 --draft-layers 2"
-  SD="--prompt-len 512 --max-new-tokens 64 --prompts 2 --repeats 2 --warmup 1 --vocab 32128"; BATCHES="4 16"
-  # batched: 16 prompts decoded at every B (B = 1 is sd_engine's table), shorter outputs to fit the limit
-  SDB="--prompt-len 512 --max-new-tokens 32 --repeats 1 --warmup 1 --vocab 32128"
-  FAST="--fast-path"
+  SD="--prompt-len 512 --max-new-tokens 64 --prompts 2 --repeats 1 --warmup 1 --vocab 32128"
+  # SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads, 3 key/value heads, vocabulary 49,152); 4-layer draft
+  LLM="--arch llama --d-model 576 --d-ff 1536 --heads 9 --kv-heads 3 --target-layers 30 --draft-layers 4"
+  SDL="--prompt-len 256 --max-new-tokens 64 --prompts 2 --repeats 2 --warmup 1 --vocab 49152"
+  # batched: 16 prompts decoded at every B (B = 1 is sd_t5's table), shorter outputs to fit the limit
+  BATCHES="4 16"; SDB="--prompt-len 512 --max-new-tokens 32 --repeats 1 --warmup 1 --vocab 32128"
 fi
-BF16=$([ "${SMOKE:-0}" = 1 ] && echo "" || echo "--bf16")
-DTYPE=$([ "${SMOKE:-0}" = 1 ] && echo "" || echo "--dtype bfloat16")
 status=0
 run() {  # run NAME LIMIT_S COMMAND...: output to $OUT/NAME.md; a failure is reported and the others still run
   local name=$1 limit=$2; shift 2
-  echo "== $name (limit ${limit}s): $*"
+  case " $PARTS " in *" $name "*) ;; *) return 0 ;; esac
+  local left=$((DEADLINE - SECONDS))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -lt 10 ]; then echo "!! $name skipped: ${left}s left of DEADLINE=${DEADLINE}s"; status=1; return; fi
+  echo "== $name (limit ${limit}s, ${SECONDS}s in): $*"
   timeout "$limit" "$@" > "$OUT/$name.md" 2> "$OUT/$name.err"; local rc=$?
-  tail -n 12 "$OUT/$name.md"
-  [ $rc = 0 ] || { echo "!! $name failed (exit $rc); see $OUT/$name.err"; tail -n 5 "$OUT/$name.err"; status=1; }
+  grep -v "^timed " "$OUT/$name.md" | tail -n 16
+  [ $rc = 0 ] || { echo "!! $name failed (exit $rc; 124 = its time limit); see $OUT/$name.err"; tail -n 5 "$OUT/$name.err"
+                   status=1; }
 }
-if [ "$PART" = pretrain ] || [ "$PART" = all ]; then
-  run pretrain_eager 150 $PY benchmarks/pretrain_throughput.py --bundle "$BUNDLE" $DEV $BF16 $PT $PEAK
-  [ -n "$FAST" ] && run pretrain_compiled 300 $PY benchmarks/pretrain_throughput.py --bundle "$BUNDLE" $DEV $BF16 \
-    --compile $PT $PEAK
-fi
-if [ "$PART" = sd ] || [ "$PART" = all ]; then
-  run sd_engine 400 $PY benchmarks/sd_engine.py $DEV $DTYPE $FAST $XL $SD
-  run sd_batched 150 $PY benchmarks/sd_batched.py --batches $BATCHES --rounds 1 $DEV $DTYPE $XL $SDB
-fi
+run pretrain_eager 60 $PY benchmarks/pretrain_throughput.py --bundle "$BUNDLE" $DEV $BF16 $PT $PEAK
+run sd_t5 220 $PY benchmarks/sd_engine.py $DEV $DTYPE $FAST $XL $SD
+run pretrain_compiled 130 $PY benchmarks/pretrain_throughput.py --bundle "$BUNDLE" $DEV $BF16 $COMPILE $PTC $PEAK
+run sd_causal 90 $PY benchmarks/sd_engine.py $DEV $DTYPE $FAST $LLM $SDL
+run sd_batched 40 $PY benchmarks/sd_batched.py --batches $BATCHES --rounds 1 $DEV $DTYPE $XL $SDB
+echo "== done in ${SECONDS}s (DEADLINE ${DEADLINE}s); files in $OUT"
 exit $status

@@ -94,6 +94,9 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--rows", default="plain,sc,hybrid",
+                    type=lambda v: [r for r in v.split(",") if r],
+                    help="loops to time, in this order (comma-separated from plain, sc, hybrid)")
     ap.add_argument("--peak-tflops", type=float, default=None,
                     help="the accelerator's peak dense TFLOP/s at the training dtype; adds an MFU column")
     ap.add_argument("--export-bundle", metavar="DIR", default=None,
@@ -105,6 +108,8 @@ def main() -> None:
         t5_shape(args, layers=args.layers)
     except ValueError as err:
         ap.error(str(err))
+    if not args.rows or set(args.rows) - {"plain", "sc", "hybrid"}:
+        ap.error(f"--rows {','.join(args.rows)}: give some of plain, sc, hybrid")
     torch.set_num_threads(args.threads)
 
     from engine.pretrain_worker import PretrainObjective
@@ -126,27 +131,34 @@ def main() -> None:
         args.batch, args.inputs_length = base_cfg["batch_size"], base_cfg["inputs_length"]
         common = {"corpus_dir": corpus, "tokenizer_dir": f"{corpus}/tokenizer", "checkpoint_dir": "", "in_ray": False}
 
-        def ours(tau: int) -> tuple[float, float, int]:
+        cuda = args.device == "cuda"
+
+        def reset_peak() -> None:
+            if cuda:
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+
+        def ours(tau: int) -> float:
             cfg = {**base_cfg, **common, "tau": tau}
             obj = PretrainObjective(cfg)
             times = []
             orig = obj.loss
 
             def timed(model, step, micro, rank, world):
-                if args.device == "cuda":
+                if cuda:
                     torch.cuda.synchronize()
                 times.append(time.perf_counter())
                 return orig(model, step, micro, rank, world)
 
             obj.loss = timed
-            settings = LoopSettings(total_steps=total, lr=1e-3, warmup_steps=0, use_gpu=args.device == "cuda",
+            settings = LoopSettings(total_steps=total, lr=1e-3, warmup_steps=0, use_gpu=cuda,
                                     bf16=args.bf16, compile=args.compile, in_ray=False, log_every=10**9)
             run(obj, settings)
-            if args.device == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
-            dts = np.diff(times)[args.warmup:]
-            return float(statistics.median(dts)), obj.tokens_per_micro(), obj.step_flops(0, 1)
+            return float(statistics.median(np.diff(times)[args.warmup:]))
 
         def plain() -> float:
             from transformers import T5ForConditionalGeneration
@@ -165,6 +177,8 @@ def main() -> None:
             step_fn = torch.compile(model) if args.compile else model
             times = []
             for b in batches:
+                if cuda:  # each step timed alone, as ours are
+                    torch.cuda.synchronize()
                 times.append(time.perf_counter())
                 b = {k: v.to(args.device) for k, v in b.items()}
                 with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
@@ -173,27 +187,66 @@ def main() -> None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-            if args.device == "cuda":
+            if cuda:
                 torch.cuda.synchronize()
             times.append(time.perf_counter())
             return float(statistics.median(np.diff(times)[args.warmup:]))
 
-        t_plain = plain()
-        t_sc, tokens, f_sc = ours(0)
-        t_hy, _, f_hy = ours(total)
-    def mfu(flops: float, seconds: float) -> str:
-        return f"{flops / seconds / (args.peak_tflops * 1e12):.1%}" if args.peak_tflops else ""
+        # tokens and FLOPs per step come from the objective's counter, before any step runs
+        counter = PretrainObjective({**base_cfg, **common, "tau": 1})  # step 0 hybrid, step 1 SC
+        tokens, f_hy, f_sc = counter.tokens_per_micro(), counter.step_flops(0, 1), counter.step_flops(1, 1)
+        del counter
 
-    print(f"model d_model={shape['d_model']} d_ff={shape['d_ff']} layers={shape['num_layers']}+"
-          f"{shape['num_decoder_layers']}, batch {args.batch} x ({args.inputs_length}+targets), device {args.device}"
-          f"{' bf16' if args.bf16 else ''}{' compiled' if args.compile else ''}, threads {args.threads}, "
-          f"median of {args.steps} steps")
-    print("| loop | step time (s) | tokens/s | vs plain HF | hybrid/SC time | hybrid/SC FLOPs | MFU |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| plain HF T5 loop | {t_plain:.4f} | {tokens / t_plain:,.0f} | 1.00x | | | {mfu(f_sc, t_plain)} |")
-    print(f"| ours, SC step | {t_sc:.4f} | {tokens / t_sc:,.0f} | {t_plain / t_sc:.2f}x | | | {mfu(f_sc, t_sc)} |")
-    print(f"| ours, hybrid step | {t_hy:.4f} | {tokens / t_hy:,.0f} | {t_plain / t_hy:.2f}x | {t_hy / t_sc:.2f} | "
-          f"{f_hy / f_sc:.2f} | {mfu(f_hy, t_hy)} |")
+        def mfu(flops: float, seconds: float) -> str:
+            return f"{flops / seconds / (args.peak_tflops * 1e12):.1%}" if args.peak_tflops else ""
+
+        print(f"model d_model={shape['d_model']} d_ff={shape['d_ff']} layers={shape['num_layers']}+"
+              f"{shape['num_decoder_layers']}, batch {args.batch} x ({args.inputs_length}+targets), device "
+              f"{args.device}{' bf16' if args.bf16 else ''}{' compiled' if args.compile else ''}, threads "
+              f"{args.threads}, median of {args.steps} steps after {args.warmup} warm-up steps (compiling there); "
+              f"torch {torch.__version__}")
+        print("| loop | step time (s) | tokens/s | vs plain HF | hybrid/SC time | hybrid/SC FLOPs | MFU | peak memory |")
+        print("|---|---|---|---|---|---|---|---|", flush=True)
+        measured: dict[str, float] = {}
+        names = {"plain": "plain HF T5 loop", "sc": "ours, SC step", "hybrid": "ours, hybrid step"}
+        for row in args.rows:  # each row printed when measured: a run stopped by a time limit keeps it
+            reset_peak()
+            t = plain() if row == "plain" else ours(0 if row == "sc" else total)
+            measured[row] = t
+            flops = f_hy if row == "hybrid" else f_sc
+            vs = f"{measured['plain'] / t:.2f}x" if "plain" in measured else ""
+            ratio = (f"{t / measured['sc']:.2f} | {f_hy / f_sc:.2f}" if row == "hybrid" and "sc" in measured
+                     else " | ")
+            peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if cuda else "-"
+            print(f"| {names[row]} | {t:.4f} | {tokens / t:,.0f} | {vs} | {ratio} | {mfu(flops, t)} | {peak} |",
+                  flush=True)
+        for line in verdicts(measured, f_sc, f_hy, tokens, args):
+            print(line)
+
+
+def verdicts(measured: dict[str, float], f_sc: float, f_hy: float, tokens: int, args: argparse.Namespace) -> list[str]:
+    """Issue 37's pretraining targets, each with its numbers and met / not met: our step at least as fast as the
+    plain HF loop on the same path, hybrid/SC step time within 25% of the FLOP counter's ratio, and (with
+    ``--peak-tflops``) MFU against the 45% aim."""
+    met = lambda ok: "met" if ok else "NOT met"  # noqa: E731
+    path = "compiled" if args.compile else "eager"
+    lines = []
+    if "plain" in measured and "sc" in measured:
+        vs = measured["plain"] / measured["sc"]
+        lines.append(f"verdict: our SC step vs the plain HF loop ({path}): {vs:.2f}x "
+                     f"({tokens / measured['sc']:,.0f} vs {tokens / measured['plain']:,.0f} tokens/s), target >= 1.00x: "
+                     f"{met(vs >= 1.0)}")
+    if "sc" in measured and "hybrid" in measured:
+        time_ratio, flop_ratio = measured["hybrid"] / measured["sc"], f_hy / f_sc
+        lines.append(f"verdict: hybrid/SC step time {time_ratio:.2f} vs FLOP counter {flop_ratio:.2f} ({path}): "
+                     f"{time_ratio / flop_ratio:.0%} of it, target within 25%: {met(abs(time_ratio / flop_ratio - 1) <= 0.25)}")
+    if args.peak_tflops:
+        for row, flops in (("sc", f_sc), ("hybrid", f_hy)):
+            if row in measured:
+                share = flops / measured[row] / (args.peak_tflops * 1e12)
+                lines.append(f"verdict: MFU of our {row} step ({path}) {share:.1%} of {args.peak_tflops:g} TFLOP/s, "
+                             f"aim 45%: {met(share >= 0.45)}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ def _cache_kwarg(model: nn.Module) -> str:
 CACHE_IMPLEMENTATIONS = ("dynamic", "static", "lean")
 #: the implementations whose buffers are sized up front (``max_cache_len``)
 PREALLOCATED = ("static", "lean")
+#: a decoder-only model's static cache holds the prompt and the new tokens, rounded up to a multiple of this
+STATIC_BUCKET = 128
 
 
 def is_causal_lm(model: nn.Module) -> bool:
@@ -166,8 +168,11 @@ class CachedDecoder:
         return out.logits[0]  # (k, V)
 
     def _call(self, new: torch.Tensor):
-        return self.forward(encoder_outputs=self.encoder_outputs, attention_mask=self.attention_mask,
-                            decoder_input_ids=new, use_cache=True, return_dict=True, **{self._cache_kwarg: self.cache})
+        # The first decoder call fills the cross-attention cache (T5 marks it ``is_updated``); it runs the plain
+        # model, so a compiled forward only ever sees a filled cache: one graph per token count, not two.
+        forward = self.model if self._length == 0 else self.forward
+        return forward(encoder_outputs=self.encoder_outputs, attention_mask=self.attention_mask,
+                       decoder_input_ids=new, use_cache=True, return_dict=True, **{self._cache_kwarg: self.cache})
 
     def crop(self, length: int) -> None:
         """Keep only the first ``length`` cached decoder positions."""
@@ -314,12 +319,15 @@ class CausalCachedDecoder(CachedDecoder):
                 raise ValueError("cache_implementation='static' needs max_cache_len >= 1 (decoder positions)")
             from transformers.cache_utils import Cache, StaticLayer
 
-            total = max_cache_len + len(prefix)
+            # Sized in steps of STATIC_BUCKET positions: prompts of different lengths share one cache shape, and
+            # so a compiled forward's graphs, instead of compiling anew for every prompt length.
+            total = -(-(max_cache_len + len(prefix)) // STATIC_BUCKET) * STATIC_BUCKET
             self.cache = Cache(layers=[StaticLayer(max_cache_len=total) for _ in range(model.config.num_hidden_layers)])
         else:
             self.cache = None
-        if len(prefix):
-            out = self._call(prefix[None])
+        if len(prefix):  # the prefill runs the plain model: its length is the prompt's, so a graph would serve one
+            out = self.model(input_ids=prefix[None], use_cache=True, return_dict=True,
+                             **{self._cache_kwarg: self.cache})
             self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
         self._length = 0
 

@@ -38,8 +38,16 @@ def test_device_check_runs_every_gpu_benchmark_without_services_at_toy_sizes(tmp
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     out = tmp_path / "out"
-    assert "| ours, hybrid step |" in (out / "pretrain_eager.md").read_text()
-    assert "engine_sd" in (out / "sd_engine.md").read_text()
+    assert "| torch " in (out / "env.md").read_text()
+    for loop in ("pretrain_eager", "pretrain_compiled"):
+        text = (out / f"{loop}.md").read_text()
+        assert "| ours, hybrid step |" in text and "verdict: hybrid/SC step time" in text
+    for pair in ("sd_t5", "sd_causal"):  # the encoder-decoder and the decoder-only pair: same table, same verdicts
+        lines = (out / f"{pair}.md").read_text().splitlines()
+        rows = {line.split()[0]: line.split() for line in lines if line.startswith(("hf_", "engine_"))}
+        assert {"hf_generate", "engine_target", "engine_sd", "hf_assisted"} <= set(rows)
+        assert all(row[-1] == "True" for row in rows.values())  # every method's tokens equal target.generate's
+        assert sum(line.startswith("verdict: our SD") for line in lines) == 2
     batched = table_rows((out / "sd_batched.md").read_text())
     assert [r[:2] for r in batched if r[0] == "2"] == [["2", "hf_generate"], ["2", "sd"], ["2", "sd_b1"]]
     assert all(r[-1] == "True" for r in batched)

@@ -45,3 +45,34 @@ def test_the_benchmarks_shape_flags_give_a_valid_pretraining_t5shape_and_refuse_
         t5_shape(ap.parse_args(["--d-model", "30"]), layers=1)
     with pytest.raises(ValueError, match="--d-ff must be >= 1"):
         t5_shape(ap.parse_args(["--d-ff", "0"]), layers=1)
+
+
+def test_the_synthetic_decoder_only_pair_shares_the_drafts_layers_so_perturbation_zero_accepts_every_draft():
+    """sd_engine's --arch llama pair: the draft is the target's first layers, embedding, norm and head; with the
+    extra layers' outputs scaled to 0 the target computes the draft's function, so greedy SD accepts all."""
+    import torch
+
+    from benchmarks import sd_engine
+    from models.speculative import speculative_generate
+
+    args = sd_engine.parse_args(["--arch", "llama", "--d-model", "32", "--d-ff", "64", "--heads", "4", "--kv-heads",
+                                 "2", "--target-layers", "3", "--draft-layers", "1", "--vocab", "64",
+                                 "--perturbation", "0"])
+    target, draft, vocab = sd_engine.load_pair(args)
+    assert (target.config.num_hidden_layers, draft.config.num_hidden_layers, vocab) == (3, 1, 64)
+    assert torch.equal(target.model.layers[0].mlp.down_proj.weight, draft.model.layers[0].mlp.down_proj.weight)
+    assert not target.model.layers[1].mlp.down_proj.weight.any()  # scaled by the perturbation, 0
+    ids = torch.tensor([[5, 9, 11, 7, 30, 8]])
+    out = speculative_generate(target, draft, ids, gamma=3, max_new_tokens=12, eos_token_id=[])
+    assert out.accepted == out.drafted
+
+
+def test_sd_engine_refuses_kv_heads_that_do_not_divide_the_heads():
+    import pytest
+
+    from benchmarks import sd_engine
+
+    with pytest.raises(SystemExit):
+        sd_engine.parse_args(["--arch", "llama", "--heads", "4", "--kv-heads", "3"])
+    with pytest.raises(SystemExit):
+        sd_engine.parse_args(["--kv-heads", "2"])  # a T5 pair has no key/value heads of its own

@@ -728,3 +728,19 @@ def test_adaptive_gamma_grows_after_full_acceptance_shrinks_after_a_rejection_an
         block = adapt_block(block, 3, full=full)
         assert 1 <= block <= 6
     assert block == 1 and adapt_block(6, 3, full=True) == 6
+
+
+@pytest.mark.slow
+def test_compiled_t5_target_decoding_compiles_one_decoder_graph_for_one_token_steps():
+    """The first decoder call (which fills the cross-attention cache) runs uncompiled, so every compiled call sees
+    the same filled cache: one graph for one-token steps, whatever the number of prompts of that length."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = tiny_t5(22, d_model=32, layers=1)
+    for seed in range(2):
+        ids = prompt(seed)
+        out = target_generate(model, ids, max_new_tokens=6, cache_implementation="static", compile=True)
+        assert out.sequences.tolist() == model.generate(ids, max_new_tokens=6, do_sample=False).tolist()
+    assert counters["stats"]["unique_graphs"] == 1

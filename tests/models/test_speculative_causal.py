@@ -137,3 +137,19 @@ def assert_first_two_sampled_tokens_follow_the_target(target, draft) -> None:
                                    **warp)
         counts[tuple(out.sequences[0, ids.shape[1]:].tolist())] += 1  # KeyError = a token p gives probability 0
     assert_counts_follow(counts, exact, draws)
+
+
+@pytest.mark.slow
+def test_compiled_causal_sd_is_exact_and_compiles_no_new_graph_for_a_prompt_of_another_length():
+    """The prefill runs uncompiled and the static cache is sized in buckets (kv_cache.STATIC_BUCKET), so prompts
+    of 6 and 9 tokens share every graph; torch.compile on CPU, ~30-60 s."""
+    from torch._dynamo.utils import counters
+
+    tgt, drf = llama(30, layers=2), llama(31, layers=1)
+    kw = dict(gamma=2, max_new_tokens=8, eos_token_id=[], cache_implementation="static", compile=True)
+    short, longer = PROMPT, torch.tensor([[BOS, 5, 9, 11, 7, 30, 4, 8, 12]])
+    assert speculative_generate(tgt, drf, short, **kw).sequences.tolist() == greedy(tgt, short, max_new_tokens=8).tolist()
+    graphs = counters["stats"]["unique_graphs"]
+    assert speculative_generate(tgt, drf, longer, **kw).sequences.tolist() == \
+        greedy(tgt, longer, max_new_tokens=8).tolist()
+    assert counters["stats"]["unique_graphs"] == graphs
