@@ -37,8 +37,12 @@ SMOKE=${SMOKE:-0}
 WHEELS=$(dirname "$BUNDLE")/wheels
 if [ "$SMOKE" != 1 ] && ls "$WHEELS"/*.whl > /dev/null 2>&1; then
   # the transformers this project pins (requirements.txt), so the engine runs on the code it was tested with
+  # (no dependencies installed: the image's huggingface-hub, tokenizers and safetensors; if the pinned version does
+  # not import beside them, the image's own transformers is used and env.md says which one ran)
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
-    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    && PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} $PY -c "import transformers" \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} \
+    || echo "!! the pinned transformers wheel did not install or import; using the image's"
 fi
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)"
