@@ -5,7 +5,10 @@
 Same model shape, batch and data for all rows. "plain HF" is a bare single-process loop over
 ``T5ForConditionalGeneration`` (pre-collated span-corruption batches, forward, backward, clip, AdamW).
 "ours" is ``engine/train_loop.run`` with the pretraining objective (collation included) in one process,
-without Ray. The last column compares the measured hybrid/SC step-time ratio with the FLOP counter's.
+without Ray. The hybrid row compares the measured hybrid/SC step-time ratio with the FLOP counter's; on a GPU
+the last column is the row's peak allocated memory. Each row prints when measured (``--rows`` picks and orders
+them); "verdict:" lines then check issue 37's targets (our step >= plain HF, hybrid/SC time within 25% of the
+FLOP ratio, MFU against the 45% aim with ``--peak-tflops``).
 Runs on CPU by default; ``--device cuda --bf16 --compile`` on a GPU machine.
 
 A GPU machine without Prefect, Ray, MLflow or ``datasets``: export a bundle here (corpus rows as
