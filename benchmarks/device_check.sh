@@ -2,7 +2,7 @@
 # Every GPU measurement of issue 37 in one call of at most 9 minutes on a bare GPU machine (torch and transformers
 # there; no Ray, Prefect, MLflow or datasets). Prepare here once (about 30 s; bench-bundles/ is git-ignored):
 #
-#   bash benchmarks/device_prepare.sh      # T5-base pretraining bundle (6.6 MiB) + this project's transformers wheel
+#   bash benchmarks/device_prepare.sh      # T5-base pretraining bundle (6.7 MiB) + this project's transformers wheel
 #
 # then run it there with bench-bundles carried, in ONE device call (the machine is given back 30 s after a call):
 #
@@ -10,8 +10,9 @@
 #
 # Parts, in this order, each with its own time limit so one slow part cannot eat the others' (and all of them
 # under DEADLINE seconds, default 540):
+#   ceilings           20 s  the card's measured bf16 matrix-product TFLOP/s and copy bandwidth (device_ceilings.py)
 #   pretrain_eager     60 s  T5-base step, batch 64 x (512 + 114), bf16: plain HF loop, ours SC, ours hybrid
-#   sd_t5             220 s  SD engine, T5-XL-shaped pair, eager and static-cache compiled, vs generate and HF assisted
+#   sd_t5             200 s  SD engine, T5-XL-shaped pair, eager and static-cache compiled, vs generate and HF assisted
 #                            (the eager path's table and verdicts print before the compiled path starts compiling)
 #   pretrain_compiled 130 s  the same three loops under torch.compile (in that order: plain and ours SC first)
 #   sd_causal          90 s  the same SD table for a decoder-only pair of SmolLM2-135M's shape (random weights: the
@@ -27,7 +28,7 @@
 # pydantic made unimportable, as on the device.
 set -u
 BUNDLE=${1:-bench-bundles/t5-base}
-PARTS=${2:-pretrain_eager sd_t5 pretrain_compiled sd_causal sd_batched}
+PARTS=${2:-ceilings pretrain_eager sd_t5 pretrain_compiled sd_causal sd_batched}
 OUT=${OUT:-device-results}
 DEADLINE=${DEADLINE:-540}
 mkdir -p "$OUT"
@@ -56,7 +57,7 @@ if [ "$SMOKE" = 1 ]; then
   XL="--d-model 32 --d-ff 64 --heads 4 --target-layers 2 --draft-layers 1"
   SD="--prompt-len 8 --max-new-tokens 6 --prompts 1 --repeats 1 --warmup 0 --vocab 64"
   LLM="--arch llama --d-model 32 --d-ff 64 --heads 4 --kv-heads 2 --target-layers 2 --draft-layers 1"
-  SDL="$SD"; BATCHES="1 2"; SDB="$SD"
+  SDL="$SD"; BATCHES="1 2"; SDB="$SD"; CEIL="--size 128 --copy-gib 0.01 --repeats 2"
 else
   DEV="--device cuda"; PT="--steps 8 --warmup 2"; PTC="--steps 6 --warmup 2"; PEAK="--peak-tflops ${PEAK_TFLOPS:-989}"
   BF16="--bf16"; DTYPE="--dtype bfloat16"; FAST="--fast-path"; COMPILE="--compile"
@@ -67,7 +68,7 @@ else
   LLM="--arch llama --d-model 576 --d-ff 1536 --heads 9 --kv-heads 3 --target-layers 30 --draft-layers 4"
   SDL="--prompt-len 256 --max-new-tokens 64 --prompts 2 --repeats 2 --warmup 1 --vocab 49152"
   # batched: 16 prompts decoded at every B (B = 1 is sd_t5's table), shorter outputs to fit the limit
-  BATCHES="4 16"; SDB="--prompt-len 512 --max-new-tokens 32 --repeats 1 --warmup 1 --vocab 32128"
+  BATCHES="4 16"; SDB="--prompt-len 512 --max-new-tokens 32 --repeats 1 --warmup 1 --vocab 32128"; CEIL="$PEAK"
 fi
 status=0
 run() {  # run NAME LIMIT_S COMMAND...: output to $OUT/NAME.md; a failure is reported and the others still run
@@ -82,8 +83,9 @@ run() {  # run NAME LIMIT_S COMMAND...: output to $OUT/NAME.md; a failure is rep
   [ $rc = 0 ] || { echo "!! $name failed (exit $rc; 124 = its time limit); see $OUT/$name.err"; tail -n 5 "$OUT/$name.err"
                    status=1; }
 }
+run ceilings 20 $PY benchmarks/device_ceilings.py $CEIL
 run pretrain_eager 60 $PY benchmarks/pretrain_throughput.py --bundle "$BUNDLE" $DEV $BF16 $PT $PEAK
-run sd_t5 220 $PY benchmarks/sd_engine.py $DEV $DTYPE $FAST $XL $SD
+run sd_t5 200 $PY benchmarks/sd_engine.py $DEV $DTYPE $FAST $XL $SD
 run pretrain_compiled 130 $PY benchmarks/pretrain_throughput.py --bundle "$BUNDLE" $DEV $BF16 $COMPILE $PTC $PEAK
 run sd_causal 90 $PY benchmarks/sd_engine.py $DEV $DTYPE $FAST $LLM $SDL
 run sd_batched 40 $PY benchmarks/sd_batched.py --batches $BATCHES --rounds 1 $DEV $DTYPE $XL $SDB

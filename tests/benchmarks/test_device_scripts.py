@@ -39,6 +39,7 @@ def test_device_check_runs_every_gpu_benchmark_without_services_at_toy_sizes(tmp
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     out = tmp_path / "out"
     assert "| torch " in (out / "env.md").read_text()
+    assert "| bf16 matrix product 128^3 |" in (out / "ceilings.md").read_text()
     for loop in ("pretrain_eager", "pretrain_compiled"):
         text = (out / f"{loop}.md").read_text()
         assert "| ours, hybrid step |" in text and "verdict: hybrid/SC step time" in text
