@@ -480,14 +480,16 @@ def _timed(device: torch.device, fn: Callable[..., Any], *args: Any) -> tuple[An
 def _pair(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
           out: SpeculativeOutput, *, cache_implementation: str, compile: bool, max_new_tokens: int, do_sample: bool,
           warp: Callable, eos: frozenset[int], generator: torch.Generator | None,
-          stack: contextlib.ExitStack) -> tuple["Drafter", "Verifier"]:
+          stack: contextlib.ExitStack, verify_width: int | None = None) -> tuple["Drafter", "Verifier"]:
     """The drafter and verifier for this batch, their decoders' set-up time (encoders, prompt prefill) added to the
     draft's and the target's time in ``out``.
 
     Batch 1 is the latency path: ``CachedDecoder``s (dynamic or static cache, optionally compiled), and the
     drafter stops a block at EOS. B > 1 is batched SD: ``BatchedDecoder``s, realigned row by row. A feature
     draft (``models.sd.feature_draft``) reads the target's hidden states through a hook that ``stack`` removes; a
-    prompt-lookup draft (``models.sd.lookup``) copies, and hands the rounds nothing matches to its feature draft."""
+    prompt-lookup draft (``models.sd.lookup``) copies, and hands the rounds nothing matches to its feature draft.
+    ``verify_width`` (compiled, batch 1, a model draft): every verification is one target call of that many tokens
+    (``CachedDecoder.advance(pad_to=...)``), so blocks cut at EOS or at the budget run the same compiled graph."""
     one_row = input_ids.shape[0] == 1
     lookup = draft if is_prompt_lookup(draft) else None
     features = lookup.fallback if lookup is not None else draft
@@ -514,7 +516,7 @@ def _pair(target: nn.Module, draft: nn.Module, input_ids: torch.Tensor, attentio
     out.draft_time_s += draft_s
     if one_row:
         return (OneRowDrafter(draft_dec, do_sample=do_sample, warp=warp, eos=eos, generator=generator),
-                OneRowVerifier(target_dec))
+                OneRowVerifier(target_dec, pad_to=verify_width))
     return BatchedDrafter(draft_dec, do_sample=do_sample, warp=warp, generator=generator), BatchedVerifier(target_dec)
 
 
@@ -589,7 +591,7 @@ def speculative_generate(
         drafter, verifier = _pair(target, draft, input_ids, attention_mask, out,
                                   cache_implementation=cache_implementation, compile=compile,
                                   max_new_tokens=max_new_tokens, do_sample=do_sample, warp=warp, eos=eos,
-                                  generator=generator, stack=stack)
+                                  generator=generator, stack=stack, verify_width=gamma + 1 if compile else None)
         tokens = _decode(drafter, verifier, out, starts=_starts(target, start, input_ids, attention_mask), eos=eos,
                          gamma=gamma, max_new_tokens=max_new_tokens, do_sample=do_sample, warp=warp, lenience=lenience,
                          adaptive_gamma=adaptive_gamma, generator=generator, device=input_ids.device)
@@ -658,11 +660,13 @@ class OneRowDrafter:
 class OneRowVerifier:
     """Batch 1 on a ``CachedDecoder``: its cache holds every committed token but the last."""
 
-    def __init__(self, dec: CachedDecoder):
-        self.dec = dec
+    def __init__(self, dec: CachedDecoder, *, pad_to: int | None = None):
+        self.dec, self.pad_to = dec, pad_to
 
     def score(self, tokens, drafted):
-        return self.dec.advance(tokens[0] + drafted[0])[None]  # (1, drafted + 1, V)
+        if self.pad_to is None:
+            return self.dec.advance(tokens[0] + drafted[0])[None]  # (1, drafted + 1, V)
+        return self.dec.advance(tokens[0] + drafted[0], pad_to=self.pad_to)[None]
 
     def update(self, keep, accepted, tokens):
         self.dec.crop(len(tokens[0]) - 1)

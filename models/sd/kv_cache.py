@@ -35,8 +35,14 @@ def _cache_kwarg(model: nn.Module) -> str:
 CACHE_IMPLEMENTATIONS = ("dynamic", "static", "lean")
 #: the implementations whose buffers are sized up front (``max_cache_len``)
 PREALLOCATED = ("static", "lean")
-#: a decoder-only model's static cache holds the prompt and the new tokens, rounded up to a multiple of this
+#: a static cache's decoder positions (T5's self-attention; a decoder-only model's prompt and new tokens) are
+#: allocated rounded up to a multiple of this: calls of different lengths then share its shape, and so a compiled
+#: forward's graphs, and a verification padded to a fixed width (``advance(pad_to=...)``) has room
 STATIC_BUCKET = 128
+
+
+def _bucket(positions: int) -> int:
+    return -(-positions // STATIC_BUCKET) * STATIC_BUCKET
 
 
 def is_causal_lm(model: nn.Module) -> bool:
@@ -141,8 +147,10 @@ class CachedDecoder:
         if cache_implementation == "static":
             if max_cache_len is None or max_cache_len < 1:
                 raise ValueError("cache_implementation='static' needs max_cache_len >= 1 (decoder positions)")
-            self.cache = _static_cache(model, max_cache_len, input_ids.shape[1])
+            self._capacity = _bucket(max_cache_len)
+            self.cache = _static_cache(model, self._capacity, input_ids.shape[1])
         else:
+            self._capacity = None
             self.cache = None  # created by the first decoder call (use_cache=True)
         self._length = 0  # tracked here: reading a static cache's length would sync the device
         self._cache_kwarg = _cache_kwarg(model)
@@ -153,8 +161,13 @@ class CachedDecoder:
         """Number of decoder positions held in the self-attention cache."""
         return self._length
 
-    def advance(self, tokens: Sequence[int]) -> torch.Tensor:
-        """Feed ``tokens[self.length:]`` and return their next-token logits, shape (k, V)."""
+    def advance(self, tokens: Sequence[int], *, pad_to: int | None = None) -> torch.Tensor:
+        """Feed ``tokens[self.length:]`` and return their next-token logits, shape (k, V).
+
+        ``pad_to`` (static cache): feed fewer new tokens as a call of ``pad_to`` tokens, the last one repeated, and
+        forget the padding's positions afterwards; the real tokens' logits are unchanged (a position attends only
+        to earlier ones), and a compiled forward runs one graph for every shorter call. Without room for the
+        padding in the allocated cache the call is not padded."""
         new = list(tokens[self._length :])
         assert new, "advance() needs at least one token the cache has not seen"
         if self.max_cache_len is not None and self._length + len(new) > self.max_cache_len:
@@ -162,10 +175,15 @@ class CachedDecoder:
                 f"the static KV cache holds {self.max_cache_len} decoder positions; "
                 f"{self._length + len(new)} were asked for (raise max_cache_len)"
             )
-        out = self._call(torch.tensor([new], dtype=torch.long, device=self.device))
+        pad = 0
+        if pad_to is not None and self._capacity is not None and self._length + pad_to <= self._capacity:
+            pad = max(0, pad_to - len(new))
+        out = self._call(torch.tensor([new + new[-1:] * pad], dtype=torch.long, device=self.device))
         self.cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        self._length += len(new)
-        return out.logits[0]  # (k, V)
+        self._length += len(new) + pad
+        if pad:
+            self.crop(self._length - pad)
+        return out.logits[0, : len(new)]  # (k, V)
 
     def _call(self, new: torch.Tensor):
         # The first decoder call fills the cross-attention cache (T5 marks it ``is_updated``); it runs the plain
@@ -321,9 +339,11 @@ class CausalCachedDecoder(CachedDecoder):
 
             # Sized in steps of STATIC_BUCKET positions: prompts of different lengths share one cache shape, and
             # so a compiled forward's graphs, instead of compiling anew for every prompt length.
-            total = -(-(max_cache_len + len(prefix)) // STATIC_BUCKET) * STATIC_BUCKET
+            total = _bucket(max_cache_len + len(prefix))
+            self._capacity = total - len(prefix)
             self.cache = Cache(layers=[StaticLayer(max_cache_len=total) for _ in range(model.config.num_hidden_layers)])
         else:
+            self._capacity = None
             self.cache = None
         if len(prefix):  # the prefill runs the plain model: its length is the prompt's, so a graph would serve one
             out = self.model(input_ids=prefix[None], use_cache=True, return_dict=True,

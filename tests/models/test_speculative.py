@@ -744,3 +744,21 @@ def test_compiled_t5_target_decoding_compiles_one_decoder_graph_for_one_token_st
         out = target_generate(model, ids, max_new_tokens=6, cache_implementation="static", compile=True)
         assert out.sequences.tolist() == model.generate(ids, max_new_tokens=6, do_sample=False).tolist()
     assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.slow
+def test_compiled_sd_verifies_every_block_in_one_target_graph_even_blocks_cut_at_the_budget():
+    """Verifications are padded to gamma + 1 tokens (CachedDecoder.advance(pad_to=...)), so a block cut at the
+    budget (max_new_tokens 11, gamma 3: the last block is short) runs the same graph: at most three graphs in all,
+    the target's verification and the draft's one- and two-token steps; outputs still equal generate's."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    target, draft = tiny_t5(23, d_model=32, layers=2), tiny_t5(24, d_model=32, layers=1)
+    for seed, budget in ((0, 11), (1, 9)):
+        ids = prompt(seed)
+        out = speculative_generate(target, draft, ids, gamma=3, max_new_tokens=budget, cache_implementation="static",
+                                   compile=True)
+        assert out.sequences.tolist() == target.generate(ids, max_new_tokens=budget, do_sample=False).tolist()
+    assert counters["stats"]["unique_graphs"] <= 3
