@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU measurement of issue 37 in one call of at most 9 minutes on a bare GPU machine (torch and transformers
-# there; no Ray, Prefect, MLflow or datasets). Prepare here once (about 30 s; bench-bundles/ is git-ignored):
+# there; no Ray, Prefect, MLflow or datasets). Prepare here once (13 s; bench-bundles/ is git-ignored):
 #
 #   bash benchmarks/device_prepare.sh      # T5-base pretraining bundle (6.7 MiB) + this project's transformers wheel
 #
