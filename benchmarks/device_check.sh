@@ -27,6 +27,7 @@
 # tests/benchmarks/test_device_scripts.py does that with Prefect, Ray, MLflow, datasets, pandas, pyarrow and
 # pydantic made unimportable, as on the device.
 set -u
+case "${1:-}" in -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 BUNDLE=${1:-bench-bundles/t5-base}
 PARTS=${2:-ceilings pretrain_eager sd_t5 pretrain_compiled sd_causal sd_batched}
 OUT=${OUT:-device-results}

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# What benchmarks/device_check.sh needs on the GPU machine, prepared here (about 30 s, about 20 MiB under
+# What benchmarks/device_check.sh needs on the GPU machine, prepared here (13 s, about 20 MiB under
 # bench-bundles/, git-ignored; the device call carries it):
-#   bench-bundles/t5-base   the pretraining bundle at T5-base shapes (corpus rows, tokenizer, config; 6.6 MiB)
+#   bench-bundles/t5-base   the pretraining bundle at T5-base shapes (corpus rows, tokenizer, config; 6.7 MiB)
 #   bench-bundles/wheels    the transformers wheel requirements.txt pins (the device image has an older one)
 set -eu
+case "${1:-}" in -h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 if [ ! -f bench-bundles/t5-base/config.json ]; then

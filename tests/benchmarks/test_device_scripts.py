@@ -52,3 +52,11 @@ def test_device_check_runs_every_gpu_benchmark_without_services_at_toy_sizes(tmp
     batched = table_rows((out / "sd_batched.md").read_text())
     assert [r[:2] for r in batched if r[0] == "2"] == [["2", "hf_generate"], ["2", "sd"], ["2", "sd_b1"]]
     assert all(r[-1] == "True" for r in batched)
+
+
+def test_the_device_scripts_print_their_usage_with_help_and_touch_nothing(tmp_path):
+    for script in ("device_check.sh", "device_prepare.sh"):
+        run = subprocess.run(["bash", str(ROOT / "benchmarks" / script), "--help"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=30)
+        assert run.returncode == 0 and "bench-bundles" in run.stdout and "set -" not in run.stdout, run.stderr
+    assert list(tmp_path.iterdir()) == []  # no output folder, no bundle
