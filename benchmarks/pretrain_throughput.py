@@ -168,8 +168,7 @@ def main() -> None:
 
             from models.spactor import t5_config
 
-            cfg = {**base_cfg, **common}
-            obj = PretrainObjective(cfg)  # only for the collator and the data
+            obj = counter  # only for the collator and the data
             config = t5_config(obj.vocab_size, **shape)
             torch.manual_seed(0)
             model = T5ForConditionalGeneration(config).to(args.device)
@@ -195,10 +194,10 @@ def main() -> None:
             times.append(time.perf_counter())
             return float(statistics.median(np.diff(times)[args.warmup:]))
 
-        # tokens and FLOPs per step come from the objective's counter, before any step runs
+        # tokens and FLOPs per step from the objective's counter, before any step runs; the plain loop takes its
+        # collator and rows
         counter = PretrainObjective({**base_cfg, **common, "tau": 1})  # step 0 hybrid, step 1 SC
         tokens, f_hy, f_sc = counter.tokens_per_micro(), counter.step_flops(0, 1), counter.step_flops(1, 1)
-        del counter
 
         def mfu(flops: float, seconds: float) -> str:
             return f"{flops / seconds / (args.peak_tflops * 1e12):.1%}" if args.peak_tflops else ""

@@ -275,12 +275,10 @@ def main(argv: list[str] | None = None) -> None:
             # c as the SD benchmark defines it (engine.sd_bench.measure_step_costs): one-token KV-cached decoder
             # steps of each model, timed directly; verify_ratio = the (gamma+1)-token verification call / one step
             compiled = sd_method.endswith("compiled")
-            probe = min(16, n)
             costs = measure_step_costs(
-                target, {"draft": draft}, prompts, steps=probe, gammas=[args.gamma], repeats=1, warmup=1,
+                target, {"draft": draft}, prompts, steps=min(16, n), gammas=[args.gamma], repeats=1, warmup=1,
                 cache_implementation="static" if compiled else "dynamic", compile=compiled,
-                # the decoding's cache size where the probe fits, so the compiled probe reuses its graphs
-                max_cache_len=n + 1 if compiled and probe + args.gamma + 2 <= n + 1 else None)
+                max_cache_len=n + 1)  # the decoding's cache size: the compiled probe reuses its graphs
         c = costs["draft_step_ms"]["draft"] / costs["target_step_ms"]
         if reference is None:
             reference = [as_seq(o) for o in results["hf_generate"][1]]

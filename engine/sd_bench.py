@@ -148,8 +148,9 @@ def measure_step_costs(
     Returns ``{"target_step_ms", "draft_step_ms": {label: ms}, "verify_ratio": {gamma: ratio}}``,
     medians over steps, prompts and passes. ``verify_ratio[g]`` = (target call scoring g + 1 new
     tokens) / (target call scoring 1). Token identities do not change dense compute time, so the
-    decoder is fed the prompt's own ids. ``max_cache_len`` sizes a preallocated cache (default: what the probe
-    needs); give the decoding's own (``max_new_tokens + 1``) so a compiled forward reuses the decoding's graphs.
+    decoder is fed the prompt's own ids. ``max_cache_len``: a preallocated cache holds at least this many
+    positions (and at least what the probe needs); give the decoding's own (``max_new_tokens + 1``) so a compiled
+    forward reuses the decoding's graphs.
     """
     models = {"target": target, **{f"draft:{k}": m for k, m in drafts.items()}}
     step_ms: dict[str, list[float]] = {k: [] for k in models}
@@ -169,11 +170,8 @@ def measure_step_costs(
             start = int(ids[0, -1]) if causal else 0  # what a decoded sequence starts with (see CachedDecoder)
             feed = [start] + (ids[0].tolist() * (steps // ids.shape[1] + 2))[: steps + max(gammas) + 1]
             mask = torch.ones_like(ids)
-            need = steps + max(gammas) + 2
-            if max_cache_len is not None and max_cache_len < need:
-                raise ValueError(f"max_cache_len={max_cache_len} < {need}, the positions {steps} steps and a "
-                                 f"verification of {max(gammas)} tokens need")
-            max_len = (max_cache_len or need) if cache_implementation in PREALLOCATED else None
+            need = max(steps + max(gammas) + 2, max_cache_len or 0)
+            max_len = need if cache_implementation in PREALLOCATED else None
             decoders = {
                 name: _FeatureSteps(model, ids) if is_feature_draft(model) else
                 _lookup_steps(model, ids) if is_prompt_lookup(model) else
@@ -375,11 +373,10 @@ def run_benchmark(
     rng = np.random.default_rng(s.seed)
     with _bench_environment(s.threads, [target, *drafts.values()]):
         say(f"timing decoder steps of target and {len(drafts)} draft(s) for c")
-        probe = min(s.step_probe_tokens, s.max_new_tokens)
-        # compiled: the decoding's cache size where the probe fits in it, so both run the same graphs
-        same_cache = s.max_new_tokens + 1 if s.compile and probe + max(s.gammas) + 2 <= s.max_new_tokens + 1 else None
-        costs = measure_step_costs(target, drafts, ids, steps=probe, gammas=s.gammas, repeats=s.repeats,
-                                   warmup=min(s.warmup, 1), max_cache_len=same_cache, **s.engine_cache)
+        # compiled: the decoding's cache size, so the probe runs the decoding's graphs
+        costs = measure_step_costs(target, drafts, ids, steps=min(s.step_probe_tokens, s.max_new_tokens),
+                                   gammas=s.gammas, repeats=s.repeats, warmup=min(s.warmup, 1),
+                                   max_cache_len=s.max_new_tokens + 1 if s.compile else None, **s.engine_cache)
         cases = _build_cases(target, drafts, ids, s)
         skip = [x.shape[1] if is_causal_lm(target) else 1 for x in ids]
         for r in range(s.warmup + s.repeats):

@@ -283,9 +283,11 @@ def _valid_steps(uri: str, scratch: Path) -> list[int]:
         return []
     folders = sorted(i.path.rsplit("/", 1)[0] for i in infos if i.base_name == "checksums.json" and "/step-" in i.path)
     steps = []
-    for folder in folders:
+    for folder in folders:  # a checkpoint is written once: one that verified is not fetched again on later polls
         name = folder.rsplit("/", 1)[1]
-        if storage.fetch_valid(f"s3://{folder}", scratch / name) is not None:
+        verified = scratch / f"{name}.verified"
+        if verified.exists() or storage.fetch_valid(f"s3://{folder}", scratch / name) is not None:
+            verified.touch()
             steps.append(int(name[len("step-"):]))
     return steps
 
